@@ -1,0 +1,159 @@
+// The formula of SPEC.md, written once for host and device. The CPU kernel
+// (src/cpu) and the CUDA kernels (src/cuda) both call these functions, so
+// the two backends cannot drift apart. Nothing here allocates or throws:
+// a failed lookup returns a negative RouteStatus that each backend reports
+// its own way (the CPU throws, the GPU writes -1 and counts the error).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "moe_eplb/types.hpp"
+
+#if defined(__CUDACC__)
+#define MOE_EPLB_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define MOE_EPLB_HOST_DEVICE inline
+#endif
+
+namespace moe_eplb::detail {
+
+// Negative results of a route lookup.
+enum RouteStatus : std::int64_t {
+  kRouteBadExpertId = -1,    // expert_ids element outside [0, E)
+  kRouteBadCount = -2,       // eplb_table[e, 0] outside [1, F-1]
+  kRouteBadInstanceId = -3,  // selected eplb_table[e, j] outside [0, num_physical_experts)
+};
+
+// 1-based table column of the replica that (token_idx, local_rank_id) uses
+// among `count` >= 1 replicas. world_size, local_rank_id and count fit in 31
+// bits (the front end checks), so 32-bit division suffices and cannot
+// overflow; j never exceeds count.
+MOE_EPLB_HOST_DEVICE std::int64_t replica_column(std::uint32_t count, std::int64_t token_idx,
+                                                 std::uint32_t local_rank_id,
+                                                 std::uint32_t world_size, bool by_token) {
+  if (count == 1) return 1;
+  if (!by_token) {
+    const std::uint32_t ranks_per_replica = (world_size + count - 1) / count;
+    return 1 + local_rank_id / ranks_per_replica;
+  }
+  const std::uint64_t token = static_cast<std::uint64_t>(token_idx);
+  if (token <= 0xffffffffu) return 1 + static_cast<std::uint32_t>(token) % count;
+  return 1 + static_cast<std::int64_t>(token % count);
+}
+
+// Routing straight from the (untrusted) EPLB table: every read is bounds-checked.
+struct TableRouter {
+  const std::int32_t* data;
+  std::int64_t num_experts;
+  std::int64_t num_columns;
+  std::int64_t row_stride;
+  std::int64_t column_stride;
+  std::int64_t instance_id_end;  // selected ids must be < this
+  std::uint32_t local_rank_id;
+  std::uint32_t world_size;
+  bool by_token;
+
+  MOE_EPLB_HOST_DEVICE std::int64_t route(std::int64_t expert, std::int64_t token_idx) const {
+    if (expert < 0 || expert >= num_experts) return kRouteBadExpertId;
+    const std::int32_t* row = data + expert * row_stride;
+    const std::int32_t count = row[0];
+    if (count < 1 || count > num_columns - 1) return kRouteBadCount;
+    const std::int64_t column = replica_column(static_cast<std::uint32_t>(count), token_idx,
+                                               local_rank_id, world_size, by_token);
+    const std::int64_t instance = row[column * column_stride];
+    if (instance < 0 || instance >= instance_id_end) return kRouteBadInstanceId;
+    return instance;
+  }
+};
+
+// Routing from prepared routes (see prepared.hpp for the layout). The routes
+// came from a validated table, but a device buffer can be overwritten by the
+// caller, so the cheap range checks stay: no input can cause an out-of-bounds
+// read or a load-counter write outside its buffer.
+struct PreparedRouter {
+  const std::int32_t* routes;
+  std::int64_t num_experts;
+  std::int64_t row_width;
+  std::int64_t instance_id_end;
+  bool by_token;
+
+  MOE_EPLB_HOST_DEVICE std::int64_t route(std::int64_t expert, std::int64_t token_idx) const {
+    if (expert < 0 || expert >= num_experts) return kRouteBadExpertId;
+    std::int64_t instance;
+    if (!by_token) {
+      instance = routes[expert];
+      if (instance < 0) return instance < kRouteBadInstanceId ? kRouteBadInstanceId : instance;
+    } else {
+      const std::int32_t* row = routes + expert * row_width;
+      const std::int32_t count = row[0];
+      if (count < 1 || count > row_width - 1) return kRouteBadCount;
+      instance = row[replica_column(static_cast<std::uint32_t>(count), token_idx, 0, 1, true)];
+    }
+    if (instance < 0 || instance >= instance_id_end) return kRouteBadInstanceId;
+    return instance;
+  }
+};
+
+// ---- expert pruning ---------------------------------------------------------
+
+MOE_EPLB_HOST_DEVICE float float_from_bits(std::uint32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// IEEE binary16 -> binary32, exact (subnormals, infinities and NaN included).
+MOE_EPLB_HOST_DEVICE float half_bits_to_float(std::uint16_t half) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(half & 0x8000u) << 16;
+  std::uint32_t exponent = (half >> 10) & 0x1fu;
+  std::uint32_t mantissa = half & 0x3ffu;
+  if (exponent == 0x1fu) return float_from_bits(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent != 0) return float_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  if (mantissa == 0) return float_from_bits(sign);
+  exponent = 113u;  // normalise a subnormal: value = mantissa * 2^-24
+  while ((mantissa & 0x400u) == 0) {
+    mantissa <<= 1;
+    --exponent;
+  }
+  return float_from_bits(sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13));
+}
+
+MOE_EPLB_HOST_DEVICE float bfloat16_bits_to_float(std::uint16_t bf16) {
+  return float_from_bits(static_cast<std::uint32_t>(bf16) << 16);
+}
+
+// float32 value of expert_scales at element offset `offset`.
+MOE_EPLB_HOST_DEVICE float load_scale(const void* data, ScaleDtype dtype, std::int64_t offset) {
+  switch (dtype) {
+    case ScaleDtype::kFloat32:
+      return static_cast<const float*>(data)[offset];
+    case ScaleDtype::kFloat16:
+      return half_bits_to_float(static_cast<const std::uint16_t*>(data)[offset]);
+    case ScaleDtype::kBFloat16:
+    default:
+      return bfloat16_bits_to_float(static_cast<const std::uint16_t*>(data)[offset]);
+  }
+}
+
+// Sum over k of float32(expert_scales[token, k]), accumulated in float32 in
+// k order (both backends use this exact order, so results are bit-identical).
+MOE_EPLB_HOST_DEVICE float token_scale_sum(const ScalesView& scales, std::int64_t token_idx) {
+  float sum = 0.0f;
+  const std::int64_t base = token_idx * scales.token_stride;
+  for (std::int64_t k = 0; k < scales.top_k; ++k) {
+    sum += load_scale(scales.data, scales.dtype, base + k * scales.k_stride);
+  }
+  return sum;
+}
+
+// Whether choice k of a token survives pruning, given its token's scale sum.
+MOE_EPLB_HOST_DEVICE bool keep_choice(const ScalesView& scales, const float* threshold,
+                                      std::int64_t threshold_stride, std::int64_t token_idx,
+                                      std::int64_t k, float scale_sum) {
+  const float scale =
+      load_scale(scales.data, scales.dtype, token_idx * scales.token_stride + k * scales.k_stride);
+  return scale >= threshold[k * threshold_stride] * scale_sum;
+}
+
+}  // namespace moe_eplb::detail

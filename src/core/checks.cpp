@@ -1,0 +1,200 @@
+#include "checks.hpp"
+
+#include <limits>
+
+#include "moe_eplb/error.hpp"
+
+namespace moe_eplb::detail {
+namespace {
+
+// "1..512", "0..", "2..384".
+std::string range(std::int64_t low, std::int64_t high) {
+  return high == Limits::kNoLimit ? concat(low, "..") : concat(low, "..", high);
+}
+
+}  // namespace
+
+void check_batch(const char* operation, const ExpertIdsView& expert_ids,
+                 const PruningInputs* pruning, const UpdateExpertOutputs* outputs,
+                 const Limits& limits) {
+  const std::int64_t num_tokens = expert_ids.num_tokens;
+  const std::int64_t top_k = expert_ids.top_k;
+  MOE_EPLB_CHECK(num_tokens >= limits.min_tokens && num_tokens <= limits.max_tokens, operation,
+                 ": expert_ids has ", num_tokens, " tokens (BS), expected ",
+                 range(limits.min_tokens, limits.max_tokens), " under the ", limits.name,
+                 " profile");
+  MOE_EPLB_CHECK(top_k >= limits.min_top_k && top_k <= limits.max_top_k, operation,
+                 ": expert_ids has top_k (K) = ", top_k, ", expected ",
+                 range(limits.min_top_k, limits.max_top_k), " under the ", limits.name, " profile");
+  MOE_EPLB_CHECK(expert_ids.dtype == IdDtype::kInt32 || expert_ids.dtype == IdDtype::kInt64,
+                 operation, ": expert_ids must be int32 or int64");
+  MOE_EPLB_CHECK(top_k == 0 || num_tokens <= std::numeric_limits<std::int64_t>::max() / top_k,
+                 operation, ": expert_ids shape (", num_tokens, ", ", top_k,
+                 ") has more elements than fit in int64");
+  const bool empty = num_tokens == 0 || top_k == 0;
+  MOE_EPLB_CHECK(empty || expert_ids.data != nullptr, operation,
+                 ": expert_ids has no data pointer for shape (", num_tokens, ", ", top_k, ")");
+  if (outputs != nullptr) {
+    MOE_EPLB_CHECK(empty || outputs->balanced_expert_ids != nullptr, operation,
+                   ": balanced_expert_ids output pointer is null for shape (", num_tokens, ", ",
+                   top_k, ")");
+  }
+
+  if (pruning == nullptr) {
+    MOE_EPLB_CHECK(outputs == nullptr || outputs->balanced_active_mask == nullptr, operation,
+                   ": balanced_active_mask was requested but expert_scales and pruning_threshold "
+                   "were not given");
+    return;
+  }
+  MOE_EPLB_CHECK(limits.allows_pruning, operation,
+                 ": expert pruning (expert_scales, "
+                 "pruning_threshold, active_mask) is not supported under the ",
+                 limits.name, " profile");
+  const ScalesView& scales = pruning->expert_scales;
+  MOE_EPLB_CHECK(scales.num_tokens == num_tokens && scales.top_k == top_k, operation,
+                 ": expert_scales must have the shape of expert_ids (", num_tokens, ", ", top_k,
+                 "), got (", scales.num_tokens, ", ", scales.top_k, ")");
+  MOE_EPLB_CHECK(empty || scales.data != nullptr, operation, ": expert_scales has no data pointer");
+  MOE_EPLB_CHECK(pruning->pruning_threshold.size == top_k, operation,
+                 ": pruning_threshold must have K = ", top_k, " elements, got ",
+                 pruning->pruning_threshold.size);
+  MOE_EPLB_CHECK(top_k == 0 || pruning->pruning_threshold.data != nullptr, operation,
+                 ": pruning_threshold has no data pointer");
+  if (pruning->has_active_mask) {
+    MOE_EPLB_CHECK(pruning->active_mask.size == num_tokens, operation,
+                   ": active_mask must have BS = ", num_tokens, " elements, got ",
+                   pruning->active_mask.size);
+    MOE_EPLB_CHECK(num_tokens == 0 || pruning->active_mask.data != nullptr, operation,
+                   ": active_mask has no data pointer");
+  }
+  if (outputs != nullptr) {
+    MOE_EPLB_CHECK(empty || outputs->balanced_active_mask != nullptr, operation,
+                   ": balanced_active_mask output pointer is null but pruning inputs were given");
+  }
+}
+
+void check_scalars(const char* operation, const UpdateExpertParams& params,
+                   const TableView* eplb_table, const Limits& limits) {
+  const auto mode = static_cast<std::int64_t>(params.balance_mode);
+  MOE_EPLB_CHECK(mode == 0 || mode == 1, operation,
+                 ": balance_mode must be 0 (by rank) or 1 (by "
+                 "token), got ",
+                 mode);
+  MOE_EPLB_CHECK(mode == 0 || limits.allows_token_mode, operation,
+                 ": balance_mode 1 (by token) is not supported under the ", limits.name,
+                 " profile, expected 0");
+  const bool by_rank = params.balance_mode == BalanceMode::kByRank;
+  if (by_rank) {
+    MOE_EPLB_CHECK(
+        params.world_size >= limits.min_world_size && params.world_size <= limits.max_world_size,
+        operation, ": world_size must be in ", range(limits.min_world_size, limits.max_world_size),
+        " under the ", limits.name, " profile, got ", params.world_size);
+    MOE_EPLB_CHECK(params.local_rank_id >= 0 && params.local_rank_id < params.world_size, operation,
+                   ": local_rank_id must be in 0..", params.world_size - 1, " (world_size ",
+                   params.world_size, "), got ", params.local_rank_id);
+  }
+  if (params.num_physical_experts != -1) {
+    MOE_EPLB_CHECK(params.num_physical_experts >= 1 &&
+                       params.num_physical_experts <= limits.max_physical_experts,
+                   operation, ": num_physical_experts must be -1 (unknown) or in 1..",
+                   limits.max_physical_experts, " under the ", limits.name, " profile, got ",
+                   params.num_physical_experts);
+    MOE_EPLB_CHECK(!by_rank || params.num_physical_experts % params.world_size == 0, operation,
+                   ": num_physical_experts ", params.num_physical_experts,
+                   " is not a multiple of world_size ", params.world_size,
+                   " (every rank holds the same number of instances)");
+  }
+  if (eplb_table == nullptr) return;
+
+  const std::int64_t num_experts = eplb_table->num_experts;
+  const std::int64_t num_columns = eplb_table->num_columns;
+  MOE_EPLB_CHECK(num_experts >= limits.min_experts && num_experts <= limits.max_experts, operation,
+                 ": eplb_table has ", num_experts, " rows (E), expected ",
+                 range(limits.min_experts, limits.max_experts), " under the ", limits.name,
+                 " profile");
+  MOE_EPLB_CHECK(num_columns >= limits.min_columns && num_columns <= INT32_MAX, operation,
+                 ": eplb_table has ", num_columns, " columns (F), expected ", limits.min_columns,
+                 "..", INT32_MAX, " (count column plus at least one instance id)");
+  if (limits.columns_at_most_world_size_plus_one && by_rank) {
+    MOE_EPLB_CHECK(num_columns <= params.world_size + 1, operation, ": eplb_table has ",
+                   num_columns, " columns (F), expected 2..", params.world_size + 1,
+                   " (world_size + 1) under the ", limits.name, " profile");
+  }
+  MOE_EPLB_CHECK(eplb_table->data != nullptr, operation, ": eplb_table has no data pointer");
+}
+
+void check_prepared_call(const char* operation, const PreparedView& prepared,
+                         const ExpertIdsView& expert_ids, const PruningInputs* pruning,
+                         const UpdateExpertOutputs* outputs) {
+  const auto mode = static_cast<std::int64_t>(prepared.balance_mode);
+  MOE_EPLB_CHECK(mode == 0 || mode == 1, operation, ": prepared balance_mode must be 0 or 1, got ",
+                 mode);
+  MOE_EPLB_CHECK(prepared.num_experts >= 1 && prepared.num_experts <= INT32_MAX, operation,
+                 ": prepared routes have ", prepared.num_experts, " experts, expected 1..",
+                 INT32_MAX);
+  const bool by_token = prepared.balance_mode == BalanceMode::kByToken;
+  MOE_EPLB_CHECK(by_token ? prepared.row_width >= 2 : prepared.row_width == 1, operation,
+                 ": prepared routes have row width ", prepared.row_width, ", expected ",
+                 by_token ? "at least 2 (count and one replica) in token mode" : "1 in rank mode");
+  MOE_EPLB_CHECK(
+      prepared.num_physical_experts >= 1 &&
+          prepared.num_physical_experts <= limits_of(prepared.profile).max_physical_experts,
+      operation, ": prepared num_physical_experts must be in 1..",
+      limits_of(prepared.profile).max_physical_experts, ", got ", prepared.num_physical_experts);
+  MOE_EPLB_CHECK(prepared.routes != nullptr, operation, ": prepared routes pointer is null");
+  check_batch(operation, expert_ids, pruning, outputs, limits_of(prepared.profile));
+}
+
+TableRouter table_router(const TableView& eplb_table, const UpdateExpertParams& params) {
+  const bool by_token = params.balance_mode == BalanceMode::kByToken;
+  return TableRouter{eplb_table.data,
+                     eplb_table.num_experts,
+                     eplb_table.num_columns,
+                     eplb_table.row_stride,
+                     eplb_table.column_stride,
+                     instance_id_end(params),
+                     by_token ? 0u : static_cast<std::uint32_t>(params.local_rank_id),
+                     by_token ? 1u : static_cast<std::uint32_t>(params.world_size),
+                     by_token};
+}
+
+PreparedRouter prepared_router(const PreparedView& prepared) {
+  return PreparedRouter{prepared.routes, prepared.num_experts, prepared.row_width,
+                        prepared.num_physical_experts,
+                        prepared.balance_mode == BalanceMode::kByToken};
+}
+
+std::int64_t instance_id_end(const UpdateExpertParams& params) {
+  return params.num_physical_experts != -1 ? params.num_physical_experts
+                                           : limits_of(params.profile).max_physical_experts;
+}
+
+}  // namespace moe_eplb::detail
+
+namespace moe_eplb {
+namespace detail {
+
+void check_update_expert_call(const char* operation, const UpdateExpertInputs& inputs,
+                              const UpdateExpertParams& params, const UpdateExpertOutputs* outputs,
+                              bool has_load_counts) {
+  const Limits& limits = limits_of(params.profile);
+  check_scalars(operation, params, &inputs.eplb_table, limits);
+  check_batch(operation, inputs.expert_ids, inputs.pruning, outputs, limits);
+  if (limits.top_k_at_most_num_experts) {
+    MOE_EPLB_CHECK(inputs.expert_ids.top_k <= inputs.eplb_table.num_experts, operation,
+                   ": top_k (K) = ", inputs.expert_ids.top_k,
+                   " exceeds the number of experts E = ", inputs.eplb_table.num_experts,
+                   " under the ", limits.name, " profile");
+  }
+  MOE_EPLB_CHECK(!has_load_counts || params.num_physical_experts != -1, operation,
+                 ": load recording needs num_physical_experts (the size of load_counts)");
+}
+
+}  // namespace detail
+
+void check_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
+                         bool has_load_counts) {
+  detail::check_update_expert_call("update_expert()", inputs, params, nullptr, has_load_counts);
+}
+
+}  // namespace moe_eplb

@@ -1,0 +1,262 @@
+// CPU kernels of the update-expert operator.
+//
+// Design: every element goes through a Router from detail/route.hpp (the one
+// copy of the formula). The hot loops are branch-free: a bad element does not
+// stop the loop, it only sets a flag; when the flag is set we scan again in
+// order to find the first bad element and throw a message naming it. That
+// keeps the common (valid) case a tight gather and the error deterministic.
+//
+// Rank mode depends only on (e, local_rank_id), so when the batch has at least
+// as many elements as the table has rows we first resolve every row once into
+// a per-call rank map (with negative RouteStatus codes for bad rows) and the
+// batch becomes one gather, the same loop the prepared path runs.
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../core/checks.hpp"
+#include "moe_eplb/detail/route.hpp"
+#include "moe_eplb/error.hpp"
+#include "moe_eplb/prepared.hpp"
+#include "moe_eplb/update_expert.hpp"
+
+namespace moe_eplb {
+namespace {
+
+using detail::kRouteBadCount;
+using detail::kRouteBadExpertId;
+
+std::int64_t read_id(const ExpertIdsView& ids, std::int64_t token, std::int64_t k) {
+  const std::int64_t offset = token * ids.token_stride + k * ids.k_stride;
+  return ids.dtype == IdDtype::kInt32 ? static_cast<const std::int32_t*>(ids.data)[offset]
+                                      : static_cast<const std::int64_t*>(ids.data)[offset];
+}
+
+// One gather through a route map (rank mode): routes[e] is the physical id,
+// or a negative RouteStatus. Returns false if any element is bad.
+template <typename IdT>
+bool gather_route_map(const ExpertIdsView& ids, const std::int32_t* routes,
+                      std::int64_t num_experts, std::int64_t instance_id_end, IdT* out) {
+  const IdT* in = static_cast<const IdT*>(ids.data);
+  const auto num_rows = static_cast<std::uint64_t>(num_experts);
+  const auto id_end = static_cast<std::uint64_t>(instance_id_end);
+  std::uint64_t bad = 0;
+  for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
+    const IdT* in_row = in + token * ids.token_stride;
+    IdT* out_row = out + token * ids.top_k;
+    if (ids.k_stride == 1) {
+      for (std::int64_t k = 0; k < ids.top_k; ++k) {
+        const auto expert = static_cast<std::uint64_t>(in_row[k]);
+        const bool in_range = expert < num_rows;
+        const std::int64_t instance = routes[in_range ? expert : 0];
+        bad |= static_cast<std::uint64_t>(!in_range) |
+               static_cast<std::uint64_t>(static_cast<std::uint64_t>(instance) >= id_end);
+        out_row[k] = static_cast<IdT>(instance);
+      }
+    } else {
+      for (std::int64_t k = 0; k < ids.top_k; ++k) {
+        const auto expert = static_cast<std::uint64_t>(in_row[k * ids.k_stride]);
+        const bool in_range = expert < num_rows;
+        const std::int64_t instance = routes[in_range ? expert : 0];
+        bad |= static_cast<std::uint64_t>(!in_range) |
+               static_cast<std::uint64_t>(static_cast<std::uint64_t>(instance) >= id_end);
+        out_row[k] = static_cast<IdT>(instance);
+      }
+    }
+  }
+  return bad == 0;
+}
+
+// Element-wise routing through any router (token mode, or rank mode on
+// batches smaller than the table). Returns false if any element is bad.
+template <typename IdT, typename Router>
+bool route_each(const ExpertIdsView& ids, const Router& router, IdT* out) {
+  const IdT* in = static_cast<const IdT*>(ids.data);
+  bool ok = true;
+  for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
+    const IdT* in_row = in + token * ids.token_stride;
+    IdT* out_row = out + token * ids.top_k;
+    for (std::int64_t k = 0; k < ids.top_k; ++k) {
+      const std::int64_t instance = router.route(in_row[k * ids.k_stride], token);
+      ok &= instance >= 0;
+      out_row[k] = static_cast<IdT>(instance);
+    }
+  }
+  return ok;
+}
+
+// Finds the first element (in row-major order) the router rejects and throws
+// a message built by `describe(token, k, expert, status)`.
+template <typename Router, typename Describe>
+[[noreturn]] void throw_first_bad(const ExpertIdsView& ids, const Router& router,
+                                  const Describe& describe) {
+  for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
+    for (std::int64_t k = 0; k < ids.top_k; ++k) {
+      const std::int64_t expert = read_id(ids, token, k);
+      const std::int64_t status = router.route(expert, token);
+      if (status < 0) {
+        MOE_EPLB_FAIL(ErrorCode::kIndexOutOfRange, describe(token, k, expert, status));
+      }
+    }
+  }
+  // Unreachable when the fast loop reported a bad element; keep a clear message anyway.
+  MOE_EPLB_FAIL(ErrorCode::kIndexOutOfRange, "update_expert(): inconsistent error scan");
+}
+
+std::string position(std::int64_t token, std::int64_t k, std::int64_t expert) {
+  return detail::concat("expert_ids[", token, ", ", k, "] = ", expert);
+}
+
+std::string range_end(std::int64_t end) { return detail::concat("0..", end - 1); }
+
+void compute_pruning_mask(const PruningInputs& pruning, std::int64_t num_tokens, std::int64_t top_k,
+                          std::uint8_t* mask) {
+  const ScalesView& scales = pruning.expert_scales;
+  for (std::int64_t token = 0; token < num_tokens; ++token) {
+    std::uint8_t* mask_row = mask + token * top_k;
+    if (pruning.has_active_mask && pruning.active_mask[token] == 0) {
+      std::fill(mask_row, mask_row + top_k, std::uint8_t{0});
+      continue;
+    }
+    const float sum = detail::token_scale_sum(scales, token);
+    for (std::int64_t k = 0; k < top_k; ++k) {
+      mask_row[k] = detail::keep_choice(scales, pruning.pruning_threshold.data,
+                                        pruning.pruning_threshold.stride, token, k, sum)
+                        ? 1
+                        : 0;
+    }
+  }
+}
+
+// Adds every kept choice to its physical slot. Runs only after all elements
+// mapped successfully, so a failed call leaves the counters untouched.
+template <typename IdT>
+void record_load(const IdT* balanced, const std::uint8_t* mask, std::int64_t num_elements,
+                 std::int64_t* load_counts) {
+  for (std::int64_t i = 0; i < num_elements; ++i) {
+    if (mask == nullptr || mask[i] != 0) ++load_counts[balanced[i]];
+  }
+}
+
+void finish_outputs(const ExpertIdsView& ids, const PruningInputs* pruning,
+                    const UpdateExpertOutputs& outputs) {
+  if (pruning != nullptr) {
+    compute_pruning_mask(*pruning, ids.num_tokens, ids.top_k, outputs.balanced_active_mask);
+  }
+  if (outputs.load_counts == nullptr) return;
+  const std::int64_t num_elements = ids.num_tokens * ids.top_k;
+  if (ids.dtype == IdDtype::kInt32) {
+    record_load(static_cast<const std::int32_t*>(outputs.balanced_expert_ids),
+                outputs.balanced_active_mask, num_elements, outputs.load_counts);
+  } else {
+    record_load(static_cast<const std::int64_t*>(outputs.balanced_expert_ids),
+                outputs.balanced_active_mask, num_elements, outputs.load_counts);
+  }
+}
+
+template <typename IdT>
+bool map_with_table(const ExpertIdsView& ids, const detail::TableRouter& router,
+                    std::vector<std::int32_t>& scratch, IdT* out) {
+  const bool small_table = router.num_experts <= ids.num_tokens * ids.top_k;
+  if (router.by_token || !small_table) return route_each(ids, router, out);
+  // Rank mode: resolve each row once, then gather.
+  scratch.resize(static_cast<std::size_t>(router.num_experts));
+  for (std::int64_t expert = 0; expert < router.num_experts; ++expert) {
+    scratch[static_cast<std::size_t>(expert)] = static_cast<std::int32_t>(router.route(expert, 0));
+  }
+  return gather_route_map(ids, scratch.data(), router.num_experts, router.instance_id_end, out);
+}
+
+template <typename IdT>
+bool map_with_prepared(const ExpertIdsView& ids, const detail::PreparedRouter& router, IdT* out) {
+  if (router.by_token) return route_each(ids, router, out);
+  return gather_route_map(ids, router.routes, router.num_experts, router.instance_id_end, out);
+}
+
+}  // namespace
+
+void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
+                   const UpdateExpertOutputs& outputs) {
+  constexpr const char* kOperation = "update_expert()";
+  detail::check_update_expert_call(kOperation, inputs, params, &outputs,
+                                   outputs.load_counts != nullptr);
+  const ExpertIdsView& ids = inputs.expert_ids;
+  if (ids.num_tokens == 0 || ids.top_k == 0) return;
+
+  const TableView& table = inputs.eplb_table;
+  const detail::TableRouter router = detail::table_router(table, params);
+  std::vector<std::int32_t> scratch;
+  const bool ok = ids.dtype == IdDtype::kInt32
+                      ? map_with_table(ids, router, scratch,
+                                       static_cast<std::int32_t*>(outputs.balanced_expert_ids))
+                      : map_with_table(ids, router, scratch,
+                                       static_cast<std::int64_t*>(outputs.balanced_expert_ids));
+  if (!ok) {
+    throw_first_bad(
+        ids, router,
+        [&](std::int64_t token, std::int64_t k, std::int64_t expert, std::int64_t status) {
+          if (status == kRouteBadExpertId) {
+            return detail::concat(kOperation, ": ", position(token, k, expert),
+                                  " is out of range, expected ", range_end(table.num_experts),
+                                  " (eplb_table has ", table.num_experts, " rows)");
+          }
+          const std::int32_t count = table.at(expert, 0);
+          if (status == kRouteBadCount) {
+            return detail::concat(kOperation, ": ", position(token, k, expert),
+                                  " selects eplb_table row ", expert, " whose replica count ",
+                                  count, " is outside 1..", table.num_columns - 1, " (F - 1)");
+          }
+          const std::int64_t column =
+              detail::replica_column(static_cast<std::uint32_t>(count), token, router.local_rank_id,
+                                     router.world_size, router.by_token);
+          return detail::concat(
+              kOperation, ": ", position(token, k, expert), " selects eplb_table[", expert, ", ",
+              column, "] = ", table.at(expert, column), ", outside the physical instance range ",
+              range_end(router.instance_id_end),
+              params.num_physical_experts == -1
+                  ? detail::concat(" (", limits_of(params.profile).name,
+                                   " profile limit; pass num_physical_experts "
+                                   "for the exact range)")
+                  : detail::concat(" (num_physical_experts ", params.num_physical_experts, ")"));
+        });
+  }
+  finish_outputs(ids, inputs.pruning, outputs);
+}
+
+void update_expert(const ExpertIdsView& expert_ids, const TableView& eplb_table,
+                   const UpdateExpertParams& params, void* balanced_expert_ids) {
+  UpdateExpertOutputs outputs;
+  outputs.balanced_expert_ids = balanced_expert_ids;
+  update_expert(UpdateExpertInputs{expert_ids, eplb_table, nullptr}, params, outputs);
+}
+
+void update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& ids,
+                            const PruningInputs* pruning, const UpdateExpertOutputs& outputs) {
+  constexpr const char* kOperation = "update_expert_prepared()";
+  detail::check_prepared_call(kOperation, prepared, ids, pruning, &outputs);
+  if (ids.num_tokens == 0 || ids.top_k == 0) return;
+
+  const detail::PreparedRouter router = detail::prepared_router(prepared);
+  const bool ok =
+      ids.dtype == IdDtype::kInt32
+          ? map_with_prepared(ids, router, static_cast<std::int32_t*>(outputs.balanced_expert_ids))
+          : map_with_prepared(ids, router, static_cast<std::int64_t*>(outputs.balanced_expert_ids));
+  if (!ok) {
+    throw_first_bad(
+        ids, router,
+        [&](std::int64_t token, std::int64_t k, std::int64_t expert, std::int64_t status) {
+          if (status == kRouteBadExpertId) {
+            return detail::concat(kOperation, ": ", position(token, k, expert),
+                                  " is out of range, expected ", range_end(prepared.num_experts),
+                                  " (the prepared table has ", prepared.num_experts, " experts)");
+          }
+          return detail::concat(kOperation, ": ", position(token, k, expert),
+                                " has corrupted prepared routes (status ", status,
+                                "); rebuild them from a validated table");
+        });
+  }
+  finish_outputs(ids, pruning, outputs);
+}
+
+}  // namespace moe_eplb
