@@ -253,7 +253,7 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
     std::int64_t next = 0;  // every slot below `next` is used or already listed
     for (const Placement& placement : placements) {
       if (placement.instance > next) list_gap(next, placement.instance);
-      next = std::max<std::int64_t>(next, placement.instance + 1);
+      next = std::max<std::int64_t>(next, std::int64_t{placement.instance} + 1);
     }
     list_gap(next, num_physical);
     report.total_warnings += total_unused - listed;  // add.warning() counted the listed ones

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../core/checks.hpp"
+#include "gather_simd.hpp"
 #include "moe_eplb/detail/route.hpp"
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/prepared.hpp"
@@ -39,6 +40,18 @@ template <typename IdT>
 bool gather_route_map(const ExpertIdsView& ids, const std::int32_t* routes,
                       std::int64_t num_experts, std::int64_t instance_id_end, IdT* out) {
   const IdT* in = static_cast<const IdT*>(ids.data);
+  if (ids.k_stride == 1 && cpu::has_avx2()) {
+    if (ids.token_stride == ids.top_k) {
+      return cpu::gather_avx2(in, ids.num_tokens * ids.top_k, routes, num_experts, instance_id_end,
+                              out);
+    }
+    bool ok = true;
+    for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
+      ok &= cpu::gather_avx2(in + token * ids.token_stride, ids.top_k, routes, num_experts,
+                             instance_id_end, out + token * ids.top_k);
+    }
+    return ok;
+  }
   const auto num_rows = static_cast<std::uint64_t>(num_experts);
   const auto id_end = static_cast<std::uint64_t>(instance_id_end);
   std::uint64_t bad = 0;

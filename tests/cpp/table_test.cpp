@@ -164,6 +164,17 @@ TEST(ValidateTable, UnusedSlotCountIsExactForHugeSlotRanges) {
   EXPECT_EQ(report.issues.size(), 10u);
 }
 
+// Found by fuzzing: the largest int32 id made the inferred slot count 2^31 and
+// overflowed the unused-slot walk (UBSan). Now it is a clear limit error.
+TEST(ValidateTable, LargestInt32InstanceIdIsALimitErrorNotOverflow) {
+  OwnedTable table(matrix_from_rows({{1, INT32_MAX}}));
+  const TableReport report = validate_table(table.view, 1, -1);
+  EXPECT_EQ(report.num_physical_experts, std::int64_t{1} << 31);
+  EXPECT_THAT(report.to_string(),
+              HasSubstr("num_physical_experts 2147483648 (inferred from the largest instance id) "
+                        "exceeds 2147483647 under the native profile"));
+}
+
 TEST(ValidateTable, AscendProfileShapeLimits) {
   OwnedTable table(matrix_from_rows({{3, 0, 1, 2, 3, 4}}));
   ValidateTableOptions options = quiet();
