@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -34,9 +35,14 @@ std::string slurp(const std::string& path) {
   return text.str();
 }
 
+// ctest runs each test in its own process, in parallel: every temporary
+// file name carries the process id.
+std::string unique(const std::string& name) {
+  return ::testing::TempDir() + "/" + std::to_string(::getpid()) + "_" + name;
+}
+
 Result run(const std::string& args) {
-  const std::string dir = ::testing::TempDir();
-  const std::string out = dir + "/cli_stdout.txt", err = dir + "/cli_stderr.txt";
+  const std::string out = unique("cli_stdout.txt"), err = unique("cli_stderr.txt");
   const std::string command = std::string(MOE_EPLB_TOOL) + " " + args + " >" + out + " 2>" + err;
   const int raw = std::system(command.c_str());
   Result result;
@@ -49,7 +55,7 @@ Result run(const std::string& args) {
 bool exists(const std::string& path) { return std::ifstream(path).good(); }
 
 std::string temp_path(const std::string& name) {
-  const std::string path = ::testing::TempDir() + "/" + name;
+  const std::string path = unique(name);
   std::remove(path.c_str());
   return path;
 }
