@@ -10,12 +10,8 @@ namespace moe_eplb::cli {
 namespace {
 
 std::string describe(const npy::Array& array) {
-  std::string shape = "(";
-  for (std::size_t i = 0; i < array.shape.size(); ++i) {
-    shape += (i ? ", " : "") + std::to_string(array.shape[i]);
-  }
   return std::to_string(array.shape.size()) + "-D " + npy::to_string(array.dtype) + " array " +
-         shape + (array.shape.size() == 1 ? ",)" : ")");
+         shape_string(array.shape);
 }
 
 npy::Array load_flag(const std::string& flag, const std::string& path) {
@@ -34,6 +30,14 @@ double value_at(const npy::Array& array, std::int64_t index) {
 }
 
 }  // namespace
+
+std::string shape_string(const std::vector<std::int64_t>& shape) {
+  std::string text = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    text += (i ? ", " : "") + std::to_string(shape[i]);
+  }
+  return text + (shape.size() == 1 ? ",)" : ")");
+}
 
 LoadedIds load_expert_ids(const std::string& flag, const std::string& path) {
   LoadedIds loaded{load_flag(flag, path), {}};
@@ -86,6 +90,7 @@ LoadedTable load_table(const std::string& flag, const std::string& path) {
 LoadedNumbers load_numbers(const std::string& flag, const std::string& path) {
   const npy::Array array = load_flag(flag, path);
   LoadedNumbers loaded;
+  loaded.dtype = array.dtype;
   loaded.shape = array.shape;
   const std::int64_t count = array.num_elements();
   loaded.values.resize(static_cast<std::size_t>(count));

@@ -21,6 +21,9 @@ struct LoadedTable {
   TableView view;
 };
 
+// "(2, 3)", "(4,)": a shape as NumPy prints it.
+std::string shape_string(const std::vector<std::int64_t>& shape);
+
 // A 2-D int32 or int64 array, C or Fortran order.
 LoadedIds load_expert_ids(const std::string& flag, const std::string& path);
 
@@ -29,6 +32,7 @@ LoadedTable load_table(const std::string& flag, const std::string& path);
 
 // Any integer or floating array as float64 values in C order, with its shape.
 struct LoadedNumbers {
+  npy::Dtype dtype = npy::Dtype::kFloat64;  // the file's dtype
   std::vector<std::int64_t> shape;
   std::vector<double> values;
 };

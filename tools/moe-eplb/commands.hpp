@@ -9,5 +9,10 @@ namespace moe_eplb::cli {
 
 void add_map_command(CLI::App& app);
 void add_validate_command(CLI::App& app);
+void add_record_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
+void add_simulate_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
 
 }  // namespace moe_eplb::cli

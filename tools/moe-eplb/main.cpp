@@ -5,10 +5,17 @@
 #include "moe_eplb/error.hpp"
 
 int main(int argc, char** argv) {
-  CLI::App app{"moe-eplb: map logical MoE expert ids to physical replicas (EPLB), validate tables"};
+  CLI::App app{
+      "moe-eplb: map logical MoE expert ids to physical replicas (EPLB); plan, validate and "
+      "simulate tables"};
   app.require_subcommand(1);
   moe_eplb::cli::add_map_command(app);
   moe_eplb::cli::add_validate_command(app);
+  moe_eplb::cli::add_record_command(app);
+  moe_eplb::cli::add_plan_command(app);
+  moe_eplb::cli::add_simulate_command(app);
+  moe_eplb::cli::add_convert_command(app);
+  moe_eplb::cli::add_demo_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

@@ -1,0 +1,194 @@
+#include "moe_eplb/analyze.hpp"
+
+#include <algorithm>
+
+#include "moe_eplb/error.hpp"
+#include "moe_eplb/table.hpp"
+#include "routing.hpp"
+
+namespace moe_eplb {
+namespace {
+
+void check_options(const char* operation, const TableView& table, const AnalyzeOptions& options) {
+  MOE_EPLB_CHECK(options.world_size >= 1 && options.world_size <= INT32_MAX, operation,
+                 ": world_size must be in 1..", INT32_MAX, ", got ", options.world_size);
+  MOE_EPLB_CHECK(
+      options.slots_per_rank >= 1 && options.slots_per_rank <= INT32_MAX / options.world_size,
+      operation, ": slots_per_rank must be in 1..", INT32_MAX / options.world_size, ", got ",
+      options.slots_per_rank);
+  MOE_EPLB_CHECK(options.ranks_per_node >= 0 && (options.ranks_per_node == 0 ||
+                                                 options.world_size % options.ranks_per_node == 0),
+                 operation, ": ranks_per_node must be 0 (unknown) or divide world_size ",
+                 options.world_size, ", got ", options.ranks_per_node);
+  MOE_EPLB_CHECK(
+      options.balance_mode == BalanceMode::kByRank || options.balance_mode == BalanceMode::kByToken,
+      operation, ": balance_mode must be 0 (by rank) or 1 (by token), got ",
+      static_cast<std::int64_t>(options.balance_mode));
+  // Refuse what the operator could not route; slots claimed twice (or twice
+  // in a row) route fine and are what the report is for.
+  ValidateTableOptions validate_options;
+  validate_options.check_rank_mode_reachability = false;
+  validate_options.warn_unused_slots = false;
+  const TableReport report = validate_table(
+      table, options.world_size, options.world_size * options.slots_per_rank, validate_options);
+  std::string problems;
+  std::int64_t num_problems = 0;
+  for (const TableIssue& issue : report.issues) {
+    if (issue.severity != TableIssue::Severity::kError ||
+        issue.kind == TableIssue::Kind::kSlotClaimedTwice ||
+        issue.kind == TableIssue::Kind::kDuplicateInRow) {
+      continue;
+    }
+    if (num_problems++ < 5) problems += "\n  " + issue.message;
+  }
+  MOE_EPLB_CHECK_CODE(num_problems == 0, ErrorCode::kInvalidTable, operation,
+                      ": the operator cannot route this eplb_table (", num_problems,
+                      " problems, first ones below; `moe-eplb validate` lists all)", problems);
+}
+
+// Report skeleton with the table's structure: replica, dead, shared-rank,
+// claimed-twice and unused counts.
+BalanceReport describe_table(const TableView& table, const AnalyzeOptions& options) {
+  BalanceReport report;
+  report.balance_mode = options.balance_mode;
+  report.world_size = options.world_size;
+  report.slots_per_rank = options.slots_per_rank;
+  const std::int64_t num_physical = options.world_size * options.slots_per_rank;
+  report.instance_load.assign(static_cast<std::size_t>(num_physical), 0.0);
+  report.rank_load.assign(static_cast<std::size_t>(options.world_size), 0.0);
+  std::vector<std::int64_t> claims(static_cast<std::size_t>(num_physical), 0);
+  std::vector<std::int64_t> ranks;
+  for (std::int64_t e = 0; e < table.num_experts; ++e) {
+    const std::int64_t count = table.at(e, 0);
+    report.num_replicas += count;
+    ranks.clear();
+    for (std::int64_t column = 1; column <= count; ++column) {
+      const std::int32_t instance = table.at(e, column);
+      ++claims[instance];
+      ranks.push_back(instance / options.slots_per_rank);
+      if (options.balance_mode == BalanceMode::kByRank &&
+          ranks_served_by_replica(count, column, options.world_size) == 0) {
+        ++report.dead_replicas;
+      }
+    }
+    std::sort(ranks.begin(), ranks.end());
+    report.replicas_sharing_rank +=
+        static_cast<std::int64_t>(ranks.end() - std::unique(ranks.begin(), ranks.end()));
+  }
+  for (std::int64_t claim : claims) {
+    if (claim == 0) ++report.unused_slots;
+    if (claim > 1) ++report.slots_claimed_twice;
+  }
+  return report;
+}
+
+// Totals, ratios and idle replicas once instance_load and the local sums are in.
+void finish(BalanceReport& report, const TableView& table, double local_rank, double local_node,
+            const AnalyzeOptions& options) {
+  const std::int64_t slots_per_rank = options.slots_per_rank;
+  for (std::size_t p = 0; p < report.instance_load.size(); ++p) {
+    report.rank_load[p / static_cast<std::size_t>(slots_per_rank)] += report.instance_load[p];
+  }
+  for (double load : report.rank_load) {
+    report.total_load += load;
+    report.max_rank_load = std::max(report.max_rank_load, load);
+  }
+  report.mean_rank_load = report.total_load / static_cast<double>(options.world_size);
+  if (report.total_load > 0) {
+    report.max_over_mean = report.max_rank_load / report.mean_rank_load;
+    report.imbalance = report.max_over_mean - 1.0;
+    report.local_rank_share = local_rank / report.total_load;
+    if (options.ranks_per_node > 0) report.local_node_share = local_node / report.total_load;
+  } else if (options.ranks_per_node > 0) {
+    report.local_node_share = 0.0;
+  }
+  for (std::int64_t e = 0; e < table.num_experts; ++e) {
+    const std::int64_t count = table.at(e, 0);
+    for (std::int64_t column = 1; column <= count; ++column) {
+      const bool dead = options.balance_mode == BalanceMode::kByRank &&
+                        ranks_served_by_replica(count, column, options.world_size) == 0;
+      if (!dead && report.instance_load[table.at(e, column)] == 0) ++report.idle_replicas;
+    }
+  }
+}
+
+}  // namespace
+
+BalanceReport analyze_load(const TableView& table, const double* counts,
+                           std::int64_t num_source_ranks, const AnalyzeOptions& options) {
+  constexpr const char* kOperation = "analyze_load()";
+  check_options(kOperation, table, options);
+  const std::int64_t world_size = options.world_size;
+  MOE_EPLB_CHECK(num_source_ranks == 1 || num_source_ranks == world_size, kOperation, ": load has ",
+                 num_source_ranks, " source ranks, expected world_size ", world_size,
+                 " or 1 (global counts)");
+  BalanceReport report = describe_table(table, options);
+  const std::int64_t num_experts = table.num_experts;
+  const std::int64_t slots_per_rank = options.slots_per_rank;
+  const std::int64_t ranks_per_node = options.ranks_per_node;
+  const auto same_node = [&](std::int64_t a, std::int64_t b) {
+    return ranks_per_node > 0 && a / ranks_per_node == b / ranks_per_node;
+  };
+  double local_rank = 0.0, local_node = 0.0;
+  for (std::int64_t e = 0; e < num_experts; ++e) {
+    const std::int64_t count = table.at(e, 0);
+    for (std::int64_t source = 0; source < world_size; ++source) {
+      const double tokens = num_source_ranks == 1 ? counts[e] / static_cast<double>(world_size)
+                                                  : counts[source * num_experts + e];
+      if (tokens == 0) continue;
+      // Rank mode: all of it to one replica; token mode: an even part to each.
+      const bool by_rank = options.balance_mode == BalanceMode::kByRank;
+      const std::int64_t first = by_rank ? rank_mode_replica(count, source, world_size) : 1;
+      const std::int64_t last = by_rank ? first : count;
+      const double part = by_rank ? tokens : tokens / static_cast<double>(count);
+      for (std::int64_t column = first; column <= last; ++column) {
+        const std::int32_t instance = table.at(e, column);
+        const std::int64_t rank = instance / slots_per_rank;
+        report.instance_load[instance] += part;
+        if (rank == source) local_rank += part;
+        if (same_node(rank, source)) local_node += part;
+      }
+    }
+  }
+  finish(report, table, local_rank, local_node, options);
+  return report;
+}
+
+BalanceReport analyze_trace(const TableView& table, const RoutingTrace& trace,
+                            const AnalyzeOptions& options) {
+  constexpr const char* kOperation = "analyze_trace()";
+  check_options(kOperation, table, options);
+  MOE_EPLB_CHECK(trace.world_size == options.world_size, kOperation, ": trace has ",
+                 trace.world_size, " source ranks, expected world_size ", options.world_size);
+  BalanceReport report = describe_table(table, options);
+  const std::int64_t num_physical = options.world_size * options.slots_per_rank;
+  const std::int64_t slots_per_rank = options.slots_per_rank;
+  const std::int64_t ranks_per_node = options.ranks_per_node;
+
+  UpdateExpertParams params;
+  params.world_size = options.world_size;
+  params.balance_mode = options.balance_mode;
+  params.num_physical_experts = num_physical;
+  plan_detail::BatchRouter router;
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(num_physical));
+  double local_rank = 0.0, local_node = 0.0;
+  for (std::int64_t source = 0; source < trace.world_size; ++source) {
+    params.local_rank_id = source;
+    std::fill(counts.begin(), counts.end(), 0);
+    router.route(table, params, trace.rank_ids(source), nullptr, trace.rank_mask(source),
+                 counts.data(), detail::concat(kOperation, ": source rank ", source, ": "));
+    for (std::int64_t instance = 0; instance < num_physical; ++instance) {
+      const auto tokens = static_cast<double>(counts[instance]);
+      const std::int64_t rank = instance / slots_per_rank;
+      report.instance_load[instance] += tokens;
+      if (rank == source) local_rank += tokens;
+      if (ranks_per_node > 0 && rank / ranks_per_node == source / ranks_per_node) {
+        local_node += tokens;
+      }
+    }
+  }
+  finish(report, table, local_rank, local_node, options);
+  return report;
+}
+
+}  // namespace moe_eplb

@@ -1,0 +1,113 @@
+#include "moe_eplb/convert.hpp"
+
+#include <algorithm>
+
+#include "moe_eplb/error.hpp"
+#include "moe_eplb/table.hpp"
+
+namespace moe_eplb {
+
+ReplicaSlots slots_from_table(const TableView& table, std::int64_t num_physical) {
+  ValidateTableOptions options;
+  options.check_rank_mode_reachability = false;
+  options.warn_unused_slots = false;
+  options.max_issues = 5;
+  throw_if_invalid(validate_table(table, -1, num_physical, options), "slots_from_table()");
+  ReplicaSlots slots(static_cast<std::size_t>(table.num_experts));
+  for (std::int64_t e = 0; e < table.num_experts; ++e) {
+    const std::int64_t count = table.at(e, 0);
+    for (std::int64_t column = 1; column <= count; ++column)
+      slots[e].push_back(table.at(e, column));
+  }
+  return slots;
+}
+
+std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots, std::int64_t num_physical) {
+  MOE_EPLB_CHECK(num_physical >= 1, "slots_to_phy2log(): num_physical must be positive, got ",
+                 num_physical);
+  std::vector<std::int64_t> phy2log(static_cast<std::size_t>(num_physical), -1);
+  for (std::size_t e = 0; e < slots.size(); ++e) {
+    for (std::int32_t slot : slots[e]) {
+      MOE_EPLB_CHECK(slot >= 0 && slot < num_physical, "slots_to_phy2log(): expert ", e,
+                     " uses slot ", slot, ", outside 0..", num_physical - 1);
+      MOE_EPLB_CHECK(phy2log[slot] == -1, "slots_to_phy2log(): slot ", slot,
+                     " is claimed by experts ", phy2log[slot], " and ", e);
+      phy2log[slot] = static_cast<std::int64_t>(e);
+    }
+  }
+  return phy2log;
+}
+
+Log2Phy slots_to_log2phy(const ReplicaSlots& slots, std::int64_t max_replicas) {
+  Log2Phy maps;
+  maps.num_experts = static_cast<std::int64_t>(slots.size());
+  std::int64_t largest = 1;
+  for (const auto& replicas : slots) {
+    largest = std::max<std::int64_t>(largest, static_cast<std::int64_t>(replicas.size()));
+  }
+  maps.max_replicas = max_replicas == 0 ? largest : max_replicas;
+  MOE_EPLB_CHECK(largest <= maps.max_replicas, "slots_to_log2phy(): max_replicas ",
+                 maps.max_replicas, " is below the largest replica count ", largest);
+  maps.log2phy.assign(static_cast<std::size_t>(maps.num_experts * maps.max_replicas), -1);
+  maps.logcnt.resize(slots.size());
+  for (std::size_t e = 0; e < slots.size(); ++e) {
+    maps.logcnt[e] = static_cast<std::int64_t>(slots[e].size());
+    std::copy(slots[e].begin(), slots[e].end(),
+              maps.log2phy.begin() + static_cast<std::int64_t>(e) * maps.max_replicas);
+  }
+  return maps;
+}
+
+ReplicaSlots slots_from_phy2log(const std::int64_t* phy2log, std::int64_t num_physical,
+                                std::int64_t num_experts) {
+  MOE_EPLB_CHECK(num_physical >= 1 && num_physical <= INT32_MAX,
+                 "slots_from_phy2log(): phy2log must have 1..", INT32_MAX, " slots, got ",
+                 num_physical);
+  MOE_EPLB_CHECK(num_experts >= 1, "slots_from_phy2log(): num_experts must be positive, got ",
+                 num_experts);
+  ReplicaSlots slots(static_cast<std::size_t>(num_experts));
+  for (std::int64_t slot = 0; slot < num_physical; ++slot) {
+    const std::int64_t expert = phy2log[slot];
+    MOE_EPLB_CHECK(expert >= -1 && expert < num_experts, "slots_from_phy2log(): phy2log[", slot,
+                   "] = ", expert, " is outside -1..", num_experts - 1);
+    if (expert >= 0) slots[expert].push_back(static_cast<std::int32_t>(slot));
+  }
+  for (std::int64_t e = 0; e < num_experts; ++e) {
+    MOE_EPLB_CHECK(!slots[e].empty(), "slots_from_phy2log(): expert ", e,
+                   " has no physical slot in phy2log");
+  }
+  return slots;
+}
+
+ReplicaSlots slots_from_log2phy(const std::int64_t* log2phy, std::int64_t num_experts,
+                                std::int64_t max_replicas, const std::int64_t* logcnt) {
+  const char* operation = logcnt != nullptr ? "slots_from_log2phy()" : "slots_from_sglang()";
+  MOE_EPLB_CHECK(num_experts >= 1 && max_replicas >= 1, operation,
+                 ": map shape must be (E >= 1, R >= 1), got (", num_experts, ", ", max_replicas,
+                 ")");
+  ReplicaSlots slots(static_cast<std::size_t>(num_experts));
+  for (std::int64_t e = 0; e < num_experts; ++e) {
+    const std::int64_t* row = log2phy + e * max_replicas;
+    std::int64_t count = 0;
+    if (logcnt != nullptr) {
+      count = logcnt[e];
+    } else {
+      while (count < max_replicas && row[count] >= 0) ++count;
+    }
+    MOE_EPLB_CHECK(count >= 1 && count <= max_replicas, operation, ": expert ", e, " has ", count,
+                   " replicas, expected 1..", max_replicas);
+    for (std::int64_t j = 0; j < max_replicas; ++j) {
+      if (j < count) {
+        MOE_EPLB_CHECK(row[j] >= 0 && row[j] <= INT32_MAX, operation, ": [", e, ", ", j,
+                       "] = ", row[j], " is not a physical slot id (0..", INT32_MAX, ")");
+        slots[e].push_back(static_cast<std::int32_t>(row[j]));
+      } else {
+        MOE_EPLB_CHECK(row[j] == -1, operation, ": [", e, ", ", j, "] = ", row[j],
+                       " after the expert's ", count, " replicas, expected the -1 padding");
+      }
+    }
+  }
+  return slots;
+}
+
+}  // namespace moe_eplb

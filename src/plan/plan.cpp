@@ -1,0 +1,162 @@
+#include "moe_eplb/plan.hpp"
+
+#include <algorithm>
+
+#include "moe_eplb/error.hpp"
+#include "planners.hpp"
+
+namespace moe_eplb {
+namespace {
+
+constexpr const char* kPlan = "plan()";
+
+void check_plan_request(const ExpertLoad& load, const PlanOptions& options) {
+  const std::int64_t world_size = options.world_size;
+  const std::int64_t slots_per_rank = options.slots_per_rank;
+  const std::int64_t num_experts = load.num_experts;
+  MOE_EPLB_CHECK(world_size >= 1 && world_size <= INT32_MAX, kPlan, ": world_size must be in 1..",
+                 INT32_MAX, ", got ", world_size);
+  MOE_EPLB_CHECK(slots_per_rank >= 1, kPlan, ": slots_per_rank must be at least 1, got ",
+                 slots_per_rank);
+  MOE_EPLB_CHECK(load.num_layers >= 1 && num_experts >= 1, kPlan,
+                 ": load has no experts or no layers");
+  MOE_EPLB_CHECK(load.num_source_ranks == 1 || load.num_source_ranks == world_size, kPlan,
+                 ": load has ", load.num_source_ranks,
+                 " source ranks per layer, expected world_size ", world_size, " or 1 (global)");
+  MOE_EPLB_CHECK(static_cast<std::int64_t>(load.counts.size()) ==
+                     load.num_layers * load.num_source_ranks * num_experts,
+                 kPlan, ": load has ", load.counts.size(), " values, expected ",
+                 load.num_layers * load.num_source_ranks * num_experts);
+  MOE_EPLB_CHECK(slots_per_rank <= INT32_MAX / world_size, kPlan, ": world_size ", world_size,
+                 " x slots_per_rank ", slots_per_rank, " physical slots do not fit in int32");
+  const std::int64_t num_physical = world_size * slots_per_rank;
+  MOE_EPLB_CHECK(num_physical >= num_experts, kPlan, ": world_size ", world_size,
+                 " x slots_per_rank ", slots_per_rank, " = ", num_physical,
+                 " physical slots cannot hold ", num_experts,
+                 " experts (every expert needs a slot); use at least ",
+                 (num_experts + world_size - 1) / world_size, " slots per rank");
+  MOE_EPLB_CHECK(slots_per_rank <= num_experts, kPlan, ": slots_per_rank ", slots_per_rank,
+                 " is more than the ", num_experts,
+                 " experts, so some rank would hold two replicas of one expert; expected 1..",
+                 num_experts);
+  MOE_EPLB_CHECK(options.ranks_per_node >= 0 &&
+                     (options.ranks_per_node == 0 || world_size % options.ranks_per_node == 0),
+                 kPlan, ": ranks_per_node must be 0 (one node) or divide world_size ", world_size,
+                 ", got ", options.ranks_per_node);
+  MOE_EPLB_CHECK(options.num_columns == 0 || options.num_columns >= 2, kPlan,
+                 ": num_columns (F) must be 0 (fit) or at least 2, got ", options.num_columns);
+  MOE_EPLB_CHECK(
+      options.balance_mode == BalanceMode::kByRank || options.balance_mode == BalanceMode::kByToken,
+      kPlan, ": balance_mode must be 0 (by rank) or 1 (by token), got ",
+      static_cast<std::int64_t>(options.balance_mode));
+  MOE_EPLB_CHECK(options.num_groups >= 1 && num_experts % options.num_groups == 0, kPlan,
+                 ": num_groups must be at least 1 and divide the ", num_experts, " experts, got ",
+                 options.num_groups);
+  if (options.num_columns != 0 && options.algorithm == PlanAlgorithm::kRuleAware) {
+    const std::int64_t max_count = std::min(world_size, options.num_columns - 1);
+    MOE_EPLB_CHECK(
+        num_experts * max_count >= num_physical, kPlan, ": num_columns ", options.num_columns,
+        " allows at most ", max_count, " replicas per expert, ", num_experts * max_count,
+        " in all, fewer than the ", num_physical,
+        " physical slots; use num_columns >= ", (num_physical + num_experts - 1) / num_experts + 1);
+  }
+}
+
+}  // namespace
+
+std::vector<std::int64_t> live_replica_counts(std::int64_t world_size) {
+  std::vector<std::int64_t> counts;
+  for (std::int64_t group = world_size; group >= 1; --group) {
+    const std::int64_t count = (world_size + group - 1) / group;
+    if (counts.empty() || counts.back() != count) counts.push_back(count);
+  }
+  return counts;
+}
+
+LayeredTable make_layered_table(const std::vector<ReplicaSlots>& layers, std::int64_t num_columns) {
+  LayeredTable table;
+  table.num_layers = static_cast<std::int64_t>(layers.size());
+  table.num_experts = layers.empty() ? 0 : static_cast<std::int64_t>(layers[0].size());
+  std::int64_t max_count = 1;
+  for (const ReplicaSlots& layer : layers) {
+    MOE_EPLB_CHECK(static_cast<std::int64_t>(layer.size()) == table.num_experts,
+                   "make_layered_table(): layers have different expert counts ", layer.size(),
+                   " and ", table.num_experts);
+    for (const auto& replicas : layer) {
+      MOE_EPLB_CHECK(!replicas.empty(), "make_layered_table(): an expert has no replica");
+      max_count = std::max<std::int64_t>(max_count, static_cast<std::int64_t>(replicas.size()));
+    }
+  }
+  table.num_columns = num_columns == 0 ? max_count + 1 : num_columns;
+  MOE_EPLB_CHECK(max_count <= table.num_columns - 1, "make_layered_table(): num_columns ",
+                 table.num_columns, " holds at most ", table.num_columns - 1,
+                 " replicas, a plan uses ", max_count);
+  table.values.assign(
+      static_cast<std::size_t>(table.num_layers * table.num_experts * table.num_columns), -1);
+  std::size_t row_start = 0;
+  for (const ReplicaSlots& layer : layers) {
+    for (const auto& replicas : layer) {
+      table.values[row_start] = static_cast<std::int32_t>(replicas.size());
+      std::copy(replicas.begin(), replicas.end(), table.values.begin() + row_start + 1);
+      row_start += static_cast<std::size_t>(table.num_columns);
+    }
+  }
+  return table;
+}
+
+LayeredTable no_redundancy_table(std::int64_t num_experts, std::int64_t world_size) {
+  MOE_EPLB_CHECK(num_experts >= 1 && world_size >= 1,
+                 "no_redundancy_table(): num_experts and world_size must be positive, got ",
+                 num_experts, " and ", world_size);
+  const std::int64_t slots_per_rank = (num_experts + world_size - 1) / world_size;
+  ReplicaSlots slots(static_cast<std::size_t>(num_experts));
+  for (std::int64_t rank = 0; rank < world_size; ++rank) {
+    const std::int64_t first = rank * num_experts / world_size;
+    const std::int64_t last = (rank + 1) * num_experts / world_size;
+    for (std::int64_t expert = first; expert < last; ++expert) {
+      slots[static_cast<std::size_t>(expert)] = {
+          static_cast<std::int32_t>(rank * slots_per_rank + expert - first)};
+    }
+  }
+  return make_layered_table({slots}, 2);
+}
+
+LayeredTable plan(const ExpertLoad& load, const PlanOptions& options) {
+  check_plan_request(load, options);
+  // DeepSeek's algorithm plans on global counts and has no count cap.
+  const bool deepseek = options.algorithm == PlanAlgorithm::kDeepSeek;
+  const ExpertLoad global = deepseek && load.per_rank() ? global_load(load) : ExpertLoad{};
+  const ExpertLoad& input = deepseek && load.per_rank() ? global : load;
+
+  plan_detail::LayerRequest request;
+  request.num_source_ranks = input.num_source_ranks;
+  request.num_experts = input.num_experts;
+  request.world_size = options.world_size;
+  request.slots_per_rank = options.slots_per_rank;
+  request.ranks_per_node = options.ranks_per_node;
+  request.max_count = options.num_columns == 0
+                          ? options.world_size
+                          : std::min(options.world_size, options.num_columns - 1);
+  request.balance_mode = options.balance_mode;
+  request.num_groups = options.num_groups;
+
+  std::vector<ReplicaSlots> layers;
+  layers.reserve(static_cast<std::size_t>(input.num_layers));
+  for (std::int64_t layer_idx = 0; layer_idx < input.num_layers; ++layer_idx) {
+    request.counts = input.layer(layer_idx);
+    layers.push_back(deepseek ? plan_detail::plan_deepseek(request)
+                              : plan_detail::plan_rule_aware(request));
+    // DeepSeek's replication has no cap; the rule-aware planner respects it.
+    for (const auto& replicas : layers.back()) {
+      MOE_EPLB_CHECK(options.num_columns == 0 ||
+                         static_cast<std::int64_t>(replicas.size()) <= options.num_columns - 1,
+                     kPlan, ": num_columns ", options.num_columns, " holds at most ",
+                     options.num_columns - 1,
+                     " replicas, but DeepSeek's algorithm gives an expert of layer ", layer_idx,
+                     " ", replicas.size(), " replicas; use num_columns 0 (fit)");
+    }
+  }
+  return make_layered_table(layers, options.num_columns);
+}
+
+}  // namespace moe_eplb

@@ -1,0 +1,27 @@
+// Internal: the per-layer planners behind plan(). plan() checks the request
+// once; these trust it.
+#pragma once
+
+#include <cstdint>
+
+#include "moe_eplb/plan.hpp"
+
+namespace moe_eplb::plan_detail {
+
+// One layer of a checked plan() request.
+struct LayerRequest {
+  const double* counts = nullptr;  // (num_source_ranks, num_experts) row-major
+  std::int64_t num_source_ranks = 1;
+  std::int64_t num_experts = 0;
+  std::int64_t world_size = 0;
+  std::int64_t slots_per_rank = 0;
+  std::int64_t ranks_per_node = 0;  // 0 = one node
+  std::int64_t max_count = 0;       // replica count cap: min(W, F - 1)
+  BalanceMode balance_mode = BalanceMode::kByRank;
+  std::int64_t num_groups = 1;
+};
+
+ReplicaSlots plan_rule_aware(const LayerRequest& request);
+ReplicaSlots plan_deepseek(const LayerRequest& request);
+
+}  // namespace moe_eplb::plan_detail

@@ -1,0 +1,293 @@
+#include "moe_eplb/scenario.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "moe_eplb/error.hpp"
+
+namespace moe_eplb {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// xoshiro256**: small, fast, and the same sequence everywhere.
+class Rng {
+ public:
+  explicit Rng(std::uint64_t seed) {
+    for (std::uint64_t& word : state_) word = splitmix64(seed);
+  }
+  std::uint64_t next() {
+    const std::uint64_t result = rotl(state_[1] * 5, 7) * 9;
+    const std::uint64_t t = state_[1] << 17;
+    state_[2] ^= state_[0];
+    state_[3] ^= state_[1];
+    state_[1] ^= state_[2];
+    state_[0] ^= state_[3];
+    state_[2] ^= t;
+    state_[3] = rotl(state_[3], 45);
+    return result;
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+  std::int64_t below(std::int64_t n) {
+    return static_cast<std::int64_t>(uniform() * static_cast<double>(n));
+  }
+  double normal() {  // Box-Muller
+    const double u = 1.0 - uniform();
+    return std::sqrt(-2.0 * std::log(u)) * std::cos(2.0 * kPi * uniform());
+  }
+
+ private:
+  static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  std::uint64_t state_[4];
+};
+
+// Vose's alias method: O(1) draws from a fixed discrete distribution.
+class AliasTable {
+ public:
+  explicit AliasTable(const std::vector<double>& weights)
+      : probability_(weights.size()), alias_(weights.size()) {
+    const double total = std::accumulate(weights.begin(), weights.end(), 0.0);
+    const auto n = static_cast<std::int64_t>(weights.size());
+    std::vector<double> scaled(weights.size());
+    std::vector<std::int64_t> small, large;
+    for (std::int64_t i = 0; i < n; ++i) {
+      scaled[i] = weights[i] * static_cast<double>(n) / total;
+      (scaled[i] < 1.0 ? small : large).push_back(i);
+    }
+    while (!small.empty() && !large.empty()) {
+      const std::int64_t s = small.back(), l = large.back();
+      small.pop_back();
+      probability_[s] = scaled[s];
+      alias_[s] = l;
+      scaled[l] -= 1.0 - scaled[s];
+      if (scaled[l] < 1.0) {
+        large.pop_back();
+        small.push_back(l);
+      }
+    }
+    for (std::int64_t i : large) probability_[i] = 1.0;
+    for (std::int64_t i : small) probability_[i] = 1.0;  // rounding leftovers
+  }
+  std::int64_t draw(Rng& rng) const {
+    const std::int64_t column = rng.below(static_cast<std::int64_t>(probability_.size()));
+    return rng.uniform() < probability_[column] ? column : alias_[column];
+  }
+
+ private:
+  std::vector<double> probability_;
+  std::vector<std::int64_t> alias_;
+};
+
+void check_spec(const ScenarioSpec& spec) {
+  MOE_EPLB_CHECK(spec.num_experts >= 1 && spec.num_experts <= INT32_MAX,
+                 "generate_trace(): num_experts must be in 1..", INT32_MAX, ", got ",
+                 spec.num_experts);
+  MOE_EPLB_CHECK(spec.top_k >= 1 && spec.top_k <= spec.num_experts,
+                 "generate_trace(): top_k must be in 1..", spec.num_experts,
+                 " (distinct experts per token), got ", spec.top_k);
+  MOE_EPLB_CHECK(spec.world_size >= 1, "generate_trace(): world_size must be positive, got ",
+                 spec.world_size);
+  MOE_EPLB_CHECK(spec.tokens_per_rank >= 0, "generate_trace(): tokens_per_rank must be >= 0, got ",
+                 spec.tokens_per_rank);
+  MOE_EPLB_CHECK(spec.skew >= 0 && spec.rank_variation >= 0 && spec.token_variation >= 0 &&
+                     spec.token_variation <= 1 && spec.hot_expert >= 0 && spec.hot_expert < 1,
+                 "generate_trace(): skew and rank_variation must be >= 0, token_variation in "
+                 "[0, 1] and hot_expert in [0, 1)");
+}
+
+// Global expert weights of the scenario (the same for every window).
+std::vector<double> expert_weights(const ScenarioSpec& spec, Rng& rng) {
+  const auto num_experts = static_cast<std::size_t>(spec.num_experts);
+  std::vector<double> weights(num_experts);
+  if (spec.popularity == Popularity::kZipf) {
+    std::vector<std::int64_t> order(num_experts);  // popularity rank -> expert
+    std::iota(order.begin(), order.end(), 0);
+    for (std::size_t i = num_experts; i > 1; --i) {  // Fisher-Yates
+      std::swap(order[i - 1],
+                order[static_cast<std::size_t>(rng.below(static_cast<std::int64_t>(i)))]);
+    }
+    for (std::size_t i = 0; i < num_experts; ++i) {
+      weights[order[i]] = 1.0 / std::pow(static_cast<double>(i + 1), spec.skew);
+    }
+  } else {
+    for (double& weight : weights) weight = std::exp(spec.skew * rng.normal());
+  }
+  if (spec.hot_expert > 0 && num_experts > 1) {
+    const auto hot = static_cast<std::size_t>(rng.below(spec.num_experts));
+    const double others = std::accumulate(weights.begin(), weights.end(), 0.0) - weights[hot];
+    weights[hot] = others * spec.hot_expert / (1.0 - spec.hot_expert);
+  }
+  return weights;
+}
+
+// Up to top_k distinct draws: rejection while it is cheap, then a direct
+// weighted draw among the experts not chosen yet.
+void draw_distinct(const AliasTable& alias, const std::vector<double>& weights, std::int64_t top_k,
+                   Rng& rng, std::int32_t* out) {
+  std::int64_t chosen = 0;
+  const auto taken = [&](std::int64_t expert) {
+    return std::find(out, out + chosen, static_cast<std::int32_t>(expert)) != out + chosen;
+  };
+  for (std::int64_t attempt = 0; chosen < top_k && attempt < 16 * top_k; ++attempt) {
+    const std::int64_t expert = alias.draw(rng);
+    if (!taken(expert)) out[chosen++] = static_cast<std::int32_t>(expert);
+  }
+  while (chosen < top_k) {
+    double left = 0.0;
+    for (std::size_t e = 0; e < weights.size(); ++e) {
+      if (!taken(static_cast<std::int64_t>(e))) left += weights[e];
+    }
+    double target = rng.uniform() * left;
+    std::int64_t pick = -1;
+    for (std::size_t e = 0; e < weights.size(); ++e) {
+      if (taken(static_cast<std::int64_t>(e))) continue;
+      pick = static_cast<std::int64_t>(e);
+      target -= weights[e];
+      if (target < 0) break;
+    }
+    out[chosen++] = static_cast<std::int32_t>(pick);
+  }
+}
+
+// One row of the built-in scenarios; tokens_per_rank is 4096 for all.
+struct ScenarioRow {
+  const char* name;
+  const char* description;
+  std::int64_t num_experts, top_k, world_size, slots_per_rank, ranks_per_node;
+  Popularity popularity;
+  double skew, rank_variation, token_variation, hot_expert;
+  std::uint64_t seed;
+};
+
+constexpr Popularity kZipf = Popularity::kZipf;
+constexpr Popularity kLogNormal = Popularity::kLogNormal;
+
+// clang-format off
+constexpr ScenarioRow kScenarios[] = {
+  // name, description,                                                E,   K, W,  S, node, popularity, skew, rank, tokens, hot, seed
+  {"deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",                 256, 8, 32, 9, 8, kZipf,      0.9, 0.5, 0.0, 0.0, 20250807},
+  {"deepseek-v3-ep32-lognormal", "DeepSeek-V3, EP 32, log-normal 1.0", 256, 8, 32, 9, 8, kLogNormal, 1.0, 0.3, 0.3, 0.0, 11},
+  {"deepseek-v3-ep64-zipf", "DeepSeek-V3, EP 64, Zipf 1.0",            256, 8, 64, 5, 8, kZipf,      1.0, 0.3, 0.0, 0.0, 12},
+  {"deepseek-v3-ep64-hot", "DeepSeek-V3, EP 64, log-normal + hot",     256, 8, 64, 5, 8, kLogNormal, 0.6, 0.3, 0.0, 0.5, 13},
+  {"qwen3-ep16-lognormal", "Qwen3-MoE, EP 16, log-normal 0.8",         128, 8, 16, 9, 8, kLogNormal, 0.8, 0.6, 0.0, 0.0, 14},
+  {"qwen3-ep32-hot", "Qwen3-MoE, EP 32, Zipf 0.8 + hot",               128, 8, 32, 5, 8, kZipf,      0.8, 0.3, 0.0, 0.4, 15},
+  {"kimi-k2-ep64-zipf", "Kimi-K2, EP 64, Zipf 0.9",                    384, 8, 64, 7, 8, kZipf,      0.9, 0.3, 0.0, 0.0, 16},
+  {"kimi-k2-ep48-lognormal", "Kimi-K2, EP 48, log-normal 1.0",         384, 8, 48, 9, 8, kLogNormal, 1.0, 0.5, 0.3, 0.0, 17},
+  {"mixtral-ep4-zipf", "Mixtral, EP 4, Zipf 1.0",                      8,   2, 4,  3, 4, kZipf,      1.0, 0.3, 0.0, 0.0, 18},
+  {"mixtral-ep6-lognormal", "Mixtral, EP 6, log-normal 0.8",           8,   2, 6,  2, 0, kLogNormal, 0.8, 0.3, 0.0, 0.0, 19},
+  {"mixtral-ep8-hot", "Mixtral, EP 8, Zipf 0.5 + hot",                 8,   2, 8,  2, 8, kZipf,      0.5, 0.3, 0.0, 0.4, 20},
+};
+// clang-format on
+
+ScenarioSpec make_spec(const ScenarioRow& row) {
+  ScenarioSpec spec;
+  spec.name = row.name;
+  spec.description = row.description;
+  spec.num_experts = row.num_experts;
+  spec.top_k = row.top_k;
+  spec.world_size = row.world_size;
+  spec.slots_per_rank = row.slots_per_rank;
+  spec.ranks_per_node = row.ranks_per_node;
+  spec.tokens_per_rank = 4096;
+  spec.popularity = row.popularity;
+  spec.skew = row.skew;
+  spec.rank_variation = row.rank_variation;
+  spec.token_variation = row.token_variation;
+  spec.hot_expert = row.hot_expert;
+  spec.seed = row.seed;
+  return spec;
+}
+
+}  // namespace
+
+RoutingTrace generate_trace(const ScenarioSpec& spec, std::int64_t window) {
+  check_spec(spec);
+  MOE_EPLB_CHECK(window >= 0, "generate_trace(): window must be >= 0, got ", window);
+  Rng shape_rng(spec.seed);
+  const std::vector<double> weights = expert_weights(spec, shape_rng);
+
+  RoutingTrace trace;
+  trace.world_size = spec.world_size;
+  trace.tokens_per_rank = spec.tokens_per_rank;
+  trace.top_k = spec.top_k;
+  trace.expert_ids.resize(
+      static_cast<std::size_t>(spec.world_size * spec.tokens_per_rank * spec.top_k));
+  if (spec.token_variation > 0) {
+    trace.active_mask.assign(static_cast<std::size_t>(spec.world_size * spec.tokens_per_rank), 1);
+  }
+  std::uint64_t window_seed =
+      spec.seed ^ (0x5851f42d4c957f2dull * static_cast<std::uint64_t>(window + 1));
+  Rng token_rng(splitmix64(window_seed));
+
+  std::vector<double> rank_weights(weights.size());
+  for (std::int64_t rank = 0; rank < spec.world_size; ++rank) {
+    // The rank's preferences and size belong to the scenario, not the window.
+    for (std::size_t e = 0; e < weights.size(); ++e) {
+      rank_weights[e] = weights[e] * std::exp(spec.rank_variation * shape_rng.normal());
+    }
+    const double shrink = spec.token_variation * shape_rng.uniform();
+    const auto active = static_cast<std::int64_t>(
+        std::llround(static_cast<double>(spec.tokens_per_rank) * (1.0 - shrink)));
+    const AliasTable alias(rank_weights);
+    std::int32_t* ids = trace.expert_ids.data() + rank * spec.tokens_per_rank * spec.top_k;
+    for (std::int64_t token = 0; token < spec.tokens_per_rank; ++token) {
+      std::int32_t* row = ids + token * spec.top_k;
+      if (token < active) {
+        draw_distinct(alias, rank_weights, spec.top_k, token_rng, row);
+        continue;
+      }
+      // Padding: valid, distinct ids that the mask keeps out of every count.
+      for (std::int64_t k = 0; k < spec.top_k; ++k) row[k] = static_cast<std::int32_t>(k);
+      trace.active_mask[static_cast<std::size_t>(rank * spec.tokens_per_rank + token)] = 0;
+    }
+  }
+  return trace;
+}
+
+ScenarioSpec demo_scenario() { return make_spec(kScenarios[0]); }
+
+std::vector<ScenarioSpec> scenario_suite() {
+  std::vector<ScenarioSpec> suite;
+  for (const ScenarioRow& row : kScenarios) suite.push_back(make_spec(row));
+  return suite;
+}
+
+PlanOptions scenario_plan_options(const ScenarioSpec& spec, BalanceMode balance_mode,
+                                  PlanAlgorithm algorithm) {
+  PlanOptions options;
+  options.world_size = spec.world_size;
+  options.slots_per_rank = spec.slots_per_rank;
+  options.ranks_per_node = spec.ranks_per_node;
+  options.balance_mode = balance_mode;
+  options.algorithm = algorithm;
+  return options;
+}
+
+AnalyzeOptions scenario_analyze_options(const ScenarioSpec& spec, BalanceMode balance_mode) {
+  AnalyzeOptions options;
+  options.world_size = spec.world_size;
+  options.slots_per_rank = spec.slots_per_rank;
+  options.ranks_per_node = spec.ranks_per_node;
+  options.balance_mode = balance_mode;
+  return options;
+}
+
+ScenarioSpec find_scenario(const std::string& name) {
+  std::string names;
+  for (const ScenarioSpec& spec : scenario_suite()) {
+    if (spec.name == name) return spec;
+    names += (names.empty() ? "" : ", ") + spec.name;
+  }
+  MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, "find_scenario(): unknown scenario '", name,
+                "', expected one of ", names);
+}
+
+}  // namespace moe_eplb

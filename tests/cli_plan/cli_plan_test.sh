@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# cli_plan_test.sh CASE MOE_EPLB WORKDIR: one end-to-end case of the planner
+# commands. Fails (exit 1) with the command and its output on the first
+# unexpected result.
+set -euo pipefail
+case_name=$1
+tool=$2
+work=$3
+rm -rf "$work"
+mkdir -p "$work"
+cd "$work"
+
+fail() {
+  echo "FAIL [$case_name]: $*" >&2
+  exit 1
+}
+
+# run CMD...: must succeed; its stdout+stderr land in out.txt.
+run() {
+  if ! "$@" >out.txt 2>&1; then
+    cat out.txt >&2
+    fail "command failed: $*"
+  fi
+}
+
+# run_fails PATTERN CMD...: must exit 1 and print PATTERN (fixed string).
+run_fails() {
+  local pattern=$1
+  shift
+  local status=0
+  "$@" >out.txt 2>&1 || status=$?
+  [[ $status -eq 1 ]] || { cat out.txt >&2; fail "expected exit 1, got $status: $*"; }
+  grep -qF -- "$pattern" out.txt || { cat out.txt >&2; fail "expected '$pattern' from: $*"; }
+}
+
+expect() {  # expect PATTERN FILE
+  grep -qF -- "$1" "$2" || { cat "$2" >&2; fail "expected '$1' in $2"; }
+}
+
+# npy_int32 FILE SHAPE VALUES...: writes an int32 .npy (format 1.0) with bash only.
+npy_int32() {
+  local file=$1 shape=$2
+  shift 2
+  local header="{'descr': '<i4', 'fortran_order': False, 'shape': $shape, }"
+  local total=$((10 + ${#header} + 1))
+  local pad=$(((64 - total % 64) % 64))
+  header="$header$(printf '%*s' "$pad" '')"
+  local length=$((${#header} + 1))
+  {
+    printf '\x93NUMPY\x01\x00'
+    printf "\\x$(printf '%02x' $((length & 255)))\\x$(printf '%02x' $((length >> 8)))"
+    printf '%s\n' "$header"
+    local value
+    for value in "$@"; do
+      value=$((value & 0xffffffff))
+      printf "\\x$(printf '%02x' $((value & 255)))\\x$(printf '%02x' $(((value >> 8) & 255)))"
+      printf "\\x$(printf '%02x' $(((value >> 16) & 255)))\\x$(printf '%02x' $((value >> 24)))"
+    done
+  } >"$file"
+}
+
+case $case_name in
+  demo)
+    # The README's main job: a before/after table and a plot.
+    run "$tool" demo --svg demo.svg
+    expect "no redundancy" out.txt
+    expect "DeepSeek EPLB" out.txt
+    expect "moe-eplb (planned for token)" out.txt
+    expect "[4/4] routing" out.txt
+    expect "</svg>" demo.svg
+    expect "moe-eplb, rank mode" demo.svg
+    # moe-eplb under rank mode beats DeepSeek under rank mode on the default scenario.
+    ours=$(awk '$1 == "moe-eplb" && $2 == "rank" {print $3}' out.txt)
+    theirs=$(awk '$1 == "DeepSeek" && $3 == "rank" {print $4}' out.txt)
+    [[ -n $ours && -n $theirs ]] || { cat out.txt >&2; fail "could not read the table"; }
+    awk -v a="$ours" -v b="$theirs" 'BEGIN { exit !(a < b && a < 1.10) }' ||
+      fail "moe-eplb $ours is not below DeepSeek $theirs and 1.10"
+    run "$tool" demo --list
+    expect "mixtral-ep6-lognormal" out.txt
+    ;;
+
+  plan_simulate)
+    run "$tool" demo --scenario qwen3-ep16-lognormal --tokens-per-rank 512 --svg '' --save-dir .
+    for mode in 0 1; do
+      run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --ranks-per-node 8 \
+        --balance-mode $mode --out table$mode.npy
+      expect "wrote table$mode.npy: int32 (128," out.txt
+      run "$tool" validate --table table$mode.npy --world-size 16 --num-physical 144
+      expect "valid (0 errors, 0 warnings)" out.txt
+      run "$tool" simulate --table table$mode.npy --world-size 16 --slots-per-rank 9 \
+        --expert-ids expert_ids.npy --balance-mode $mode --ranks-per-node 8 --svg sim$mode.svg
+      expect "before: no redundancy" out.txt
+      expect "</svg>" sim$mode.svg
+    done
+    # Rank mode from recorded statistics is exact: the same balance as the trace.
+    run "$tool" record --expert-ids expert_ids.npy --num-experts 128 --out recorded.npy
+    expect "wrote recorded.npy: int64 (16, 128)" out.txt
+    run "$tool" simulate --table table0.npy --world-size 16 --slots-per-rank 9 \
+      --load recorded.npy --json
+    grep '"max_over_mean"' out.txt >from_load.txt
+    run "$tool" simulate --table table0.npy --world-size 16 --slots-per-rank 9 \
+      --expert-ids expert_ids.npy --json
+    grep '"max_over_mean"' out.txt >from_trace.txt
+    cmp from_load.txt from_trace.txt || fail "statistics and trace disagree under rank mode"
+    run "$tool" simulate --table table0.npy --world-size 16 --slots-per-rank 9 --load load.npy --json
+    expect '"max_over_mean"' out.txt
+    expect '"dead_replicas": 0' out.txt
+    expect '"replicas_sharing_rank": 0' out.txt
+    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --algorithm deepseek \
+      --columns 17 --out deepseek.npy
+    expect "int32 (128, 17)" out.txt
+    ;;
+
+  convert)
+    run "$tool" demo --scenario mixtral-ep6-lognormal --tokens-per-rank 256 --svg '' --save-dir .
+    run "$tool" convert --from ascend --to log2phy --in table.npy --out l2p.npy --logcnt-out cnt.npy
+    run "$tool" convert --from log2phy --to ascend --in l2p.npy --logcnt cnt.npy --out back.npy
+    cmp table.npy back.npy || fail "ascend -> log2phy -> ascend changed the table"
+    run "$tool" convert --from ascend --to sglang --in table.npy --out sglang.npy
+    run "$tool" convert --from sglang --to ascend --in sglang.npy --out back2.npy
+    cmp table.npy back2.npy || fail "ascend -> sglang -> ascend changed the table"
+    run "$tool" convert --from ascend --to phy2log --in table.npy --out p2l.npy --num-physical 12
+    run "$tool" convert --from phy2log --to ascend --in p2l.npy --out sorted.npy
+    run "$tool" convert --from ascend --to phy2log --in sorted.npy --out p2l2.npy --num-physical 12
+    cmp p2l.npy p2l2.npy || fail "phy2log -> ascend -> phy2log changed phy2log"
+    ;;
+
+  per_layer)
+    # (L, W, E) = (2, 2, 4) counts in, (2, E, F) tables out.
+    npy_int32 load3.npy "(2, 2, 4)" 9 1 1 1 8 1 2 1  1 1 1 20 1 1 1 15
+    run "$tool" plan --load load3.npy --world-size 2 --slots-per-rank 3 --out tables.npy
+    expect "planned 2 layers" out.txt
+    expect "int32 (2, 4, 3)" out.txt
+    run "$tool" simulate --table tables.npy --load load3.npy --world-size 2 --slots-per-rank 3
+    expect "layer  before  after" out.txt
+    # Global counts per layer: (L, 1, E).
+    npy_int32 global3.npy "(2, 1, 4)" 9 1 1 1 1 1 1 20
+    run "$tool" plan --load global3.npy --world-size 2 --slots-per-rank 3 --out tables.npy
+    expect "global (even split over ranks assumed)" out.txt
+    ;;
+
+  errors)
+    npy_int32 load.npy "(2, 4)" 5 1 1 1 1 1 1 1
+    run_fails "plan(): world_size 2 x slots_per_rank 1 = 2 physical slots cannot hold 4 experts" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 1 --out t.npy
+    run_fails "plan(): slots_per_rank 5 is more than the 4 experts" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 5 --out t.npy
+    run_fails "is read as (W, E) per-source-rank counts, but W = 2 differs from world_size 4" \
+      "$tool" plan --load load.npy --world-size 4 --slots-per-rank 2 --out t.npy
+    npy_int32 negative.npy "(2, 4)" 5 1 1 1 1 1 -3 1
+    run_fails "plan(): load has a negative value -3 at (rank 1, expert 2)" \
+      "$tool" plan --load negative.npy --world-size 2 --slots-per-rank 3 --out t.npy
+    printf 'not an npy file' >garbage.npy
+    run_fails "--load" "$tool" plan --load garbage.npy --world-size 2 --slots-per-rank 3 --out t.npy
+    run_fails "--load" "$tool" plan --load missing.npy --world-size 2 --slots-per-rank 3 --out t.npy
+    run "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --out t.npy
+    run_fails "simulate(): give exactly one of --load (statistics) and --expert-ids (traces)" \
+      "$tool" simulate --table t.npy --world-size 2 --slots-per-rank 3
+    run_fails "convert(): --from log2phy needs --logcnt" \
+      "$tool" convert --from log2phy --to ascend --in t.npy --out x.npy
+    ;;
+
+  *)
+    fail "unknown case"
+    ;;
+esac
+echo "ok [$case_name]"

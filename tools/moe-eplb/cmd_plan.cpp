@@ -1,0 +1,160 @@
+// moe-eplb plan: load statistics in, Ascend eplb_table out.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "commands.hpp"
+#include "moe_eplb/analyze.hpp"
+#include "moe_eplb/error.hpp"
+#include "moe_eplb/plan.hpp"
+#include "plan_io.hpp"
+
+namespace moe_eplb::cli {
+namespace {
+
+struct PlanCommandOptions {
+  std::string load_path;
+  std::string out_path;
+  PlanOptions plan;
+  std::int64_t balance_mode = 0;
+  std::string algorithm = "moe-eplb";
+};
+
+// Mean and worst max/mean per-rank load over the layers, routed arithmetically.
+std::pair<double, double> predicted_balance(const LayeredTable& table, const ExpertLoad& load,
+                                            const AnalyzeOptions& options) {
+  double sum = 0.0, worst = 0.0;
+  for (std::int64_t layer = 0; layer < load.num_layers; ++layer) {
+    const double ratio =
+        analyze_load(table.layer(layer), load.layer(layer), load.num_source_ranks, options)
+            .max_over_mean;
+    sum += ratio;
+    worst = std::max(worst, ratio);
+  }
+  return {sum / static_cast<double>(load.num_layers), worst};
+}
+
+std::string describe_balance(std::pair<double, double> balance, std::int64_t num_layers) {
+  char text[64];
+  if (num_layers == 1) {
+    std::snprintf(text, sizeof(text), "%.3f", balance.first);
+  } else {
+    std::snprintf(text, sizeof(text), "%.3f (worst layer %.3f)", balance.first, balance.second);
+  }
+  return text;
+}
+
+void run_plan(PlanCommandOptions options) {
+  MOE_EPLB_CHECK(options.balance_mode == 0 || options.balance_mode == 1,
+                 "plan(): --balance-mode must be 0 (by rank) or 1 (by token), got ",
+                 options.balance_mode);
+  options.plan.balance_mode = static_cast<BalanceMode>(options.balance_mode);
+  options.plan.algorithm =
+      options.algorithm == "deepseek" ? PlanAlgorithm::kDeepSeek : PlanAlgorithm::kRuleAware;
+  const LoadedLoad loaded =
+      load_expert_load("--load", options.load_path, options.plan.world_size, "plan()");
+  const ExpertLoad& load = loaded.load;
+
+  const auto start = std::chrono::steady_clock::now();
+  const LayeredTable table = plan(load, options.plan);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  save_layered_table(options.out_path, table, !loaded.per_layer_file);
+
+  const std::int64_t num_physical = options.plan.world_size * options.plan.slots_per_rank;
+  const char* mode = options.balance_mode == 0 ? "rank" : "token";
+  std::printf(
+      "planned %lld layer%s in %.1f ms (%s, %s mode): %lld experts on %lld ranks x %lld "
+      "slots = %lld physical (%lld redundant), %s statistics\n",
+      static_cast<long long>(load.num_layers), load.num_layers == 1 ? "" : "s", seconds * 1e3,
+      options.algorithm.c_str(), mode, static_cast<long long>(load.num_experts),
+      static_cast<long long>(options.plan.world_size),
+      static_cast<long long>(options.plan.slots_per_rank), static_cast<long long>(num_physical),
+      static_cast<long long>(num_physical - load.num_experts),
+      load.per_rank() ? "per-source-rank" : "global (even split over ranks assumed)");
+  std::string shape = std::to_string(table.num_experts) + ", " + std::to_string(table.num_columns);
+  if (loaded.per_layer_file) shape = std::to_string(table.num_layers) + ", " + shape;
+  std::printf("wrote %s: int32 (%s), up to %lld replicas per expert\n", options.out_path.c_str(),
+              shape.c_str(), static_cast<long long>(table.num_columns - 1));
+
+  // Replica counts, as "count x experts".
+  std::map<std::int64_t, std::int64_t> histogram;
+  for (std::int64_t layer = 0; layer < table.num_layers; ++layer) {
+    const TableView view = table.layer(layer);
+    for (std::int64_t e = 0; e < view.num_experts; ++e) ++histogram[view.at(e, 0)];
+  }
+  std::string counts;
+  for (const auto& [count, experts] : histogram) {
+    counts +=
+        (counts.empty() ? "" : ", ") + std::to_string(experts) + " with " + std::to_string(count);
+  }
+  std::printf("replicas per expert%s: %s\n", table.num_layers > 1 ? " (all layers)" : "",
+              counts.c_str());
+
+  // How the plan and the alternatives balance these same statistics.
+  AnalyzeOptions analyze;
+  analyze.world_size = options.plan.world_size;
+  analyze.slots_per_rank = options.plan.slots_per_rank;
+  analyze.ranks_per_node = options.plan.ranks_per_node;
+  analyze.balance_mode = options.plan.balance_mode;
+  PlanOptions other = options.plan;
+  other.algorithm = options.plan.algorithm == PlanAlgorithm::kDeepSeek ? PlanAlgorithm::kRuleAware
+                                                                       : PlanAlgorithm::kDeepSeek;
+  other.num_columns = 0;
+  const LayeredTable alternative = plan(load, other);
+  std::printf(
+      "max/mean per-rank load on these statistics, %s mode: this plan %s, %s %s\n", mode,
+      describe_balance(predicted_balance(table, load, analyze), load.num_layers).c_str(),
+      other.algorithm == PlanAlgorithm::kDeepSeek ? "DeepSeek EPLB" : "moe-eplb",
+      describe_balance(predicted_balance(alternative, load, analyze), load.num_layers).c_str());
+  std::printf(
+      "(statistics from the window it was planned on; `moe-eplb simulate` scores a table "
+      "on other traffic)\n");
+}
+
+}  // namespace
+
+void add_plan_command(CLI::App& app) {
+  auto options = std::make_shared<PlanCommandOptions>();
+  CLI::App* command = app.add_subcommand(
+      "plan", "Plan replica counts and placement from load statistics; write the eplb_table");
+  command
+      ->add_option("--load", options->load_path,
+                   ".npy load statistics: (W, E) tokens per source rank and expert, (E,) global, "
+                   "or (L, W|1, E) per layer")
+      ->required();
+  command->add_option("--world-size", options->plan.world_size, "EP group size W")->required();
+  command
+      ->add_option("--slots-per-rank", options->plan.slots_per_rank,
+                   "physical expert slots per rank S (W * S >= E)")
+      ->required();
+  command
+      ->add_option("--ranks-per-node", options->plan.ranks_per_node,
+                   "ranks per node, for locality (0 = one node)")
+      ->capture_default_str();
+  command
+      ->add_option("--columns", options->plan.num_columns,
+                   "F, columns of the table (0 = largest replica count + 1)")
+      ->capture_default_str();
+  command
+      ->add_option("--balance-mode", options->balance_mode,
+                   "the operator's rule to plan for: 0 = by rank, 1 = by token")
+      ->capture_default_str();
+  command
+      ->add_option("--algorithm", options->algorithm,
+                   "moe-eplb (rule-aware) or deepseek (the published baseline)")
+      ->check(CLI::IsMember({"moe-eplb", "deepseek"}))
+      ->capture_default_str();
+  command
+      ->add_option("--num-groups", options->plan.num_groups,
+                   "expert groups, for deepseek's hierarchical policy")
+      ->capture_default_str();
+  command->add_option("--out", options->out_path, "write the eplb_table here (.npy, int32)")
+      ->required();
+  command->callback([options] { run_plan(*options); });
+}
+
+}  // namespace moe_eplb::cli

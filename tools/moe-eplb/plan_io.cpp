@@ -1,0 +1,118 @@
+#include "plan_io.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "arrays.hpp"
+#include "moe_eplb/error.hpp"
+#include "moe_eplb/npy.hpp"
+
+namespace moe_eplb::cli {
+namespace {
+
+// The values as int32, refusing any that do not fit.
+std::vector<std::int32_t> narrow_to_int32(const std::string& flag, const std::string& path,
+                                          const std::vector<std::int64_t>& values) {
+  std::vector<std::int32_t> narrowed;
+  narrowed.reserve(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    MOE_EPLB_CHECK(values[i] >= std::numeric_limits<std::int32_t>::min() &&
+                       values[i] <= std::numeric_limits<std::int32_t>::max(),
+                   flag, " ", path, ": value ", values[i], " at flat index ", i,
+                   " does not fit in int32");
+    narrowed.push_back(static_cast<std::int32_t>(values[i]));
+  }
+  return narrowed;
+}
+
+}  // namespace
+
+LoadedIntegers load_integers(const std::string& flag, const std::string& path) {
+  const LoadedNumbers numbers = load_numbers(flag, path);
+  MOE_EPLB_CHECK(numbers.dtype != npy::Dtype::kFloat32 && numbers.dtype != npy::Dtype::kFloat64,
+                 flag, " ", path, ": expected an integer array, got ",
+                 npy::to_string(numbers.dtype));
+  LoadedIntegers loaded;
+  loaded.shape = numbers.shape;
+  loaded.values.reserve(numbers.values.size());
+  for (double value : numbers.values) {
+    MOE_EPLB_CHECK(value >= -9.2e18 && value <= 9.2e18, flag, " ", path, ": value ", value,
+                   " does not fit in int64");
+    loaded.values.push_back(static_cast<std::int64_t>(value));
+  }
+  return loaded;
+}
+
+LoadedLoad load_expert_load(const std::string& flag, const std::string& path,
+                            std::int64_t world_size, const char* operation) {
+  LoadedNumbers numbers = load_numbers(flag, path);
+  LoadedLoad loaded;
+  loaded.per_layer_file = numbers.shape.size() == 3;
+  try {
+    loaded.load = make_expert_load(numbers.shape, std::move(numbers.values), world_size, operation);
+  } catch (const Error& error) {
+    MOE_EPLB_FAIL(error.code(), error.what(), " (", flag, " ", path, ")");
+  }
+  return loaded;
+}
+
+LoadedTables load_layered_table(const std::string& flag, const std::string& path) {
+  LoadedIntegers loaded = load_integers(flag, path);
+  const std::size_t dims = loaded.shape.size();
+  MOE_EPLB_CHECK(dims == 2 || dims == 3, flag, " ", path,
+                 ": expected an (E, F) table or (L, E, F) tables, got shape ",
+                 shape_string(loaded.shape));
+  LoadedTables result;
+  result.per_layer_file = dims == 3;
+  LayeredTable& table = result.table;
+  table.num_layers = dims == 3 ? loaded.shape[0] : 1;
+  table.num_experts = loaded.shape[dims - 2];
+  table.num_columns = loaded.shape[dims - 1];
+  table.values = narrow_to_int32(flag, path, loaded.values);
+  return result;
+}
+
+RoutingTrace load_trace(const std::string& flag, const std::string& path,
+                        const std::string& mask_path) {
+  LoadedIntegers ids = load_integers(flag, path);
+  MOE_EPLB_CHECK(ids.shape.size() == 3, flag, " ", path,
+                 ": expected expert ids per source rank, shape (W, BS, K), got ",
+                 shape_string(ids.shape));
+  RoutingTrace trace;
+  trace.world_size = ids.shape[0];
+  trace.tokens_per_rank = ids.shape[1];
+  trace.top_k = ids.shape[2];
+  // Ids outside [0, E) are the operator's to report, with their position.
+  trace.expert_ids = narrow_to_int32(flag, path, ids.values);
+  if (!mask_path.empty()) {
+    LoadedIntegers mask = load_integers("--active-mask", mask_path);
+    MOE_EPLB_CHECK(mask.shape.size() == 2 && mask.shape[0] == trace.world_size &&
+                       mask.shape[1] == trace.tokens_per_rank,
+                   "--active-mask ", mask_path, ": expected shape (", trace.world_size, ", ",
+                   trace.tokens_per_rank, ") to match ", flag, ", got ", shape_string(mask.shape));
+    trace.active_mask.reserve(mask.values.size());
+    for (std::int64_t value : mask.values) trace.active_mask.push_back(value != 0 ? 1 : 0);
+  }
+  return trace;
+}
+
+void save_layered_table(const std::string& path, const LayeredTable& table, bool squeeze) {
+  std::vector<std::int64_t> shape = {table.num_experts, table.num_columns};
+  if (!(squeeze && table.num_layers == 1)) shape.insert(shape.begin(), table.num_layers);
+  npy::save(path, npy::make_int32(shape, table.values.data()));
+}
+
+void save_int64(const std::string& path, std::vector<std::int64_t> shape,
+                const std::vector<std::int64_t>& values) {
+  npy::save(path, npy::make_int64(std::move(shape), values.data()));
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::FILE* file = std::fopen(path.c_str(), "wb");
+  MOE_EPLB_CHECK_CODE(file != nullptr, ErrorCode::kIo, "cannot write ", path);
+  const bool ok = std::fwrite(text.data(), 1, text.size(), file) == text.size();
+  MOE_EPLB_CHECK_CODE(std::fclose(file) == 0 && ok, ErrorCode::kIo, "failed writing ", path);
+}
+
+}  // namespace moe_eplb::cli

@@ -1,0 +1,52 @@
+// .npy input and output for the planner commands (plan, simulate, convert,
+// demo), with errors that name the flag and the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moe_eplb/load.hpp"
+#include "moe_eplb/plan.hpp"
+
+namespace moe_eplb::cli {
+
+// Integer array of any integer dtype, C order, with its shape. Refuses
+// floating-point files and values outside int64.
+struct LoadedIntegers {
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> values;
+};
+LoadedIntegers load_integers(const std::string& flag, const std::string& path);
+
+// Load statistics: (E,), (W, E) or (L, W|1, E), any numeric dtype.
+// per_layer_file says the file had the layer dimension.
+struct LoadedLoad {
+  ExpertLoad load;
+  bool per_layer_file = false;
+};
+LoadedLoad load_expert_load(const std::string& flag, const std::string& path,
+                            std::int64_t world_size, const char* operation);
+
+// An (E, F) table as one layer, or (L, E, F) tables.
+struct LoadedTables {
+  LayeredTable table;
+  bool per_layer_file = false;  // the file was (L, E, F)
+};
+LoadedTables load_layered_table(const std::string& flag, const std::string& path);
+
+// Routing traces: (W, BS, K) expert ids; mask_path ("" = none) is (W, BS).
+RoutingTrace load_trace(const std::string& flag, const std::string& path,
+                        const std::string& mask_path);
+
+// Writes (E, F) when the table has one layer and `squeeze`, else (L, E, F).
+void save_layered_table(const std::string& path, const LayeredTable& table, bool squeeze);
+
+// Writes an int64 array.
+void save_int64(const std::string& path, std::vector<std::int64_t> shape,
+                const std::vector<std::int64_t>& values);
+
+// Writes a text file (the SVG), replacing it. Throws kIo.
+void write_text(const std::string& path, const std::string& text);
+
+}  // namespace moe_eplb::cli
