@@ -60,6 +60,11 @@ class PreparedTable {
 std::int64_t prepared_row_width(const TableView& eplb_table, BalanceMode balance_mode);
 void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
                   std::int32_t* routes);
+// Same, with an explicit row width >= prepared_row_width() (token mode; rows
+// padded with -1; rank mode requires 1). Device owners use row_width = F so
+// that every table of one shape fits the same buffer and can be swapped in place.
+void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
+                  std::int32_t* routes, std::int64_t row_width);
 
 // Maps a batch with prepared routes on the CPU: same outputs and same
 // per-element errors as update_expert() (an expert id outside [0, E) throws

@@ -27,6 +27,17 @@ std::int64_t prepared_row_width(const TableView& eplb_table, BalanceMode balance
 
 void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
                   std::int32_t* routes) {
+  build_routes(eplb_table, params, routes, prepared_row_width(eplb_table, params.balance_mode));
+}
+
+void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
+                  std::int32_t* routes, std::int64_t row_width) {
+  const std::int64_t min_width = prepared_row_width(eplb_table, params.balance_mode);
+  const bool by_rank = params.balance_mode == BalanceMode::kByRank;
+  MOE_EPLB_CHECK(
+      by_rank ? row_width == 1 : row_width >= min_width, "build_routes(): row_width ", row_width,
+      " does not fit this table, expected ",
+      by_rank ? "1 in rank mode" : detail::concat("at least ", min_width, " in token mode"));
   const detail::TableRouter router = detail::table_router(eplb_table, params);
   if (params.balance_mode == BalanceMode::kByRank) {
     for (std::int64_t expert = 0; expert < eplb_table.num_experts; ++expert) {
@@ -34,7 +45,6 @@ void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
     }
     return;
   }
-  const std::int64_t row_width = prepared_row_width(eplb_table, params.balance_mode);
   for (std::int64_t expert = 0; expert < eplb_table.num_experts; ++expert) {
     std::int32_t* row = routes + expert * row_width;
     std::fill(row, row + row_width, -1);

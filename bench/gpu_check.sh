@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# One-shot device check for a lent GPU machine (python3 with a CUDA torch,
+# nvcc, ninja): builds the PyTorch extension, runs the GPU tests, runs the
+# benchmark, optionally the C++ CUDA tests, and prints a short summary table
+# last. Every stage runs even if an earlier one failed (except that nothing
+# can run without a build), so one run gives as much information as possible.
+#
+#   bash bench/gpu_check.sh            # from the repository root
+#
+# Environment: OUT (optional) receives the logs and the benchmark results;
+# ARCH (default 9.0 = H100/H200) is the only architecture compiled;
+# JOBS (default 16) parallel compile jobs; CPP_TESTS=0 skips the C++ stage.
+# Budget: about 2 min build, 2 min tests, 1 min benchmark, 1-2 min C++ tests.
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 2
+OUT=${OUT:-$ROOT/out/gpu_check}
+mkdir -p "$OUT"
+ARCH=${ARCH:-9.0}
+JOBS=${JOBS:-16}
+PYTHON=${PYTHON:-python3}
+START=$(date +%s)
+
+declare -a SUMMARY=()
+stage() {  # stage NAME STATUS DETAIL
+  SUMMARY+=("$(printf '%-12s %-5s %s' "$1" "$2" "$3")")
+  printf '\n=== %s: %s %s (%ds elapsed)\n' "$1" "$2" "$3" "$(($(date +%s) - START))"
+}
+
+echo "=== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -4
+"$PYTHON" - <<'EOF' 2>&1
+import torch, sys
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
+      "| device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+EOF
+command -v nvcc >/dev/null && nvcc --version | tail -1
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+
+# ---- 1. build the extension (same sources as CMake, CUDA arch $ARCH only) ----
+echo "=== build: TORCH_CUDA_ARCH_LIST=$ARCH MAX_JOBS=$JOBS MOE_EPLB_CUDA=1 setup.py build_ext --inplace"
+BUILD_START=$(date +%s)
+TORCH_CUDA_ARCH_LIST=$ARCH MAX_JOBS=$JOBS MOE_EPLB_CUDA=1 \
+  timeout 480 "$PYTHON" setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+BUILD_RC=$?
+BUILD_TIME=$(($(date +%s) - BUILD_START))
+tail -5 "$OUT/build.log"
+export PYTHONPATH=$ROOT/python${PYTHONPATH:+:$PYTHONPATH}
+if [ $BUILD_RC -eq 0 ] && "$PYTHON" -c "import moe_eplb, sys; sys.exit(0 if moe_eplb.with_cuda else 1)"; then
+  stage build PASS "${BUILD_TIME}s, log build.log"
+else
+  grep -E "error|Error" "$OUT/build.log" | head -20
+  stage build FAIL "rc=$BUILD_RC after ${BUILD_TIME}s, see build.log"
+  printf '\n%s\n' "${SUMMARY[@]}"
+  exit 1
+fi
+
+# ---- 2. tests: GPU tests and the CPU suite, on this torch ----------------------
+echo "=== pytest tests/python"
+timeout 420 "$PYTHON" -m pytest tests/python -q -rs -p no:cacheprovider --durations=12 \
+  >"$OUT/pytest.log" 2>&1
+TEST_RC=$?
+tail -25 "$OUT/pytest.log"
+TEST_LINE=$(grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)" "$OUT/pytest.log" | tail -1)
+if [ $TEST_RC -eq 0 ]; then stage pytest PASS "$TEST_LINE"; else stage pytest FAIL "rc=$TEST_RC $TEST_LINE"; fi
+
+# ---- 3. benchmark ------------------------------------------------------------------
+echo "=== bench/bench_torch.py"
+timeout 300 "$PYTHON" bench/bench_torch.py --device cuda --reps 30 --json "$OUT/bench.json" \
+  --markdown "$OUT/bench.md" >"$OUT/bench.log" 2>&1
+BENCH_RC=$?
+grep -vE "^\||^(PASS|FAIL) " "$OUT/bench.log" | tail -60
+NUM_FAIL=$(grep -c "^FAIL " "$OUT/bench.log")
+NUM_PASS=$(grep -c "^PASS " "$OUT/bench.log")
+case $BENCH_RC in
+  0) stage bench PASS "$NUM_PASS targets met" ;;
+  1) stage bench MISS "$NUM_FAIL of $((NUM_PASS + NUM_FAIL)) targets missed" ;;
+  *) stage bench FAIL "rc=$BENCH_RC, see bench.log" ;;
+esac
+
+# ---- 4. C++ CUDA launcher tests (GoogleTest; skipped when it is not installed) ----
+# Built straight with nvcc from the core sources, not through CMake, so that the
+# CLI's dependencies (CLI11, nlohmann_json) are not needed on this machine.
+if [ "${CPP_TESTS:-1}" != 1 ]; then
+  stage cpp-tests SKIP "CPP_TESTS=0"
+elif ! echo '#include <gtest/gtest.h>' | g++ -std=c++17 -x c++ -fsyntax-only - 2>/dev/null; then
+  stage cpp-tests SKIP "GoogleTest headers not installed (the Python GPU tests cover the launchers)"
+else
+  echo "=== C++ CUDA tests (nvcc, sm_${ARCH/./})"
+  CPP_START=$(date +%s)
+  mkdir -p build-gpu-check
+  if timeout 300 nvcc -std=c++17 -O2 -arch="sm_${ARCH/./}" -DMOE_EPLB_WITH_CUDA=1 \
+       -Iinclude -Isrc -Itests/cpp src/core/*.cpp src/cpu/*.cpp src/cuda/*.cu \
+       tests/cpp/cuda_update_expert_test.cpp -lgtest -lgtest_main -lpthread \
+       -o build-gpu-check/cuda_tests >"$OUT/cpp.log" 2>&1; then
+    timeout 120 ./build-gpu-check/cuda_tests >>"$OUT/cpp.log" 2>&1
+    CPP_RC=$?
+    tail -6 "$OUT/cpp.log"
+    CPP_LINE=$(grep -E "PASSED|FAILED  \]" "$OUT/cpp.log" | head -2 | tr '\n' ' ')
+    if [ $CPP_RC -eq 0 ]; then stage cpp-tests PASS "$CPP_LINE"; else stage cpp-tests FAIL "rc=$CPP_RC $CPP_LINE"; fi
+  else
+    tail -8 "$OUT/cpp.log"
+    stage cpp-tests FAIL "build failed after $(($(date +%s) - CPP_START))s, see cpp.log"
+  fi
+fi
+
+# ---- summary (last) ----------------------------------------------------------------
+{
+  echo
+  echo "== moe-eplb gpu_check: ${GPU_NAME:-unknown GPU}, $(date -u '+%Y-%m-%d %H:%M UTC'), $(($(date +%s) - START))s"
+  printf '%s\n' "${SUMMARY[@]}"
+  if [ -f "$OUT/bench.md" ]; then
+    echo
+    sed -n '/^|/p' "$OUT/bench.md"
+    echo
+    grep -E "^(PASS|FAIL) " "$OUT/bench.log"
+  fi
+} | tee "$OUT/summary.txt"
+[ $TEST_RC -eq 0 ] && [ $BENCH_RC -le 1 ]

@@ -1,0 +1,629 @@
+// CUDA kernels of the update-expert operator.
+//
+// Design: every element goes through a Router from detail/route.hpp (the one
+// copy of the formula, shared with the CPU kernel) and every call is validated
+// by the same front-end checks (src/core/checks.hpp); this file only decides
+// which thread maps which element and how memory is touched.
+// - Plain batches (no pruning) are a flat map over the BS*K elements.
+//   Contiguous, 16-byte-aligned ids are read and written as int4 / longlong2
+//   vectors (one 16-byte load and store per thread and step), which is what
+//   lets a large batch run at copy bandwidth. Non-contiguous views and
+//   misaligned slices take a strided element loop instead.
+// - In rank mode each block first resolves every expert once into a rank map
+//   in shared memory (from the table through TableRouter, or copied from the
+//   prepared routes through PreparedRouter; a PreparedRouter reads it), when
+//   the block has at least E elements to map. Each element then costs one
+//   shared-memory lookup, and the map's global reads overlap the ids load
+//   instead of following it: one global latency less on the critical path,
+//   which is most of a 512x16 call's time after the launch itself.
+// - Pruning needs each token's scale sum, so those batches run one thread per
+//   token over its K choices, summing in k order like the CPU (bit-identical).
+// - Load recording counts into a per-block shared-memory histogram when the
+//   physical slot count is small (the usual EPLB case), then flushes each
+//   non-zero bin with one global atomic; otherwise it uses global atomics.
+// - A bad element writes -1; each thread counts its bad elements and adds them
+//   to *error_count with one atomic at the end.
+// Grids are sized from the work (at most a few blocks per SM, grid-stride loops
+// beyond that), so a 512x16 batch is one launch of 8 blocks.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../core/checks.hpp"
+#include "moe_eplb/cuda.hpp"
+#include "moe_eplb/detail/route.hpp"
+#include "moe_eplb/error.hpp"
+
+// Throws moe_eplb::Error (kCuda) naming the operation, the call and the error.
+#define MOE_EPLB_CUDA_CHECK(operation, call)                                                     \
+  do {                                                                                           \
+    const cudaError_t moe_eplb_status = (call);                                                  \
+    MOE_EPLB_CHECK_CODE(moe_eplb_status == cudaSuccess, ::moe_eplb::ErrorCode::kCuda, operation, \
+                        ": ", #call, " failed: ", cudaGetErrorName(moe_eplb_status), " (",       \
+                        cudaGetErrorString(moe_eplb_status), ")");                               \
+  } while (0)
+
+namespace moe_eplb::cuda {
+namespace {
+
+constexpr int kThreads = 256;                        // flat kernels
+constexpr int kTokenThreads = 128;                   // one-thread-per-token (pruning) kernels
+constexpr int kBlocksPerSm = 8;                      // 2048 resident threads per SM at kThreads
+constexpr std::int64_t kMaxSharedMapExperts = 4096;  // 16 KiB rank map
+constexpr std::int64_t kMaxSharedHistogram = 8192;   // 32 KiB; both fit the 48 KiB default
+constexpr int kMaxCachedDevices = 64;
+
+__device__ std::int32_t g_library_error_count;  // zero at module load
+
+// Where a kernel finds the replica: straight from the (untrusted) table or
+// from prepared routes, or (rank mode) from a rank map in shared memory that
+// each block first builds from the table or copies from the prepared routes.
+enum class Source { kTable, kPrepared, kTableMap, kPreparedMap };
+
+template <typename IdT>
+struct BatchArgs {
+  const IdT* ids;
+  std::int64_t num_tokens;
+  std::int64_t top_k;
+  std::int64_t token_stride;
+  std::int64_t k_stride;
+  IdT* out;                      // (BS, K) contiguous
+  std::uint8_t* mask;            // (BS, K) contiguous; pruning kernels only
+  std::int64_t* load_counts;     // null: no load recording
+  std::int64_t num_load_counts;  // bins in load_counts
+  bool shared_histogram;         // count per block in shared memory first
+  std::int32_t* error_count;     // null: bad elements are not counted
+};
+
+struct RouteArgs {
+  detail::TableRouter table;        // Source::kTable and kTableMap
+  detail::PreparedRouter prepared;  // Source::kPrepared and kPreparedMap
+};
+
+struct PruneArgs {
+  ScalesView scales;
+  const float* threshold;
+  std::int64_t threshold_stride;
+  const std::uint8_t* active_mask;  // null: every token active
+  std::int64_t active_stride;
+};
+
+template <typename IdT>
+struct Vector16;  // 16-byte vector of ids, loadable with one instruction
+template <>
+struct Vector16<std::int32_t> {
+  using Type = int4;
+};
+template <>
+struct Vector16<std::int64_t> {
+  using Type = longlong2;
+};
+
+// token = flat index / K, in 32-bit arithmetic when it fits (a 64-bit
+// division is several times slower on the GPU).
+__device__ __forceinline__ std::int64_t token_of(std::int64_t index, std::int64_t top_k) {
+  if ((static_cast<std::uint64_t>(index) | static_cast<std::uint64_t>(top_k)) <= 0xffffffffu) {
+    return static_cast<std::uint32_t>(index) / static_cast<std::uint32_t>(top_k);
+  }
+  return index / top_k;
+}
+
+// Per-block state: the router (for the map sources, a PreparedRouter over the
+// rank map this block builds in shared memory), the shared load histogram, and
+// this thread's count of bad elements. Holds copies, not references, of the
+// kernel arguments it needs, so nothing forces them out of the parameter space.
+template <Source kSource, bool kRecord>
+class BlockMapper {
+ public:
+  static constexpr bool kSharedMap =
+      kSource == Source::kTableMap || kSource == Source::kPreparedMap;
+  using Router =
+      std::conditional_t<kSource == Source::kTable, detail::TableRouter, detail::PreparedRouter>;
+
+  template <typename IdT>
+  __device__ BlockMapper(const BatchArgs<IdT>& args, const RouteArgs& routes, std::int32_t* shared)
+      : load_counts_(args.load_counts),
+        num_load_counts_(args.num_load_counts),
+        error_count_(args.error_count) {
+    std::int64_t map_size = 0;
+    if constexpr (kSource == Source::kTable) {
+      router_ = routes.table;
+    } else if constexpr (kSource == Source::kPrepared) {
+      router_ = routes.prepared;
+    } else {
+      // Entry e is what the source router says for expert e on this rank: a
+      // physical id or a negative RouteStatus, which the map router reports.
+      const auto build = [&](const auto& source) {
+        for (std::int64_t expert = threadIdx.x; expert < source.num_experts; expert += blockDim.x) {
+          shared[expert] = static_cast<std::int32_t>(source.route(expert, 0));
+        }
+        router_ =
+            detail::PreparedRouter{shared, source.num_experts, 1, source.instance_id_end, false};
+        map_size = source.num_experts;
+      };
+      if constexpr (kSource == Source::kTableMap) {
+        build(routes.table);
+      } else {
+        build(routes.prepared);
+      }
+    }
+    if constexpr (kRecord) {
+      if (args.shared_histogram) {
+        histogram_ = reinterpret_cast<unsigned int*>(shared + map_size);
+        for (std::int64_t bin = threadIdx.x; bin < num_load_counts_; bin += blockDim.x) {
+          histogram_[bin] = 0;
+        }
+      }
+    }
+    if (kSharedMap || histogram_ != nullptr) __syncthreads();
+  }
+
+  // Whether token indices matter (token mode); rank mode may pass 0.
+  __device__ bool by_token() const { return router_.by_token; }
+
+  // The physical id of one choice, or -1 (counted) for a bad element. `keep`
+  // says whether a good element is load-counted (not pruned, token active).
+  __device__ __forceinline__ std::int64_t map(std::int64_t expert, std::int64_t token_idx,
+                                              bool keep) {
+    const std::int64_t instance = router_.route(expert, token_idx);
+    if (instance < 0) {
+      ++num_bad_;
+      return -1;
+    }
+    if constexpr (kRecord) {
+      // Routers bound instance by instance_id_end == num_load_counts; the
+      // second test keeps a stray value from ever writing outside the buffer.
+      if (keep && instance < num_load_counts_) {
+        if (histogram_ != nullptr) {
+          atomicAdd(histogram_ + instance, 1u);
+        } else {
+          atomicAdd(reinterpret_cast<unsigned long long*>(load_counts_ + instance), 1ull);
+        }
+      }
+    }
+    (void)keep;
+    return instance;
+  }
+
+  // Flushes the histogram and the bad-element count. Every thread of the
+  // block must call it (it synchronises when a histogram is in use).
+  __device__ void finish() {
+    if constexpr (kRecord) {
+      if (histogram_ != nullptr) {
+        __syncthreads();
+        for (std::int64_t bin = threadIdx.x; bin < num_load_counts_; bin += blockDim.x) {
+          const unsigned int count = histogram_[bin];
+          if (count != 0) {
+            atomicAdd(reinterpret_cast<unsigned long long*>(load_counts_ + bin),
+                      static_cast<unsigned long long>(count));
+          }
+        }
+      }
+    }
+    if (num_bad_ != 0 && error_count_ != nullptr) {
+      atomicAdd(error_count_, static_cast<std::int32_t>(num_bad_));
+    }
+  }
+
+ private:
+  Router router_{};
+  std::int64_t* load_counts_;
+  std::int64_t num_load_counts_;
+  std::int32_t* error_count_;
+  unsigned int* histogram_ = nullptr;
+  std::uint32_t num_bad_ = 0;
+};
+
+// Plain batches: flat map over BS*K elements. Each thread issues its first
+// ids load before the block builds its shared state (rank map, histogram), so
+// the two latencies overlap; a 512x16 batch is exactly that one step.
+template <typename IdT, Source kSource, bool kVector, bool kRecord>
+__global__ void __launch_bounds__(kThreads)
+    UpdateExpertKernel(const BatchArgs<IdT> args, const RouteArgs routes) {
+  extern __shared__ std::int32_t shared[];
+  const std::int64_t top_k = args.top_k;
+  const std::int64_t num_elements = args.num_tokens * top_k;
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+
+  if constexpr (kVector) {
+    using Vector = typename Vector16<IdT>::Type;
+    constexpr int kWidth = sizeof(Vector) / sizeof(IdT);
+    const std::int64_t num_vectors = num_elements / kWidth;
+    const Vector* in = reinterpret_cast<const Vector*>(args.ids);
+    Vector* out = reinterpret_cast<Vector*>(args.out);
+    Vector prefetched{};
+    if (first < num_vectors) prefetched = __ldg(in + first);
+    BlockMapper<kSource, kRecord> mapper(args, routes, shared);
+    const bool by_token = mapper.by_token();
+    const auto map_vector = [&](std::int64_t v, Vector packed) {
+      IdT lanes[kWidth];
+      std::memcpy(lanes, &packed, sizeof(packed));
+      std::int64_t token = 0;
+      std::int64_t k = 0;
+      if (by_token) {
+        token = token_of(v * kWidth, top_k);
+        k = v * kWidth - token * top_k;
+      }
+#pragma unroll
+      for (int lane = 0; lane < kWidth; ++lane) {
+        lanes[lane] = static_cast<IdT>(mapper.map(lanes[lane], token, true));
+        if (by_token && ++k == top_k) {
+          k = 0;
+          ++token;
+        }
+      }
+      std::memcpy(&packed, lanes, sizeof(packed));
+      out[v] = packed;
+    };
+    if (first < num_vectors) map_vector(first, prefetched);
+    for (std::int64_t v = first + stride; v < num_vectors; v += stride) {
+      map_vector(v, __ldg(in + v));
+    }
+    for (std::int64_t i = num_vectors * kWidth + first; i < num_elements; i += stride) {
+      args.out[i] =
+          static_cast<IdT>(mapper.map(args.ids[i], by_token ? token_of(i, top_k) : 0, true));
+    }
+    mapper.finish();
+  } else {
+    const auto load = [&](std::int64_t i, std::int64_t token) {
+      return args.ids[token * args.token_stride + (i - token * top_k) * args.k_stride];
+    };
+    const std::int64_t first_token = first < num_elements ? token_of(first, top_k) : 0;
+    const IdT prefetched = first < num_elements ? load(first, first_token) : IdT{0};
+    BlockMapper<kSource, kRecord> mapper(args, routes, shared);
+    if (first < num_elements) {
+      args.out[first] = static_cast<IdT>(mapper.map(prefetched, first_token, true));
+    }
+    for (std::int64_t i = first + stride; i < num_elements; i += stride) {
+      const std::int64_t token = token_of(i, top_k);
+      args.out[i] = static_cast<IdT>(mapper.map(load(i, token), token, true));
+    }
+    mapper.finish();
+  }
+}
+
+// Pruning batches: one thread per token (the scale sum is per token).
+template <typename IdT, Source kSource, bool kRecord>
+__global__ void __launch_bounds__(kTokenThreads)
+    UpdateExpertPrunedKernel(const BatchArgs<IdT> args, const RouteArgs routes,
+                             const PruneArgs prune) {
+  extern __shared__ std::int32_t shared[];
+  BlockMapper<kSource, kRecord> mapper(args, routes, shared);
+  const std::int64_t top_k = args.top_k;
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t token = first; token < args.num_tokens; token += stride) {
+    const bool active =
+        prune.active_mask == nullptr || prune.active_mask[token * prune.active_stride] != 0;
+    const float scale_sum = active ? detail::token_scale_sum(prune.scales, token) : 0.0f;
+    const IdT* in = args.ids + token * args.token_stride;
+    for (std::int64_t k = 0; k < top_k; ++k) {
+      const bool keep = active && detail::keep_choice(prune.scales, prune.threshold,
+                                                      prune.threshold_stride, token, k, scale_sum);
+      args.out[token * top_k + k] =
+          static_cast<IdT>(mapper.map(in[k * args.k_stride], token, keep));
+      args.mask[token * top_k + k] = keep ? 1 : 0;
+    }
+  }
+  mapper.finish();
+}
+
+// ---- host side ------------------------------------------------------------
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+bool aligned16(const void* pointer) { return reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0; }
+
+int current_device(const char* operation) {
+  int device = 0;
+  MOE_EPLB_CUDA_CHECK(operation, cudaGetDevice(&device));
+  return device;
+}
+
+// SM count of the current device, cached (the attribute query is the only
+// per-call driver work besides the launch itself).
+std::int64_t multiprocessor_count(const char* operation) {
+  static std::atomic<int> cache[kMaxCachedDevices];
+  const int device = current_device(operation);
+  if (device < kMaxCachedDevices) {
+    const int cached = cache[device].load(std::memory_order_relaxed);
+    if (cached > 0) return cached;
+  }
+  int count = 0;
+  MOE_EPLB_CUDA_CHECK(operation,
+                      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  if (device < kMaxCachedDevices) cache[device].store(count, std::memory_order_relaxed);
+  return std::max(count, 1);
+}
+
+struct LaunchPlan {
+  Source source;
+  bool vector;
+  bool record;
+  std::int64_t blocks;
+  std::size_t shared_bytes;
+};
+
+template <typename IdT>
+void launch_flat(const LaunchPlan& plan, const BatchArgs<IdT>& args, const RouteArgs& routes,
+                 cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned int>(plan.blocks));
+  const std::size_t shared = plan.shared_bytes;
+  // Spelled out so that only these 16 instantiations per id type exist.
+#define MOE_EPLB_LAUNCH_FLAT(kSource, kVector, kRecord) \
+  UpdateExpertKernel<IdT, kSource, kVector, kRecord>    \
+      <<<grid, kThreads, shared, stream>>>(args, routes)
+#define MOE_EPLB_LAUNCH_FLAT_SOURCE(kSource)       \
+  if (plan.vector) {                               \
+    if (plan.record) {                             \
+      MOE_EPLB_LAUNCH_FLAT(kSource, true, true);   \
+    } else {                                       \
+      MOE_EPLB_LAUNCH_FLAT(kSource, true, false);  \
+    }                                              \
+  } else {                                         \
+    if (plan.record) {                             \
+      MOE_EPLB_LAUNCH_FLAT(kSource, false, true);  \
+    } else {                                       \
+      MOE_EPLB_LAUNCH_FLAT(kSource, false, false); \
+    }                                              \
+  }
+  switch (plan.source) {
+    case Source::kTable:
+      MOE_EPLB_LAUNCH_FLAT_SOURCE(Source::kTable);
+      break;
+    case Source::kPrepared:
+      MOE_EPLB_LAUNCH_FLAT_SOURCE(Source::kPrepared);
+      break;
+    case Source::kTableMap:
+      MOE_EPLB_LAUNCH_FLAT_SOURCE(Source::kTableMap);
+      break;
+    case Source::kPreparedMap:
+      MOE_EPLB_LAUNCH_FLAT_SOURCE(Source::kPreparedMap);
+      break;
+  }
+#undef MOE_EPLB_LAUNCH_FLAT_SOURCE
+#undef MOE_EPLB_LAUNCH_FLAT
+}
+
+template <typename IdT>
+void launch_pruned(const LaunchPlan& plan, const BatchArgs<IdT>& args, const RouteArgs& routes,
+                   const PruneArgs& prune, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned int>(plan.blocks));
+  const std::size_t shared = plan.shared_bytes;
+#define MOE_EPLB_LAUNCH_PRUNED(kSource, kRecord)  \
+  UpdateExpertPrunedKernel<IdT, kSource, kRecord> \
+      <<<grid, kTokenThreads, shared, stream>>>(args, routes, prune)
+  if (plan.source == Source::kTable) {
+    if (plan.record) {
+      MOE_EPLB_LAUNCH_PRUNED(Source::kTable, true);
+    } else {
+      MOE_EPLB_LAUNCH_PRUNED(Source::kTable, false);
+    }
+  } else {
+    if (plan.record) {
+      MOE_EPLB_LAUNCH_PRUNED(Source::kPrepared, true);
+    } else {
+      MOE_EPLB_LAUNCH_PRUNED(Source::kPrepared, false);
+    }
+  }
+#undef MOE_EPLB_LAUNCH_PRUNED
+}
+
+// Plans and launches one call. `source` is kTable or kPrepared; the plan may
+// turn it into the matching shared-map source. `num_bins` is the router's instance id end,
+// which is the size of load_counts whenever load recording is on.
+template <typename IdT>
+void launch(const char* operation, const ExpertIdsView& ids, const PruningInputs* pruning,
+            const UpdateExpertOutputs& outputs, const RouteArgs& routes, Source source,
+            std::int64_t num_bins, std::int32_t* error_count, cudaStream_t stream) {
+  const std::int64_t num_elements = ids.num_tokens * ids.top_k;
+  BatchArgs<IdT> args{};
+  args.ids = static_cast<const IdT*>(ids.data);
+  args.num_tokens = ids.num_tokens;
+  args.top_k = ids.top_k;
+  args.token_stride = ids.token_stride;
+  args.k_stride = ids.k_stride;
+  args.out = static_cast<IdT*>(outputs.balanced_expert_ids);
+  args.mask = outputs.balanced_active_mask;
+  args.load_counts = outputs.load_counts;
+  args.num_load_counts = outputs.load_counts != nullptr ? num_bins : 0;
+  args.error_count = error_count;
+
+  LaunchPlan plan{};
+  plan.source = source;
+  plan.record = outputs.load_counts != nullptr;
+  // Per-block uint32 bins cannot overflow below 2^32 elements.
+  args.shared_histogram = plan.record && num_bins <= kMaxSharedHistogram &&
+                          num_elements <= static_cast<std::int64_t>(UINT32_MAX);
+  const std::int64_t max_blocks = multiprocessor_count(operation) * kBlocksPerSm;
+  std::int64_t map_bytes = 0;
+
+  if (pruning == nullptr) {
+    const bool contiguous = (ids.num_tokens <= 1 || ids.token_stride == ids.top_k) &&
+                            (ids.top_k <= 1 || ids.k_stride == 1);
+    plan.vector = contiguous && aligned16(ids.data) && aligned16(outputs.balanced_expert_ids);
+    const std::int64_t width = static_cast<std::int64_t>(16 / sizeof(IdT));
+    const std::int64_t work =
+        plan.vector ? std::max<std::int64_t>(num_elements / width, 1) : num_elements;
+    plan.blocks = std::min(ceil_div(work, kThreads), max_blocks);
+    // Rank mode: a per-block map in shared memory when it costs at most one
+    // entry per element the block maps (see the design note).
+    const bool by_token =
+        source == Source::kTable ? routes.table.by_token : routes.prepared.by_token;
+    const std::int64_t num_experts =
+        source == Source::kTable ? routes.table.num_experts : routes.prepared.num_experts;
+    if (!by_token && num_experts <= kMaxSharedMapExperts &&
+        num_experts * plan.blocks <= num_elements) {
+      plan.source = source == Source::kTable ? Source::kTableMap : Source::kPreparedMap;
+      map_bytes = num_experts * static_cast<std::int64_t>(sizeof(std::int32_t));
+    }
+  } else {
+    plan.blocks = std::min(ceil_div(ids.num_tokens, kTokenThreads), 2 * max_blocks);
+  }
+  plan.shared_bytes = static_cast<std::size_t>(
+      map_bytes +
+      (args.shared_histogram ? num_bins * static_cast<std::int64_t>(sizeof(unsigned)) : 0));
+
+  if (pruning == nullptr) {
+    launch_flat(plan, args, routes, stream);
+  } else {
+    PruneArgs prune{};
+    prune.scales = pruning->expert_scales;
+    prune.threshold = pruning->pruning_threshold.data;
+    prune.threshold_stride = pruning->pruning_threshold.stride;
+    prune.active_mask = pruning->has_active_mask ? pruning->active_mask.data : nullptr;
+    prune.active_stride = pruning->active_mask.stride;
+    launch_pruned(plan, args, routes, prune, stream);
+  }
+  MOE_EPLB_CUDA_CHECK(operation, cudaGetLastError());
+}
+
+void launch_for_dtype(const char* operation, const ExpertIdsView& ids, const PruningInputs* pruning,
+                      const UpdateExpertOutputs& outputs, const RouteArgs& routes, Source source,
+                      std::int64_t num_bins, std::int32_t* error_count, cudaStream_t stream) {
+  if (ids.dtype == IdDtype::kInt32) {
+    launch<std::int32_t>(operation, ids, pruning, outputs, routes, source, num_bins, error_count,
+                         stream);
+  } else {
+    launch<std::int64_t>(operation, ids, pruning, outputs, routes, source, num_bins, error_count,
+                         stream);
+  }
+}
+
+}  // namespace
+
+int device_count() noexcept {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the (non-sticky) "no device" error
+    return 0;
+  }
+  return count;
+}
+
+std::int32_t* library_error_count() {
+  constexpr const char* kOperation = "library_error_count()";
+  static std::atomic<std::int32_t*> cache[kMaxCachedDevices];
+  const int device = current_device(kOperation);
+  if (device < kMaxCachedDevices) {
+    std::int32_t* cached = cache[device].load(std::memory_order_acquire);
+    if (cached != nullptr) return cached;
+  }
+  void* address = nullptr;
+  MOE_EPLB_CUDA_CHECK(kOperation, cudaGetSymbolAddress(&address, g_library_error_count));
+  auto* counter = static_cast<std::int32_t*>(address);
+  if (device < kMaxCachedDevices) cache[device].store(counter, std::memory_order_release);
+  return counter;
+}
+
+void launch_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
+                          const UpdateExpertOutputs& outputs, std::int32_t* error_count,
+                          cudaStream_t stream) {
+  constexpr const char* kOperation = "update_expert()";
+  detail::check_update_expert_call(kOperation, inputs, params, &outputs,
+                                   outputs.load_counts != nullptr);
+  const ExpertIdsView& ids = inputs.expert_ids;
+  if (ids.num_tokens == 0 || ids.top_k == 0) return;
+  RouteArgs routes{};
+  routes.table = detail::table_router(inputs.eplb_table, params);
+  launch_for_dtype(kOperation, ids, inputs.pruning, outputs, routes, Source::kTable,
+                   routes.table.instance_id_end, error_count, stream);
+}
+
+void launch_update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& expert_ids,
+                                   const PruningInputs* pruning, const UpdateExpertOutputs& outputs,
+                                   std::int32_t* error_count, cudaStream_t stream) {
+  constexpr const char* kOperation = "update_expert_prepared()";
+  detail::check_prepared_call(kOperation, prepared, expert_ids, pruning, &outputs);
+  if (expert_ids.num_tokens == 0 || expert_ids.top_k == 0) return;
+  RouteArgs routes{};
+  routes.prepared = detail::prepared_router(prepared);
+  launch_for_dtype(kOperation, expert_ids, pruning, outputs, routes, Source::kPrepared,
+                   routes.prepared.instance_id_end, error_count, stream);
+}
+
+// ---- DevicePreparedTable ----------------------------------------------------
+
+DevicePreparedTable::DevicePreparedTable(const TableView& eplb_table,
+                                         const UpdateExpertParams& params, cudaStream_t stream) {
+  constexpr const char* kOperation = "DevicePreparedTable()";
+  const PreparedTable host(eplb_table, params);  // validates the whole table
+  params_ = host.params();
+  report_ = host.report();
+  num_experts_ = eplb_table.num_experts;
+  num_columns_ = eplb_table.num_columns;
+  row_width_ = params_.balance_mode == BalanceMode::kByToken ? num_columns_ : 1;
+  const std::size_t bytes =
+      static_cast<std::size_t>(num_experts_ * row_width_) * sizeof(std::int32_t);
+  try {
+    MOE_EPLB_CUDA_CHECK(kOperation, cudaMalloc(reinterpret_cast<void**>(&device_routes_), bytes));
+    MOE_EPLB_CUDA_CHECK(kOperation,
+                        cudaMallocHost(reinterpret_cast<void**>(&staging_routes_), bytes));
+    MOE_EPLB_CUDA_CHECK(kOperation,
+                        cudaEventCreateWithFlags(&staging_free_, cudaEventDisableTiming));
+    stage_and_copy(eplb_table, stream);
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+DevicePreparedTable::~DevicePreparedTable() { release(); }
+
+void DevicePreparedTable::release() noexcept {
+  // The last copy may still be reading the staging buffer.
+  if (staging_free_ != nullptr) {
+    (void)cudaEventSynchronize(staging_free_);
+    (void)cudaEventDestroy(staging_free_);
+  }
+  if (staging_routes_ != nullptr) (void)cudaFreeHost(staging_routes_);
+  if (device_routes_ != nullptr) (void)cudaFree(device_routes_);
+  staging_free_ = nullptr;
+  staging_routes_ = nullptr;
+  device_routes_ = nullptr;
+}
+
+void DevicePreparedTable::update(const TableView& eplb_table, cudaStream_t stream) {
+  constexpr const char* kOperation = "DevicePreparedTable::update()";
+  MOE_EPLB_CHECK(eplb_table.num_experts == num_experts_ && eplb_table.num_columns == num_columns_,
+                 kOperation, ": eplb_table has shape (", eplb_table.num_experts, ", ",
+                 eplb_table.num_columns, "), expected (", num_experts_, ", ", num_columns_,
+                 "), the shape this table was prepared with");
+  const PreparedTable host(eplb_table, params_);  // throws before anything changes
+  stage_and_copy(eplb_table, stream);
+  report_ = host.report();
+}
+
+void DevicePreparedTable::stage_and_copy(const TableView& eplb_table, cudaStream_t stream) {
+  constexpr const char* kOperation = "DevicePreparedTable::update()";
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  MOE_EPLB_CUDA_CHECK(kOperation, cudaStreamIsCapturing(stream, &capture));
+  MOE_EPLB_CHECK(capture == cudaStreamCaptureStatusNone, kOperation,
+                 ": the stream is capturing a CUDA graph; install tables between replays, "
+                 "outside capture");
+  MOE_EPLB_CUDA_CHECK(kOperation, cudaEventSynchronize(staging_free_));
+  build_routes(eplb_table, params_, staging_routes_, row_width_);
+  const std::size_t bytes =
+      static_cast<std::size_t>(num_experts_ * row_width_) * sizeof(std::int32_t);
+  MOE_EPLB_CUDA_CHECK(kOperation, cudaMemcpyAsync(device_routes_, staging_routes_, bytes,
+                                                  cudaMemcpyHostToDevice, stream));
+  MOE_EPLB_CUDA_CHECK(kOperation, cudaEventRecord(staging_free_, stream));
+}
+
+PreparedView DevicePreparedTable::view() const {
+  PreparedView view;
+  view.routes = device_routes_;
+  view.num_experts = num_experts_;
+  view.row_width = row_width_;
+  view.balance_mode = params_.balance_mode;
+  view.num_physical_experts = params_.num_physical_experts;
+  view.profile = params_.profile;
+  return view;
+}
+
+}  // namespace moe_eplb::cuda

@@ -1,0 +1,637 @@
+"""torch.ops.moe_eplb on the CPU and Meta backends, against the scalar
+reference in reference.py. GPU tests live in test_cuda.py."""
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import moe_eplb
+from reference import (
+    BAD,
+    DISTRIBUTIONS,
+    LAYOUTS,
+    as_tensor,
+    make_ids,
+    make_table,
+    reference_load,
+    reference_pruning_mask,
+    reference_update_expert,
+)
+
+OPS = torch.ops.moe_eplb
+ID_DTYPES = [torch.int32, torch.int64]
+POISON = 0x5A5A5A5A
+
+
+def check_equal(actual, expected, context):
+    assert actual.dtype == expected.dtype, context
+    assert actual.shape == expected.shape, context
+    if not torch.equal(actual, expected):
+        where = (actual != expected).nonzero()[:5].tolist()
+        pytest.fail("%s: first mismatches at %s: got %s, expected %s" % (
+            context, where, [actual[b, k].item() for b, k in where],
+            [expected[b, k].item() for b, k in where]))
+
+
+# ---- the worked example of SPEC.md and named edge cases ---------------------
+
+
+def test_spec_worked_example():
+    # world_size=8, rank 5, row [3, 40, 7, 19]: ceil(8/3)=3, 5//3=1 -> j=2 -> 7;
+    # by token: b=4 -> j=2 -> 7, b=5 -> j=3 -> 19.
+    table = torch.tensor([[3, 40, 7, 19]], dtype=torch.int32)
+    ids = torch.zeros(6, 1, dtype=torch.int64)
+    out = moe_eplb.update_expert(ids, table, 5, 8)
+    assert out.flatten().tolist() == [7] * 6
+    out = moe_eplb.update_expert(ids, table, 5, 8, balance_mode=1)
+    assert out.flatten().tolist() == [40, 7, 19, 40, 7, 19]
+
+
+def test_uneven_groups_world_16_count_3():
+    # SPEC.md: ranks 0-5 -> replica 1, 6-11 -> 2, 12-15 -> 3 (unequal shares).
+    table = torch.tensor([[3, 100, 200, 300]], dtype=torch.int32)
+    ids = torch.zeros(1, 1, dtype=torch.int32)
+    got = [moe_eplb.update_expert(ids, table, r, 16).item() for r in range(16)]
+    assert got == [100] * 6 + [200] * 6 + [300] * 4
+
+
+def test_single_replica_ignores_rank_and_token():
+    # c == 1 is a shortcut that both general branches agree with.
+    table = torch.tensor([[1, 9, 99]], dtype=torch.int32)
+    ids = torch.zeros(5, 2, dtype=torch.int64)
+    for mode in (0, 1):
+        for rank in (0, 3):
+            out = moe_eplb.update_expert(ids, table, rank, 4, balance_mode=mode)
+            assert out.unique().tolist() == [9]
+
+
+def test_columns_after_count_are_ignored():
+    # Row [2, a, b, junk...]: columns beyond the count are never read as ids.
+    table = torch.tensor([[2, 5, 6, -77, 123456]], dtype=torch.int32)
+    ids = torch.zeros(4, 1, dtype=torch.int32)
+    out = moe_eplb.update_expert(ids, table, 0, 2, balance_mode=1)
+    assert out.flatten().tolist() == [5, 6, 5, 6]
+
+
+def test_token_mode_same_replica_for_all_choices_of_a_token():
+    # Mode 1 depends on the row b only, not on k.
+    table = torch.tensor([[3, 10, 11, 12]], dtype=torch.int32)
+    ids = torch.zeros(7, 16, dtype=torch.int64)
+    out = moe_eplb.update_expert(ids, table, 0, 1, balance_mode=1)
+    for b in range(7):
+        assert out[b].unique().tolist() == [10 + b % 3]
+
+
+def test_empty_batch_native_profile():
+    # BS = 0 is allowed by the native profile and returns an empty (0, K) tensor.
+    table = torch.tensor([[1, 0]], dtype=torch.int32)
+    out = moe_eplb.update_expert(torch.empty(0, 8, dtype=torch.int32), table, 0, 2)
+    assert out.shape == (0, 8) and out.dtype == torch.int32
+
+
+def test_output_is_fresh_and_contiguous_input_untouched(rng):
+    # The output never aliases the (non-contiguous) input; the input is unchanged.
+    table = make_table(rng, 16, 4, 8, 5, "random")
+    ids = make_ids(rng, 33, 4, 16, torch.int64, "transposed")
+    before = ids.clone()
+    out = moe_eplb.update_expert(ids, table, 1, 4)
+    assert out.is_contiguous() and out.data_ptr() != ids.data_ptr()
+    assert torch.equal(ids, before)
+
+
+# ---- sweeps against the reference ------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ID_DTYPES)
+@pytest.mark.parametrize("balance_mode", [0, 1])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sweep_matches_reference(rng, dtype, balance_mode, layout):
+    for num_tokens, top_k in [(1, 1), (3, 2), (17, 8), (511, 16), (512, 9)]:
+        for world_size, slots_per_rank in [(2, 8), (16, 4), (384, 2)]:
+            num_experts = int(rng.integers(top_k, min(world_size * slots_per_rank, 300) + 1))
+            distribution = DISTRIBUTIONS[int(rng.integers(len(DISTRIBUTIONS)))]
+            num_columns = int(rng.integers(2, 10))
+            table = make_table(rng, num_experts, world_size, slots_per_rank, num_columns,
+                               distribution)
+            if rng.integers(2):
+                table = table.t().contiguous().t()  # column-major table
+            ids = make_ids(rng, num_tokens, top_k, num_experts, dtype, layout)
+            for rank in sorted({0, world_size // 2, world_size - 1}):
+                context = "BS=%d K=%d E=%d F=%d W=%d rank=%d %s" % (
+                    num_tokens, top_k, num_experts, num_columns, world_size, rank, distribution)
+                expected = as_tensor(
+                    reference_update_expert(ids, table, rank, world_size, balance_mode), dtype)
+                out = moe_eplb.update_expert(ids, table, rank, world_size,
+                                             balance_mode=balance_mode)
+                check_equal(out, expected, context)
+                prepared = moe_eplb.PreparedTable(
+                    table, rank, world_size, balance_mode=balance_mode,
+                    num_physical_experts=world_size * slots_per_rank)
+                check_equal(prepared.map(ids), expected, "prepared " + context)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("with_active_mask", [False, True])
+def test_pruning_and_load_recording_match_reference(rng, scale_dtype, with_active_mask):
+    for num_tokens, top_k, balance_mode in [(1, 1, 0), (17, 8, 1), (512, 16, 0), (300, 5, 1)]:
+        world_size, slots_per_rank = 8, 8
+        num_physical = world_size * slots_per_rank
+        table = make_table(rng, 40, world_size, slots_per_rank, 5, "random")
+        ids = make_ids(rng, num_tokens, top_k, 40, torch.int64, "sliced")
+        # Descending top-K weights, as a router produces them, in a strided view.
+        values = torch.from_numpy(rng.random((num_tokens, top_k))).to(scale_dtype)
+        buffer = torch.zeros(num_tokens, 2 * top_k, dtype=scale_dtype)
+        buffer[:, ::2] = values.sort(dim=1, descending=True).values
+        scales = buffer[:, ::2]
+        threshold = torch.from_numpy(rng.random(top_k) * 0.3).float()
+        active = None
+        if with_active_mask:
+            num_active = int(rng.integers(0, num_tokens + 1))
+            active = torch.arange(num_tokens) < num_active  # true entries first
+        rank = int(rng.integers(world_size))
+        rows = reference_update_expert(ids, table, rank, world_size, balance_mode)
+        mask = reference_pruning_mask(scales, threshold, active)
+        load = torch.full((num_physical,), 1000, dtype=torch.int64)  # added to, never cleared
+        out, got_mask = moe_eplb.update_expert_pruned(
+            ids, table, rank, world_size, expert_scales=scales, pruning_threshold=threshold,
+            active_mask=active, balance_mode=balance_mode, num_physical_experts=num_physical,
+            load_counts=load)
+        context = "BS=%d K=%d mode=%d" % (num_tokens, top_k, balance_mode)
+        check_equal(out, as_tensor(rows, torch.int64), context)
+        check_equal(got_mask, mask, "mask " + context)
+        check_equal(load.unsqueeze(0), (reference_load(rows, mask, num_physical) + 1000)
+                    .unsqueeze(0), "load " + context)
+        # The functional op and the prepared path agree with the counted one.
+        out2, mask2 = OPS.update_expert_pruned(ids, table, scales, threshold.unsqueeze(0),
+                                               active, rank, world_size,
+                                               balance_mode=balance_mode)
+        assert torch.equal(out2, out) and torch.equal(mask2, mask)
+        prepared = moe_eplb.PreparedTable(table, rank, world_size, balance_mode=balance_mode,
+                                          num_physical_experts=num_physical)
+        out3, mask3 = prepared.map_pruned(ids, scales, threshold, active)
+        assert torch.equal(out3, out) and torch.equal(mask3, mask)
+
+
+def test_pruning_threshold_boundary_is_inclusive():
+    # scale >= threshold * sum keeps the choice: equality keeps, just below prunes.
+    scales = torch.tensor([[0.5, 0.25, 0.25]])
+    threshold = torch.tensor([0.0, 0.25, 0.2500001])
+    table = torch.tensor([[1, 0], [1, 1], [1, 2]], dtype=torch.int32)
+    ids = torch.tensor([[0, 1, 2]])
+    _, mask = moe_eplb.update_expert_pruned(ids, table, 0, 2, expert_scales=scales,
+                                            pruning_threshold=threshold)
+    assert mask.tolist() == [[True, True, False]]
+
+
+def test_load_counts_accumulate_over_calls(rng):
+    # load_counts is added to, never cleared: two calls give twice the histogram.
+    table = make_table(rng, 8, 4, 4, 3, "random")
+    ids = make_ids(rng, 64, 4, 8, torch.int32, "contiguous")
+    load = torch.zeros(16, dtype=torch.int64)
+    for _ in range(2):
+        moe_eplb.update_expert(ids, table, 1, 4, num_physical_experts=16, load_counts=load)
+    rows = reference_update_expert(ids, table, 1, 4)
+    assert torch.equal(load, 2 * reference_load(rows, None, 16))
+
+
+def test_failed_call_leaves_load_counts_untouched():
+    # The CPU raises before recording anything when one element is bad.
+    table = torch.tensor([[1, 0], [1, 1]], dtype=torch.int32)
+    load = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(IndexError):
+        moe_eplb.update_expert(torch.tensor([[0, 1], [1, 7]]), table, 0, 2,
+                               num_physical_experts=2, load_counts=load)
+    assert load.tolist() == [0, 0]
+
+
+def test_counted_op_mask_is_all_true_without_pruning():
+    table = torch.tensor([[1, 0], [1, 1]], dtype=torch.int32)
+    ids, mask = OPS.update_expert_counted(torch.tensor([[0, 1]]), table, 0, 2)
+    assert ids.tolist() == [[0, 1]] and mask.tolist() == [[True, True]]
+
+
+# ---- the prepared path -------------------------------------------------------
+
+
+def test_prepared_routes_layout():
+    # Rank mode: (E, 1) with this rank's physical id; token mode: (E, F) rows
+    # [count, ids..., -1 padding] so any table of the same shape fits in place.
+    table = torch.tensor([[2, 4, 5, 0], [1, 6, -1, -1], [3, 1, 2, 3]], dtype=torch.int32)
+    prepared = moe_eplb.PreparedTable(table, 1, 2, num_physical_experts=8)
+    assert prepared.routes.tolist() == [[5], [6], [2]]
+    prepared = moe_eplb.PreparedTable(table, balance_mode=1, num_physical_experts=8)
+    assert prepared.routes.tolist() == [[2, 4, 5, -1], [1, 6, -1, -1], [3, 1, 2, 3]]
+
+
+def test_prepared_infers_num_physical_experts():
+    # Smallest multiple of world_size above the largest id: max id 6, W=4 -> 8.
+    table = torch.tensor([[1, 6], [1, 0]], dtype=torch.int32)
+    assert moe_eplb.PreparedTable(table, 0, 4).num_physical_experts == 8
+
+
+@pytest.mark.parametrize("balance_mode", [0, 1])
+def test_prepared_update_in_place(rng, balance_mode):
+    # update() rewrites the same storage (what CUDA graphs rely on) and the
+    # next map() uses the new table.
+    old = make_table(rng, 32, 8, 6, 4, "random")
+    new = make_table(rng, 32, 8, 6, 4, "max")
+    ids = make_ids(rng, 50, 6, 32, torch.int64, "contiguous")
+    prepared = moe_eplb.PreparedTable(old, 3, 8, balance_mode=balance_mode,
+                                      num_physical_experts=48)
+    storage = prepared.routes.data_ptr()
+    prepared.update(new)
+    assert prepared.routes.data_ptr() == storage
+    expected = as_tensor(reference_update_expert(ids, new, 3, 8, balance_mode), torch.int64)
+    check_equal(prepared.map(ids), expected, "after update")
+
+
+def test_prepared_update_rejects_invalid_table_and_keeps_old(rng):
+    table = make_table(rng, 4, 2, 4, 3, "random")
+    prepared = moe_eplb.PreparedTable(table, 0, 2, num_physical_experts=8)
+    routes = prepared.routes.clone()
+    bad = table.clone()
+    bad[1, 0] = 0
+    with pytest.raises(ValueError, match=r"prepare_table\(\): eplb_table is invalid .*\n"
+                                         r"(.*\n)*error: row 1: replica count 0 is outside 1\.\.2"):
+        prepared.update(bad)
+    with pytest.raises(ValueError, match=r"PreparedTable.update\(\): eplb_table has shape "
+                                         r"\(4, 4\), expected \(4, 3\)"):
+        prepared.update(torch.zeros(4, 4, dtype=torch.int32))
+    assert torch.equal(prepared.routes, routes)
+
+
+# ---- error inputs: each bad input with the message it must produce --------
+
+TABLE = torch.tensor([[1, 0, -1, -1], [2, 1, 2, -1], [3, 3, 4, 5], [1, 6, -1, -1]],
+                     dtype=torch.int32)
+IDS = torch.tensor([[0, 1], [2, 3]], dtype=torch.int64)
+
+
+def _bad_count_table():
+    table = TABLE.clone()
+    table[2, 0] = 0
+    return table
+
+
+def _bad_instance_table():
+    table = TABLE.clone()
+    table[1, 2] = 40
+    return table
+
+
+def _call(ids=IDS, table=TABLE, rank=1, world=2, **kwargs):
+    return lambda: OPS.update_expert(ids, table, rank, world, **kwargs)
+
+
+def _counted(ids=IDS, table=TABLE, rank=1, world=2, **kwargs):
+    return lambda: OPS.update_expert_counted(ids, table, rank, world, **kwargs)
+
+
+SCALES = torch.full((2, 2), 0.5)
+THRESHOLD = torch.zeros(2)
+
+ERROR_INPUTS = [
+    # (name, call, exception, message pattern)
+    ("ids float", _call(ids=IDS.float()), ValueError,
+     r"^update_expert\(\): expert_ids must be int32 or int64, got float32$"),
+    ("ids 1-D", _call(ids=IDS.flatten()), ValueError,
+     r"^update_expert\(\): expert_ids must be 2-D \(BS, K\), got a 1-D tensor$"),
+    ("table int64", _call(table=TABLE.long()), ValueError,
+     r"^update_expert\(\): eplb_table must be int32, got int64$"),
+    ("table 3-D", _call(table=TABLE.unsqueeze(0)), ValueError,
+     r"eplb_table must be 2-D \(E, F\), got a 3-D tensor"),
+    ("devices differ", _call(table=TABLE.to("meta")), ValueError,
+     r"eplb_table is on meta but expert_ids is on cpu; all tensors must be on one device"),
+    ("rank too large", _call(rank=2), ValueError,
+     r"local_rank_id must be in 0\.\.1 \(world_size 2\), got 2$"),
+    ("rank negative", _call(rank=-1), ValueError, r"local_rank_id must be in 0\.\.1"),
+    ("world size 0", _call(rank=0, world=0), ValueError,
+     r"world_size must be in 1\.\.2147483647 under the native profile, got 0"),
+    ("balance mode 2", _call(balance_mode=2), ValueError,
+     r"balance_mode must be 0 \(by rank\) or 1 \(by token\), got 2"),
+    ("unknown profile", _call(profile="npu"), ValueError,
+     r"^update_expert\(\): profile: unknown limit profile 'npu', expected one of: native, "
+     r"ascend, ascend_seed$"),
+    ("seed profile token mode", _call(balance_mode=1, profile="ascend_seed"), ValueError,
+     r"balance_mode 1 \(by token\) is not supported under the ascend_seed profile"),
+    ("seed profile BS 513", _call(ids=torch.zeros(513, 2, dtype=torch.int64),
+                                  profile="ascend_seed"), ValueError,
+     r"expert_ids has 513 tokens \(BS\), expected 1\.\.512 under the ascend_seed profile"),
+    ("ascend profile BS 0", _call(ids=torch.zeros(0, 2, dtype=torch.int64), world=4,
+                                  profile="ascend"),
+     ValueError, r"expert_ids has 0 tokens \(BS\), expected 1\.\.512 under the ascend profile"),
+    ("ascend profile K 17", _call(ids=torch.zeros(2, 17, dtype=torch.int64), world=4,
+                                  profile="ascend"),
+     ValueError, r"top_k \(K\) = 17, expected 1\.\.16 under the ascend profile"),
+    ("ascend K > E", _call(ids=torch.zeros(2, 5, dtype=torch.int64), world=4,
+                           profile="ascend"),
+     ValueError, r"top_k \(K\) = 5 exceeds the number of experts E = 4 under the ascend profile"),
+    ("seed world size 385", _call(world=385, profile="ascend_seed"), ValueError,
+     r"world_size must be in 2\.\.384 under the ascend_seed profile, got 385"),
+    ("ascend F > W + 1", _call(profile="ascend"), ValueError,
+     r"eplb_table has 4 columns \(F\), expected 2\.\.3 \(world_size \+ 1\) under the ascend "
+     r"profile"),
+    ("slots not multiple of W", _call(world=4, num_physical_experts=10), ValueError,
+     r"num_physical_experts 10 is not a multiple of world_size 4"),
+    ("expert id too large", _call(ids=torch.tensor([[0, 1], [4, 0]])), IndexError,
+     r"^update_expert\(\): expert_ids\[1, 0\] = 4 is out of range, expected 0\.\.3 "
+     r"\(eplb_table has 4 rows\)$"),
+    ("expert id negative", _call(ids=torch.tensor([[0, -1]], dtype=torch.int32)), IndexError,
+     r"expert_ids\[0, 1\] = -1 is out of range"),
+    ("replica count 0", _call(table=_bad_count_table()), IndexError,
+     r"expert_ids\[1, 0\] = 2 selects eplb_table row 2 whose replica count 0 is outside "
+     r"1\.\.3 \(F - 1\)"),
+    ("instance id too large", _call(table=_bad_instance_table(), num_physical_experts=8),
+     IndexError, r"expert_ids\[0, 1\] = 1 selects eplb_table\[1, 2\] = 40, outside the "
+                 r"physical instance range 0\.\.7 \(num_physical_experts 8\)"),
+    ("load counts without slot count", _counted(load_counts=torch.zeros(8, dtype=torch.long)),
+     ValueError, r"load recording needs num_physical_experts"),
+    ("load counts wrong size", _counted(load_counts=torch.zeros(7, dtype=torch.long),
+                                        num_physical_experts=8), ValueError,
+     r"load_counts must be a contiguous \(8,\) tensor \(num_physical_experts\), got shape "
+     r"\[7\]"),
+    ("load counts int32", _counted(load_counts=torch.zeros(8, dtype=torch.int32),
+                                   num_physical_experts=8), ValueError,
+     r"load_counts must be int64, got int32"),
+    ("error count two elements", _counted(error_count=torch.zeros(2, dtype=torch.int32)),
+     ValueError, r"error_count must have one element, got 2"),
+    ("scales without threshold", _counted(expert_scales=SCALES), ValueError,
+     r"expert_scales and pruning_threshold come together, got only expert_scales"),
+    ("active mask alone", _counted(active_mask=torch.ones(2, dtype=torch.bool)), ValueError,
+     r"active_mask needs expert_scales and pruning_threshold"),
+    ("scales float64", _counted(expert_scales=SCALES.double(), pruning_threshold=THRESHOLD),
+     ValueError, r"expert_scales must be float32, float16 or bfloat16, got float64"),
+    ("scales shape", _counted(expert_scales=torch.ones(2, 3), pruning_threshold=THRESHOLD),
+     ValueError, r"expert_scales must have the shape of expert_ids \(2, 2\), got \(2, 3\)"),
+    ("threshold size", _counted(expert_scales=SCALES, pruning_threshold=torch.zeros(3)),
+     ValueError, r"pruning_threshold must have K = 2 elements, got 3"),
+    ("threshold 2 rows", _counted(expert_scales=SCALES, pruning_threshold=torch.zeros(2, 2)),
+     ValueError, r"pruning_threshold must be \(K,\) or \(1, K\), got shape \[2, 2\]"),
+    ("active mask uint8", _counted(expert_scales=SCALES, pruning_threshold=THRESHOLD,
+                                   active_mask=torch.ones(2, dtype=torch.uint8)), ValueError,
+     r"active_mask must be bool, got uint8"),
+    ("active mask size", _counted(expert_scales=SCALES, pruning_threshold=THRESHOLD,
+                                  active_mask=torch.ones(3, dtype=torch.bool)), ValueError,
+     r"active_mask must have BS = 2 elements, got 3"),
+    ("pruning under seed profile", _counted(expert_scales=SCALES, pruning_threshold=THRESHOLD,
+                                            profile="ascend_seed"), ValueError,
+     r"expert pruning \(expert_scales, pruning_threshold, active_mask\) is not supported under "
+     r"the ascend_seed profile"),
+    ("prepare duplicate ids", lambda: OPS.prepare_table(
+        torch.tensor([[2, 1, 1], [1, 0, -1]], dtype=torch.int32), 0, 2), ValueError,
+     r"prepare_table\(\): eplb_table is invalid \(1 error\):\n(.*\n)*"
+     r"error: row 0: instance id 1 appears in columns 1 and 2"),
+    ("prepare slot claimed twice", lambda: OPS.prepare_table(
+        torch.tensor([[1, 3], [1, 3]], dtype=torch.int32), 0, 2), ValueError,
+     r"physical slot 3 is claimed by row 0 \(column 1\) and row 1 \(column 1\)"),
+    ("prepare meta table", lambda: OPS.prepare_table(TABLE.to("meta"), 0, 2), ValueError,
+     r"prepare_table\(\): eplb_table must hold values"),
+    ("prepared id too large", lambda: moe_eplb.PreparedTable(TABLE, 1, 2).map(
+        torch.tensor([[0, 9]])), IndexError,
+     r"^update_expert_prepared\(\): expert_ids\[0, 1\] = 9 is out of range, expected 0\.\.3 "
+     r"\(the prepared table has 4 experts\)$"),
+    ("prepared mode mismatch", lambda: OPS.update_expert_prepared(
+        IDS, moe_eplb.PreparedTable(TABLE, 1, 2).routes, balance_mode=1,
+        num_physical_experts=8), ValueError,
+     r"update_expert_prepared\(\): prepared routes have row width 1, expected at least 2 "
+     r"\(count and one replica\) in token mode"),
+    ("prepared routes int64", lambda: OPS.update_expert_prepared(
+        IDS, torch.zeros(4, 1, dtype=torch.int64), balance_mode=0, num_physical_experts=8),
+     ValueError, r"routes must be int32, got int64"),
+    ("compat seed profile limit", lambda: moe_eplb.npu_moe_eplb_update_expert(
+        IDS, TABLE, 0, 1), ValueError,
+     r"world_size must be in 2\.\.384 under the ascend_seed profile, got 1"),
+    ("compat pruning half given", lambda: moe_eplb.npu_moe_update_expert(
+        IDS, TABLE, expert_scales=SCALES, local_rank_id=0, world_size=2), ValueError,
+     r"expert_scales and pruning_threshold come together, got only expert_scales"),
+]
+
+
+@pytest.mark.parametrize("name,call,error,pattern", ERROR_INPUTS,
+                         ids=[case[0] for case in ERROR_INPUTS])
+def test_error_inputs(name, call, error, pattern):
+    with pytest.raises(error) as info:
+        call()
+    assert re.search(pattern, str(info.value)), "message was: %s" % info.value
+
+
+# ---- Meta: shape and dtype inference ---------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ID_DTYPES)
+def test_meta_shape_and_dtype(dtype):
+    ids = torch.empty(300, 7, dtype=dtype, device="meta")
+    table = torch.empty(64, 5, dtype=torch.int32, device="meta")
+    out = OPS.update_expert(ids, table, 3, 8)
+    assert (out.device.type, out.shape, out.dtype) == ("meta", (300, 7), dtype)
+    assert out.is_contiguous()
+    scales = torch.empty(300, 7, dtype=torch.bfloat16, device="meta")
+    threshold = torch.empty(1, 7, dtype=torch.float32, device="meta")
+    out, mask = OPS.update_expert_pruned(ids, table, scales, threshold, None, 3, 8)
+    assert (out.shape, out.dtype, mask.shape, mask.dtype) == ((300, 7), dtype, (300, 7),
+                                                              torch.bool)
+    load = torch.empty(64, dtype=torch.int64, device="meta")
+    out, mask = OPS.update_expert_counted(ids, table, 3, 8, load_counts=load,
+                                          num_physical_experts=64)
+    assert (out.shape, mask.dtype) == ((300, 7), torch.bool)
+    routes = torch.empty(64, 1, dtype=torch.int32, device="meta")
+    out = OPS.update_expert_prepared(ids, routes, balance_mode=0, num_physical_experts=64)
+    assert (out.shape, out.dtype) == ((300, 7), dtype)
+    out, mask = OPS.update_expert_prepared_counted(ids, routes.expand(64, 5).contiguous(),
+                                                   balance_mode=1, num_physical_experts=64)
+    assert (out.shape, mask.shape) == ((300, 7), (300, 7))
+
+
+@pytest.mark.parametrize("case", [
+    (dict(ids=(513, 4), profile="ascend"), r"513 tokens \(BS\), expected 1\.\.512"),
+    (dict(ids=(4, 4), dtype=torch.float32), r"expert_ids must be int32 or int64, got float32"),
+    (dict(ids=(4, 4), rank=9), r"local_rank_id must be in 0\.\.7 \(world_size 8\), got 9"),
+    (dict(ids=(4, 4), table=(64, 5, torch.int64)), r"eplb_table must be int32, got int64"),
+])
+def test_meta_rejects_what_cpu_rejects(case):
+    spec, pattern = case
+    ids = torch.empty(*spec["ids"], dtype=spec.get("dtype", torch.int32), device="meta")
+    rows, cols, table_dtype = spec.get("table", (64, 5, torch.int32))
+    table = torch.empty(rows, cols, dtype=table_dtype, device="meta")
+    with pytest.raises(ValueError, match=pattern):
+        OPS.update_expert(ids, table, spec.get("rank", 3), 8, profile=spec.get("profile",
+                                                                                  "native"))
+    # The CPU kernel says the same.
+    with pytest.raises(ValueError, match=pattern):
+        OPS.update_expert(torch.zeros_like(ids, device="cpu"),
+                          torch.ones_like(table, device="cpu"), spec.get("rank", 3), 8,
+                          profile=spec.get("profile", "native"))
+
+
+# ---- torch.library.opcheck, TorchScript, torch.compile ---------------------
+
+
+def _opcheck_samples(rng):
+    table = make_table(rng, 24, 4, 8, 4, "random")
+    ids = make_ids(rng, 40, 4, 24, torch.int64, "sliced")
+    scales = torch.rand(40, 4)
+    threshold = torch.full((4,), 0.1)
+    prepared = moe_eplb.PreparedTable(table, 2, 4, num_physical_experts=32)
+    load = torch.zeros(32, dtype=torch.int64)
+    return [
+        (OPS.update_expert.default, (ids, table, 2, 4), {"balance_mode": 1}),
+        (OPS.update_expert_pruned.default, (ids, table, scales, threshold, None, 2, 4), {}),
+        (OPS.update_expert_counted.default, (ids, table, 2, 4),
+         {"load_counts": load, "num_physical_experts": 32}),
+        (OPS.update_expert_prepared.default, (ids.int(), prepared.routes),
+         {"balance_mode": 0, "num_physical_experts": 32}),
+        (OPS.update_expert_prepared_counted.default, (ids, prepared.routes),
+         {"balance_mode": 0, "num_physical_experts": 32, "expert_scales": scales,
+          "pruning_threshold": threshold, "load_counts": load}),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(torch.library, "opcheck"),
+                    reason="torch.library.opcheck needs torch >= 2.4 (this is %s)"
+                    % torch.__version__)
+def test_opcheck_cpu(rng):
+    for op, args, kwargs in _opcheck_samples(rng):
+        torch.library.opcheck(op, args, kwargs)
+
+
+def test_torchscript_graph_mode(rng):
+    # The seed's "graph mode" on torch 1.13: the op is scriptable.
+    def forward(expert_ids: torch.Tensor, eplb_table: torch.Tensor, rank: int, world: int):
+        return torch.ops.moe_eplb.update_expert(expert_ids, eplb_table, rank, world,
+                                                balance_mode=0)
+
+    scripted = torch.jit.script(forward)
+    table = make_table(rng, 16, 4, 4, 3, "random")
+    ids = make_ids(rng, 9, 3, 16, torch.int32, "contiguous")
+    assert torch.equal(scripted(ids, table, 1, 4), moe_eplb.update_expert(ids, table, 1, 4))
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"),
+                    reason="torch.compile needs torch >= 2.0 (this is %s)" % torch.__version__)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_cpu(rng, dynamic):
+    table = make_table(rng, 16, 4, 4, 3, "random")
+    prepared = moe_eplb.PreparedTable(table, 1, 4, num_physical_experts=16)
+
+    def step(ids, scales, threshold):
+        a = moe_eplb.npu_moe_eplb_update_expert(expert_ids=ids, eplb_table=table,
+                                                local_rank_id=1, world_size=4, balance_mode=0)
+        b = prepared.map(ids)
+        c, mask = moe_eplb.update_expert_pruned(ids, table, 1, 4, expert_scales=scales,
+                                                pruning_threshold=threshold, balance_mode=1)
+        return a, b, c, mask
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    for num_tokens in (5, 9, 33):
+        ids = make_ids(rng, num_tokens, 3, 16, torch.int64, "contiguous")
+        args = (ids, torch.rand(num_tokens, 3), torch.full((3,), 0.2))
+        for got, expected in zip(compiled(*args), step(*args)):
+            assert torch.equal(got, expected)
+
+
+# ---- the torch_npu shim runs the seed's own calls unchanged ----------------
+
+
+def test_seed_single_op_example_calls_unchanged():
+    # From the seed's "single-operator mode" example, lines kept verbatim
+    # except the device (.npu() removed) and the import of the shim.
+    import moe_eplb.compat as torch_npu
+
+    world_size = 16
+    moeExpertNum = 14
+    bs = 8
+    k = 8
+    tp_world_size = 1
+    ep_world_size = int(world_size / tp_world_size)
+
+    def gen_unique_topk_array(low, high, bs, k):
+        array = []
+        for i in range(bs):
+            top_idx = list(np.arange(low, high, dtype=np.int32))
+            random.shuffle(top_idx)
+            array.append(top_idx[0:k])
+        return np.array(array)
+
+    random.seed(0)
+    for rank in range(16):
+        expert_ids = gen_unique_topk_array(0, moeExpertNum, bs, k).astype(np.int32)
+        expert_ids = torch.from_numpy(expert_ids)
+        eplb_table = np.array([[1, 0], [1, 1], [1, 2], [1, 3], [1, 4], [1, 5],
+                               [1, 6], [1, 7], [1, 8], [1, 9], [1, 10], [1, 11], [1, 12],
+                               [1, 13]]).astype(np.int32)
+        eplb_table = torch.from_numpy(eplb_table)
+        balanced_expert_ids = torch_npu.npu_moe_eplb_update_expert(
+            expert_ids=expert_ids,
+            eplb_table=eplb_table,
+            local_rank_id=rank // tp_world_size,
+            world_size=ep_world_size,
+            balance_mode=0)
+        # One replica per expert at slot e: the mapping is the identity.
+        assert torch.equal(balanced_expert_ids, expert_ids)
+
+
+def test_seed_graph_mode_model_calls_unchanged(rng):
+    # The seed's graph-mode model forward, reduced to the update-expert call.
+    import moe_eplb.compat as torch_npu
+
+    class MOE_DISTRIBUTE_GRAPH_Model(torch.nn.Module):
+        def forward(self, expert_ids, ep_world_size, ep_rank_id, eplb_table, balance_mode):
+            balanced_expert_ids = torch_npu.npu_moe_eplb_update_expert(
+                expert_ids=expert_ids, eplb_table=eplb_table, local_rank_id=ep_rank_id,
+                world_size=ep_world_size, balance_mode=balance_mode)
+            return balanced_expert_ids
+
+    model = MOE_DISTRIBUTE_GRAPH_Model()
+    if hasattr(torch, "compile"):
+        model = torch.compile(model, backend="aot_eager", dynamic=False)
+    table = make_table(rng, 14, 16, 2, 3, "random")
+    ids = make_ids(rng, 8, 8, 14, torch.int32, "contiguous")
+    out = model.forward(ids, 16, 5, table, 0)
+    assert torch.equal(out, as_tensor(reference_update_expert(ids, table, 5, 16), torch.int32))
+
+
+def test_op_plugin_style_pruning_call(rng):
+    # torch_npu.npu_moe_update_expert as Ascend's op-plugin test calls it:
+    # bs=128, k=8, 256 logical experts, F=5, world_size=8, pruning, rank mode.
+    bs, k, world_size = 128, 8, 8
+    table = make_table(rng, 256, world_size, 40, 5, "random")
+    expert_ids = make_ids(rng, bs, k, 256, torch.int64, "contiguous")
+    expert_scales = torch.rand(bs, k).sort(dim=1, descending=True).values
+    pruning_threshold = torch.rand(1, k) * 0.2
+    active_mask = torch.arange(bs) < 100
+    for rank in range(world_size):
+        ids, mask = moe_eplb.npu_moe_update_expert(
+            expert_ids, table, expert_scales=expert_scales, pruning_threshold=pruning_threshold,
+            active_mask=active_mask, local_rank_id=rank, world_size=world_size, balance_mode=0)
+        expected = as_tensor(reference_update_expert(expert_ids, table, rank, world_size),
+                             torch.int64)
+        assert torch.equal(ids, expected)
+        assert torch.equal(mask, reference_pruning_mask(expert_scales, pruning_threshold,
+                                                        active_mask))
+    # Token mode may leave the rank arguments at their -1 defaults.
+    ids, mask = moe_eplb.npu_moe_update_expert(expert_ids, table, balance_mode=1)
+    assert torch.equal(ids, as_tensor(reference_update_expert(expert_ids, table, -1, -1, 1),
+                                      torch.int64))
+    assert bool(mask.all())
+
+
+def test_reference_marks_bad_elements():
+    # Guards the reference itself: a bad id is BAD, not silently mapped.
+    rows = reference_update_expert(torch.tensor([[0, 5]]), TABLE, 0, 2)
+    assert rows == [[0, BAD]]
+
+
+def test_poisoned_outputs_are_fully_written(rng):
+    # Fill a block of the output's size with poison and free it, so the
+    # allocator likely hands it out again; no output element may keep it.
+    table = make_table(rng, 32, 4, 8, 4, "random")
+    for dtype in ID_DTYPES:
+        for num_tokens, top_k in [(1, 1), (511, 16), (97, 3)]:
+            poison = torch.full((num_tokens, top_k), POISON, dtype=dtype)
+            del poison
+            ids = make_ids(rng, num_tokens, top_k, 32, dtype, "contiguous")
+            out = moe_eplb.update_expert(ids, table, 1, 4)
+            assert not bool((out == POISON).any())
+            assert bool((out >= 0).all()) and bool((out < 32).all())
