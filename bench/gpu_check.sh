@@ -39,6 +39,16 @@ command -v nvcc >/dev/null && nvcc --version | tail -1
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
 # ---- 1. build the extension (same sources as CMake, CUDA arch $ARCH only) ----
+# The device image's Python was built with a g++ wrapper that links libstdc++
+# statically. An extension linked that way carries a second libstdc++ next to
+# the shared one torch loads, and the two copies' locale facets collide (seen:
+# SIGSEGV in ostream::_M_insert on the first formatted message). Build with the
+# system g++ when there is one, and check that libstdc++ ends up shared.
+PY_CXX=$("$PYTHON" -c 'import sysconfig; print((sysconfig.get_config_var("CXX") or "").split()[0])')
+if [ -x /usr/bin/g++ ] && [ "$PY_CXX" != /usr/bin/g++ ] && [ -z "${CXX:-}" ]; then
+  export CC=/usr/bin/g++ CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
+fi
+echo "=== compilers: python CXX=$PY_CXX, using CC=${CC:-default} CXX=${CXX:-default}"
 echo "=== build: TORCH_CUDA_ARCH_LIST=$ARCH MAX_JOBS=$JOBS MOE_EPLB_CUDA=1 setup.py build_ext --inplace"
 BUILD_START=$(date +%s)
 TORCH_CUDA_ARCH_LIST=$ARCH MAX_JOBS=$JOBS MOE_EPLB_CUDA=1 \
@@ -47,6 +57,8 @@ BUILD_RC=$?
 BUILD_TIME=$(($(date +%s) - BUILD_START))
 tail -5 "$OUT/build.log"
 export PYTHONPATH=$ROOT/python${PYTHONPATH:+:$PYTHONPATH}
+LIBSTDCXX=$(ldd python/moe_eplb/_C*.so 2>/dev/null | grep -c "libstdc++")
+[ "$LIBSTDCXX" -ge 1 ] || echo "WARNING: _C.so does not link libstdc++ dynamically (static copy)"
 if [ $BUILD_RC -eq 0 ] && "$PYTHON" -c "import moe_eplb, sys; sys.exit(0 if moe_eplb.with_cuda else 1)"; then
   stage build PASS "${BUILD_TIME}s, log build.log"
 else
@@ -58,7 +70,9 @@ fi
 
 # ---- 2. tests: GPU tests and the CPU suite, on this torch ----------------------
 echo "=== pytest tests/python"
-timeout 200 "$PYTHON" -m pytest tests/python -q -rs -p no:cacheprovider --durations=12 \
+# pytest-xdist, when present, isolates a crashing test to its worker process.
+XDIST=$("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n 4")
+timeout 200 "$PYTHON" -m pytest tests/python -q -rs -p no:cacheprovider --durations=12 $XDIST \
   >"$OUT/pytest.log" 2>&1
 TEST_RC=$?
 tail -25 "$OUT/pytest.log"
