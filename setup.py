@@ -47,6 +47,25 @@ def use_cuda():
     return available
 
 
+def loaded_libstdcxx():
+    """The libstdc++ this process loaded with torch, or None (non-Linux).
+
+    Linking exactly that file keeps one libstdc++ in the process even where the
+    toolchain defaults to a static libstdc++: a second, static copy inside the
+    extension collides with torch's shared one (seen on a GPU image whose g++
+    links libstdc++ statically: SIGSEGV formatting the first error message).
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith("libstdc++.so"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def torch_include_paths(with_cuda):
     try:  # torch >= 2.6
         return cpp_extension.include_paths(device_type="cuda" if with_cuda else "cpu")
@@ -72,6 +91,9 @@ def extension():
         include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "src")],
         extra_compile_args={"cxx": cxx_flags},
     )
+    libstdcxx = loaded_libstdcxx()
+    if libstdcxx:
+        kwargs["extra_link_args"] = [libstdcxx]
     if not with_cuda:
         return cpp_extension.CppExtension(**kwargs)
     kwargs["sources"] += sources(CUDA_SOURCES)

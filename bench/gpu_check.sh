@@ -39,16 +39,11 @@ command -v nvcc >/dev/null && nvcc --version | tail -1
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
 # ---- 1. build the extension (same sources as CMake, CUDA arch $ARCH only) ----
-# The device image's Python was built with a g++ wrapper that links libstdc++
-# statically. An extension linked that way carries a second libstdc++ next to
-# the shared one torch loads, and the two copies' locale facets collide (seen:
-# SIGSEGV in ostream::_M_insert on the first formatted message). Build with the
-# system g++ when there is one, and check that libstdc++ ends up shared.
+# The device image's g++ links libstdc++ statically; setup.py links the
+# libstdc++ torch loaded instead (a second, static copy crashed the first
+# formatted message). The ldd check below confirms it.
 PY_CXX=$("$PYTHON" -c 'import sysconfig; print((sysconfig.get_config_var("CXX") or "").split()[0])')
-if [ -x /usr/bin/g++ ] && [ "$PY_CXX" != /usr/bin/g++ ] && [ -z "${CXX:-}" ]; then
-  export CC=/usr/bin/g++ CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
-fi
-echo "=== compilers: python CXX=$PY_CXX, using CC=${CC:-default} CXX=${CXX:-default}"
+echo "=== compilers: python CXX=$PY_CXX, CC=${CC:-default} CXX=${CXX:-default}"
 echo "=== build: TORCH_CUDA_ARCH_LIST=$ARCH MAX_JOBS=$JOBS MOE_EPLB_CUDA=1 setup.py build_ext --inplace"
 BUILD_START=$(date +%s)
 TORCH_CUDA_ARCH_LIST=$ARCH MAX_JOBS=$JOBS MOE_EPLB_CUDA=1 \
