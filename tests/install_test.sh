@@ -6,8 +6,11 @@ build_dir=$1
 source_dir=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cmake --install "$build_dir" --prefix "$work/prefix" >/dev/null
-cmake -S "$source_dir/examples/consumer" -B "$work/consumer" -G Ninja \
-  -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$work/consumer" >/dev/null
+log=$work/log.txt
+# Show the log of whichever step fails.
+run() { "$@" >"$log" 2>&1 || { cat "$log"; exit 1; }; }
+run cmake --install "$build_dir" --prefix "$work/prefix"
+run cmake -S "$source_dir/examples/consumer" -B "$work/consumer" -G Ninja \
+  -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release
+run cmake --build "$work/consumer"
 "$work/consumer/consumer"

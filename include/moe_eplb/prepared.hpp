@@ -29,6 +29,10 @@ struct PreparedView {
   LimitProfile profile = LimitProfile::kNative;
 };
 
+// A view over routes laid out as above, for (already resolved) params.
+PreparedView make_prepared_view(const std::int32_t* routes, std::int64_t num_experts,
+                                std::int64_t row_width, const UpdateExpertParams& params);
+
 // Owns prepared routes on the host. Immutable after construction, so it can
 // be shared by threads.
 class PreparedTable {

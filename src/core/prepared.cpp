@@ -76,15 +76,20 @@ PreparedTable::PreparedTable(const TableView& eplb_table, const UpdateExpertPara
   build_routes(eplb_table, params_, routes_.data());
 }
 
-PreparedView PreparedTable::view() const {
+PreparedView make_prepared_view(const std::int32_t* routes, std::int64_t num_experts,
+                                std::int64_t row_width, const UpdateExpertParams& params) {
   PreparedView view;
-  view.routes = routes_.data();
-  view.num_experts = num_experts_;
-  view.row_width = row_width_;
-  view.balance_mode = params_.balance_mode;
-  view.num_physical_experts = params_.num_physical_experts;
-  view.profile = params_.profile;
+  view.routes = routes;
+  view.num_experts = num_experts;
+  view.row_width = row_width;
+  view.balance_mode = params.balance_mode;
+  view.num_physical_experts = params.num_physical_experts;
+  view.profile = params.profile;
   return view;
+}
+
+PreparedView PreparedTable::view() const {
+  return make_prepared_view(routes_.data(), num_experts_, row_width_, params_);
 }
 
 }  // namespace moe_eplb

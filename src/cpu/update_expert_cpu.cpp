@@ -117,6 +117,13 @@ template <typename Router, typename Describe>
   MOE_EPLB_FAIL(ErrorCode::kIndexOutOfRange, "update_expert(): inconsistent error scan");
 }
 
+// Calls f with balanced_expert_ids typed as the ids' dtype.
+template <typename F>
+auto with_typed_output(IdDtype dtype, void* balanced_expert_ids, F&& f) {
+  return dtype == IdDtype::kInt32 ? f(static_cast<std::int32_t*>(balanced_expert_ids))
+                                  : f(static_cast<std::int64_t*>(balanced_expert_ids));
+}
+
 std::string position(std::int64_t token, std::int64_t k, std::int64_t expert) {
   return detail::concat("expert_ids[", token, ", ", k, "] = ", expert);
 }
@@ -159,13 +166,10 @@ void finish_outputs(const ExpertIdsView& ids, const PruningInputs* pruning,
   }
   if (outputs.load_counts == nullptr) return;
   const std::int64_t num_elements = ids.num_tokens * ids.top_k;
-  if (ids.dtype == IdDtype::kInt32) {
-    record_load(static_cast<const std::int32_t*>(outputs.balanced_expert_ids),
-                outputs.balanced_active_mask, num_elements, outputs.load_counts);
-  } else {
-    record_load(static_cast<const std::int64_t*>(outputs.balanced_expert_ids),
-                outputs.balanced_active_mask, num_elements, outputs.load_counts);
-  }
+  with_typed_output(ids.dtype, outputs.balanced_expert_ids, [&](const auto* balanced) {
+    record_load(balanced, outputs.balanced_active_mask, num_elements, outputs.load_counts);
+    return true;
+  });
 }
 
 template <typename IdT>
@@ -200,11 +204,9 @@ void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& p
   const TableView& table = inputs.eplb_table;
   const detail::TableRouter router = detail::table_router(table, params);
   std::vector<std::int32_t> scratch;
-  const bool ok = ids.dtype == IdDtype::kInt32
-                      ? map_with_table(ids, router, scratch,
-                                       static_cast<std::int32_t*>(outputs.balanced_expert_ids))
-                      : map_with_table(ids, router, scratch,
-                                       static_cast<std::int64_t*>(outputs.balanced_expert_ids));
+  const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids, [&](auto* out) {
+    return map_with_table(ids, router, scratch, out);
+  });
   if (!ok) {
     throw_first_bad(
         ids, router,
@@ -251,10 +253,8 @@ void update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& i
   if (ids.num_tokens == 0 || ids.top_k == 0) return;
 
   const detail::PreparedRouter router = detail::prepared_router(prepared);
-  const bool ok =
-      ids.dtype == IdDtype::kInt32
-          ? map_with_prepared(ids, router, static_cast<std::int32_t*>(outputs.balanced_expert_ids))
-          : map_with_prepared(ids, router, static_cast<std::int64_t*>(outputs.balanced_expert_ids));
+  const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids,
+                                    [&](auto* out) { return map_with_prepared(ids, router, out); });
   if (!ok) {
     throw_first_bad(
         ids, router,

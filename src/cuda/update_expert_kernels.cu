@@ -616,14 +616,7 @@ void DevicePreparedTable::stage_and_copy(const TableView& eplb_table, cudaStream
 }
 
 PreparedView DevicePreparedTable::view() const {
-  PreparedView view;
-  view.routes = device_routes_;
-  view.num_experts = num_experts_;
-  view.row_width = row_width_;
-  view.balance_mode = params_.balance_mode;
-  view.num_physical_experts = params_.num_physical_experts;
-  view.profile = params_.profile;
-  return view;
+  return make_prepared_view(device_routes_, num_experts_, row_width_, params_);
 }
 
 }  // namespace moe_eplb::cuda

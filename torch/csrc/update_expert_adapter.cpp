@@ -426,16 +426,10 @@ std::tuple<at::Tensor, at::Tensor> update_expert_pruned(
     const at::Tensor& pruning_threshold, const OptionalTensor& active_mask,
     std::int64_t local_rank_id, std::int64_t world_size, std::int64_t balance_mode,
     std::int64_t num_physical_experts, c10::string_view profile) {
-  Call call(kUpdateExpert);
-  call.expert_ids = &expert_ids;
-  call.eplb_table = &eplb_table;
-  call.expert_scales = expert_scales;
-  call.pruning_threshold = pruning_threshold;
-  call.active_mask = active_mask;
-  call.params = make_params(call.operation, local_rank_id, world_size, balance_mode,
-                            num_physical_experts, profile);
-  Result result = run(call);
-  return {result.balanced_expert_ids, result.balanced_active_mask};
+  // The counted op without counters (pruning inputs are required here).
+  return update_expert_counted(expert_ids, eplb_table, local_rank_id, world_size, balance_mode,
+                               expert_scales, pruning_threshold, active_mask, c10::nullopt,
+                               c10::nullopt, num_physical_experts, profile);
 }
 
 std::tuple<at::Tensor, at::Tensor> update_expert_counted(
