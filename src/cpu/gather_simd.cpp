@@ -8,25 +8,26 @@
 namespace moe_eplb::cpu {
 namespace {
 
+// Unsigned compares catch negative values too; a bad id reads routes[0]
+// instead, and only the flag records it.
 template <typename T>
-bool gather_scalar_tail(const T* in, std::int64_t n, const std::int32_t* routes,
-                        std::int64_t num_experts, std::int64_t instance_id_end, T* out) {
-  bool ok = true;
+bool gather_scalar(const T* in, std::int64_t n, const std::int32_t* routes,
+                   std::int64_t num_experts, std::int64_t instance_id_end, T* out) {
+  const auto num_rows = static_cast<std::uint64_t>(num_experts);
+  const auto id_end = static_cast<std::uint64_t>(instance_id_end);
+  std::uint64_t bad = 0;
   for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t expert = in[i];
-    const bool in_range = expert >= 0 && expert < num_experts;
+    const auto expert = static_cast<std::uint64_t>(in[i]);
+    const bool in_range = expert < num_rows;
     const std::int64_t instance = routes[in_range ? expert : 0];
-    ok &= in_range && instance >= 0 && instance < instance_id_end;
+    bad |= static_cast<std::uint64_t>(!in_range) |
+           static_cast<std::uint64_t>(static_cast<std::uint64_t>(instance) >= id_end);
     out[i] = static_cast<T>(instance);
   }
-  return ok;
+  return bad == 0;
 }
 
-}  // namespace
-
 #if defined(MOE_EPLB_HAVE_AVX2_KERNELS)
-
-bool has_avx2() { return __builtin_cpu_supports("avx2"); }
 
 __attribute__((target("avx2"))) bool gather_avx2(const std::int32_t* in, std::int64_t n,
                                                  const std::int32_t* routes,
@@ -48,7 +49,7 @@ __attribute__((target("avx2"))) bool gather_avx2(const std::int32_t* in, std::in
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), instance);
   }
   const bool ok = _mm256_testz_si256(bad, bad) != 0;
-  return gather_scalar_tail(in + i, n - i, routes, num_experts, instance_id_end, out + i) && ok;
+  return gather_scalar(in + i, n - i, routes, num_experts, instance_id_end, out + i) && ok;
 }
 
 __attribute__((target("avx2"))) bool gather_avx2(const std::int64_t* in, std::int64_t n,
@@ -72,23 +73,31 @@ __attribute__((target("avx2"))) bool gather_avx2(const std::int64_t* in, std::in
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_cvtepi32_epi64(instance));
   }
   const bool ok = _mm256_testz_si256(bad64, bad64) != 0 && _mm_testz_si128(bad32, bad32) != 0;
-  return gather_scalar_tail(in + i, n - i, routes, num_experts, instance_id_end, out + i) && ok;
-}
-
-#else
-
-bool has_avx2() { return false; }
-
-bool gather_avx2(const std::int32_t* in, std::int64_t n, const std::int32_t* routes,
-                 std::int64_t num_experts, std::int64_t instance_id_end, std::int32_t* out) {
-  return gather_scalar_tail(in, n, routes, num_experts, instance_id_end, out);
-}
-
-bool gather_avx2(const std::int64_t* in, std::int64_t n, const std::int32_t* routes,
-                 std::int64_t num_experts, std::int64_t instance_id_end, std::int64_t* out) {
-  return gather_scalar_tail(in, n, routes, num_experts, instance_id_end, out);
+  return gather_scalar(in + i, n - i, routes, num_experts, instance_id_end, out + i) && ok;
 }
 
 #endif
+
+template <typename T>
+bool gather(const T* in, std::int64_t n, const std::int32_t* routes, std::int64_t num_experts,
+            std::int64_t instance_id_end, T* out) {
+#if defined(MOE_EPLB_HAVE_AVX2_KERNELS)
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  if (has_avx2) return gather_avx2(in, n, routes, num_experts, instance_id_end, out);
+#endif
+  return gather_scalar(in, n, routes, num_experts, instance_id_end, out);
+}
+
+}  // namespace
+
+bool gather_contiguous(const std::int32_t* in, std::int64_t n, const std::int32_t* routes,
+                       std::int64_t num_experts, std::int64_t instance_id_end, std::int32_t* out) {
+  return gather(in, n, routes, num_experts, instance_id_end, out);
+}
+
+bool gather_contiguous(const std::int64_t* in, std::int64_t n, const std::int32_t* routes,
+                       std::int64_t num_experts, std::int64_t instance_id_end, std::int64_t* out) {
+  return gather(in, n, routes, num_experts, instance_id_end, out);
+}
 
 }  // namespace moe_eplb::cpu

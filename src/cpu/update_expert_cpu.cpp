@@ -34,53 +34,6 @@ std::int64_t read_id(const ExpertIdsView& ids, std::int64_t token, std::int64_t 
                                       : static_cast<const std::int64_t*>(ids.data)[offset];
 }
 
-// One gather through a route map (rank mode): routes[e] is the physical id,
-// or a negative RouteStatus. Returns false if any element is bad.
-template <typename IdT>
-bool gather_route_map(const ExpertIdsView& ids, const std::int32_t* routes,
-                      std::int64_t num_experts, std::int64_t instance_id_end, IdT* out) {
-  const IdT* in = static_cast<const IdT*>(ids.data);
-  if (ids.k_stride == 1 && cpu::has_avx2()) {
-    if (ids.token_stride == ids.top_k) {
-      return cpu::gather_avx2(in, ids.num_tokens * ids.top_k, routes, num_experts, instance_id_end,
-                              out);
-    }
-    bool ok = true;
-    for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
-      ok &= cpu::gather_avx2(in + token * ids.token_stride, ids.top_k, routes, num_experts,
-                             instance_id_end, out + token * ids.top_k);
-    }
-    return ok;
-  }
-  const auto num_rows = static_cast<std::uint64_t>(num_experts);
-  const auto id_end = static_cast<std::uint64_t>(instance_id_end);
-  std::uint64_t bad = 0;
-  for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
-    const IdT* in_row = in + token * ids.token_stride;
-    IdT* out_row = out + token * ids.top_k;
-    if (ids.k_stride == 1) {
-      for (std::int64_t k = 0; k < ids.top_k; ++k) {
-        const auto expert = static_cast<std::uint64_t>(in_row[k]);
-        const bool in_range = expert < num_rows;
-        const std::int64_t instance = routes[in_range ? expert : 0];
-        bad |= static_cast<std::uint64_t>(!in_range) |
-               static_cast<std::uint64_t>(static_cast<std::uint64_t>(instance) >= id_end);
-        out_row[k] = static_cast<IdT>(instance);
-      }
-    } else {
-      for (std::int64_t k = 0; k < ids.top_k; ++k) {
-        const auto expert = static_cast<std::uint64_t>(in_row[k * ids.k_stride]);
-        const bool in_range = expert < num_rows;
-        const std::int64_t instance = routes[in_range ? expert : 0];
-        bad |= static_cast<std::uint64_t>(!in_range) |
-               static_cast<std::uint64_t>(static_cast<std::uint64_t>(instance) >= id_end);
-        out_row[k] = static_cast<IdT>(instance);
-      }
-    }
-  }
-  return bad == 0;
-}
-
 // Element-wise routing through any router (token mode, or rank mode on
 // batches smaller than the table). Returns false if any element is bad.
 template <typename IdT, typename Router>
@@ -97,6 +50,28 @@ bool route_each(const ExpertIdsView& ids, const Router& router, IdT* out) {
     }
   }
   return ok;
+}
+
+// One gather through a route map (rank mode): routes[e] is the physical id,
+// or a negative RouteStatus. Returns false if any element is bad.
+template <typename IdT>
+bool gather_route_map(const ExpertIdsView& ids, const std::int32_t* routes,
+                      std::int64_t num_experts, std::int64_t instance_id_end, IdT* out) {
+  const IdT* in = static_cast<const IdT*>(ids.data);
+  if (ids.k_stride == 1) {  // contiguous rows: the vectorised gather
+    if (ids.token_stride == ids.top_k) {
+      return cpu::gather_contiguous(in, ids.num_tokens * ids.top_k, routes, num_experts,
+                                    instance_id_end, out);
+    }
+    bool ok = true;
+    for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
+      ok &= cpu::gather_contiguous(in + token * ids.token_stride, ids.top_k, routes, num_experts,
+                                   instance_id_end, out + token * ids.top_k);
+    }
+    return ok;
+  }
+  const detail::PreparedRouter router{routes, num_experts, 1, instance_id_end, false};
+  return route_each(ids, router, out);
 }
 
 // Finds the first element (in row-major order) the router rejects and throws
@@ -173,15 +148,14 @@ void finish_outputs(const ExpertIdsView& ids, const PruningInputs* pruning,
 }
 
 template <typename IdT>
-bool map_with_table(const ExpertIdsView& ids, const detail::TableRouter& router,
+bool map_with_table(const ExpertIdsView& ids, const TableView& table,
+                    const UpdateExpertParams& params, const detail::TableRouter& router,
                     std::vector<std::int32_t>& scratch, IdT* out) {
   const bool small_table = router.num_experts <= ids.num_tokens * ids.top_k;
   if (router.by_token || !small_table) return route_each(ids, router, out);
-  // Rank mode: resolve each row once, then gather.
+  // Rank mode: resolve each row once (bad rows become RouteStatus codes), then gather.
   scratch.resize(static_cast<std::size_t>(router.num_experts));
-  for (std::int64_t expert = 0; expert < router.num_experts; ++expert) {
-    scratch[static_cast<std::size_t>(expert)] = static_cast<std::int32_t>(router.route(expert, 0));
-  }
+  build_routes(table, params, scratch.data());
   return gather_route_map(ids, scratch.data(), router.num_experts, router.instance_id_end, out);
 }
 
@@ -205,7 +179,7 @@ void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& p
   const detail::TableRouter router = detail::table_router(table, params);
   std::vector<std::int32_t> scratch;
   const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids, [&](auto* out) {
-    return map_with_table(ids, router, scratch, out);
+    return map_with_table(ids, table, params, router, scratch, out);
   });
   if (!ok) {
     throw_first_bad(
