@@ -6,6 +6,7 @@ shares no code with moe_eplb, so a bug in the library cannot hide here.
 import math
 
 import numpy as np
+import pytest
 import torch
 
 BAD = None  # reference marker for an element the operator must reject
@@ -151,3 +152,15 @@ DISTRIBUTIONS = ["single", "random", "max", "uneven"]
 
 def ceil_div(a, b):
     return math.ceil(a / b)
+
+
+def assert_same(actual, expected, context):
+    """Same dtype, shape and values (actual may be on any device); on a
+    mismatch, fails naming the first differing positions and values."""
+    actual = actual.cpu()
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, context
+    if not torch.equal(actual, expected):
+        where = (actual != expected).nonzero()[:5].tolist()
+        pytest.fail("%s: mismatches at %s: got %s, expected %s" % (
+            context, where, [actual[tuple(i)].item() for i in where],
+            [expected[tuple(i)].item() for i in where]))

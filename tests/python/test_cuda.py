@@ -18,6 +18,7 @@ from reference import (
     BAD,
     LAYOUTS,
     as_tensor,
+    assert_same,
     make_ids,
     make_table,
     reference_load,
@@ -47,16 +48,6 @@ cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="CUDA-only behaviour (dr
                                % DEVICE)
 
 CUDA = DEVICE
-
-
-def assert_same(actual, expected, context):
-    actual = actual.cpu()
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape, context
-    if not torch.equal(actual, expected):
-        where = (actual != expected).nonzero()[:5].tolist()
-        pytest.fail("%s: mismatches at %s: got %s, expected %s" % (
-            context, where, [actual[tuple(i)].item() for i in where],
-            [expected[tuple(i)].item() for i in where]))
 
 
 def on_cuda(tensor):

@@ -13,6 +13,7 @@ from reference import (
     DISTRIBUTIONS,
     LAYOUTS,
     as_tensor,
+    assert_same,
     make_ids,
     make_table,
     reference_load,
@@ -23,16 +24,6 @@ from reference import (
 OPS = torch.ops.moe_eplb
 ID_DTYPES = [torch.int32, torch.int64]
 POISON = 0x5A5A5A5A
-
-
-def check_equal(actual, expected, context):
-    assert actual.dtype == expected.dtype, context
-    assert actual.shape == expected.shape, context
-    if not torch.equal(actual, expected):
-        where = (actual != expected).nonzero()[:5].tolist()
-        pytest.fail("%s: first mismatches at %s: got %s, expected %s" % (
-            context, where, [actual[b, k].item() for b, k in where],
-            [expected[b, k].item() for b, k in where]))
 
 
 # ---- the worked example of SPEC.md and named edge cases ---------------------
@@ -125,11 +116,11 @@ def test_sweep_matches_reference(rng, dtype, balance_mode, layout):
                     reference_update_expert(ids, table, rank, world_size, balance_mode), dtype)
                 out = moe_eplb.update_expert(ids, table, rank, world_size,
                                              balance_mode=balance_mode)
-                check_equal(out, expected, context)
+                assert_same(out, expected, context)
                 prepared = moe_eplb.PreparedTable(
                     table, rank, world_size, balance_mode=balance_mode,
                     num_physical_experts=world_size * slots_per_rank)
-                check_equal(prepared.map(ids), expected, "prepared " + context)
+                assert_same(prepared.map(ids), expected, "prepared " + context)
 
 
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -159,9 +150,9 @@ def test_pruning_and_load_recording_match_reference(rng, scale_dtype, with_activ
             active_mask=active, balance_mode=balance_mode, num_physical_experts=num_physical,
             load_counts=load)
         context = "BS=%d K=%d mode=%d" % (num_tokens, top_k, balance_mode)
-        check_equal(out, as_tensor(rows, torch.int64), context)
-        check_equal(got_mask, mask, "mask " + context)
-        check_equal(load.unsqueeze(0), (reference_load(rows, mask, num_physical) + 1000)
+        assert_same(out, as_tensor(rows, torch.int64), context)
+        assert_same(got_mask, mask, "mask " + context)
+        assert_same(load.unsqueeze(0), (reference_load(rows, mask, num_physical) + 1000)
                     .unsqueeze(0), "load " + context)
         # The functional op and the prepared path agree with the counted one.
         out2, mask2 = OPS.update_expert_pruned(ids, table, scales, threshold.unsqueeze(0),
@@ -244,7 +235,7 @@ def test_prepared_update_in_place(rng, balance_mode):
     prepared.update(new)
     assert prepared.routes.data_ptr() == storage
     expected = as_tensor(reference_update_expert(ids, new, 3, 8, balance_mode), torch.int64)
-    check_equal(prepared.map(ids), expected, "after update")
+    assert_same(prepared.map(ids), expected, "after update")
 
 
 def test_prepared_update_rejects_invalid_table_and_keeps_old(rng):
