@@ -11,11 +11,18 @@
 //   misaligned slices take a strided element loop instead.
 // - In rank mode each block first resolves every expert once into a rank map
 //   in shared memory (from the table through TableRouter, or copied from the
-//   prepared routes through PreparedRouter; a PreparedRouter reads it), when
+//   prepared routes through PreparedRouter; a SharedMapRouter reads it), when
 //   the block has at least E elements to map. Each element then costs one
 //   shared-memory lookup, and the map's global reads overlap the ids load
 //   instead of following it: one global latency less on the critical path,
 //   which is most of a 512x16 call's time after the launch itself.
+// - The routers are branch-free (route.hpp), and so is the per-element error
+//   handling here: the 2 or 4 ids of one vector then issue their lookups
+//   together. Each id behind its own branch had cost one full lookup latency
+//   after another (seen in the SASS; int32 vectors, with 4 ids, were measured
+//   slower than int64 vectors with 2 at every size).
+// - The grid-stride loop loads the next vector before mapping the current
+//   one, so a thread's lookups and store overlap its next load.
 // - Pruning needs each token's scale sum, so those batches run one thread per
 //   token over its K choices, summing in k order like the CPU (bit-identical).
 // - Load recording counts into a per-block shared-memory histogram when the
@@ -112,7 +119,23 @@ __device__ __forceinline__ std::int64_t token_of(std::int64_t index, std::int64_
   return index / top_k;
 }
 
-// Per-block state: the router (for the map sources, a PreparedRouter over the
+// Rank-mode lookups in the block's shared-memory map. Its entries came from a
+// TableRouter or PreparedRouter, so each one is already a physical id below
+// instance_id_end or a negative RouteStatus: only the expert id needs a check.
+struct SharedMapRouter {
+  const std::int32_t* map;
+  std::int64_t num_experts;
+  static constexpr bool by_token = false;
+
+  // Clamped index, then select (as in route.hpp): an unconditional load.
+  __device__ __forceinline__ std::int64_t route(std::int64_t expert, std::int64_t) const {
+    const bool expert_ok = detail::in_range(expert, num_experts);
+    const std::int64_t entry = map[expert_ok ? expert : 0];
+    return expert_ok ? entry : detail::kRouteBadExpertId;
+  }
+};
+
+// Per-block state: the router (for the map sources, a SharedMapRouter over the
 // rank map this block builds in shared memory), the shared load histogram, and
 // this thread's count of bad elements. Holds copies, not references, of the
 // kernel arguments it needs, so nothing forces them out of the parameter space.
@@ -121,8 +144,9 @@ class BlockMapper {
  public:
   static constexpr bool kSharedMap =
       kSource == Source::kTableMap || kSource == Source::kPreparedMap;
-  using Router =
-      std::conditional_t<kSource == Source::kTable, detail::TableRouter, detail::PreparedRouter>;
+  using Router = std::conditional_t<
+      kSource == Source::kTable, detail::TableRouter,
+      std::conditional_t<kSource == Source::kPrepared, detail::PreparedRouter, SharedMapRouter>>;
 
   template <typename IdT>
   __device__ BlockMapper(const BatchArgs<IdT>& args, const RouteArgs& routes, std::int32_t* shared)
@@ -141,8 +165,7 @@ class BlockMapper {
         for (std::int64_t expert = threadIdx.x; expert < source.num_experts; expert += blockDim.x) {
           shared[expert] = static_cast<std::int32_t>(source.route(expert, 0));
         }
-        router_ =
-            detail::PreparedRouter{shared, source.num_experts, 1, source.instance_id_end, false};
+        router_ = SharedMapRouter{shared, source.num_experts};
         map_size = source.num_experts;
       };
       if constexpr (kSource == Source::kTableMap) {
@@ -169,15 +192,15 @@ class BlockMapper {
   // says whether a good element is load-counted (not pruned, token active).
   __device__ __forceinline__ std::int64_t map(std::int64_t expert, std::int64_t token_idx,
                                               bool keep) {
+    // No early return: the ids of one vector stay one branch-free block, so
+    // their lookups issue together (see route.hpp).
     const std::int64_t instance = router_.route(expert, token_idx);
-    if (instance < 0) {
-      ++num_bad_;
-      return -1;
-    }
+    const bool bad = instance < 0;
+    num_bad_ += bad ? 1u : 0u;
     if constexpr (kRecord) {
       // Routers bound instance by instance_id_end == num_load_counts; the
-      // second test keeps a stray value from ever writing outside the buffer.
-      if (keep && instance < num_load_counts_) {
+      // range test keeps a stray value from ever writing outside the buffer.
+      if (keep && detail::in_range(instance, num_load_counts_)) {
         if (histogram_ != nullptr) {
           atomicAdd(histogram_ + instance, 1u);
         } else {
@@ -186,7 +209,7 @@ class BlockMapper {
       }
     }
     (void)keep;
-    return instance;
+    return bad ? -1 : instance;
   }
 
   // Flushes the histogram and the bad-element count. Every thread of the
@@ -260,9 +283,14 @@ __global__ void __launch_bounds__(kThreads)
       std::memcpy(&packed, lanes, sizeof(packed));
       out[v] = packed;
     };
-    if (first < num_vectors) map_vector(first, prefetched);
-    for (std::int64_t v = first + stride; v < num_vectors; v += stride) {
-      map_vector(v, __ldg(in + v));
+    // Software pipelined: the next vector's load is issued before this one is
+    // mapped, so every thread keeps a load in flight during its lookups and
+    // store (at most one step of lookahead, which keeps 8 blocks per SM).
+    for (std::int64_t v = first; v < num_vectors; v += stride) {
+      Vector next{};
+      if (v + stride < num_vectors) next = __ldg(in + v + stride);
+      map_vector(v, prefetched);
+      prefetched = next;
     }
     for (std::int64_t i = num_vectors * kWidth + first; i < num_elements; i += stride) {
       args.out[i] =

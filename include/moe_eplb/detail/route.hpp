@@ -28,11 +28,15 @@ enum RouteStatus : std::int64_t {
 // 1-based table column of the replica that (token_idx, local_rank_id) uses
 // among `count` >= 1 replicas. world_size, local_rank_id and count fit in 31
 // bits (the front end checks), so 32-bit division suffices and cannot
-// overflow; j never exceeds count.
+// overflow; j never exceeds count (count == 1 gives column 1 in both modes).
 MOE_EPLB_HOST_DEVICE std::int64_t replica_column(std::uint32_t count, std::int64_t token_idx,
                                                  std::uint32_t local_rank_id,
                                                  std::uint32_t world_size, bool by_token) {
+#if !defined(__CUDA_ARCH__)
+  // Host only: most experts have one replica, and skipping the division pays
+  // there. On the device the branch would cost more than it saves (see below).
   if (count == 1) return 1;
+#endif
   if (!by_token) {
     const std::uint32_t ranks_per_replica = (world_size + count - 1) / count;
     return 1 + local_rank_id / ranks_per_replica;
@@ -40,6 +44,26 @@ MOE_EPLB_HOST_DEVICE std::int64_t replica_column(std::uint32_t count, std::int64
   const std::uint64_t token = static_cast<std::uint64_t>(token_idx);
   if (token <= 0xffffffffu) return 1 + static_cast<std::uint32_t>(token) % count;
   return 1 + static_cast<std::int64_t>(token % count);
+}
+
+// Both routers are branch-free on purpose: every read's index is first
+// clamped into the table (row 0 and column 1 always exist, as E >= 1 and
+// F >= 2), and validity is applied afterwards with selects. A GPU thread
+// maps several ids at once; an early return per id became a branch that the
+// next id's loads could not be scheduled across, so the loads of one thread
+// ran one memory latency after another instead of together.
+
+// `instance` if it is a physical id below instance_id_end, else kRouteBadInstanceId.
+MOE_EPLB_HOST_DEVICE std::int64_t checked_instance(std::int64_t instance,
+                                                   std::int64_t instance_id_end) {
+  return static_cast<std::uint64_t>(instance) < static_cast<std::uint64_t>(instance_id_end)
+             ? instance
+             : kRouteBadInstanceId;
+}
+
+// Whether 0 <= index < size (size >= 0), in one comparison.
+MOE_EPLB_HOST_DEVICE bool in_range(std::int64_t index, std::int64_t size) {
+  return static_cast<std::uint64_t>(index) < static_cast<std::uint64_t>(size);
 }
 
 // Routing straight from the (untrusted) EPLB table: every read is bounds-checked.
@@ -55,15 +79,14 @@ struct TableRouter {
   bool by_token;
 
   MOE_EPLB_HOST_DEVICE std::int64_t route(std::int64_t expert, std::int64_t token_idx) const {
-    if (expert < 0 || expert >= num_experts) return kRouteBadExpertId;
-    const std::int32_t* row = data + expert * row_stride;
+    const bool expert_ok = in_range(expert, num_experts);
+    const std::int32_t* row = data + (expert_ok ? expert : 0) * row_stride;
     const std::int32_t count = row[0];
-    if (count < 1 || count > num_columns - 1) return kRouteBadCount;
-    const std::int64_t column = replica_column(static_cast<std::uint32_t>(count), token_idx,
-                                               local_rank_id, world_size, by_token);
-    const std::int64_t instance = row[column * column_stride];
-    if (instance < 0 || instance >= instance_id_end) return kRouteBadInstanceId;
-    return instance;
+    const bool count_ok = count >= 1 && count <= num_columns - 1;
+    const std::int64_t column = replica_column(count_ok ? static_cast<std::uint32_t>(count) : 1u,
+                                               token_idx, local_rank_id, world_size, by_token);
+    const std::int64_t instance = checked_instance(row[column * column_stride], instance_id_end);
+    return !expert_ok ? kRouteBadExpertId : !count_ok ? kRouteBadCount : instance;
   }
 };
 
@@ -79,19 +102,22 @@ struct PreparedRouter {
   bool by_token;
 
   MOE_EPLB_HOST_DEVICE std::int64_t route(std::int64_t expert, std::int64_t token_idx) const {
-    if (expert < 0 || expert >= num_experts) return kRouteBadExpertId;
-    std::int64_t instance;
+    const bool expert_ok = in_range(expert, num_experts);
+    const std::int32_t* row = routes + (expert_ok ? expert : 0) * row_width;
     if (!by_token) {
-      instance = routes[expert];
-      if (instance < 0) return instance < kRouteBadInstanceId ? kRouteBadInstanceId : instance;
-    } else {
-      const std::int32_t* row = routes + expert * row_width;
-      const std::int32_t count = row[0];
-      if (count < 1 || count > row_width - 1) return kRouteBadCount;
-      instance = row[replica_column(static_cast<std::uint32_t>(count), token_idx, 0, 1, true)];
+      // A negative entry is the status found at prepare time; anything below
+      // the known statuses (an overwritten buffer) reads as a bad instance.
+      const std::int64_t entry = row[0];
+      const std::int64_t status = entry < kRouteBadInstanceId ? kRouteBadInstanceId : entry;
+      const std::int64_t instance = entry < 0 ? status : checked_instance(entry, instance_id_end);
+      return expert_ok ? instance : kRouteBadExpertId;
     }
-    if (instance < 0 || instance >= instance_id_end) return kRouteBadInstanceId;
-    return instance;
+    const std::int32_t count = row[0];
+    const bool count_ok = count >= 1 && count <= row_width - 1;
+    const std::int64_t column =
+        replica_column(count_ok ? static_cast<std::uint32_t>(count) : 1u, token_idx, 0, 1, true);
+    const std::int64_t instance = checked_instance(row[column], instance_id_end);
+    return !expert_ok ? kRouteBadExpertId : !count_ok ? kRouteBadCount : instance;
   }
 };
 
