@@ -19,8 +19,8 @@
 // - The routers are branch-free (route.hpp), and so is the per-element error
 //   handling here: the 2 or 4 ids of one vector then issue their lookups
 //   together. Each id behind its own branch had cost one full lookup latency
-//   after another (seen in the SASS; int32 vectors, with 4 ids, were measured
-//   slower than int64 vectors with 2 at every size).
+//   after another (seen in the SASS; at 8x8 and 512x16, where latency rules,
+//   int32 vectors with 4 ids were measured slower than int64 vectors with 2).
 // - The grid-stride loop loads the next vector before mapping the current
 //   one, so a thread's lookups and store overlap its next load.
 // - Pruning needs each token's scale sum, so those batches run one thread per

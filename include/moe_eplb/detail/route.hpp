@@ -46,7 +46,7 @@ MOE_EPLB_HOST_DEVICE std::int64_t replica_column(std::uint32_t count, std::int64
   return 1 + static_cast<std::int64_t>(token % count);
 }
 
-// Both routers are branch-free on purpose: every read's index is first
+// Neither router returns early, on purpose: every read's index is first
 // clamped into the table (row 0 and column 1 always exist, as E >= 1 and
 // F >= 2), and validity is applied afterwards with selects. A GPU thread
 // maps several ids at once; an early return per id became a branch that the
