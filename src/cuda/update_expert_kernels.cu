@@ -480,13 +480,16 @@ void launch(const char* operation, const ExpertIdsView& ids, const PruningInputs
         plan.vector ? std::max<std::int64_t>(num_elements / width, 1) : num_elements;
     plan.blocks = std::min(ceil_div(work, kThreads), max_blocks);
     // Rank mode: a per-block map in shared memory when it costs at most one
-    // entry per element the block maps (see the design note).
+    // entry per element the block maps (see the design note), or at most one
+    // entry per thread: then building it takes one lookup's latency, which
+    // overlaps the ids load, so even a tiny batch waits for one global
+    // latency less than with lookups that follow the ids load.
     const bool by_token =
         source == Source::kTable ? routes.table.by_token : routes.prepared.by_token;
     const std::int64_t num_experts =
         source == Source::kTable ? routes.table.num_experts : routes.prepared.num_experts;
     if (!by_token && num_experts <= kMaxSharedMapExperts &&
-        num_experts * plan.blocks <= num_elements) {
+        (num_experts <= kThreads || num_experts * plan.blocks <= num_elements)) {
       plan.source = source == Source::kTable ? Source::kTableMap : Source::kPreparedMap;
       map_bytes = num_experts * static_cast<std::int64_t>(sizeof(std::int32_t));
     }
