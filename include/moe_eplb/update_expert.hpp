@@ -41,7 +41,8 @@ struct UpdateExpertInputs {
   const PruningInputs* pruning = nullptr;
 };
 
-// Everything a call writes. Outputs are contiguous, row-major (BS, K).
+// Everything a call writes. Outputs are contiguous, row-major (BS, K), and may
+// not share memory with expert_ids (in-place mapping is refused with an error).
 struct UpdateExpertOutputs {
   // (BS, K), same dtype as expert_ids. Required (may be null only when BS*K == 0).
   void* balanced_expert_ids = nullptr;

@@ -1,5 +1,6 @@
 #include "checks.hpp"
 
+#include <algorithm>
 #include <limits>
 
 #include "moe_eplb/error.hpp"
@@ -10,6 +11,59 @@ namespace {
 // "1..512", "0..", "2..384".
 std::string range(std::int64_t low, std::int64_t high) {
   return high == Limits::kNoLimit ? concat(low, "..") : concat(low, "..", high);
+}
+
+// The bytes [first, last) that a (rows, cols) strided view of
+// `element_bytes`-byte elements can touch. False when the offsets do not fit
+// in int64 (no buffer could hold such a view; nothing is claimed then).
+bool byte_extent(const void* data, std::int64_t rows, std::int64_t cols, std::int64_t row_stride,
+                 std::int64_t col_stride, std::int64_t element_bytes, std::uintptr_t& first,
+                 std::uintptr_t& last) {
+  std::int64_t row_span = 0;
+  std::int64_t col_span = 0;
+  if (__builtin_mul_overflow(rows - 1, row_stride, &row_span) ||
+      __builtin_mul_overflow(cols - 1, col_stride, &col_span)) {
+    return false;
+  }
+  std::int64_t low = 0;  // element offsets, relative to data
+  std::int64_t high = 0;
+  if (__builtin_add_overflow(std::min<std::int64_t>(row_span, 0),
+                             std::min<std::int64_t>(col_span, 0), &low) ||
+      __builtin_add_overflow(std::max<std::int64_t>(row_span, 0),
+                             std::max<std::int64_t>(col_span, 0), &high) ||
+      __builtin_add_overflow(high, 1, &high) ||  // one past the last element
+      __builtin_mul_overflow(low, element_bytes, &low) ||
+      __builtin_mul_overflow(high, element_bytes, &high)) {
+    return false;
+  }
+  const auto base = reinterpret_cast<std::uintptr_t>(data);
+  first = base + static_cast<std::uintptr_t>(low);  // wraps like pointer arithmetic would
+  last = base + static_cast<std::uintptr_t>(high);
+  return true;
+}
+
+// Outputs are written while expert_ids is still being read (and the CPU
+// rescans expert_ids to name a bad element), so they may not share memory.
+// `output` is a contiguous (BS, K) array of `output_element_bytes` elements.
+void check_not_overlapping_ids(const char* operation, const ExpertIdsView& expert_ids,
+                               const void* output, std::int64_t output_element_bytes,
+                               const char* output_name) {
+  std::uintptr_t ids_first = 0;
+  std::uintptr_t ids_last = 0;
+  std::uintptr_t out_first = 0;
+  std::uintptr_t out_last = 0;
+  const std::int64_t num_tokens = expert_ids.num_tokens;
+  const std::int64_t top_k = expert_ids.top_k;
+  if (!byte_extent(expert_ids.data, num_tokens, top_k, expert_ids.token_stride, expert_ids.k_stride,
+                   static_cast<std::int64_t>(element_size(expert_ids.dtype)), ids_first,
+                   ids_last) ||
+      !byte_extent(output, num_tokens, top_k, top_k, 1, output_element_bytes, out_first,
+                   out_last)) {
+    return;
+  }
+  MOE_EPLB_CHECK(out_last <= ids_first || ids_last <= out_first, operation, ": ", output_name,
+                 " shares memory with expert_ids; outputs must not overlap the inputs (in-place "
+                 "mapping is not supported)");
 }
 
 }  // namespace
@@ -38,6 +92,11 @@ void check_batch(const char* operation, const ExpertIdsView& expert_ids,
     MOE_EPLB_CHECK(empty || outputs->balanced_expert_ids != nullptr, operation,
                    ": balanced_expert_ids output pointer is null for shape (", num_tokens, ", ",
                    top_k, ")");
+    if (!empty) {
+      check_not_overlapping_ids(operation, expert_ids, outputs->balanced_expert_ids,
+                                static_cast<std::int64_t>(element_size(expert_ids.dtype)),
+                                "balanced_expert_ids");
+    }
   }
 
   if (pruning == nullptr) {
@@ -70,6 +129,10 @@ void check_batch(const char* operation, const ExpertIdsView& expert_ids,
   if (outputs != nullptr) {
     MOE_EPLB_CHECK(empty || outputs->balanced_active_mask != nullptr, operation,
                    ": balanced_active_mask output pointer is null but pruning inputs were given");
+    if (!empty) {
+      check_not_overlapping_ids(operation, expert_ids, outputs->balanced_active_mask, 1,
+                                "balanced_active_mask");
+    }
   }
 }
 

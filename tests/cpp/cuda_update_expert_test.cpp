@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "moe_eplb/cuda.hpp"
@@ -280,6 +281,19 @@ TEST(CudaUpdateExpert, HostChecksThrowBeforeLaunching) {
     EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
     EXPECT_STREQ(error.what(),
                  "update_expert(): balance_mode must be 0 (by rank) or 1 (by token), got 2");
+  }
+  // In place: the same front-end check as the CPU's, on device pointers.
+  params.balance_mode = BalanceMode::kByRank;
+  try {
+    cuda::launch_update_expert(UpdateExpertInputs{view, host.view, nullptr}, params,
+                               UpdateExpertOutputs{ids_device.get(), nullptr, nullptr}, nullptr,
+                               nullptr);
+    FAIL() << "expected moe_eplb::Error";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(error.what()).find("balanced_expert_ids shares memory with expert_ids"),
+              std::string::npos)
+        << error.what();
   }
 }
 

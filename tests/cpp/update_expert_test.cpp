@@ -9,6 +9,7 @@
 
 #include "moe_eplb/detail/route.hpp"
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/prepared.hpp"
 #include "moe_eplb/update_expert.hpp"
 #include "reference.hpp"
 #include "test_util.hpp"
@@ -680,6 +681,54 @@ TEST(UpdateExpertErrors, OutputsAndLoadRecordingNeedTheirPointers) {
                     rank_params(0, 2), UpdateExpertOutputs{out, nullptr, load});
               }),
               HasSubstr("load recording needs num_physical_experts"));
+}
+
+// In-place mapping is refused, not half done: the CPU rescans expert_ids to
+// name a bad element, and the GPU's strided loops read ids other threads write.
+TEST(UpdateExpertErrors, OutputsMustNotOverlapExpertIds) {
+  OwnedTable table(matrix_from_rows({{1, 0, 0}, {1, 1, 0}}));
+  std::vector<std::int32_t> buffer(24, 1);  // ids in [0, 8), outputs placed around them
+  const auto map = [&](const ExpertIdsView& ids, std::int32_t* out) {
+    return error_of([&] { update_expert(ids, table.view, rank_params(0, 2), out); });
+  };
+  const ExpertIdsView row_major{buffer.data(), IdDtype::kInt32, 2, 4, 4, 1};
+  const ExpertIdsView column_major{buffer.data(), IdDtype::kInt32, 2, 4, 1, 2};
+  const ExpertIdsView broadcast{buffer.data(), IdDtype::kInt32, 2, 4, 0, 1};  // one row, twice
+  const std::string overlap =
+      "update_expert(): balanced_expert_ids shares memory with "
+      "expert_ids; outputs must not overlap the inputs";
+  EXPECT_THAT(map(row_major, buffer.data()), HasSubstr(overlap));      // in place
+  EXPECT_THAT(map(row_major, buffer.data() + 7), HasSubstr(overlap));  // last element shared
+  EXPECT_EQ(map(row_major, buffer.data() + 8), "");                    // adjacent
+  EXPECT_THAT(map(column_major, buffer.data() + 4), HasSubstr(overlap));
+  EXPECT_EQ(map(column_major, buffer.data() + 8), "");
+  EXPECT_THAT(map(broadcast, buffer.data() + 3), HasSubstr(overlap));
+  EXPECT_EQ(map(broadcast, buffer.data() + 4), "");  // reads 4 ids, writes 8 after them
+
+  // The prepared path runs the same check.
+  const PreparedTable prepared(table.view, rank_params(0, 2));
+  UpdateExpertOutputs in_place;
+  in_place.balanced_expert_ids = buffer.data() + 2;
+  EXPECT_THAT(
+      error_of([&] { update_expert_prepared(prepared.view(), row_major, nullptr, in_place); }),
+      HasSubstr("update_expert_prepared(): balanced_expert_ids shares memory"));
+
+  // And the pruning mask, a byte per choice.
+  const float scales[] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+  const float threshold[] = {0.1f, 0.1f, 0.1f, 0.1f};
+  const PruningInputs pruning{
+      {scales, ScaleDtype::kFloat32, 2, 4, 4, 1}, {threshold, 4, 1}, false, {}};
+  std::int32_t out[8];
+  const auto map_pruned = [&](std::uint8_t* mask) {
+    return error_of([&] {
+      update_expert(UpdateExpertInputs{row_major, table.view, &pruning}, rank_params(0, 2),
+                    UpdateExpertOutputs{out, mask, nullptr});
+    });
+  };
+  auto* bytes = reinterpret_cast<std::uint8_t*>(buffer.data());
+  EXPECT_THAT(map_pruned(bytes + 31),
+              HasSubstr("balanced_active_mask shares memory with expert_ids"));
+  EXPECT_EQ(map_pruned(bytes + 32), "");
 }
 
 // Empty batches are valid under the native profile and write nothing.

@@ -371,12 +371,14 @@ Result run(const Call& call) {
 
   translate_errors([&] {
     if (ids.is_meta()) {
-      // Shapes only: the same front-end checks every backend runs.
+      // Shapes only: the same front-end checks every backend runs, without
+      // the output pointers (all meta tensors share one placeholder address,
+      // and the outputs were allocated right here).
       if (call.eplb_table != nullptr) {
-        detail::check_update_expert_call(operation, inputs, call.params, &outputs,
+        detail::check_update_expert_call(operation, inputs, call.params, nullptr,
                                          load_counts != nullptr);
       } else {
-        detail::check_prepared_call(operation, prepared, ids_view, pruning_ptr, &outputs);
+        detail::check_prepared_call(operation, prepared, ids_view, pruning_ptr, nullptr);
       }
       return;
     }
