@@ -128,10 +128,14 @@ struct SharedMapRouter {
   static constexpr bool by_token = false;
 
   // Clamped index, then select (as in route.hpp): an unconditional load.
-  __device__ __forceinline__ std::int64_t route(std::int64_t expert, std::int64_t) const {
+  __device__ __forceinline__ detail::FirstRead first_read(std::int64_t expert) const {
     const bool expert_ok = detail::in_range(expert, num_experts);
-    const std::int64_t entry = map[expert_ok ? expert : 0];
-    return expert_ok ? entry : detail::kRouteBadExpertId;
+    const std::int32_t* entry = map + (expert_ok ? expert : 0);
+    return detail::FirstRead{entry, *entry, expert_ok};
+  }
+
+  __device__ __forceinline__ std::int64_t route(const detail::FirstRead& read, std::int64_t) const {
+    return read.expert_ok ? read.head : detail::kRouteBadExpertId;
   }
 };
 
@@ -188,13 +192,24 @@ class BlockMapper {
   // Whether token indices matter (token mode); rank mode may pass 0.
   __device__ bool by_token() const { return router_.by_token; }
 
+  // The router's first read for `expert` (see detail::FirstRead).
+  __device__ __forceinline__ detail::FirstRead first_read(std::int64_t expert) const {
+    return router_.first_read(expert);
+  }
+
   // The physical id of one choice, or -1 (counted) for a bad element. `keep`
   // says whether a good element is load-counted (not pruned, token active).
   __device__ __forceinline__ std::int64_t map(std::int64_t expert, std::int64_t token_idx,
                                               bool keep) {
+    return map(router_.first_read(expert), token_idx, keep);
+  }
+
+  // The same, from a first read the caller issued earlier.
+  __device__ __forceinline__ std::int64_t map(const detail::FirstRead& read, std::int64_t token_idx,
+                                              bool keep) {
     // No early return: the ids of one vector stay one branch-free block, so
     // their lookups issue together (see route.hpp).
-    const std::int64_t instance = router_.route(expert, token_idx);
+    const std::int64_t instance = router_.route(read, token_idx);
     const bool bad = instance < 0;
     num_bad_ += bad ? 1u : 0u;
     if constexpr (kRecord) {
@@ -263,18 +278,30 @@ __global__ void __launch_bounds__(kThreads)
     if (first < num_vectors) prefetched = __ldg(in + first);
     BlockMapper<kSource, kRecord> mapper(args, routes, shared);
     const bool by_token = mapper.by_token();
-    const auto map_vector = [&](std::int64_t v, Vector packed) {
+    // `Token` is std::uint32_t whenever every token index fits (any batch
+    // under 2^32 tokens): replica_column()'s 64-bit fallback is then provably
+    // dead, and its branch no longer splits the lanes (see the note above).
+    const bool narrow_tokens = !by_token || args.num_tokens <= (std::int64_t{1} << 32);
+    const auto map_vector = [&](std::int64_t v, Vector packed, auto token_type) {
+      using Token = decltype(token_type);
       IdT lanes[kWidth];
       std::memcpy(lanes, &packed, sizeof(packed));
-      std::int64_t token = 0;
+      Token token = 0;
       std::int64_t k = 0;
       if (by_token) {
-        token = token_of(v * kWidth, top_k);
-        k = v * kWidth - token * top_k;
+        const std::int64_t first_token = token_of(v * kWidth, top_k);
+        token = static_cast<Token>(first_token);
+        k = v * kWidth - first_token * top_k;
       }
+      // Every lane's first read, then the rest: the 2 or 4 (dependent) second
+      // reads and the arithmetic between then overlap instead of queueing.
+      detail::FirstRead reads[kWidth];
+#pragma unroll
+      for (int lane = 0; lane < kWidth; ++lane) reads[lane] = mapper.first_read(lanes[lane]);
 #pragma unroll
       for (int lane = 0; lane < kWidth; ++lane) {
-        lanes[lane] = static_cast<IdT>(mapper.map(lanes[lane], token, true));
+        lanes[lane] =
+            static_cast<IdT>(mapper.map(reads[lane], static_cast<std::int64_t>(token), true));
         if (by_token && ++k == top_k) {
           k = 0;
           ++token;
@@ -289,7 +316,11 @@ __global__ void __launch_bounds__(kThreads)
     for (std::int64_t v = first; v < num_vectors; v += stride) {
       Vector next{};
       if (v + stride < num_vectors) next = __ldg(in + v + stride);
-      map_vector(v, prefetched);
+      if (BlockMapper<kSource, kRecord>::kSharedMap || narrow_tokens) {
+        map_vector(v, prefetched, std::uint32_t{});
+      } else {
+        map_vector(v, prefetched, std::int64_t{});
+      }
       prefetched = next;
     }
     for (std::int64_t i = num_vectors * kWidth + first; i < num_elements; i += stride) {

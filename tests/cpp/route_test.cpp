@@ -1,10 +1,10 @@
 // detail::TableRouter and detail::PreparedRouter, the one copy of the formula
 // that both the CPU and the CUDA kernels run, checked element by element
 // against a status-returning reference over every expert id, rank, token and
-// a table full of bad entries. The routers read clamped indices and select
-// afterwards (no early returns, for the GPU's sake), so this pins that every
-// bad input still gets the status it had, with the same priority:
-// bad expert id, then bad count, then bad instance id.
+// a table full of bad entries, in both of their schedules: the device's
+// (clamped reads, selects afterwards) and the host's (early returns). Every
+// bad input gets the same status from both, with the same priority: bad
+// expert id, then bad count, then bad instance id.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -74,6 +74,15 @@ Matrix hostile_table(std::int64_t num_columns, std::int64_t instance_id_end,
   return rotated;
 }
 
+// route() in the device's schedule, after checking that the host's agrees.
+template <typename Router>
+std::int64_t route_both_ways(const Router& router, std::int64_t expert, std::int64_t token) {
+  const std::int64_t device = router.template route<true>(expert, token);
+  const std::int64_t host = router.template route<false>(expert, token);
+  EXPECT_EQ(device, host) << "schedules disagree at expert=" << expert << " token=" << token;
+  return device;
+}
+
 const std::vector<std::int64_t> kTokens = {
     0, 1, 2, 3, 5, 7, 11, 1000003, (std::int64_t{1} << 32) + 3, INT64_MAX};
 
@@ -113,7 +122,7 @@ TEST(Route, TableRouterMatchesReferenceOnEveryStatus) {
                   mode == 1};
               for (const std::int64_t expert : expert_ids_around(table.rows)) {
                 for (const std::int64_t token : kTokens) {
-                  ASSERT_EQ(router.route(expert, token),
+                  ASSERT_EQ(route_both_ways(router, expert, token),
                             reference_route(table, expert, token, rank, world_size, mode, kEnd))
                       << "rotation=" << rotation << " F=" << num_columns
                       << " column_major=" << column_major << " mode=" << mode << " W=" << world_size
@@ -137,7 +146,7 @@ TEST(Route, PreparedRouterTokenModeMatchesReference) {
       const detail::PreparedRouter router{routes.data(), table.rows, table.cols, kEnd, true};
       for (const std::int64_t expert : expert_ids_around(table.rows)) {
         for (const std::int64_t token : kTokens) {
-          ASSERT_EQ(router.route(expert, token),
+          ASSERT_EQ(route_both_ways(router, expert, token),
                     reference_route(table, expert, token, 0, 1, 1, kEnd))
               << "rotation=" << rotation << " F=" << num_columns << " expert=" << expert
               << " token=" << token;
@@ -170,7 +179,8 @@ TEST(Route, PreparedRouterRankModeKeepsStatusesAndRejectsOverwrittenEntries) {
                                   ? expected[static_cast<std::size_t>(expert)]
                                   : kBadExpert;
     for (const std::int64_t token : kTokens) {
-      ASSERT_EQ(router.route(expert, token), want) << "expert=" << expert << " token=" << token;
+      ASSERT_EQ(route_both_ways(router, expert, token), want)
+          << "expert=" << expert << " token=" << token;
     }
   }
 }
@@ -180,17 +190,19 @@ TEST(Route, ReplicaColumnStaysWithinTheReplicas) {
   for (std::uint32_t count = 1; count <= 9; ++count) {
     for (std::uint32_t world_size = 1; world_size <= 17; ++world_size) {
       for (std::uint32_t rank = 0; rank < world_size; ++rank) {
-        const std::int64_t column = detail::replica_column(count, 0, rank, world_size, false);
+        const std::int64_t column = detail::replica_column<true>(count, 0, rank, world_size, false);
         ASSERT_GE(column, 1);
         ASSERT_LE(column, count);
         ASSERT_EQ(column, reference_column(count, 0, rank, world_size, 0));
+        ASSERT_EQ(column, detail::replica_column<false>(count, 0, rank, world_size, false));
       }
     }
     for (const std::int64_t token : kTokens) {
-      const std::int64_t column = detail::replica_column(count, token, 0, 1, true);
+      const std::int64_t column = detail::replica_column<true>(count, token, 0, 1, true);
       ASSERT_GE(column, 1);
       ASSERT_LE(column, count);
       ASSERT_EQ(column, reference_column(count, token, 0, 1, 1));
+      ASSERT_EQ(column, detail::replica_column<false>(count, token, 0, 1, true));
     }
   }
 }
