@@ -5,6 +5,8 @@ Candidates, on the same inputs (rank mode, E=256 logical experts, world_size
 32, 16 slots per rank, F=5, random replica counts):
   op          torch.ops.moe_eplb.update_expert (stateless: validates shapes,
               reads the table)
+  op-token    the same op in token mode (balance_mode=1: replica by token
+              index), for information: no target, no baseline
   prepared    torch.ops.moe_eplb.update_expert_prepared (one gather through
               PreparedTable routes)
   formula     the same formula written with torch ops (index_select, where,
@@ -148,6 +150,7 @@ def cpu_us(fn, reps):
 def candidates(ids, table, prepared, rank_map, copy_out, device):
     result = {
         "op": lambda: OPS.update_expert(ids, table, RANK, WORLD_SIZE),
+        "op-token": lambda: OPS.update_expert(ids, table, RANK, WORLD_SIZE, balance_mode=1),
         "prepared": lambda: OPS.update_expert_prepared(
             ids, prepared.routes, balance_mode=0, num_physical_experts=NUM_PHYSICAL),
         "formula": lambda: torch_formula(ids, table, RANK, WORLD_SIZE),
@@ -173,6 +176,7 @@ def run(args):
             rank_map = prepared.routes.view(-1).to(dtype)
             copy_out = torch.empty_like(ids)
             expected = OPS.update_expert(ids, table, RANK, WORLD_SIZE)
+            expected_token = OPS.update_expert(ids, table, RANK, WORLD_SIZE, balance_mode=1)
             nbytes = 2 * ids.numel() * ids.element_size()
             elements = ids.numel()
             # Small batches: many calls per graph; large: few (memory, time).
@@ -191,7 +195,8 @@ def run(args):
                     row["cpu_us"] = cpu_us(fn, args.reps)
                     main = row["cpu_us"]
                 if name not in ("copy", "empty"):
-                    if not torch.equal(result, expected):  # checked after timing
+                    reference = expected_token if name == "op-token" else expected
+                    if not torch.equal(result, reference):  # checked after timing
                         raise SystemExit("%s gave a wrong result at %s %s" % (
                             name, row["shape"], row["dtype"]))
                 row["gbps"] = nbytes / main / 1e3 if name != "empty" else None
@@ -221,8 +226,8 @@ def summarize(rows, device):
     """Ratios per shape and dtype, and the issue's targets as PASS/FAIL."""
     key = "graph_us" if device == "cuda" else "cpu_us"
     lines = ["| shape | dtype | op us | prepared us | formula us | gather us | copy us | "
-             "op/copy bw | prepared/copy bw | formula/op |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "op/copy bw | prepared/copy bw | formula/op | token-mode op us |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     seen = []
     for row in rows:
         pair = (row["shape"], row["dtype"])
@@ -230,11 +235,12 @@ def summarize(rows, device):
             continue
         seen.append(pair)
         get = {c: lookup(rows, pair[0], pair[1], c, key)
-               for c in ("op", "prepared", "formula", "gather", "copy")}
-        lines.append("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.1fx |" % (
-            pair[0], pair[1], get["op"], get["prepared"], get["formula"], get["gather"],
-            get["copy"], 100 * get["copy"] / get["op"], 100 * get["copy"] / get["prepared"],
-            get["formula"] / get["op"]))
+               for c in ("op", "prepared", "formula", "gather", "copy", "op-token")}
+        lines.append(
+            "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.1fx | %.2f |" % (
+                pair[0], pair[1], get["op"], get["prepared"], get["formula"], get["gather"],
+                get["copy"], 100 * get["copy"] / get["op"], 100 * get["copy"] / get["prepared"],
+                get["formula"] / get["op"], get["op-token"]))
     checks = []
 
     def check(name, value, target, better):
