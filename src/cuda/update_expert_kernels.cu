@@ -127,11 +127,9 @@ struct SharedMapRouter {
   std::int64_t num_experts;
   static constexpr bool by_token = false;
 
-  // Clamped index, then select (as in route.hpp): an unconditional load.
+  // Clamped index, then select (route.hpp's device schedule).
   __device__ __forceinline__ detail::FirstRead first_read(std::int64_t expert) const {
-    const bool expert_ok = detail::in_range(expert, num_experts);
-    const std::int32_t* entry = map + (expert_ok ? expert : 0);
-    return detail::FirstRead{entry, *entry, expert_ok};
+    return detail::read_row_head<true>(map, num_experts, 1, expert);
   }
 
   __device__ __forceinline__ std::int64_t route(const detail::FirstRead& read, std::int64_t) const {
