@@ -16,8 +16,10 @@
 //   shared-memory lookup, and the map's global reads overlap the ids load
 //   instead of following it: one global latency less on the critical path,
 //   which is most of a 512x16 call's time after the launch itself.
-// - The routers are branch-free (route.hpp), and so is the per-element error
-//   handling here: the 2 or 4 ids of one vector then issue their lookups
+// - The routers run their device schedule (route.hpp: clamped reads, then
+//   selects, no early return), the per-element error handling here has no
+//   branch either, and a vector's lanes issue all their first reads before
+//   any second one: the 2 or 4 ids of one vector then wait for their lookups
 //   together. Each id behind its own branch had cost one full lookup latency
 //   after another (seen in the SASS; at 8x8 and 512x16, where latency rules,
 //   int32 vectors with 4 ids were measured slower than int64 vectors with 2).
