@@ -7,6 +7,8 @@ Candidates, on the same inputs (rank mode, E=256 logical experts, world_size
               reads the table)
   op-token    the same op in token mode (balance_mode=1: replica by token
               index), for information: no target, no baseline
+  op-pruned   update_expert_pruned: the op plus expert pruning (bfloat16
+              scales, a threshold per k), for information
   prepared    torch.ops.moe_eplb.update_expert_prepared (one gather through
               PreparedTable routes)
   formula     the same formula written with torch ops (index_select, where,
@@ -147,10 +149,20 @@ def cpu_us(fn, reps):
     return median(times)
 
 
-def candidates(ids, table, prepared, rank_map, copy_out, device):
+def pruning_inputs(ids, generator):
+    """bfloat16 scales sorted like a router's top-k, and a threshold per k."""
+    scales = torch.rand(ids.shape, generator=generator).sort(dim=1, descending=True).values
+    threshold = torch.full((ids.shape[1],), 0.5 / ids.shape[1])
+    return scales.to(torch.bfloat16).to(ids.device), threshold.to(ids.device)
+
+
+def candidates(ids, table, prepared, rank_map, copy_out, pruning, device):
+    scales, threshold = pruning
     result = {
         "op": lambda: OPS.update_expert(ids, table, RANK, WORLD_SIZE),
         "op-token": lambda: OPS.update_expert(ids, table, RANK, WORLD_SIZE, balance_mode=1),
+        "op-pruned": lambda: OPS.update_expert_pruned(ids, table, scales, threshold, None, RANK,
+                                                      WORLD_SIZE)[0],
         "prepared": lambda: OPS.update_expert_prepared(
             ids, prepared.routes, balance_mode=0, num_physical_experts=NUM_PHYSICAL),
         "formula": lambda: torch_formula(ids, table, RANK, WORLD_SIZE),
@@ -177,11 +189,12 @@ def run(args):
             copy_out = torch.empty_like(ids)
             expected = OPS.update_expert(ids, table, RANK, WORLD_SIZE)
             expected_token = OPS.update_expert(ids, table, RANK, WORLD_SIZE, balance_mode=1)
+            pruning = pruning_inputs(ids, generator)
             nbytes = 2 * ids.numel() * ids.element_size()
             elements = ids.numel()
             # Small batches: many calls per graph; large: few (memory, time).
             calls = int(max(2, min(200, 4e8 // max(nbytes, 1))))
-            for name, fn in candidates(ids, table, prepared, rank_map, copy_out,
+            for name, fn in candidates(ids, table, prepared, rank_map, copy_out, pruning,
                                        device).items():
                 row = {"shape": "%dx%d" % (num_tokens, top_k), "dtype": str(dtype)[6:],
                        "candidate": name, "bytes": nbytes}
@@ -226,8 +239,8 @@ def summarize(rows, device):
     """Ratios per shape and dtype, and the issue's targets as PASS/FAIL."""
     key = "graph_us" if device == "cuda" else "cpu_us"
     lines = ["| shape | dtype | op us | prepared us | formula us | gather us | copy us | "
-             "op/copy bw | prepared/copy bw | formula/op | token-mode op us |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "op/copy bw | prepared/copy bw | formula/op | token-mode op us | pruned op us |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     seen = []
     for row in rows:
         pair = (row["shape"], row["dtype"])
@@ -235,12 +248,12 @@ def summarize(rows, device):
             continue
         seen.append(pair)
         get = {c: lookup(rows, pair[0], pair[1], c, key)
-               for c in ("op", "prepared", "formula", "gather", "copy", "op-token")}
+               for c in ("op", "prepared", "formula", "gather", "copy", "op-token", "op-pruned")}
         lines.append(
-            "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.1fx | %.2f |" % (
-                pair[0], pair[1], get["op"], get["prepared"], get["formula"], get["gather"],
-                get["copy"], 100 * get["copy"] / get["op"], 100 * get["copy"] / get["prepared"],
-                get["formula"] / get["op"], get["op-token"]))
+            "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.1fx | %.2f | %.2f |"
+            % (pair[0], pair[1], get["op"], get["prepared"], get["formula"], get["gather"],
+               get["copy"], 100 * get["copy"] / get["op"], 100 * get["copy"] / get["prepared"],
+               get["formula"] / get["op"], get["op-token"], get["op-pruned"]))
     checks = []
 
     def check(name, value, target, better):

@@ -25,8 +25,10 @@
 //   int32 vectors with 4 ids were measured slower than int64 vectors with 2).
 // - The grid-stride loop loads the next vector before mapping the current
 //   one, so a thread's lookups and store overlap its next load.
-// - Pruning needs each token's scale sum, so those batches run one thread per
-//   token over its K choices, summing in k order like the CPU (bit-identical).
+// - Pruning needs each token's scale sum, summed in k order like the CPU
+//   (bit-identical). Up to K = 32 each choice gets a thread that sums its
+//   token's scales itself, so a token's K lookups overlap; beyond that, one
+//   thread per token sums once and maps its K choices in turn.
 // - Load recording counts into a per-block shared-memory histogram when the
 //   physical slot count is small (the usual EPLB case), then flushes each
 //   non-zero bin with one global atomic; otherwise it uses global atomics.
@@ -60,7 +62,8 @@ namespace moe_eplb::cuda {
 namespace {
 
 constexpr int kThreads = 256;                        // flat kernels
-constexpr int kTokenThreads = 128;                   // one-thread-per-token (pruning) kernels
+constexpr int kTokenThreads = 128;                   // pruning kernels
+constexpr std::int64_t kMaxPerChoiceTopK = 32;       // pruning: a thread per choice up to this K
 constexpr int kBlocksPerSm = 8;                      // 2048 resident threads per SM at kThreads
 constexpr std::int64_t kMaxSharedMapExperts = 4096;  // 16 KiB rank map
 constexpr std::int64_t kMaxSharedHistogram = 8192;   // 32 KiB; both fit the 48 KiB default
@@ -346,8 +349,33 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Pruning batches: one thread per token (the scale sum is per token).
-template <typename IdT, Source kSource, bool kRecord>
+// Whether a token takes part (active_mask), and its scale sum if it does.
+__device__ __forceinline__ float active_scale_sum(const PruneArgs& prune, std::int64_t token,
+                                                  bool& active) {
+  active = prune.active_mask == nullptr || prune.active_mask[token * prune.active_stride] != 0;
+  return active ? detail::token_scale_sum(prune.scales, token) : 0.0f;
+}
+
+// Maps choice k of a pruning batch's token and writes its mask byte.
+template <typename IdT, typename Mapper>
+__device__ __forceinline__ void map_pruned_choice(Mapper& mapper, const BatchArgs<IdT>& args,
+                                                  const PruneArgs& prune, std::int64_t token,
+                                                  std::int64_t k, bool active, float scale_sum) {
+  const bool keep = active && detail::keep_choice(prune.scales, prune.threshold,
+                                                  prune.threshold_stride, token, k, scale_sum);
+  const std::int64_t i = token * args.top_k + k;
+  args.out[i] = static_cast<IdT>(
+      mapper.map(args.ids[token * args.token_stride + k * args.k_stride], token, keep));
+  args.mask[i] = keep ? 1 : 0;
+}
+
+// Pruning batches. Each choice needs its token's scale sum, summed in k
+// order like the CPU (bit-identical). kPerChoice: one thread per choice, each
+// summing its token's K scales itself (the K threads of a token read the same
+// bytes, mostly from L1), so a token's K lookups run in parallel instead of one
+// after another: for K up to kMaxPerChoiceTopK. Otherwise one thread per
+// token, which sums once and maps its K choices in turn.
+template <typename IdT, Source kSource, bool kRecord, bool kPerChoice>
 __global__ void __launch_bounds__(kTokenThreads)
     UpdateExpertPrunedKernel(const BatchArgs<IdT> args, const RouteArgs routes,
                              const PruneArgs prune) {
@@ -356,17 +384,21 @@ __global__ void __launch_bounds__(kTokenThreads)
   const std::int64_t top_k = args.top_k;
   const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t token = first; token < args.num_tokens; token += stride) {
-    const bool active =
-        prune.active_mask == nullptr || prune.active_mask[token * prune.active_stride] != 0;
-    const float scale_sum = active ? detail::token_scale_sum(prune.scales, token) : 0.0f;
-    const IdT* in = args.ids + token * args.token_stride;
-    for (std::int64_t k = 0; k < top_k; ++k) {
-      const bool keep = active && detail::keep_choice(prune.scales, prune.threshold,
-                                                      prune.threshold_stride, token, k, scale_sum);
-      args.out[token * top_k + k] =
-          static_cast<IdT>(mapper.map(in[k * args.k_stride], token, keep));
-      args.mask[token * top_k + k] = keep ? 1 : 0;
+  if constexpr (kPerChoice) {
+    const std::int64_t num_elements = args.num_tokens * top_k;
+    for (std::int64_t i = first; i < num_elements; i += stride) {
+      const std::int64_t token = token_of(i, top_k);
+      bool active = false;
+      const float scale_sum = active_scale_sum(prune, token, active);
+      map_pruned_choice(mapper, args, prune, token, i - token * top_k, active, scale_sum);
+    }
+  } else {
+    for (std::int64_t token = first; token < args.num_tokens; token += stride) {
+      bool active = false;
+      const float scale_sum = active_scale_sum(prune, token, active);
+      for (std::int64_t k = 0; k < top_k; ++k) {
+        map_pruned_choice(mapper, args, prune, token, k, active, scale_sum);
+      }
     }
   }
   mapper.finish();
@@ -402,7 +434,8 @@ std::int64_t multiprocessor_count(const char* operation) {
 
 struct LaunchPlan {
   Source source;
-  bool vector;
+  bool vector;      // plain batches: 16-byte vectors
+  bool per_choice;  // pruning batches: a thread per choice, not per token
   bool record;
   std::int64_t blocks;
   std::size_t shared_bytes;
@@ -454,22 +487,29 @@ void launch_pruned(const LaunchPlan& plan, const BatchArgs<IdT>& args, const Rou
                    const PruneArgs& prune, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned int>(plan.blocks));
   const std::size_t shared = plan.shared_bytes;
-#define MOE_EPLB_LAUNCH_PRUNED(kSource, kRecord)  \
-  UpdateExpertPrunedKernel<IdT, kSource, kRecord> \
+#define MOE_EPLB_LAUNCH_PRUNED(kSource, kRecord, kPerChoice)  \
+  UpdateExpertPrunedKernel<IdT, kSource, kRecord, kPerChoice> \
       <<<grid, kTokenThreads, shared, stream>>>(args, routes, prune)
-  if (plan.source == Source::kTable) {
-    if (plan.record) {
-      MOE_EPLB_LAUNCH_PRUNED(Source::kTable, true);
-    } else {
-      MOE_EPLB_LAUNCH_PRUNED(Source::kTable, false);
-    }
-  } else {
-    if (plan.record) {
-      MOE_EPLB_LAUNCH_PRUNED(Source::kPrepared, true);
-    } else {
-      MOE_EPLB_LAUNCH_PRUNED(Source::kPrepared, false);
-    }
+#define MOE_EPLB_LAUNCH_PRUNED_SOURCE(kSource)       \
+  if (plan.per_choice) {                             \
+    if (plan.record) {                               \
+      MOE_EPLB_LAUNCH_PRUNED(kSource, true, true);   \
+    } else {                                         \
+      MOE_EPLB_LAUNCH_PRUNED(kSource, false, true);  \
+    }                                                \
+  } else {                                           \
+    if (plan.record) {                               \
+      MOE_EPLB_LAUNCH_PRUNED(kSource, true, false);  \
+    } else {                                         \
+      MOE_EPLB_LAUNCH_PRUNED(kSource, false, false); \
+    }                                                \
   }
+  if (plan.source == Source::kTable) {
+    MOE_EPLB_LAUNCH_PRUNED_SOURCE(Source::kTable);
+  } else {
+    MOE_EPLB_LAUNCH_PRUNED_SOURCE(Source::kPrepared);
+  }
+#undef MOE_EPLB_LAUNCH_PRUNED_SOURCE
 #undef MOE_EPLB_LAUNCH_PRUNED
 }
 
@@ -525,7 +565,9 @@ void launch(const char* operation, const ExpertIdsView& ids, const PruningInputs
       map_bytes = num_experts * static_cast<std::int64_t>(sizeof(std::int32_t));
     }
   } else {
-    plan.blocks = std::min(ceil_div(ids.num_tokens, kTokenThreads), 2 * max_blocks);
+    plan.per_choice = ids.top_k <= kMaxPerChoiceTopK;
+    plan.blocks = std::min(ceil_div(plan.per_choice ? num_elements : ids.num_tokens, kTokenThreads),
+                           2 * max_blocks);
   }
   plan.shared_bytes = static_cast<std::size_t>(
       map_bytes +

@@ -122,7 +122,9 @@ def test_large_batches_bit_exact(rng, dtype, balance_mode):
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("balance_mode", [0, 1])
 def test_pruning_and_load_bit_exact(rng, scale_dtype, balance_mode):
-    for num_tokens, top_k, num_physical in [(1, 1, 64), (512, 16, 512), (3000, 8, 20000)]:
+    # K <= 32 runs a thread per choice, K = 40 a thread per token.
+    for num_tokens, top_k, num_physical in [(1, 1, 64), (512, 16, 512), (3000, 8, 20000),
+                                            (300, 40, 512)]:
         world_size = 8
         num_experts = min(num_physical, 300)
         table = make_table(rng, num_experts, world_size, num_physical // world_size, 5, "random")
