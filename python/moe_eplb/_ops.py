@@ -98,32 +98,14 @@ def update_expert(
     outside [0, E), count outside [1, F-1], selected id out of range) raises
     IndexError naming (b, k) on the CPU; on CUDA it becomes -1 and is counted.
     """
-    if checked and expert_ids.is_cuda:
-
-        def run(counter):
-            return _update_expert_counted(
-                expert_ids, eplb_table, local_rank_id, world_size,
-                balance_mode=balance_mode, load_counts=load_counts, error_count=counter,
-                num_physical_experts=num_physical_experts, profile=profile,
-            )[0]
-
-        def rerun_on_cpu():
-            _update_expert(
-                expert_ids.cpu(), eplb_table.cpu(), local_rank_id, world_size,
-                balance_mode=balance_mode, num_physical_experts=num_physical_experts,
-                profile=profile,
-            )
-
-        return _run_checked("update_expert()", run, rerun_on_cpu, expert_ids.device, error_count)
-    if load_counts is None and error_count is None:
+    if not (checked and expert_ids.is_cuda) and load_counts is None and error_count is None:
         return _update_expert(
             expert_ids, eplb_table, local_rank_id, world_size,
             balance_mode=balance_mode, num_physical_experts=num_physical_experts, profile=profile,
         )
-    return _update_expert_counted(
-        expert_ids, eplb_table, local_rank_id, world_size,
-        balance_mode=balance_mode, load_counts=load_counts, error_count=error_count,
-        num_physical_experts=num_physical_experts, profile=profile,
+    return _stateless_counted(
+        expert_ids, eplb_table, local_rank_id, world_size, balance_mode, num_physical_experts,
+        profile, None, None, None, load_counts, error_count, checked,
     )[0]
 
 
@@ -162,38 +144,45 @@ def update_expert_pruned(
     Formula:
 {FORMULA}
     """
-    if checked and expert_ids.is_cuda:
-
-        def run(counter):
-            return _update_expert_counted(
-                expert_ids, eplb_table, local_rank_id, world_size,
-                balance_mode=balance_mode, expert_scales=expert_scales,
-                pruning_threshold=pruning_threshold, active_mask=active_mask,
-                load_counts=load_counts, error_count=counter,
-                num_physical_experts=num_physical_experts, profile=profile,
-            )
-
-        def rerun_on_cpu():
-            _update_expert(
-                expert_ids.cpu(), eplb_table.cpu(), local_rank_id, world_size,
-                balance_mode=balance_mode, num_physical_experts=num_physical_experts,
-                profile=profile,
-            )
-
-        return _run_checked("update_expert()", run, rerun_on_cpu, expert_ids.device, error_count)
-    if load_counts is None and error_count is None:
+    if not (checked and expert_ids.is_cuda) and load_counts is None and error_count is None:
         return _update_expert_pruned(
             expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
             local_rank_id, world_size,
             balance_mode=balance_mode, num_physical_experts=num_physical_experts, profile=profile,
         )
-    return _update_expert_counted(
-        expert_ids, eplb_table, local_rank_id, world_size,
-        balance_mode=balance_mode, expert_scales=expert_scales,
-        pruning_threshold=pruning_threshold, active_mask=active_mask,
-        load_counts=load_counts, error_count=error_count,
-        num_physical_experts=num_physical_experts, profile=profile,
+    return _stateless_counted(
+        expert_ids, eplb_table, local_rank_id, world_size, balance_mode, num_physical_experts,
+        profile, expert_scales, pruning_threshold, active_mask, load_counts, error_count, checked,
     )
+
+
+def _stateless_counted(
+    expert_ids, eplb_table, local_rank_id, world_size, balance_mode, num_physical_experts,
+    profile, scales, threshold, active_mask, load_counts, error_count, checked,
+):
+    """The counted op behind update_expert() and update_expert_pruned(); with
+    checked=True on CUDA, through _run_checked() (a CPU rerun names the first
+    bad element)."""
+
+    def run(counter):
+        return _update_expert_counted(
+            expert_ids, eplb_table, local_rank_id, world_size,
+            balance_mode=balance_mode, expert_scales=scales, pruning_threshold=threshold,
+            active_mask=active_mask, load_counts=load_counts, error_count=counter,
+            num_physical_experts=num_physical_experts, profile=profile,
+        )
+
+    if not (checked and expert_ids.is_cuda):
+        return run(error_count)
+
+    def rerun_on_cpu():
+        _update_expert(
+            expert_ids.cpu(), eplb_table.cpu(), local_rank_id, world_size,
+            balance_mode=balance_mode, num_physical_experts=num_physical_experts,
+            profile=profile,
+        )
+
+    return _run_checked("update_expert()", run, rerun_on_cpu, expert_ids.device, error_count)
 
 
 class PreparedTable:
