@@ -10,6 +10,7 @@ import pytest
 import torch
 
 BAD = None  # reference marker for an element the operator must reject
+POISON = 0x5A5A5A5A  # fills output buffers before a run, so unwritten elements show
 
 
 def replica_column(count, token, local_rank_id, world_size, balance_mode):

@@ -17,6 +17,7 @@ import moe_eplb
 from reference import (
     BAD,
     LAYOUTS,
+    POISON,
     as_tensor,
     assert_same,
     make_ids,
@@ -27,7 +28,6 @@ from reference import (
 )
 
 OPS = torch.ops.moe_eplb
-POISON = 0x5A5A5A5A
 
 
 DEVICE = os.environ.get("MOE_EPLB_TEST_DEVICE", "cuda")

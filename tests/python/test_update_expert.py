@@ -12,6 +12,7 @@ from reference import (
     BAD,
     DISTRIBUTIONS,
     LAYOUTS,
+    POISON,
     as_tensor,
     assert_same,
     make_ids,
@@ -23,7 +24,6 @@ from reference import (
 
 OPS = torch.ops.moe_eplb
 ID_DTYPES = [torch.int32, torch.int64]
-POISON = 0x5A5A5A5A
 
 
 # ---- the worked example of SPEC.md and named edge cases ---------------------
