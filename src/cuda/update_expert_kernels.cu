@@ -441,76 +441,63 @@ struct LaunchPlan {
   std::size_t shared_bytes;
 };
 
+// Calls f(std::true_type{}) or f(std::false_type{}): a run-time flag as a
+// template argument.
+template <typename F>
+void with_flag(bool value, F&& f) {
+  if (value) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// Calls f(std::integral_constant<Source, source>{}).
+template <typename F>
+void with_source(Source source, F&& f) {
+  switch (source) {
+    case Source::kTable:
+      return f(std::integral_constant<Source, Source::kTable>{});
+    case Source::kPrepared:
+      return f(std::integral_constant<Source, Source::kPrepared>{});
+    case Source::kTableMap:
+      return f(std::integral_constant<Source, Source::kTableMap>{});
+    case Source::kPreparedMap:
+      return f(std::integral_constant<Source, Source::kPreparedMap>{});
+  }
+}
+
+// Plain batches: 4 sources x vector x record, 16 kernels per id type.
 template <typename IdT>
 void launch_flat(const LaunchPlan& plan, const BatchArgs<IdT>& args, const RouteArgs& routes,
                  cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned int>(plan.blocks));
-  const std::size_t shared = plan.shared_bytes;
-  // Spelled out so that only these 16 instantiations per id type exist.
-#define MOE_EPLB_LAUNCH_FLAT(kSource, kVector, kRecord) \
-  UpdateExpertKernel<IdT, kSource, kVector, kRecord>    \
-      <<<grid, kThreads, shared, stream>>>(args, routes)
-#define MOE_EPLB_LAUNCH_FLAT_SOURCE(kSource)       \
-  if (plan.vector) {                               \
-    if (plan.record) {                             \
-      MOE_EPLB_LAUNCH_FLAT(kSource, true, true);   \
-    } else {                                       \
-      MOE_EPLB_LAUNCH_FLAT(kSource, true, false);  \
-    }                                              \
-  } else {                                         \
-    if (plan.record) {                             \
-      MOE_EPLB_LAUNCH_FLAT(kSource, false, true);  \
-    } else {                                       \
-      MOE_EPLB_LAUNCH_FLAT(kSource, false, false); \
-    }                                              \
-  }
-  switch (plan.source) {
-    case Source::kTable:
-      MOE_EPLB_LAUNCH_FLAT_SOURCE(Source::kTable);
-      break;
-    case Source::kPrepared:
-      MOE_EPLB_LAUNCH_FLAT_SOURCE(Source::kPrepared);
-      break;
-    case Source::kTableMap:
-      MOE_EPLB_LAUNCH_FLAT_SOURCE(Source::kTableMap);
-      break;
-    case Source::kPreparedMap:
-      MOE_EPLB_LAUNCH_FLAT_SOURCE(Source::kPreparedMap);
-      break;
-  }
-#undef MOE_EPLB_LAUNCH_FLAT_SOURCE
-#undef MOE_EPLB_LAUNCH_FLAT
+  with_source(plan.source, [&](auto source) {
+    with_flag(plan.vector, [&](auto vector) {
+      with_flag(plan.record, [&](auto record) {
+        UpdateExpertKernel<IdT, decltype(source)::value, decltype(vector)::value,
+                           decltype(record)::value>
+            <<<static_cast<unsigned int>(plan.blocks), kThreads, plan.shared_bytes, stream>>>(
+                args, routes);
+      });
+    });
+  });
 }
 
+// Pruning batches: table or prepared (never a shared map) x record x per
+// choice, 8 kernels per id type.
 template <typename IdT>
 void launch_pruned(const LaunchPlan& plan, const BatchArgs<IdT>& args, const RouteArgs& routes,
                    const PruneArgs& prune, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned int>(plan.blocks));
-  const std::size_t shared = plan.shared_bytes;
-#define MOE_EPLB_LAUNCH_PRUNED(kSource, kRecord, kPerChoice)  \
-  UpdateExpertPrunedKernel<IdT, kSource, kRecord, kPerChoice> \
-      <<<grid, kTokenThreads, shared, stream>>>(args, routes, prune)
-#define MOE_EPLB_LAUNCH_PRUNED_SOURCE(kSource)       \
-  if (plan.per_choice) {                             \
-    if (plan.record) {                               \
-      MOE_EPLB_LAUNCH_PRUNED(kSource, true, true);   \
-    } else {                                         \
-      MOE_EPLB_LAUNCH_PRUNED(kSource, false, true);  \
-    }                                                \
-  } else {                                           \
-    if (plan.record) {                               \
-      MOE_EPLB_LAUNCH_PRUNED(kSource, true, false);  \
-    } else {                                         \
-      MOE_EPLB_LAUNCH_PRUNED(kSource, false, false); \
-    }                                                \
-  }
-  if (plan.source == Source::kTable) {
-    MOE_EPLB_LAUNCH_PRUNED_SOURCE(Source::kTable);
-  } else {
-    MOE_EPLB_LAUNCH_PRUNED_SOURCE(Source::kPrepared);
-  }
-#undef MOE_EPLB_LAUNCH_PRUNED_SOURCE
-#undef MOE_EPLB_LAUNCH_PRUNED
+  with_flag(plan.source == Source::kPrepared, [&](auto prepared) {
+    constexpr Source kSource = decltype(prepared)::value ? Source::kPrepared : Source::kTable;
+    with_flag(plan.record, [&](auto record) {
+      with_flag(plan.per_choice, [&](auto per_choice) {
+        UpdateExpertPrunedKernel<IdT, kSource, decltype(record)::value, decltype(per_choice)::value>
+            <<<static_cast<unsigned int>(plan.blocks), kTokenThreads, plan.shared_bytes, stream>>>(
+                args, routes, prune);
+      });
+    });
+  });
 }
 
 // Plans and launches one call. `source` is kTable or kPrepared; the plan may
