@@ -41,6 +41,16 @@ int device_count() noexcept;
 // Throws moe_eplb::Error (kCuda) if the runtime cannot resolve it.
 std::int32_t* library_error_count();
 
+// Programmatic dependent launch (compute capability 9.0 and newer; ignored
+// below): kernels are launched so that the GPU may start each one while the
+// previous kernel on the stream is still finishing. Every kernel waits for
+// that kernel's completion before it touches global memory, so results and
+// ordering are those of a plain launch; what overlaps is the launch latency.
+// Captured into CUDA graphs as programmatic edges. Process-wide; off unless
+// the environment variable MOE_EPLB_PDL=1 is set or this setter turns it on.
+bool programmatic_dependent_launch() noexcept;
+void set_programmatic_dependent_launch(bool enabled) noexcept;
+
 // Stateless: validates like update_expert() (operation name "update_expert()"),
 // then maps in one launch. load_counts needs params.num_physical_experts.
 void launch_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,

@@ -11,8 +11,8 @@ torch.compile and inside CUDA graphs.
     prepared.map(ids)                                # then one gather per call
 
 Functions: update_expert, update_expert_pruned, PreparedTable, error_counter,
-error_count; torch_npu drop-ins npu_moe_eplb_update_expert and
-npu_moe_update_expert (also in moe_eplb.compat). Operators, usable directly
+error_count, programmatic_dependent_launch; torch_npu drop-ins
+npu_moe_eplb_update_expert and npu_moe_update_expert (also in moe_eplb.compat). Operators, usable directly
 and from TorchScript / torch.compile: torch.ops.moe_eplb.{update_expert,
 update_expert_pruned, update_expert_counted, prepare_table,
 update_expert_prepared, update_expert_prepared_counted}.
@@ -27,6 +27,7 @@ from ._ops import (
     PreparedTable,
     error_count,
     error_counter,
+    programmatic_dependent_launch,
     update_expert,
     update_expert_pruned,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "error_counter",
     "npu_moe_eplb_update_expert",
     "npu_moe_update_expert",
+    "programmatic_dependent_launch",
     "update_expert",
     "update_expert_pruned",
     "with_cuda",

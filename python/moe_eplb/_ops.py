@@ -352,3 +352,19 @@ def error_count(device=None, *, reset=False):
     if reset:
         counter.zero_()
     return count
+
+
+def programmatic_dependent_launch(enabled=None):
+    """Returns whether the CUDA kernels use programmatic dependent launch, and
+    first sets it when `enabled` is given (process-wide; default off, or on
+    with the environment variable MOE_EPLB_PDL=1).
+
+    On sm_90 and newer (H100, H200) each kernel is then launched so that the
+    GPU may start it while the previous kernel on the stream is finishing; the
+    kernel waits for that kernel to complete before it reads or writes global
+    memory, so results and ordering are unchanged and only launch latency
+    overlaps. CUDA graphs captured while it is on keep it (programmatic edges).
+    Older GPUs and CPU tensors ignore it; the setting is read at each launch."""
+    if enabled is not None:
+        _C.set_programmatic_dependent_launch(bool(enabled))
+    return _C.programmatic_dependent_launch()

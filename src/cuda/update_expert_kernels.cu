@@ -25,6 +25,12 @@
 //   int32 vectors with 4 ids were measured slower than int64 vectors with 2).
 // - The grid-stride loop loads the next vector before mapping the current
 //   one, so a thread's lookups and store overlap its next load.
+// - Batches that one wave of threads covers (a thread per vector; decode
+//   sizes) take a single-pass kernel in rank mode: the same routers and
+//   checks without the loop, 64-bit indexing or per-block bookkeeping, its ids
+//   load issued before the map build. At 512x16 on an H100 it matches a bare
+//   unchecked gather (bench/launch_floor.cu); the general kernel was 0.2 us
+//   slower per call.
 // - Pruning needs each token's scale sum, summed in k order like the CPU
 //   (bit-identical). Up to K = 32 each choice gets a thread that sums its
 //   token's scales itself, so a token's K lookups overlap; beyond that, one
@@ -34,6 +40,14 @@
 //   non-zero bin with one global atomic; otherwise it uses global atomics.
 // - A bad element writes -1; each thread counts its bad elements and adds them
 //   to *error_count with one atomic at the end.
+// - Programmatic dependent launch (Hopper and newer, opt-in): the launch lets
+//   the GPU start this grid while the previous kernel on the stream is still
+//   finishing, and every kernel's first statement waits (griddepcontrol.wait)
+//   until that kernel has completed and its writes are visible. Nothing
+//   global is read or written before the wait, so the ordering is the same as
+//   a plain launch; what overlaps is the launch itself (block scheduling,
+//   parameter fetch). Each kernel then allows its own dependents to launch.
+//   Without the launch attribute both instructions are no-ops.
 // Grids are sized from the work (at most a few blocks per SM, grid-stride loops
 // beyond that), so a 512x16 batch is one launch of 8 blocks.
 #include <cuda_runtime.h>
@@ -41,6 +55,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -70,6 +85,19 @@ constexpr std::int64_t kMaxSharedHistogram = 8192;   // 32 KiB; both fit the 48 
 constexpr int kMaxCachedDevices = 64;
 
 __device__ std::int32_t g_library_error_count;  // zero at module load
+
+// Process-wide programmatic-dependent-launch switch: -1 = not read yet (the
+// MOE_EPLB_PDL environment variable decides), else 0 or 1.
+std::atomic<int> g_programmatic_launch{-1};
+
+// The first statement of every kernel (see the design note): wait for the
+// previous grid on the stream, then let the next one launch.
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 // Where a kernel finds the replica: straight from the (untrusted) table or
 // from prepared routes, or (rank mode) from a rank map in shared memory that
@@ -142,6 +170,18 @@ struct SharedMapRouter {
   }
 };
 
+// Fills the block's rank map (rank mode): entry e is what the source router
+// says for expert e on this rank, a physical id or a negative RouteStatus,
+// which the returned map router reports. The caller synchronises the block.
+template <typename SourceRouter>
+__device__ __forceinline__ SharedMapRouter build_rank_map(const SourceRouter& source,
+                                                          std::int32_t* shared) {
+  for (std::int64_t expert = threadIdx.x; expert < source.num_experts; expert += blockDim.x) {
+    shared[expert] = static_cast<std::int32_t>(source.route(expert, 0));
+  }
+  return SharedMapRouter{shared, source.num_experts};
+}
+
 // Per-block state: the router (for the map sources, a SharedMapRouter over the
 // rank map this block builds in shared memory), the shared load histogram, and
 // this thread's count of bad elements. Holds copies, not references, of the
@@ -166,20 +206,12 @@ class BlockMapper {
     } else if constexpr (kSource == Source::kPrepared) {
       router_ = routes.prepared;
     } else {
-      // Entry e is what the source router says for expert e on this rank: a
-      // physical id or a negative RouteStatus, which the map router reports.
-      const auto build = [&](const auto& source) {
-        for (std::int64_t expert = threadIdx.x; expert < source.num_experts; expert += blockDim.x) {
-          shared[expert] = static_cast<std::int32_t>(source.route(expert, 0));
-        }
-        router_ = SharedMapRouter{shared, source.num_experts};
-        map_size = source.num_experts;
-      };
       if constexpr (kSource == Source::kTableMap) {
-        build(routes.table);
+        router_ = build_rank_map(routes.table, shared);
       } else {
-        build(routes.prepared);
+        router_ = build_rank_map(routes.prepared, shared);
       }
+      map_size = router_.num_experts;
     }
     if constexpr (kRecord) {
       if (args.shared_histogram) {
@@ -265,6 +297,7 @@ class BlockMapper {
 template <typename IdT, Source kSource, bool kVector, bool kRecord>
 __global__ void __launch_bounds__(kThreads)
     UpdateExpertKernel(const BatchArgs<IdT> args, const RouteArgs routes) {
+  wait_for_previous_grid();
   extern __shared__ std::int32_t shared[];
   const std::int64_t top_k = args.top_k;
   const std::int64_t num_elements = args.num_tokens * top_k;
@@ -349,6 +382,52 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Single-pass batches: rank mode through a shared map, 16-byte vectors, no
+// load recording, and a grid with a thread for every vector (plus one for
+// the 1-3 leftover ids, if any). This is the decode-time case (512x16 is 8
+// blocks), where a call's cost is latency: the kernel is the general one
+// without its loop, 64-bit indexing and per-block bookkeeping, so a thread
+// issues its ids load, builds its share of the map, and after one barrier
+// does 2 or 4 shared-memory lookups and one store. Same routers, same
+// results (the tests run both kernels against the CPU).
+template <typename IdT, typename SourceRouter>
+__global__ void __launch_bounds__(kThreads)
+    UpdateExpertSinglePassKernel(const IdT* __restrict__ ids, IdT* __restrict__ out,
+                                 std::uint32_t num_elements, SourceRouter source,
+                                 std::int32_t* error_count) {
+  wait_for_previous_grid();
+  extern __shared__ std::int32_t shared[];
+  using Vector = typename Vector16<IdT>::Type;
+  constexpr std::uint32_t kWidth = sizeof(Vector) / sizeof(IdT);
+  const std::uint32_t num_vectors = num_elements / kWidth;
+  const std::uint32_t v = blockIdx.x * kThreads + threadIdx.x;
+  Vector packed{};
+  if (v < num_vectors) packed = __ldg(reinterpret_cast<const Vector*>(ids) + v);
+  source.by_token = false;  // rank mode (the host's plan): the token branch folds away
+  const SharedMapRouter router = build_rank_map(source, shared);
+  __syncthreads();
+  std::uint32_t num_bad = 0;
+  const auto map = [&](IdT id) {
+    const std::int64_t instance = router.route(router.first_read(id), 0);
+    num_bad += instance < 0 ? 1u : 0u;
+    return static_cast<IdT>(instance < 0 ? -1 : instance);
+  };
+  if (v < num_vectors) {
+    IdT lanes[kWidth];
+    std::memcpy(lanes, &packed, sizeof(packed));
+#pragma unroll
+    for (std::uint32_t lane = 0; lane < kWidth; ++lane) lanes[lane] = map(lanes[lane]);
+    std::memcpy(&packed, lanes, sizeof(packed));
+    reinterpret_cast<Vector*>(out)[v] = packed;
+  } else if (v == num_vectors) {
+#pragma unroll 1
+    for (std::uint32_t i = num_vectors * kWidth; i < num_elements; ++i) out[i] = map(ids[i]);
+  }
+  if (num_bad != 0 && error_count != nullptr) {
+    atomicAdd(error_count, static_cast<std::int32_t>(num_bad));
+  }
+}
+
 // Whether a token takes part (active_mask), and its scale sum if it does.
 __device__ __forceinline__ float active_scale_sum(const PruneArgs& prune, std::int64_t token,
                                                   bool& active) {
@@ -379,6 +458,7 @@ template <typename IdT, Source kSource, bool kRecord, bool kPerChoice>
 __global__ void __launch_bounds__(kTokenThreads)
     UpdateExpertPrunedKernel(const BatchArgs<IdT> args, const RouteArgs routes,
                              const PruneArgs prune) {
+  wait_for_previous_grid();
   extern __shared__ std::int32_t shared[];
   BlockMapper<kSource, kRecord> mapper(args, routes, shared);
   const std::int64_t top_k = args.top_k;
@@ -416,30 +496,66 @@ int current_device(const char* operation) {
   return device;
 }
 
-// SM count of the current device, cached (the attribute query is the only
-// per-call driver work besides the launch itself).
-std::int64_t multiprocessor_count(const char* operation) {
-  static std::atomic<int> cache[kMaxCachedDevices];
+// What a launch needs to know about the current device, cached per device
+// (attribute queries would otherwise be the only per-call driver work
+// besides the launch itself).
+struct DeviceInfo {
+  int multiprocessors;
+  bool programmatic_launch;  // compute capability 9.0 or newer
+};
+
+DeviceInfo device_info(const char* operation) {
+  static std::atomic<int> cache[kMaxCachedDevices];  // multiprocessors | major << 16
   const int device = current_device(operation);
-  if (device < kMaxCachedDevices) {
-    const int cached = cache[device].load(std::memory_order_relaxed);
-    if (cached > 0) return cached;
+  int packed = device < kMaxCachedDevices ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (packed == 0) {
+    int count = 0;
+    int major = 0;
+    MOE_EPLB_CUDA_CHECK(operation,
+                        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    MOE_EPLB_CUDA_CHECK(operation,
+                        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    packed = std::clamp(count, 1, 0xffff) | (std::clamp(major, 0, 0x7fff) << 16);
+    if (device < kMaxCachedDevices) cache[device].store(packed, std::memory_order_relaxed);
   }
-  int count = 0;
-  MOE_EPLB_CUDA_CHECK(operation,
-                      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device < kMaxCachedDevices) cache[device].store(count, std::memory_order_relaxed);
-  return std::max(count, 1);
+  return DeviceInfo{packed & 0xffff, (packed >> 16) >= 9};
 }
 
 struct LaunchPlan {
   Source source;
-  bool vector;      // plain batches: 16-byte vectors
-  bool per_choice;  // pruning batches: a thread per choice, not per token
+  bool vector;       // plain batches: 16-byte vectors
+  bool single_pass;  // plain batches: UpdateExpertSinglePassKernel
+  bool per_choice;   // pruning batches: a thread per choice, not per token
   bool record;
   std::int64_t blocks;
   std::size_t shared_bytes;
+  bool programmatic;  // launch with programmatic stream serialization
 };
+
+// Launches kernel<<<plan.blocks, threads, plan.shared_bytes, stream>>>(args...),
+// through cudaLaunchKernelEx with the programmatic-dependent-launch attribute
+// when the plan says so. The error, if any, is picked up by the caller's
+// cudaGetLastError().
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), const LaunchPlan& plan, int threads,
+                   cudaStream_t stream, const Args&... args) {
+  const dim3 grid(static_cast<unsigned int>(plan.blocks));
+  if (!plan.programmatic) {
+    kernel<<<grid, threads, plan.shared_bytes, stream>>>(args...);
+    return;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(static_cast<unsigned int>(threads));
+  config.dynamicSmemBytes = plan.shared_bytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  (void)cudaLaunchKernelEx(&config, kernel, args...);
+}
 
 // Calls f(std::true_type{}) or f(std::false_type{}): a run-time flag as a
 // template argument.
@@ -467,17 +583,28 @@ void with_source(Source source, F&& f) {
   }
 }
 
-// Plain batches: 4 sources x vector x record, 16 kernels per id type.
+// Plain batches: 4 sources x vector x record, 16 kernels per id type, and
+// the 2 single-pass kernels.
 template <typename IdT>
 void launch_flat(const LaunchPlan& plan, const BatchArgs<IdT>& args, const RouteArgs& routes,
                  cudaStream_t stream) {
+  if (plan.single_pass) {
+    const auto num_elements = static_cast<std::uint32_t>(args.num_tokens * args.top_k);
+    if (plan.source == Source::kTableMap) {
+      launch_kernel(UpdateExpertSinglePassKernel<IdT, detail::TableRouter>, plan, kThreads, stream,
+                    args.ids, args.out, num_elements, routes.table, args.error_count);
+    } else {
+      launch_kernel(UpdateExpertSinglePassKernel<IdT, detail::PreparedRouter>, plan, kThreads,
+                    stream, args.ids, args.out, num_elements, routes.prepared, args.error_count);
+    }
+    return;
+  }
   with_source(plan.source, [&](auto source) {
     with_flag(plan.vector, [&](auto vector) {
       with_flag(plan.record, [&](auto record) {
-        UpdateExpertKernel<IdT, decltype(source)::value, decltype(vector)::value,
-                           decltype(record)::value>
-            <<<static_cast<unsigned int>(plan.blocks), kThreads, plan.shared_bytes, stream>>>(
-                args, routes);
+        launch_kernel(UpdateExpertKernel<IdT, decltype(source)::value, decltype(vector)::value,
+                                         decltype(record)::value>,
+                      plan, kThreads, stream, args, routes);
       });
     });
   });
@@ -492,9 +619,9 @@ void launch_pruned(const LaunchPlan& plan, const BatchArgs<IdT>& args, const Rou
     constexpr Source kSource = decltype(prepared)::value ? Source::kPrepared : Source::kTable;
     with_flag(plan.record, [&](auto record) {
       with_flag(plan.per_choice, [&](auto per_choice) {
-        UpdateExpertPrunedKernel<IdT, kSource, decltype(record)::value, decltype(per_choice)::value>
-            <<<static_cast<unsigned int>(plan.blocks), kTokenThreads, plan.shared_bytes, stream>>>(
-                args, routes, prune);
+        launch_kernel(UpdateExpertPrunedKernel<IdT, kSource, decltype(record)::value,
+                                               decltype(per_choice)::value>,
+                      plan, kTokenThreads, stream, args, routes, prune);
       });
     });
   });
@@ -526,7 +653,9 @@ void launch(const char* operation, const ExpertIdsView& ids, const PruningInputs
   // Per-block uint32 bins cannot overflow below 2^32 elements.
   args.shared_histogram = plan.record && num_bins <= kMaxSharedHistogram &&
                           num_elements <= static_cast<std::int64_t>(UINT32_MAX);
-  const std::int64_t max_blocks = multiprocessor_count(operation) * kBlocksPerSm;
+  const DeviceInfo device = device_info(operation);
+  plan.programmatic = device.programmatic_launch && programmatic_dependent_launch();
+  const std::int64_t max_blocks = std::int64_t{device.multiprocessors} * kBlocksPerSm;
   std::int64_t map_bytes = 0;
 
   if (pruning == nullptr) {
@@ -550,6 +679,13 @@ void launch(const char* operation, const ExpertIdsView& ids, const PruningInputs
         (num_experts <= kThreads || num_experts * plan.blocks <= num_elements)) {
       plan.source = source == Source::kTable ? Source::kTableMap : Source::kPreparedMap;
       map_bytes = num_experts * static_cast<std::int64_t>(sizeof(std::int32_t));
+      // A thread for every vector, and one for the leftover ids, in one wave.
+      const std::int64_t single_pass_blocks =
+          ceil_div(num_elements / width + (num_elements % width != 0 ? 1 : 0), kThreads);
+      if (plan.vector && !plan.record && single_pass_blocks <= max_blocks) {
+        plan.single_pass = true;
+        plan.blocks = single_pass_blocks;
+      }
     }
   } else {
     plan.per_choice = ids.top_k <= kMaxPerChoiceTopK;
@@ -595,6 +731,21 @@ int device_count() noexcept {
     return 0;
   }
   return count;
+}
+
+bool programmatic_dependent_launch() noexcept {
+  int enabled = g_programmatic_launch.load(std::memory_order_relaxed);
+  if (enabled < 0) {
+    const char* value = std::getenv("MOE_EPLB_PDL");
+    enabled = value != nullptr && value[0] == '1' && value[1] == '\0' ? 1 : 0;
+    int expected = -1;  // a concurrent set_...() wins
+    if (!g_programmatic_launch.compare_exchange_strong(expected, enabled)) enabled = expected;
+  }
+  return enabled == 1;
+}
+
+void set_programmatic_dependent_launch(bool enabled) noexcept {
+  g_programmatic_launch.store(enabled ? 1 : 0, std::memory_order_relaxed);
 }
 
 std::int32_t* library_error_count() {

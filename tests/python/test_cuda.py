@@ -451,3 +451,46 @@ def test_pruning_reference_matches_gpu_float16_rounding(rng):
                                             pruning_threshold=threshold.to(CUDA))
     assert_same(mask, reference_pruning_mask(scales, threshold), "float16 rounding")
     np.testing.assert_equal(mask.cpu().numpy(), reference_pruning_mask(scales, threshold).numpy())
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("graph", [False, True])
+def test_programmatic_dependent_launch_chain(rng, dtype, graph):
+    # Each call maps the previous call's output. With programmatic dependent
+    # launch, each kernel lets the next one start early, so the next one must
+    # wait for it before reading: a missing wait reads the poison or a half
+    # written batch. A one-replica table is a permutation of the slots, so
+    # every output is again a valid expert id.
+    num_experts, world_size, calls = 64, 4, 24
+    permutation = torch.from_numpy(rng.permutation(num_experts)).to(torch.int32)
+    table = torch.full((num_experts, 3), -1, dtype=torch.int32)
+    table[:, 0] = 1
+    table[:, 1] = permutation
+    ids = make_ids(rng, 4096, 8, num_experts, dtype, "contiguous")
+    expected = ids.clone()
+    for _ in range(calls):
+        expected = permutation.to(dtype)[expected.long()]
+    table_gpu, prepared = table.to(CUDA), moe_eplb.PreparedTable(table, 1, world_size, device=CUDA)
+    static_ids = ids.to(CUDA)
+    was = moe_eplb.programmatic_dependent_launch()
+    try:
+        moe_eplb.programmatic_dependent_launch(True)
+
+        def run():
+            out = static_ids
+            for call in range(calls):
+                out = (OPS.update_expert(out, table_gpu, 1, world_size) if call % 2 == 0
+                       else prepared.map(out))
+            return (out,)
+
+        if graph:
+            captured, (out,) = _warm_up_then_capture(run)
+            out.fill_(POISON)
+            captured.replay()
+        else:
+            (out,) = run()
+        torch.cuda.synchronize()
+    finally:
+        moe_eplb.programmatic_dependent_launch(was)
+    assert_same(out.cpu(), expected, "programmatic dependent launch chain")

@@ -531,4 +531,18 @@ at::Tensor library_error_counter(std::int64_t device_index) {
 
 bool built_with_cuda() { return MOE_EPLB_WITH_CUDA != 0; }
 
+bool programmatic_dependent_launch() {
+#if MOE_EPLB_WITH_CUDA
+  return cuda::programmatic_dependent_launch();
+#else
+  return false;
+#endif
+}
+
+void set_programmatic_dependent_launch([[maybe_unused]] bool enabled) {
+#if MOE_EPLB_WITH_CUDA
+  cuda::set_programmatic_dependent_launch(enabled);
+#endif
+}
+
 }  // namespace moe_eplb::torch_adapter

@@ -80,4 +80,9 @@ at::Tensor library_error_counter(std::int64_t device_index);
 // Whether this build has the CUDA kernels.
 bool built_with_cuda();
 
+// Programmatic dependent launch of the CUDA kernels (moe_eplb::cuda); always
+// false, and the setter a no-op, in a build without CUDA.
+bool programmatic_dependent_launch();
+void set_programmatic_dependent_launch(bool enabled);
+
 }  // namespace moe_eplb::torch_adapter
