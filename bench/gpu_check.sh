@@ -10,10 +10,10 @@
 # Environment: OUT (optional) receives the logs and the benchmark results;
 # ARCH (default 9.0 = H100/H200) is the only architecture compiled;
 # JOBS (default 16) parallel compile jobs; PROFILE=0 skips the ncu stage;
-# CPP_TESTS=0 skips the C++ stage.
-# Budget: about 2 min build, 2 min tests, 1 min benchmark, under 1 min ncu,
-# 1-2 min C++ tests. Ask the device tool for nvidia-h100-x1: issue 3's
-# targets are H100 numbers.
+# FLOOR=0 skips the launch-floor program; CPP_TESTS=0 skips the C++ stage.
+# Budget on an H100: 40 s build, 30 s tests, 15 s benchmark, 15 s launch
+# floor, 10 s ncu, 20 s C++ tests (about 2.5 minutes in all). Ask the device
+# tool for nvidia-h100-x1: issue 3's targets are H100 numbers.
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -91,6 +91,35 @@ case $BENCH_RC in
   *) stage bench FAIL "rc=$BENCH_RC, see bench.log" ;;
 esac
 
+# ---- 3b. launch floor: the library's launches next to hand-written kernels ---------
+# (bench/launch_floor.cu: empty, copy, the issue's anchor gather; CUDA graphs
+# and host-timed streams, straight C++ without torch). Core objects are built
+# in parallel, then linked with the kernels.
+if [ "${FLOOR:-1}" != 1 ]; then
+  stage floor SKIP "FLOOR=0"
+else
+  echo "=== launch floor (nvcc, sm_${ARCH/./})"
+  FLOOR_DIR=build-gpu-check/floor
+  mkdir -p "$FLOOR_DIR"
+  (
+    for source in src/core/*.cpp src/cpu/*.cpp; do
+      g++ -std=c++17 -O2 -Iinclude -Isrc -c "$source" -o "$FLOOR_DIR/$(basename "$source").o" &
+    done
+    nvcc -std=c++17 -O3 -arch="sm_${ARCH/./}" -Iinclude -Isrc -c src/cuda/update_expert_kernels.cu \
+      -o "$FLOOR_DIR/kernels.o" &
+    nvcc -std=c++17 -O3 -arch="sm_${ARCH/./}" -Iinclude -Isrc -c bench/launch_floor.cu \
+      -o "$FLOOR_DIR/launch_floor.o" &
+    wait
+    nvcc -arch="sm_${ARCH/./}" "$FLOOR_DIR"/*.o -o "$FLOOR_DIR/launch_floor"
+  ) >"$OUT/floor_build.log" 2>&1
+  if [ -x "$FLOOR_DIR/launch_floor" ] && timeout 100 "$FLOOR_DIR/launch_floor" 3 >"$OUT/launch_floor.txt" 2>&1; then
+    stage floor PASS "see launch_floor.txt"
+  else
+    tail -5 "$OUT/floor_build.log" "$OUT/launch_floor.txt" 2>/dev/null
+    stage floor FAIL "see floor_build.log, launch_floor.txt"
+  fi
+fi
+
 # ---- 4. hardware counters (Nsight Compute), where ncu can read them ------------------
 # One profile of the 512x16 and 1048576x8 kernels says where their warps wait
 # (bench/profile_kernels.py). gVisor machines have no counters: the stage then
@@ -154,6 +183,10 @@ fi
   if [ -f "$OUT/ncu_summary.txt" ]; then
     echo
     cat "$OUT/ncu_summary.txt"
+  fi
+  if [ -f "$OUT/launch_floor.txt" ]; then
+    echo
+    cat "$OUT/launch_floor.txt"
   fi
   if [ -f "$OUT/bench.md" ]; then
     echo
