@@ -91,28 +91,43 @@ case $BENCH_RC in
   *) stage bench FAIL "rc=$BENCH_RC, see bench.log" ;;
 esac
 
+# The library's C++ objects for the two straight-nvcc programs below (launch
+# floor, C++ tests): the core and CPU sources with g++ and the kernels with
+# nvcc, all in parallel, built once (not through CMake, so that the CLI's
+# dependencies, CLI11 and nlohmann_json, are not needed on this machine).
+OBJ_DIR=build-gpu-check/objects
+build_objects() {  # LOG; status 0 when every object built
+  if [ -z "${OBJECTS_RC:-}" ]; then
+    mkdir -p "$OBJ_DIR"
+    rm -f "$OBJ_DIR"/*.o
+    local pids=() source
+    for source in src/core/*.cpp src/cpu/*.cpp; do
+      g++ -std=c++17 -O2 -Iinclude -Isrc -c "$source" -o "$OBJ_DIR/$(basename "$source").o" &
+      pids+=($!)
+    done
+    nvcc -std=c++17 -O3 -arch="sm_${ARCH/./}" -Iinclude -Isrc -c src/cuda/update_expert_kernels.cu \
+      -o "$OBJ_DIR/kernels.o" &
+    pids+=($!)
+    OBJECTS_RC=0
+    for pid in "${pids[@]}"; do wait "$pid" || OBJECTS_RC=1; done
+  fi >>"$1" 2>&1
+  return "$OBJECTS_RC"
+}
+
 # ---- 3b. launch floor: the library's launches next to hand-written kernels ---------
 # (bench/launch_floor.cu: empty, copy, the issue's anchor gather; CUDA graphs
-# and host-timed streams, straight C++ without torch). Core objects are built
-# in parallel, then linked with the kernels.
+# and host-timed streams, straight C++ without torch).
 if [ "${FLOOR:-1}" != 1 ]; then
   stage floor SKIP "FLOOR=0"
 else
   echo "=== launch floor (nvcc, sm_${ARCH/./})"
-  FLOOR_DIR=build-gpu-check/floor
-  mkdir -p "$FLOOR_DIR"
-  (
-    for source in src/core/*.cpp src/cpu/*.cpp; do
-      g++ -std=c++17 -O2 -Iinclude -Isrc -c "$source" -o "$FLOOR_DIR/$(basename "$source").o" &
-    done
-    nvcc -std=c++17 -O3 -arch="sm_${ARCH/./}" -Iinclude -Isrc -c src/cuda/update_expert_kernels.cu \
-      -o "$FLOOR_DIR/kernels.o" &
-    nvcc -std=c++17 -O3 -arch="sm_${ARCH/./}" -Iinclude -Isrc -c bench/launch_floor.cu \
-      -o "$FLOOR_DIR/launch_floor.o" &
-    wait
-    nvcc -arch="sm_${ARCH/./}" "$FLOOR_DIR"/*.o -o "$FLOOR_DIR/launch_floor"
-  ) >"$OUT/floor_build.log" 2>&1
-  if [ -x "$FLOOR_DIR/launch_floor" ] && timeout 100 "$FLOOR_DIR/launch_floor" 3 >"$OUT/launch_floor.txt" 2>&1; then
+  FLOOR_BIN=build-gpu-check/launch_floor
+  rm -f "$FLOOR_BIN"
+  : >"$OUT/floor_build.log"
+  build_objects "$OUT/floor_build.log" &&
+    nvcc -std=c++17 -O3 -arch="sm_${ARCH/./}" -Iinclude -Isrc bench/launch_floor.cu \
+      "$OBJ_DIR"/*.o -o "$FLOOR_BIN" >>"$OUT/floor_build.log" 2>&1
+  if [ -x "$FLOOR_BIN" ] && timeout 100 "$FLOOR_BIN" 3 >"$OUT/launch_floor.txt" 2>&1; then
     stage floor PASS "see launch_floor.txt"
   else
     tail -5 "$OUT/floor_build.log" "$OUT/launch_floor.txt" 2>/dev/null
@@ -150,8 +165,6 @@ else
 fi
 
 # ---- 5. C++ CUDA launcher tests (GoogleTest; skipped when it is not installed) ----
-# Built straight with nvcc from the core sources, not through CMake, so that the
-# CLI's dependencies (CLI11, nlohmann_json) are not needed on this machine.
 if [ "${CPP_TESTS:-1}" != 1 ]; then
   stage cpp-tests SKIP "CPP_TESTS=0"
 elif ! echo '#include <gtest/gtest.h>' | g++ -std=c++17 -x c++ -fsyntax-only - 2>/dev/null; then
@@ -159,11 +172,11 @@ elif ! echo '#include <gtest/gtest.h>' | g++ -std=c++17 -x c++ -fsyntax-only - 2
 else
   echo "=== C++ CUDA tests (nvcc, sm_${ARCH/./})"
   CPP_START=$(date +%s)
-  mkdir -p build-gpu-check
-  if timeout 100 nvcc -std=c++17 -O2 -arch="sm_${ARCH/./}" -DMOE_EPLB_WITH_CUDA=1 \
-       -Iinclude -Isrc -Itests/cpp src/core/*.cpp src/cpu/*.cpp src/cuda/*.cu \
-       tests/cpp/cuda_update_expert_test.cpp -lgtest -lgtest_main -lpthread \
-       -o build-gpu-check/cuda_tests >"$OUT/cpp.log" 2>&1; then
+  : >"$OUT/cpp.log"
+  if build_objects "$OUT/cpp.log" &&
+     timeout 100 nvcc -std=c++17 -O2 -arch="sm_${ARCH/./}" -DMOE_EPLB_WITH_CUDA=1 \
+       -Iinclude -Isrc -Itests/cpp tests/cpp/cuda_update_expert_test.cpp "$OBJ_DIR"/*.o \
+       -lgtest -lgtest_main -lpthread -o build-gpu-check/cuda_tests >>"$OUT/cpp.log" 2>&1; then
     timeout 40 ./build-gpu-check/cuda_tests >>"$OUT/cpp.log" 2>&1
     CPP_RC=$?
     tail -6 "$OUT/cpp.log"
