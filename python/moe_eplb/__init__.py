@@ -12,10 +12,11 @@ torch.compile and inside CUDA graphs.
 
 Functions: update_expert, update_expert_pruned, PreparedTable, error_counter,
 error_count, programmatic_dependent_launch; torch_npu drop-ins
-npu_moe_eplb_update_expert and npu_moe_update_expert (also in moe_eplb.compat). Operators, usable directly
-and from TorchScript / torch.compile: torch.ops.moe_eplb.{update_expert,
-update_expert_pruned, update_expert_counted, prepare_table,
-update_expert_prepared, update_expert_prepared_counted}.
+npu_moe_eplb_update_expert and npu_moe_update_expert (also in
+moe_eplb.compat). Operators, usable directly and from TorchScript /
+torch.compile: torch.ops.moe_eplb.{update_expert, update_expert_pruned,
+update_expert_counted, prepare_table, update_expert_prepared,
+update_expert_prepared_counted}.
 
 Formula (token b, choice k):
 """
