@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test moe-eplb
 # (apt only; nothing comes from PyPI). Skips apt entirely when all is present.
+# `deps.sh --print` lists the packages, one per line, and installs nothing
+# (scripts/check_deps.sh reads the list that way).
 set -euo pipefail
 
 packages=(
@@ -9,6 +11,10 @@ packages=(
   python3-torch libtorch-dev python3-pytest python3-numpy python3-venv python3-setuptools
   python3-wheel
 )
+if [[ ${1-} == --print ]]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
