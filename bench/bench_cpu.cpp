@@ -77,12 +77,12 @@ void BM_UpdateExpert(benchmark::State& state) {
   const std::vector<T> ids(p.ids.values.begin(), p.ids.values.end());
   std::vector<T> out(ids.size());
   const moe_eplb::ExpertIdsView view{
-      ids.data(), sizeof(T) == 4 ? moe_eplb::IdDtype::kInt32 : moe_eplb::IdDtype::kInt64,
+      ids.data(), sizeof(T) == 4 ? moe_eplb::Dtype::kInt32 : moe_eplb::Dtype::kInt64,
       p.ids.rows, p.ids.cols,
       p.ids.cols, 1};
   const moe_eplb::PreparedTable prepared(p.table_view(), params(Mode));
   moe_eplb::UpdateExpertOutputs outputs;
-  outputs.balanced_expert_ids = out.data();
+  outputs.balanced_expert_ids = {out.data(), static_cast<std::int64_t>(out.size())};
   T zero = 0;
   benchmark::DoNotOptimize(zero);
   for (auto _ : state) {

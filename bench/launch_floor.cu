@@ -186,15 +186,15 @@ void run_shape(cudaStream_t stream, const std::int32_t* device_table,
       1, std::min<std::int64_t>((num_vectors + kThreads - 1) / kThreads, 132 * 8)));
 
   const ExpertIdsView view{
-      in, sizeof(IdT) == 4 ? IdDtype::kInt32 : IdDtype::kInt64, num_tokens, top_k, top_k, 1};
+      in, sizeof(IdT) == 4 ? Dtype::kInt32 : Dtype::kInt64, num_tokens, top_k, top_k, 1};
   UpdateExpertParams params;
   params.local_rank_id = kRank;
   params.world_size = kWorldSize;
   params.num_physical_experts = kWorldSize * kSlotsPerRank;
   const UpdateExpertInputs inputs{view, TableView{device_table, kExperts, kColumns, kColumns, 1},
                                   nullptr};
-  const UpdateExpertOutputs outputs{out, nullptr, nullptr};
-  std::int32_t* counter = cuda::library_error_count();
+  const UpdateExpertOutputs outputs{{out, n}, {}, {}};
+  std::int32_t* counter = cuda::library_error_counter();
   const PreparedView routes = prepared.view();
 
   const int calls = static_cast<int>(std::max<std::int64_t>(
@@ -203,11 +203,13 @@ void run_shape(cudaStream_t stream, const std::int32_t* device_table,
   // The library's launches: prepared or stateless, plain or with PDL.
   const auto library = [&](bool prepared_path, bool pdl) -> std::function<void()> {
     return [&, prepared_path, pdl] {
-      cuda::set_programmatic_dependent_launch(pdl);
+      cuda::LaunchOptions options;
+      options.programmatic_dependent_launch = pdl;
       if (prepared_path) {
-        cuda::launch_update_expert_prepared(routes, view, nullptr, outputs, counter, stream);
+        cuda::launch_update_expert_prepared(routes, view, nullptr, outputs, counter, stream,
+                                            options);
       } else {
-        cuda::launch_update_expert(inputs, params, outputs, counter, stream);
+        cuda::launch_update_expert(inputs, params, outputs, counter, stream, options);
       }
     };
   };
@@ -239,7 +241,6 @@ void run_shape(cudaStream_t stream, const std::int32_t* device_table,
   if (n <= 8192) {  // host-bound sizes only
     for (auto& [name, launch] : candidates) stream_times[name] = stream_us(stream, launch);
   }
-  cuda::set_programmatic_dependent_launch(false);
 
   // The library's result must equal the anchor gather's (the same map).
   std::vector<IdT> expected(n), got(n);

@@ -50,7 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t flags = in.next<std::uint8_t>();
   const bool ids64 = flags & 1, table_column_major = flags & 2, ids_column_major = flags & 4;
   const bool with_pruning = flags & 8, with_active = flags & 16, with_load = flags & 32;
-  const auto scale_dtype = static_cast<moe_eplb::ScaleDtype>(in.range(0, 2));
+  const auto scale_dtype = static_cast<moe_eplb::Dtype>(in.range(0, 2));
   const std::int64_t id_span = num_physical > 0 ? num_physical : 64;
 
   std::vector<std::int32_t> table(static_cast<std::size_t>(num_experts * columns));
@@ -80,7 +80,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<std::int64_t> ids_laid(ids32.begin(), ids32.end());
   const moe_eplb::ExpertIdsView view{
       ids64 ? static_cast<const void*>(ids_laid.data()) : static_cast<const void*>(ids32.data()),
-      ids64 ? moe_eplb::IdDtype::kInt64 : moe_eplb::IdDtype::kInt32,
+      ids64 ? moe_eplb::Dtype::kInt64 : moe_eplb::Dtype::kInt32,
       num_tokens,
       top_k,
       token_stride,
@@ -99,7 +99,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<std::uint8_t> active(static_cast<std::size_t>(num_tokens));
   for (auto& a : active) a = in.next<std::uint8_t>() & 1;
   moe_eplb::PruningInputs pruning;
-  pruning.expert_scales = {scale_dtype == moe_eplb::ScaleDtype::kFloat32
+  pruning.expert_scales = {scale_dtype == moe_eplb::Dtype::kFloat32
                                ? static_cast<const void*>(scales.data())
                                : static_cast<const void*>(scales16.data()),
                            scale_dtype,
@@ -128,10 +128,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto outputs_for = [&](std::vector<std::int64_t>& o64, std::vector<std::int32_t>& o32,
                          std::vector<std::uint8_t>& m, std::vector<std::int64_t>& l) {
     moe_eplb::UpdateExpertOutputs outputs;
-    outputs.balanced_expert_ids =
-        ids64 ? static_cast<void*>(o64.data()) : static_cast<void*>(o32.data());
-    outputs.balanced_active_mask = with_pruning ? m.data() : nullptr;
-    outputs.load_counts = with_load && !l.empty() ? l.data() : nullptr;
+    const auto num_elements = static_cast<std::int64_t>(elements);
+    outputs.balanced_expert_ids = {
+        ids64 ? static_cast<void*>(o64.data()) : static_cast<void*>(o32.data()), num_elements};
+    if (with_pruning) outputs.balanced_active_mask = {m.data(), num_elements};
+    if (with_load && !l.empty()) {
+      outputs.load_counts = {l.data(), static_cast<std::int64_t>(l.size())};
+    }
     return outputs;
   };
 

@@ -59,9 +59,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       ids[static_cast<std::size_t>(e)] = static_cast<std::int32_t>(e);
     std::vector<std::int32_t> out(ids.size());
     moe_eplb::UpdateExpertOutputs outputs;
-    outputs.balanced_expert_ids = out.data();
+    outputs.balanced_expert_ids = {out.data(), num_experts};
     moe_eplb::update_expert_prepared(prepared.view(),
-                                     moe_eplb::ExpertIdsView{ids.data(), moe_eplb::IdDtype::kInt32,
+                                     moe_eplb::ExpertIdsView{ids.data(), moe_eplb::Dtype::kInt32,
                                                              1, num_experts, num_experts, 1},
                                      nullptr, outputs);
   } catch (const moe_eplb::Error& error) {

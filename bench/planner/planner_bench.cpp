@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/analyze.hpp"
-#include "moe_eplb/plan.hpp"
-#include "moe_eplb/scenario.hpp"
+#include "moe_eplb/plan/analyze.hpp"
+#include "moe_eplb/plan/planner.hpp"
+#include "moe_eplb/plan/scenario.hpp"
 #include "moe_eplb/table.hpp"
 
 namespace {

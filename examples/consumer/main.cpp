@@ -13,13 +13,13 @@ int main() {
   params.world_size = 8;
   params.num_physical_experts = 48;
   const moe_eplb::TableView table{table_values, 2, 4, 4, 1};
-  const moe_eplb::ExpertIdsView ids{ids_values, moe_eplb::IdDtype::kInt64, 2, 2, 2, 1};
+  const moe_eplb::ExpertIdsView ids{ids_values, moe_eplb::Dtype::kInt64, 2, 2, 2, 1};
   try {
     moe_eplb::update_expert(ids, table, params, out);
     const moe_eplb::PreparedTable prepared(table, params);
     std::int64_t again[4] = {-9, -9, -9, -9};
     moe_eplb::UpdateExpertOutputs outputs;
-    outputs.balanced_expert_ids = again;
+    outputs.balanced_expert_ids = {again, 4};
     moe_eplb::update_expert_prepared(prepared.view(), ids, nullptr, outputs);
     for (int i = 0; i < 4; ++i) {
       if (again[i] != out[i]) return 1;

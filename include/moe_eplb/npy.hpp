@@ -1,29 +1,15 @@
 // NumPy .npy files (format versions 1.0, 2.0 and 3.0): the file format users
-// already have for expert ids, tables and load statistics.
+// already have for expert ids, tables and load statistics. Arrays hold any
+// moe_eplb::Dtype NumPy has (every one but bfloat16 and kUnsupported).
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "moe_eplb/types.hpp"
+
 namespace moe_eplb::npy {
-
-enum class Dtype : std::uint8_t {
-  kBool,
-  kInt8,
-  kUInt8,
-  kInt16,
-  kInt32,
-  kInt64,
-  kUInt32,
-  kUInt64,
-  kFloat16,
-  kFloat32,
-  kFloat64
-};
-
-std::string to_string(Dtype dtype);  // NumPy names: "int32", "float16", ...
-std::size_t item_size(Dtype dtype);
 
 // An array read from or written to a .npy file. Data is stored as in the file
 // (C or Fortran order) converted to host byte order; strides() gives element
@@ -32,7 +18,7 @@ struct Array {
   Dtype dtype = Dtype::kFloat64;
   std::vector<std::int64_t> shape;
   bool fortran_order = false;
-  std::vector<std::uint8_t> bytes;  // exactly num_elements() * item_size(dtype)
+  std::vector<std::uint8_t> bytes;  // exactly num_elements() * element_size(dtype)
 
   std::int64_t num_elements() const;
   std::vector<std::int64_t> strides() const;  // in elements

@@ -2,10 +2,13 @@
 // balance_mode), precompute what each logical expert maps to, then map many
 // batches with one gather per element and no table checks.
 //
-// Routes layout (also what the CUDA kernels and the torch op consume):
-//   rank mode  (row_width == 1): routes[e] = the physical id this rank uses for e.
-//   token mode (row_width == 1 + max count): routes[e * row_width + 0] = count c,
-//              routes[e * row_width + 1 .. c] = the replica ids in table order.
+// Routes layout (also what the CUDA kernels and the torch op consume), E rows
+// of row_width int32 entries:
+//   rank mode  (row_width == 1): routes[e] = the slot this rank uses for e.
+//   token mode (row_width == F): routes[e * F + 0] = count c,
+//              routes[e * F + 1 .. c] = the replicas' slots in table order,
+//              the rest -1. Rows are as wide as the table's, so every table
+//              of one shape fits the same buffer and can be swapped in place.
 #pragma once
 
 #include <cstdint>
@@ -29,46 +32,58 @@ struct PreparedView {
   LimitProfile profile = LimitProfile::kNative;
 };
 
-// A view over routes laid out as above, for (already resolved) params.
-PreparedView make_prepared_view(const std::int32_t* routes, std::int64_t num_experts,
-                                std::int64_t row_width, const UpdateExpertParams& params);
+// 1 in rank mode, num_columns (F) in token mode.
+std::int64_t prepared_row_width(std::int64_t num_columns, BalanceMode balance_mode);
 
-// Owns prepared routes on the host. Immutable after construction, so it can
-// be shared by threads.
+// Builds the routes for one rank straight into `routes` (num_experts *
+// prepared_row_width() entries). A row the operator could not route becomes
+// its negative RouteStatus in rank mode and a copy of its count in token mode
+// (the router re-checks it), so this never reads out of bounds; a table that
+// passed validate_table() has no such rows.
+void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
+                  std::int32_t* routes);
+
+// Owns prepared routes on the host, and the validation of every table it
+// installs; cuda::DevicePreparedTable keeps one of these as its host side.
 class PreparedTable {
  public:
   // Validates the whole table with validate_table() (throws moe_eplb::Error
   // kInvalidTable listing every problem) and the scalars with the profile's
-  // limits, then builds the routes. num_physical_experts = -1 infers it.
+  // limits, then builds the routes. num_physical_experts = -1 infers it; later
+  // updates keep the resolved value.
   PreparedTable(const TableView& eplb_table, const UpdateExpertParams& params);
+
+  // Validates a new table of the same shape (E, F) and rebuilds the routes in
+  // place: routes().data() does not change. Throws (kInvalidArgument for
+  // another shape, kInvalidTable for an invalid table) and keeps the current
+  // routes. Not thread-safe against concurrent readers of the routes.
+  void update(const TableView& eplb_table);
 
   PreparedView view() const;
   const std::vector<std::int32_t>& routes() const { return routes_; }
   std::int64_t num_experts() const { return num_experts_; }
+  std::int64_t num_columns() const { return num_columns_; }
   std::int64_t row_width() const { return row_width_; }
-  BalanceMode balance_mode() const { return params_.balance_mode; }
   const UpdateExpertParams& params() const { return params_; }  // num_physical_experts resolved
-  const TableReport& report() const { return report_; }         // warnings survive here
+  const TableReport& report() const { return report_; }  // of the latest table; warnings survive
 
  private:
+  TableReport validate(const TableView& eplb_table, const char* operation) const;
+
   UpdateExpertParams params_;
   TableReport report_;
   std::int64_t num_experts_ = 0;
+  std::int64_t num_columns_ = 0;
   std::int64_t row_width_ = 1;
   std::vector<std::int32_t> routes_;
 };
 
-// Builds the routes for one rank straight into `routes` (size num_experts *
-// row_width, row_width from prepared_row_width()). The table must already be
-// valid (validate_table). Used by PreparedTable and by device-side owners.
-std::int64_t prepared_row_width(const TableView& eplb_table, BalanceMode balance_mode);
-void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
-                  std::int32_t* routes);
-// Same, with an explicit row width >= prepared_row_width() (token mode; rows
-// padded with -1; rank mode requires 1). Device owners use row_width = F so
-// that every table of one shape fits the same buffer and can be swapped in place.
-void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
-                  std::int32_t* routes, std::int64_t row_width);
+// check_update_expert() for the prepared form: the view itself (routes
+// pointer, sizes, mode) plus the batch and outputs, with operation name
+// "update_expert_prepared()".
+void check_update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& expert_ids,
+                                  const PruningInputs* pruning, const UpdateExpertOutputs& outputs,
+                                  bool has_memory = true);
 
 // Maps a batch with prepared routes on the CPU: same outputs and same
 // per-element errors as update_expert() (an expert id outside [0, E) throws

@@ -19,8 +19,8 @@ struct TableIssue {
   enum class Kind : std::uint8_t {
     kBadShape,           // table or parameters themselves out of range
     kBadCount,           // eplb_table[row, 0] outside [1, F-1] (or > world_size)
-    kBadInstanceId,      // eplb_table[row, col] outside [0, num_physical_experts)
-    kDuplicateInRow,     // the same instance id twice in one row
+    kBadSlot,      // eplb_table[row, col] outside [0, num_physical_experts)
+    kDuplicateInRow,     // the same slot twice in one row
     kSlotClaimedTwice,   // one physical slot in two rows
     kSlotsNotMultiple,   // num_physical_experts % world_size != 0
     kTooManySlots,       // num_physical_experts above the profile's limit
@@ -40,7 +40,7 @@ struct TableReport {
   std::int64_t total_errors = 0;   // exact, even when `issues` was truncated
   std::int64_t total_warnings = 0;
   // The slot count the checks used: the one given, or inferred as the
-  // smallest multiple of world_size above the largest instance id.
+  // smallest multiple of world_size above the largest slot in the table.
   std::int64_t num_physical_experts = 0;
   bool num_physical_experts_inferred = false;
 
@@ -60,7 +60,7 @@ struct ValidateTableOptions {
 };
 
 // Checks every row of the table: counts in [1, F-1] (and <= world_size),
-// instance ids in [0, num_physical_experts) and distinct within a row, no
+// slots in [0, num_physical_experts) and distinct within a row, no
 // physical slot claimed by two logical experts, num_physical_experts a
 // multiple of world_size and within the profile's limit. Reports every
 // problem with its row and column, not just the first. Pass

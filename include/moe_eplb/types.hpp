@@ -3,16 +3,31 @@
 // sliced and column-major inputs are read in place.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
 namespace moe_eplb {
 
-// Element type of expert_ids and of balanced_expert_ids (always the same).
-enum class IdDtype : std::uint8_t { kInt32, kInt64 };
-
-// Element type of the router's top-K weights (expert_scales).
-enum class ScaleDtype : std::uint8_t { kFloat32, kFloat16, kBFloat16 };
+// Element types, named as NumPy and PyTorch name them. Views carry the type
+// their caller has; the core's checks say which types each argument accepts
+// (expert_ids: int32 / int64; expert_scales: float32 / float16 / bfloat16).
+// kUnsupported stands for any type a front end cannot name here.
+enum class Dtype : std::uint8_t {
+  kBool,
+  kInt8,
+  kUInt8,
+  kInt16,
+  kInt32,
+  kInt64,
+  kUInt32,
+  kUInt64,
+  kFloat16,
+  kBFloat16,
+  kFloat32,
+  kFloat64,
+  kUnsupported,
+};
 
 // How a logical expert with several replicas picks one (SPEC.md, "Formula").
 enum class BalanceMode : std::int64_t {
@@ -20,16 +35,14 @@ enum class BalanceMode : std::int64_t {
   kByToken = 1,  // replica 1 + token_idx % count: spreads one rank's tokens over replicas
 };
 
-std::string to_string(IdDtype dtype);
-std::string to_string(ScaleDtype dtype);
-std::size_t element_size(IdDtype dtype);
-std::size_t element_size(ScaleDtype dtype);
+std::string to_string(Dtype dtype);     // "int32", "bfloat16", ...; "unsupported dtype"
+std::size_t element_size(Dtype dtype);  // bytes; 0 for kUnsupported
 
-// (num_tokens, top_k) logical expert ids, int32 or int64. Strides are in
+// (num_tokens, top_k) logical expert ids (int32 or int64). Strides are in
 // elements and may be anything (0 for broadcast rows, large for slices).
 struct ExpertIdsView {
   const void* data = nullptr;
-  IdDtype dtype = IdDtype::kInt32;
+  Dtype dtype = Dtype::kInt32;
   std::int64_t num_tokens = 0;  // BS
   std::int64_t top_k = 0;       // K
   std::int64_t token_stride = 0;
@@ -49,10 +62,10 @@ struct TableView {
   }
 };
 
-// (num_tokens, top_k) router weights, float32 / float16 / bfloat16 (raw bits).
+// (num_tokens, top_k) router weights (float32, float16 or bfloat16; raw bits).
 struct ScalesView {
   const void* data = nullptr;
-  ScaleDtype dtype = ScaleDtype::kFloat32;
+  Dtype dtype = Dtype::kFloat32;
   std::int64_t num_tokens = 0;
   std::int64_t top_k = 0;
   std::int64_t token_stride = 0;

@@ -11,8 +11,11 @@
 //   balanced_active_mask[b, k] = active_mask[b] &&
 //       float32(expert_scales[b, k]) >= pruning_threshold[k] * sum_k float32(expert_scales[b, k])
 //
-// ../SPEC.md (shared/SPEC.md) is the authoritative statement; every entry
-// point here implements exactly that and validates through check_update_expert().
+// docs/SPEC.md is the authoritative statement. Words: a *replica* is one copy
+// of a logical expert; it lives in a *slot*, one of the world_size *
+// slots_per_rank physical expert positions, and the output names that slot
+// (its physical id). Every entry point implements exactly the formula and
+// validates through check_update_expert().
 #pragma once
 
 #include <cstdint>
@@ -27,9 +30,9 @@ struct UpdateExpertParams {
   std::int64_t local_rank_id = 0;  // 0 <= local_rank_id < world_size (checked in rank mode only)
   std::int64_t world_size = 0;     // EP group size (checked in rank mode only)
   BalanceMode balance_mode = BalanceMode::kByRank;
-  // Total physical slots (world_size * place_per_rank), or -1 if unknown. When
-  // known, every selected instance id must lie in [0, num_physical_experts);
-  // when unknown, in [0, limits.max_physical_experts). Required for load recording.
+  // Total physical slots (world_size * slots_per_rank), or -1 if unknown. When
+  // known, every selected slot must lie in [0, num_physical_experts); when
+  // unknown, in [0, limits.max_physical_experts). Required for load recording.
   std::int64_t num_physical_experts = -1;
   LimitProfile profile = LimitProfile::kNative;
 };
@@ -41,37 +44,50 @@ struct UpdateExpertInputs {
   const PruningInputs* pruning = nullptr;
 };
 
-// Everything a call writes. Outputs are contiguous, row-major (BS, K), and may
-// not share memory with expert_ids (in-place mapping is refused with an error).
-struct UpdateExpertOutputs {
-  // (BS, K), same dtype as expert_ids. Required (may be null only when BS*K == 0).
-  void* balanced_expert_ids = nullptr;
-  // (BS, K) bytes, 1 = keep, 0 = pruned. Required iff inputs.pruning is set.
-  std::uint8_t* balanced_active_mask = nullptr;
-  // Optional (num_physical_experts,) counters: each kept choice (not pruned,
-  // token active) adds 1 at its physical id. Added to, never cleared.
-  std::int64_t* load_counts = nullptr;
+// A caller-owned output buffer of `size` contiguous elements.
+template <typename T>
+struct OutputSpan {
+  T* data = nullptr;
+  std::int64_t size = 0;
 };
 
-// Checks shapes, dtypes, scalar ranges, profile limits and which optional
-// inputs/outputs go together, without reading any tensor element. Shared by
-// the CPU kernel, the CUDA launchers and the PyTorch Meta kernel. Throws
-// moe_eplb::Error (kInvalidArgument) naming the argument, the allowed range
-// and the value received.
+// Everything a call writes. The checks compare every size with what the call
+// writes, and refuse outputs that share memory with expert_ids (in-place
+// mapping is not supported).
+struct UpdateExpertOutputs {
+  // (BS, K) row-major, expert_ids' dtype; size BS * K. Required (data may be
+  // null only when BS * K == 0).
+  OutputSpan<void> balanced_expert_ids;
+  // (BS, K) bytes, 1 = keep, 0 = pruned; size BS * K. Required iff pruning.
+  OutputSpan<std::uint8_t> balanced_active_mask;
+  // Optional per-slot counters, size num_physical_experts (which the params
+  // must then give): each kept choice (not pruned, token active) adds 1 at
+  // its slot. Added to, never cleared.
+  OutputSpan<std::int64_t> load_counts;
+};
+
+// Checks shapes, dtypes, scalar ranges, profile limits, which optional inputs
+// and outputs go together and the output sizes, without reading any element:
+// the front end every backend runs (the CPU kernel, the CUDA launchers and
+// PyTorch's Meta kernels). An output is present when its data is non-null.
+// `has_memory` = false is for views without memory (meta tensors): data
+// pointers then only mark presence and the aliasing checks are skipped.
+// Throws moe_eplb::Error (kInvalidArgument) starting with "update_expert():"
+// and naming the argument, the allowed range and the value received.
 void check_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
-                         bool has_load_counts = false);
+                         const UpdateExpertOutputs& outputs, bool has_memory = true);
 
 // CPU implementation. Validates with check_update_expert(), then reads only
 // the table rows that expert_ids references. A bad element (expert id outside
-// [0, E), a replica count outside [1, F-1] or a selected instance id outside
-// the physical range) throws moe_eplb::Error (kIndexOutOfRange) naming the
+// [0, E), a replica count outside [1, F-1] or a selected slot outside the
+// physical range) throws moe_eplb::Error (kIndexOutOfRange) naming the
 // position (b, k) and the value; outputs may then be partially written and
 // load_counts is left untouched. Allocates at most O(E) scratch per call.
 // Thread-safe: concurrent calls with distinct outputs are fine. Deterministic.
 void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
                    const UpdateExpertOutputs& outputs);
 
-// Convenience overload without pruning: writes balanced_expert_ids only.
+// Convenience overload without pruning: writes the BS * K balanced_expert_ids only.
 void update_expert(const ExpertIdsView& expert_ids, const TableView& eplb_table,
                    const UpdateExpertParams& params, void* balanced_expert_ids);
 

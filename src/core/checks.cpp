@@ -66,11 +66,19 @@ void check_not_overlapping_ids(const char* operation, const ExpertIdsView& exper
                  "mapping is not supported)");
 }
 
-}  // namespace
+template <typename T>
+void check_output_size(const char* operation, const char* name, const OutputSpan<T>& output,
+                       std::int64_t expected, const char* what) {
+  MOE_EPLB_CHECK(output.size == expected, operation, ": ", name, " has ", output.size,
+                 " elements, expected ", what, expected);
+}
 
+
+// Batch (BS, K, dtypes, pointers), pruning inputs and outputs, against `limits`.
+// `num_physical_experts` is the size load_counts must have (-1: unknown).
 void check_batch(const char* operation, const ExpertIdsView& expert_ids,
-                 const PruningInputs* pruning, const UpdateExpertOutputs* outputs,
-                 const Limits& limits) {
+                 const PruningInputs* pruning, const UpdateExpertOutputs& outputs,
+                 std::int64_t num_physical_experts, const Limits& limits, bool has_memory) {
   const std::int64_t num_tokens = expert_ids.num_tokens;
   const std::int64_t top_k = expert_ids.top_k;
   MOE_EPLB_CHECK(num_tokens >= limits.min_tokens && num_tokens <= limits.max_tokens, operation,
@@ -80,36 +88,48 @@ void check_batch(const char* operation, const ExpertIdsView& expert_ids,
   MOE_EPLB_CHECK(top_k >= limits.min_top_k && top_k <= limits.max_top_k, operation,
                  ": expert_ids has top_k (K) = ", top_k, ", expected ",
                  range(limits.min_top_k, limits.max_top_k), " under the ", limits.name, " profile");
-  MOE_EPLB_CHECK(expert_ids.dtype == IdDtype::kInt32 || expert_ids.dtype == IdDtype::kInt64,
-                 operation, ": expert_ids must be int32 or int64");
+  MOE_EPLB_CHECK(expert_ids.dtype == Dtype::kInt32 || expert_ids.dtype == Dtype::kInt64,
+                 operation, ": expert_ids must be int32 or int64, got ",
+                 to_string(expert_ids.dtype));
   MOE_EPLB_CHECK(top_k == 0 || num_tokens <= std::numeric_limits<std::int64_t>::max() / top_k,
                  operation, ": expert_ids shape (", num_tokens, ", ", top_k,
                  ") has more elements than fit in int64");
-  const bool empty = num_tokens == 0 || top_k == 0;
+  const std::int64_t num_elements = num_tokens * top_k;
+  const bool empty = num_elements == 0;
   MOE_EPLB_CHECK(empty || expert_ids.data != nullptr, operation,
                  ": expert_ids has no data pointer for shape (", num_tokens, ", ", top_k, ")");
-  if (outputs != nullptr) {
-    MOE_EPLB_CHECK(empty || outputs->balanced_expert_ids != nullptr, operation,
-                   ": balanced_expert_ids output pointer is null for shape (", num_tokens, ", ",
-                   top_k, ")");
-    if (!empty) {
-      check_not_overlapping_ids(operation, expert_ids, outputs->balanced_expert_ids,
-                                static_cast<std::int64_t>(element_size(expert_ids.dtype)),
-                                "balanced_expert_ids");
-    }
+  check_output_size(operation, "balanced_expert_ids", outputs.balanced_expert_ids, num_elements,
+                    "BS * K = ");
+  MOE_EPLB_CHECK(empty || outputs.balanced_expert_ids.data != nullptr, operation,
+                 ": balanced_expert_ids output pointer is null for shape (", num_tokens, ", ",
+                 top_k, ")");
+  if (has_memory && !empty) {
+    check_not_overlapping_ids(operation, expert_ids, outputs.balanced_expert_ids.data,
+                              static_cast<std::int64_t>(element_size(expert_ids.dtype)),
+                              "balanced_expert_ids");
+  }
+  if (outputs.load_counts.data != nullptr) {
+    MOE_EPLB_CHECK(num_physical_experts != -1, operation,
+                   ": load recording needs num_physical_experts (the size of load_counts)");
+    check_output_size(operation, "load_counts", outputs.load_counts, num_physical_experts,
+                      "num_physical_experts = ");
   }
 
   if (pruning == nullptr) {
-    MOE_EPLB_CHECK(outputs == nullptr || outputs->balanced_active_mask == nullptr, operation,
+    MOE_EPLB_CHECK(outputs.balanced_active_mask.data == nullptr, operation,
                    ": balanced_active_mask was requested but expert_scales and pruning_threshold "
                    "were not given");
     return;
   }
   MOE_EPLB_CHECK(limits.allows_pruning, operation,
-                 ": expert pruning (expert_scales, "
-                 "pruning_threshold, active_mask) is not supported under the ",
+                 ": expert pruning (expert_scales, pruning_threshold, active_mask) is not "
+                 "supported under the ",
                  limits.name, " profile");
   const ScalesView& scales = pruning->expert_scales;
+  MOE_EPLB_CHECK(scales.dtype == Dtype::kFloat32 || scales.dtype == Dtype::kFloat16 ||
+                     scales.dtype == Dtype::kBFloat16,
+                 operation, ": expert_scales must be float32, float16 or bfloat16, got ",
+                 to_string(scales.dtype));
   MOE_EPLB_CHECK(scales.num_tokens == num_tokens && scales.top_k == top_k, operation,
                  ": expert_scales must have the shape of expert_ids (", num_tokens, ", ", top_k,
                  "), got (", scales.num_tokens, ", ", scales.top_k, ")");
@@ -126,23 +146,23 @@ void check_batch(const char* operation, const ExpertIdsView& expert_ids,
     MOE_EPLB_CHECK(num_tokens == 0 || pruning->active_mask.data != nullptr, operation,
                    ": active_mask has no data pointer");
   }
-  if (outputs != nullptr) {
-    MOE_EPLB_CHECK(empty || outputs->balanced_active_mask != nullptr, operation,
-                   ": balanced_active_mask output pointer is null but pruning inputs were given");
-    if (!empty) {
-      check_not_overlapping_ids(operation, expert_ids, outputs->balanced_active_mask, 1,
-                                "balanced_active_mask");
-    }
+  MOE_EPLB_CHECK(empty || outputs.balanced_active_mask.data != nullptr, operation,
+                 ": balanced_active_mask output pointer is null but pruning inputs were given");
+  check_output_size(operation, "balanced_active_mask", outputs.balanced_active_mask, num_elements,
+                    "BS * K = ");
+  if (has_memory && !empty) {
+    check_not_overlapping_ids(operation, expert_ids, outputs.balanced_active_mask.data, 1,
+                              "balanced_active_mask");
   }
 }
+
+}  // namespace
 
 void check_scalars(const char* operation, const UpdateExpertParams& params,
                    const TableView* eplb_table, const Limits& limits) {
   const auto mode = static_cast<std::int64_t>(params.balance_mode);
   MOE_EPLB_CHECK(mode == 0 || mode == 1, operation,
-                 ": balance_mode must be 0 (by rank) or 1 (by "
-                 "token), got ",
-                 mode);
+                 ": balance_mode must be 0 (by rank) or 1 (by token), got ", mode);
   MOE_EPLB_CHECK(mode == 0 || limits.allows_token_mode, operation,
                  ": balance_mode 1 (by token) is not supported under the ", limits.name,
                  " profile, expected 0");
@@ -165,7 +185,7 @@ void check_scalars(const char* operation, const UpdateExpertParams& params,
     MOE_EPLB_CHECK(!by_rank || params.num_physical_experts % params.world_size == 0, operation,
                    ": num_physical_experts ", params.num_physical_experts,
                    " is not a multiple of world_size ", params.world_size,
-                   " (every rank holds the same number of instances)");
+                   " (every rank holds the same number of slots)");
   }
   if (eplb_table == nullptr) return;
 
@@ -177,35 +197,13 @@ void check_scalars(const char* operation, const UpdateExpertParams& params,
                  " profile");
   MOE_EPLB_CHECK(num_columns >= limits.min_columns && num_columns <= INT32_MAX, operation,
                  ": eplb_table has ", num_columns, " columns (F), expected ", limits.min_columns,
-                 "..", INT32_MAX, " (count column plus at least one instance id)");
+                 "..", INT32_MAX, " (the count column plus at least one replica)");
   if (limits.columns_at_most_world_size_plus_one && by_rank) {
     MOE_EPLB_CHECK(num_columns <= params.world_size + 1, operation, ": eplb_table has ",
                    num_columns, " columns (F), expected 2..", params.world_size + 1,
                    " (world_size + 1) under the ", limits.name, " profile");
   }
   MOE_EPLB_CHECK(eplb_table->data != nullptr, operation, ": eplb_table has no data pointer");
-}
-
-void check_prepared_call(const char* operation, const PreparedView& prepared,
-                         const ExpertIdsView& expert_ids, const PruningInputs* pruning,
-                         const UpdateExpertOutputs* outputs) {
-  const auto mode = static_cast<std::int64_t>(prepared.balance_mode);
-  MOE_EPLB_CHECK(mode == 0 || mode == 1, operation, ": prepared balance_mode must be 0 or 1, got ",
-                 mode);
-  MOE_EPLB_CHECK(prepared.num_experts >= 1 && prepared.num_experts <= INT32_MAX, operation,
-                 ": prepared routes have ", prepared.num_experts, " experts, expected 1..",
-                 INT32_MAX);
-  const bool by_token = prepared.balance_mode == BalanceMode::kByToken;
-  MOE_EPLB_CHECK(by_token ? prepared.row_width >= 2 : prepared.row_width == 1, operation,
-                 ": prepared routes have row width ", prepared.row_width, ", expected ",
-                 by_token ? "at least 2 (count and one replica) in token mode" : "1 in rank mode");
-  MOE_EPLB_CHECK(
-      prepared.num_physical_experts >= 1 &&
-          prepared.num_physical_experts <= limits_of(prepared.profile).max_physical_experts,
-      operation, ": prepared num_physical_experts must be in 1..",
-      limits_of(prepared.profile).max_physical_experts, ", got ", prepared.num_physical_experts);
-  MOE_EPLB_CHECK(prepared.routes != nullptr, operation, ": prepared routes pointer is null");
-  check_batch(operation, expert_ids, pruning, outputs, limits_of(prepared.profile));
 }
 
 TableRouter table_router(const TableView& eplb_table, const UpdateExpertParams& params) {
@@ -215,7 +213,7 @@ TableRouter table_router(const TableView& eplb_table, const UpdateExpertParams& 
                      eplb_table.num_columns,
                      eplb_table.row_stride,
                      eplb_table.column_stride,
-                     instance_id_end(params),
+                     resolved_num_physical_experts(params),
                      by_token ? 0u : static_cast<std::uint32_t>(params.local_rank_id),
                      by_token ? 1u : static_cast<std::uint32_t>(params.world_size),
                      by_token};
@@ -227,7 +225,7 @@ PreparedRouter prepared_router(const PreparedView& prepared) {
                         prepared.balance_mode == BalanceMode::kByToken};
 }
 
-std::int64_t instance_id_end(const UpdateExpertParams& params) {
+std::int64_t resolved_num_physical_experts(const UpdateExpertParams& params) {
   return params.num_physical_experts != -1 ? params.num_physical_experts
                                            : limits_of(params.profile).max_physical_experts;
 }
@@ -235,29 +233,44 @@ std::int64_t instance_id_end(const UpdateExpertParams& params) {
 }  // namespace moe_eplb::detail
 
 namespace moe_eplb {
-namespace detail {
 
-void check_update_expert_call(const char* operation, const UpdateExpertInputs& inputs,
-                              const UpdateExpertParams& params, const UpdateExpertOutputs* outputs,
-                              bool has_load_counts) {
+void check_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
+                         const UpdateExpertOutputs& outputs, bool has_memory) {
+  constexpr const char* kOperation = "update_expert()";
   const Limits& limits = limits_of(params.profile);
-  check_scalars(operation, params, &inputs.eplb_table, limits);
-  check_batch(operation, inputs.expert_ids, inputs.pruning, outputs, limits);
+  detail::check_scalars(kOperation, params, &inputs.eplb_table, limits);
+  detail::check_batch(kOperation, inputs.expert_ids, inputs.pruning, outputs,
+                      params.num_physical_experts, limits, has_memory);
   if (limits.top_k_at_most_num_experts) {
-    MOE_EPLB_CHECK(inputs.expert_ids.top_k <= inputs.eplb_table.num_experts, operation,
+    MOE_EPLB_CHECK(inputs.expert_ids.top_k <= inputs.eplb_table.num_experts, kOperation,
                    ": top_k (K) = ", inputs.expert_ids.top_k,
                    " exceeds the number of experts E = ", inputs.eplb_table.num_experts,
                    " under the ", limits.name, " profile");
   }
-  MOE_EPLB_CHECK(!has_load_counts || params.num_physical_experts != -1, operation,
-                 ": load recording needs num_physical_experts (the size of load_counts)");
 }
 
-}  // namespace detail
-
-void check_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
-                         bool has_load_counts) {
-  detail::check_update_expert_call("update_expert()", inputs, params, nullptr, has_load_counts);
+void check_update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& expert_ids,
+                                  const PruningInputs* pruning, const UpdateExpertOutputs& outputs,
+                                  bool has_memory) {
+  constexpr const char* kOperation = "update_expert_prepared()";
+  const auto mode = static_cast<std::int64_t>(prepared.balance_mode);
+  MOE_EPLB_CHECK(mode == 0 || mode == 1, kOperation,
+                 ": prepared balance_mode must be 0 or 1, got ", mode);
+  MOE_EPLB_CHECK(prepared.num_experts >= 1 && prepared.num_experts <= INT32_MAX, kOperation,
+                 ": prepared routes have ", prepared.num_experts, " experts, expected 1..",
+                 INT32_MAX);
+  const bool by_token = prepared.balance_mode == BalanceMode::kByToken;
+  MOE_EPLB_CHECK(by_token ? prepared.row_width >= 2 : prepared.row_width == 1, kOperation,
+                 ": prepared routes have row width ", prepared.row_width, ", expected ",
+                 by_token ? "at least 2 (count and one replica) in token mode" : "1 in rank mode");
+  const Limits& limits = limits_of(prepared.profile);
+  MOE_EPLB_CHECK(prepared.num_physical_experts >= 1 &&
+                     prepared.num_physical_experts <= limits.max_physical_experts,
+                 kOperation, ": prepared num_physical_experts must be in 1..",
+                 limits.max_physical_experts, ", got ", prepared.num_physical_experts);
+  MOE_EPLB_CHECK(prepared.routes != nullptr, kOperation, ": prepared routes pointer is null");
+  detail::check_batch(kOperation, expert_ids, pruning, outputs, prepared.num_physical_experts,
+                      limits, has_memory);
 }
 
 }  // namespace moe_eplb

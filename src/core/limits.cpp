@@ -6,7 +6,7 @@ namespace moe_eplb {
 namespace {
 
 constexpr std::int64_t kNoLimit = Limits::kNoLimit;
-// Instance ids, counts, ranks and world sizes are int32 values in the table
+// Slots, counts, ranks and world sizes are int32 values in the table
 // and in 32-bit kernel arithmetic, so even the native profile caps them here.
 constexpr std::int64_t kInt32Max = INT32_MAX;
 

@@ -6,45 +6,21 @@
 #include "moe_eplb/error.hpp"
 
 namespace moe_eplb {
-namespace {
 
-// World size used for whole-table checks: rank mode needs the real one; token
-// mode ignores it, so an unset (< 1) value means "unknown" (-1).
-std::int64_t validation_world_size(const UpdateExpertParams& params) {
-  return params.world_size >= 1 ? params.world_size : -1;
-}
-
-}  // namespace
-
-std::int64_t prepared_row_width(const TableView& eplb_table, BalanceMode balance_mode) {
-  if (balance_mode == BalanceMode::kByRank) return 1;
-  std::int64_t max_count = 1;
-  for (std::int64_t row = 0; row < eplb_table.num_experts; ++row) {
-    max_count = std::max<std::int64_t>(max_count, eplb_table.at(row, 0));
-  }
-  return 1 + std::min<std::int64_t>(max_count, eplb_table.num_columns - 1);
+std::int64_t prepared_row_width(std::int64_t num_columns, BalanceMode balance_mode) {
+  return balance_mode == BalanceMode::kByToken ? num_columns : 1;
 }
 
 void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
                   std::int32_t* routes) {
-  build_routes(eplb_table, params, routes, prepared_row_width(eplb_table, params.balance_mode));
-}
-
-void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
-                  std::int32_t* routes, std::int64_t row_width) {
-  const std::int64_t min_width = prepared_row_width(eplb_table, params.balance_mode);
-  const bool by_rank = params.balance_mode == BalanceMode::kByRank;
-  MOE_EPLB_CHECK(
-      by_rank ? row_width == 1 : row_width >= min_width, "build_routes(): row_width ", row_width,
-      " does not fit this table, expected ",
-      by_rank ? "1 in rank mode" : detail::concat("at least ", min_width, " in token mode"));
-  const detail::TableRouter router = detail::table_router(eplb_table, params);
   if (params.balance_mode == BalanceMode::kByRank) {
+    const detail::TableRouter router = detail::table_router(eplb_table, params);
     for (std::int64_t expert = 0; expert < eplb_table.num_experts; ++expert) {
       routes[expert] = static_cast<std::int32_t>(router.route(expert, 0));
     }
     return;
   }
+  const std::int64_t row_width = eplb_table.num_columns;
   for (std::int64_t expert = 0; expert < eplb_table.num_experts; ++expert) {
     std::int32_t* row = routes + expert * row_width;
     std::fill(row, row + row_width, -1);
@@ -57,39 +33,48 @@ void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
 }
 
 PreparedTable::PreparedTable(const TableView& eplb_table, const UpdateExpertParams& params)
-    : params_(params) {
+    : params_(params), num_experts_(eplb_table.num_experts), num_columns_(eplb_table.num_columns) {
   constexpr const char* kOperation = "prepare_table()";
-  const Limits& limits = limits_of(params.profile);
-  detail::check_scalars(kOperation, params, &eplb_table, limits);
-
-  ValidateTableOptions options;
-  options.profile = params.profile;
-  options.check_rank_mode_reachability = params.balance_mode == BalanceMode::kByRank;
-  report_ = validate_table(eplb_table, validation_world_size(params), params.num_physical_experts,
-                           options);
-  throw_if_invalid(report_, kOperation);
-
+  detail::check_scalars(kOperation, params, &eplb_table, limits_of(params.profile));
+  report_ = validate(eplb_table, kOperation);
   params_.num_physical_experts = report_.num_physical_experts;
-  num_experts_ = eplb_table.num_experts;
-  row_width_ = prepared_row_width(eplb_table, params.balance_mode);
+  row_width_ = prepared_row_width(num_columns_, params.balance_mode);
   routes_.resize(static_cast<std::size_t>(num_experts_ * row_width_));
   build_routes(eplb_table, params_, routes_.data());
 }
 
-PreparedView make_prepared_view(const std::int32_t* routes, std::int64_t num_experts,
-                                std::int64_t row_width, const UpdateExpertParams& params) {
-  PreparedView view;
-  view.routes = routes;
-  view.num_experts = num_experts;
-  view.row_width = row_width;
-  view.balance_mode = params.balance_mode;
-  view.num_physical_experts = params.num_physical_experts;
-  view.profile = params.profile;
-  return view;
+void PreparedTable::update(const TableView& eplb_table) {
+  constexpr const char* kOperation = "PreparedTable::update()";
+  MOE_EPLB_CHECK(eplb_table.num_experts == num_experts_ && eplb_table.num_columns == num_columns_,
+                 kOperation, ": eplb_table has shape (", eplb_table.num_experts, ", ",
+                 eplb_table.num_columns, "), expected (", num_experts_, ", ", num_columns_,
+                 "), the shape this table was prepared with");
+  TableReport report = validate(eplb_table, kOperation);  // throws before anything changes
+  build_routes(eplb_table, params_, routes_.data());
+  report_ = std::move(report);
+}
+
+TableReport PreparedTable::validate(const TableView& eplb_table, const char* operation) const {
+  ValidateTableOptions options;
+  options.profile = params_.profile;
+  options.check_rank_mode_reachability = params_.balance_mode == BalanceMode::kByRank;
+  // Token mode ignores world_size, so an unset (< 1) value means "unknown".
+  const std::int64_t world_size = params_.world_size >= 1 ? params_.world_size : -1;
+  TableReport report =
+      validate_table(eplb_table, world_size, params_.num_physical_experts, options);
+  throw_if_invalid(report, operation);
+  return report;
 }
 
 PreparedView PreparedTable::view() const {
-  return make_prepared_view(routes_.data(), num_experts_, row_width_, params_);
+  PreparedView view;
+  view.routes = routes_.data();
+  view.num_experts = num_experts_;
+  view.row_width = row_width_;
+  view.balance_mode = params_.balance_mode;
+  view.num_physical_experts = params_.num_physical_experts;
+  view.profile = params_.profile;
+  return view;
 }
 
 }  // namespace moe_eplb

@@ -42,7 +42,7 @@ class ReportBuilder {
 };
 
 struct Placement {
-  std::int32_t instance;
+  std::int32_t slot;
   std::int64_t row;
   std::int64_t column;
 };
@@ -51,7 +51,7 @@ bool count_in_range(std::int64_t count, std::int64_t num_columns) {
   return count >= 1 && count <= num_columns - 1;
 }
 
-// Smallest multiple of world_size above every instance id that a row with a
+// Smallest multiple of world_size above every slot that a row with a
 // valid count names (at least world_size).
 std::int64_t infer_num_physical(const TableView& table, std::int64_t world_size) {
   std::int64_t max_id = -1;
@@ -137,7 +137,7 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
   }
   if (num_columns < 2 || num_columns > INT32_MAX) {
     add.error(Kind::kBadShape, -1, -1, "eplb_table has ", num_columns,
-              " columns (F), expected at least 2 (the count column and one instance id)");
+              " columns (F), expected at least 2 (the count column and one replica)");
     report.num_physical_experts = num_physical_experts == -1 ? world_size : num_physical_experts;
     report.num_physical_experts_inferred = num_physical_experts == -1;
     return report;
@@ -152,12 +152,12 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
   if (num_physical % world_size != 0) {
     add.error(Kind::kSlotsNotMultiple, -1, -1, "num_physical_experts ", num_physical,
               " is not a multiple of world_size ", world_size,
-              " (every rank must hold the same number of instances)");
+              " (every rank must hold the same number of slots)");
   }
   if (num_physical > limits.max_physical_experts) {
     add.error(
         Kind::kTooManySlots, -1, -1, "num_physical_experts ", num_physical,
-        report.num_physical_experts_inferred ? " (inferred from the largest instance id)" : "",
+        report.num_physical_experts_inferred ? " (inferred from the largest slot in the table)" : "",
         " exceeds ", limits.max_physical_experts, " under the ", limits.name, " profile");
   }
   const std::int64_t slots_per_rank =
@@ -180,19 +180,19 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
     const std::size_t row_begin = placements.size();
     const std::int64_t ranks_per_replica = (world_size + count - 1) / count;
     for (std::int64_t column = 1; column <= count; ++column) {
-      const std::int64_t instance = table.at(row, column);
-      if (instance < 0 || instance >= num_physical) {
-        add.error(Kind::kBadInstanceId, row, column, "row ", row, ", column ", column,
-                  ": instance id ", instance, " is outside 0..", num_physical - 1,
+      const std::int64_t slot = table.at(row, column);
+      if (slot < 0 || slot >= num_physical) {
+        add.error(Kind::kBadSlot, row, column, "row ", row, ", column ", column,
+                  ": slot ", slot, " is outside 0..", num_physical - 1,
                   " (num_physical_experts ", num_physical,
                   report.num_physical_experts_inferred ? ", inferred" : "", ")");
         continue;
       }
-      placements.push_back(Placement{static_cast<std::int32_t>(instance), row, column});
+      placements.push_back(Placement{static_cast<std::int32_t>(slot), row, column});
       if (ranks_known && options.check_rank_mode_reachability &&
           ranks_served_by_replica(count, column, world_size) == 0) {
         add.warning(Kind::kDeadReplica, row, column, "row ", row, ", column ", column, ": replica ",
-                    column, " (instance ", instance,
+                    column, " (slot ", slot,
                     ") never receives tokens in rank mode: world_size ", world_size, " with ",
                     count, " replicas makes groups of ", ranks_per_replica,
                     " ranks, which reach only replicas 1..",
@@ -202,7 +202,7 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
     if (slots_per_rank > 0) {
       row_ranks.clear();
       for (std::size_t i = row_begin; i < placements.size(); ++i) {
-        row_ranks.push_back(placements[i].instance / slots_per_rank);
+        row_ranks.push_back(placements[i].slot / slots_per_rank);
       }
       std::sort(row_ranks.begin(), row_ranks.end());
       for (std::size_t i = 1; i < row_ranks.size(); ++i) {
@@ -217,22 +217,22 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
 
   // Slots named twice, within a row or across rows.
   std::stable_sort(placements.begin(), placements.end(),
-                   [](const Placement& a, const Placement& b) { return a.instance < b.instance; });
+                   [](const Placement& a, const Placement& b) { return a.slot < b.slot; });
   std::int64_t distinct = 0;
   for (std::size_t i = 0; i < placements.size(); ++i) {
-    if (i == 0 || placements[i].instance != placements[i - 1].instance) {
+    if (i == 0 || placements[i].slot != placements[i - 1].slot) {
       ++distinct;
       continue;
     }
     std::size_t first = i - 1;
-    while (first > 0 && placements[first - 1].instance == placements[i].instance) --first;
+    while (first > 0 && placements[first - 1].slot == placements[i].slot) --first;
     const Placement& owner = placements[first];
     const Placement& again = placements[i];
     if (owner.row == again.row) {
-      add.error(Kind::kDuplicateInRow, again.row, again.column, "row ", again.row, ": instance id ",
-                again.instance, " appears in columns ", owner.column, " and ", again.column);
+      add.error(Kind::kDuplicateInRow, again.row, again.column, "row ", again.row, ": slot ",
+                again.slot, " appears in columns ", owner.column, " and ", again.column);
     } else {
-      add.error(Kind::kSlotClaimedTwice, again.row, again.column, "physical slot ", again.instance,
+      add.error(Kind::kSlotClaimedTwice, again.row, again.column, "physical slot ", again.slot,
                 " is claimed by row ", owner.row, " (column ", owner.column, ") and row ",
                 again.row, " (column ", again.column, ")");
     }
@@ -252,8 +252,8 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
     };
     std::int64_t next = 0;  // every slot below `next` is used or already listed
     for (const Placement& placement : placements) {
-      if (placement.instance > next) list_gap(next, placement.instance);
-      next = std::max<std::int64_t>(next, std::int64_t{placement.instance} + 1);
+      if (placement.slot > next) list_gap(next, placement.slot);
+      next = std::max<std::int64_t>(next, std::int64_t{placement.slot} + 1);
     }
     list_gap(next, num_physical);
     report.total_warnings += total_unused - listed;  // add.warning() counted the listed ones

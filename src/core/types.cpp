@@ -1,23 +1,33 @@
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {
+namespace {
 
-std::string to_string(IdDtype dtype) { return dtype == IdDtype::kInt32 ? "int32" : "int64"; }
+struct DtypeInfo {
+  const char* name;
+  std::size_t size;
+};
 
-std::string to_string(ScaleDtype dtype) {
-  switch (dtype) {
-    case ScaleDtype::kFloat32:
-      return "float32";
-    case ScaleDtype::kFloat16:
-      return "float16";
-    case ScaleDtype::kBFloat16:
-      return "bfloat16";
-  }
-  return "unknown";
+// Indexed by Dtype.
+constexpr DtypeInfo kDtypeInfo[] = {
+    {"bool", 1},    {"int8", 1},     {"uint8", 1},    {"int16", 2},    {"int32", 4},
+    {"int64", 8},   {"uint32", 4},   {"uint64", 8},   {"float16", 2},  {"bfloat16", 2},
+    {"float32", 4}, {"float64", 8},  {"unsupported dtype", 0},
+};
+static_assert(sizeof(kDtypeInfo) / sizeof(kDtypeInfo[0]) ==
+              static_cast<std::size_t>(Dtype::kUnsupported) + 1);
+
+const DtypeInfo& info(Dtype dtype) {
+  const auto index = static_cast<std::size_t>(dtype);
+  return index <= static_cast<std::size_t>(Dtype::kUnsupported)
+             ? kDtypeInfo[index]
+             : kDtypeInfo[static_cast<std::size_t>(Dtype::kUnsupported)];
 }
 
-std::size_t element_size(IdDtype dtype) { return dtype == IdDtype::kInt32 ? 4 : 8; }
+}  // namespace
 
-std::size_t element_size(ScaleDtype dtype) { return dtype == ScaleDtype::kFloat32 ? 4 : 2; }
+std::string to_string(Dtype dtype) { return info(dtype).name; }
+
+std::size_t element_size(Dtype dtype) { return info(dtype).size; }
 
 }  // namespace moe_eplb

@@ -9,13 +9,13 @@
 namespace moe_eplb::cpu {
 
 // out[i] = routes[in[i]] for i < n. Returns false if any in[i] is outside
-// [0, num_experts) or any route is outside [0, instance_id_end) (negative
+// [0, num_experts) or any route is outside [0, num_physical_experts) (negative
 // RouteStatus codes included); then out holds unspecified values (the caller
-// rescans to name the first bad one). num_experts and instance_id_end are in
+// rescans to name the first bad one). num_experts and num_physical_experts are in
 // 1..INT32_MAX.
 bool gather_contiguous(const std::int32_t* in, std::int64_t n, const std::int32_t* routes,
-                       std::int64_t num_experts, std::int64_t instance_id_end, std::int32_t* out);
+                       std::int64_t num_experts, std::int64_t num_physical_experts, std::int32_t* out);
 bool gather_contiguous(const std::int64_t* in, std::int64_t n, const std::int32_t* routes,
-                       std::int64_t num_experts, std::int64_t instance_id_end, std::int64_t* out);
+                       std::int64_t num_experts, std::int64_t num_physical_experts, std::int64_t* out);
 
 }  // namespace moe_eplb::cpu

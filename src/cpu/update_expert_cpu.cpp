@@ -30,7 +30,7 @@ using detail::kRouteBadExpertId;
 
 std::int64_t read_id(const ExpertIdsView& ids, std::int64_t token, std::int64_t k) {
   const std::int64_t offset = token * ids.token_stride + k * ids.k_stride;
-  return ids.dtype == IdDtype::kInt32 ? static_cast<const std::int32_t*>(ids.data)[offset]
+  return ids.dtype == Dtype::kInt32 ? static_cast<const std::int32_t*>(ids.data)[offset]
                                       : static_cast<const std::int64_t*>(ids.data)[offset];
 }
 
@@ -44,9 +44,9 @@ bool route_each(const ExpertIdsView& ids, const Router& router, IdT* out) {
     const IdT* in_row = in + token * ids.token_stride;
     IdT* out_row = out + token * ids.top_k;
     for (std::int64_t k = 0; k < ids.top_k; ++k) {
-      const std::int64_t instance = router.route(in_row[k * ids.k_stride], token);
-      ok &= instance >= 0;
-      out_row[k] = static_cast<IdT>(instance);
+      const std::int64_t slot = router.route(in_row[k * ids.k_stride], token);
+      ok &= slot >= 0;
+      out_row[k] = static_cast<IdT>(slot);
     }
   }
   return ok;
@@ -56,21 +56,21 @@ bool route_each(const ExpertIdsView& ids, const Router& router, IdT* out) {
 // or a negative RouteStatus. Returns false if any element is bad.
 template <typename IdT>
 bool gather_route_map(const ExpertIdsView& ids, const std::int32_t* routes,
-                      std::int64_t num_experts, std::int64_t instance_id_end, IdT* out) {
+                      std::int64_t num_experts, std::int64_t num_physical_experts, IdT* out) {
   const IdT* in = static_cast<const IdT*>(ids.data);
   if (ids.k_stride == 1) {  // contiguous rows: the vectorised gather
     if (ids.token_stride == ids.top_k) {
       return cpu::gather_contiguous(in, ids.num_tokens * ids.top_k, routes, num_experts,
-                                    instance_id_end, out);
+                                    num_physical_experts, out);
     }
     bool ok = true;
     for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
       ok &= cpu::gather_contiguous(in + token * ids.token_stride, ids.top_k, routes, num_experts,
-                                   instance_id_end, out + token * ids.top_k);
+                                   num_physical_experts, out + token * ids.top_k);
     }
     return ok;
   }
-  const detail::PreparedRouter router{routes, num_experts, 1, instance_id_end, false};
+  const detail::PreparedRouter router{routes, num_experts, 1, num_physical_experts, false};
   return route_each(ids, router, out);
 }
 
@@ -94,8 +94,8 @@ template <typename Router, typename Describe>
 
 // Calls f with balanced_expert_ids typed as the ids' dtype.
 template <typename F>
-auto with_typed_output(IdDtype dtype, void* balanced_expert_ids, F&& f) {
-  return dtype == IdDtype::kInt32 ? f(static_cast<std::int32_t*>(balanced_expert_ids))
+auto with_typed_output(Dtype dtype, void* balanced_expert_ids, F&& f) {
+  return dtype == Dtype::kInt32 ? f(static_cast<std::int32_t*>(balanced_expert_ids))
                                   : f(static_cast<std::int64_t*>(balanced_expert_ids));
 }
 
@@ -137,12 +137,13 @@ void record_load(const IdT* balanced, const std::uint8_t* mask, std::int64_t num
 void finish_outputs(const ExpertIdsView& ids, const PruningInputs* pruning,
                     const UpdateExpertOutputs& outputs) {
   if (pruning != nullptr) {
-    compute_pruning_mask(*pruning, ids.num_tokens, ids.top_k, outputs.balanced_active_mask);
+    compute_pruning_mask(*pruning, ids.num_tokens, ids.top_k, outputs.balanced_active_mask.data);
   }
-  if (outputs.load_counts == nullptr) return;
+  if (outputs.load_counts.data == nullptr) return;
   const std::int64_t num_elements = ids.num_tokens * ids.top_k;
-  with_typed_output(ids.dtype, outputs.balanced_expert_ids, [&](const auto* balanced) {
-    record_load(balanced, outputs.balanced_active_mask, num_elements, outputs.load_counts);
+  with_typed_output(ids.dtype, outputs.balanced_expert_ids.data, [&](const auto* balanced) {
+    record_load(balanced, outputs.balanced_active_mask.data, num_elements,
+                outputs.load_counts.data);
     return true;
   });
 }
@@ -156,13 +157,15 @@ bool map_with_table(const ExpertIdsView& ids, const TableView& table,
   // Rank mode: resolve each row once (bad rows become RouteStatus codes), then gather.
   scratch.resize(static_cast<std::size_t>(router.num_experts));
   build_routes(table, params, scratch.data());
-  return gather_route_map(ids, scratch.data(), router.num_experts, router.instance_id_end, out);
+  return gather_route_map(ids, scratch.data(), router.num_experts, router.num_physical_experts,
+                          out);
 }
 
 template <typename IdT>
 bool map_with_prepared(const ExpertIdsView& ids, const detail::PreparedRouter& router, IdT* out) {
   if (router.by_token) return route_each(ids, router, out);
-  return gather_route_map(ids, router.routes, router.num_experts, router.instance_id_end, out);
+  return gather_route_map(ids, router.routes, router.num_experts, router.num_physical_experts,
+                          out);
 }
 
 }  // namespace
@@ -170,15 +173,14 @@ bool map_with_prepared(const ExpertIdsView& ids, const detail::PreparedRouter& r
 void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
                    const UpdateExpertOutputs& outputs) {
   constexpr const char* kOperation = "update_expert()";
-  detail::check_update_expert_call(kOperation, inputs, params, &outputs,
-                                   outputs.load_counts != nullptr);
+  check_update_expert(inputs, params, outputs);
   const ExpertIdsView& ids = inputs.expert_ids;
   if (ids.num_tokens == 0 || ids.top_k == 0) return;
 
   const TableView& table = inputs.eplb_table;
   const detail::TableRouter router = detail::table_router(table, params);
   std::vector<std::int32_t> scratch;
-  const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids, [&](auto* out) {
+  const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids.data, [&](auto* out) {
     return map_with_table(ids, table, params, router, scratch, out);
   });
   if (!ok) {
@@ -201,8 +203,8 @@ void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& p
                                      router.world_size, router.by_token);
           return detail::concat(
               kOperation, ": ", position(token, k, expert), " selects eplb_table[", expert, ", ",
-              column, "] = ", table.at(expert, column), ", outside the physical instance range ",
-              range_end(router.instance_id_end),
+              column, "] = ", table.at(expert, column), ", outside the slot range ",
+              range_end(router.num_physical_experts),
               params.num_physical_experts == -1
                   ? detail::concat(" (", limits_of(params.profile).name,
                                    " profile limit; pass num_physical_experts "
@@ -216,18 +218,18 @@ void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& p
 void update_expert(const ExpertIdsView& expert_ids, const TableView& eplb_table,
                    const UpdateExpertParams& params, void* balanced_expert_ids) {
   UpdateExpertOutputs outputs;
-  outputs.balanced_expert_ids = balanced_expert_ids;
+  outputs.balanced_expert_ids = {balanced_expert_ids, expert_ids.num_tokens * expert_ids.top_k};
   update_expert(UpdateExpertInputs{expert_ids, eplb_table, nullptr}, params, outputs);
 }
 
 void update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& ids,
                             const PruningInputs* pruning, const UpdateExpertOutputs& outputs) {
   constexpr const char* kOperation = "update_expert_prepared()";
-  detail::check_prepared_call(kOperation, prepared, ids, pruning, &outputs);
+  check_update_expert_prepared(prepared, ids, pruning, outputs);
   if (ids.num_tokens == 0 || ids.top_k == 0) return;
 
   const detail::PreparedRouter router = detail::prepared_router(prepared);
-  const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids,
+  const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids.data,
                                     [&](auto* out) { return map_with_prepared(ids, router, out); });
   if (!ok) {
     throw_first_bad(

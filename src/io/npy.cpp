@@ -21,27 +21,24 @@ namespace {
 constexpr char kMagic[] = "\x93NUMPY";
 constexpr std::size_t kMagicSize = 6;
 
-struct DtypeInfo {
+// The dtypes a .npy file can hold, with NumPy's kind letter ("<i4": 'i').
+struct NpyKind {
   Dtype dtype;
   char kind;
-  std::size_t size;
-  const char* name;
 };
 
-constexpr DtypeInfo kDtypes[] = {
-    {Dtype::kBool, 'b', 1, "bool"},       {Dtype::kInt8, 'i', 1, "int8"},
-    {Dtype::kUInt8, 'u', 1, "uint8"},     {Dtype::kInt16, 'i', 2, "int16"},
-    {Dtype::kInt32, 'i', 4, "int32"},     {Dtype::kInt64, 'i', 8, "int64"},
-    {Dtype::kUInt32, 'u', 4, "uint32"},   {Dtype::kUInt64, 'u', 8, "uint64"},
-    {Dtype::kFloat16, 'f', 2, "float16"}, {Dtype::kFloat32, 'f', 4, "float32"},
-    {Dtype::kFloat64, 'f', 8, "float64"},
+constexpr NpyKind kNpyKinds[] = {
+    {Dtype::kBool, 'b'},   {Dtype::kInt8, 'i'},    {Dtype::kUInt8, 'u'},   {Dtype::kInt16, 'i'},
+    {Dtype::kInt32, 'i'},  {Dtype::kInt64, 'i'},   {Dtype::kUInt32, 'u'},  {Dtype::kUInt64, 'u'},
+    {Dtype::kFloat16, 'f'}, {Dtype::kFloat32, 'f'}, {Dtype::kFloat64, 'f'},
 };
 
-const DtypeInfo& info(Dtype dtype) {
-  for (const DtypeInfo& entry : kDtypes) {
-    if (entry.dtype == dtype) return entry;
+// NumPy's kind letter of `dtype`, or '\0' when .npy cannot hold it.
+char npy_kind(Dtype dtype) {
+  for (const NpyKind& entry : kNpyKinds) {
+    if (entry.dtype == dtype) return entry.kind;
   }
-  return kDtypes[0];
+  return '\0';
 }
 
 [[noreturn]] void fail(const std::string& name, const std::string& reason) {
@@ -175,8 +172,8 @@ Dtype parse_descr(const std::string& descr, const std::string& name, bool& byte_
     if (c < '0' || c > '9' || size > 64) fail(name, "unsupported dtype '" + descr + "'");
     size = size * 10 + static_cast<std::size_t>(c - '0');
   }
-  for (const DtypeInfo& entry : kDtypes) {
-    if (entry.kind == kind && entry.size == size) {
+  for (const NpyKind& entry : kNpyKinds) {
+    if (entry.kind == kind && element_size(entry.dtype) == size) {
       byte_swap = order == '>' && size > 1;
       return entry.dtype;
     }
@@ -192,10 +189,6 @@ std::uint32_t read_le(const std::uint8_t* bytes, std::size_t count) {
 }
 
 }  // namespace
-
-std::string to_string(Dtype dtype) { return info(dtype).name; }
-
-std::size_t item_size(Dtype dtype) { return info(dtype).size; }
 
 std::int64_t Array::num_elements() const {
   std::int64_t count = 1;
@@ -244,7 +237,7 @@ Array parse(const std::uint8_t* data, std::size_t size, const std::string& name)
   bool byte_swap = false;
   array.dtype = parse_descr(descr, name, byte_swap);
 
-  const std::size_t item = item_size(array.dtype);
+  const std::size_t item = element_size(array.dtype);
   std::uint64_t num_bytes = item;
   for (std::int64_t dim : array.shape) {
     const auto udim = static_cast<std::uint64_t>(dim);
@@ -281,7 +274,12 @@ Array load(const std::string& path) {
 }
 
 std::vector<std::uint8_t> serialize(const Array& array) {
-  const DtypeInfo& dtype = info(array.dtype);
+  const char kind = npy_kind(array.dtype);
+  if (kind == '\0') {
+    MOE_EPLB_FAIL(ErrorCode::kIo, "npy::serialize(): a .npy file cannot hold ",
+                  to_string(array.dtype), " values");
+  }
+  const std::size_t size = element_size(array.dtype);
   std::string shape = "(";
   for (std::size_t i = 0; i < array.shape.size(); ++i) {
     shape += std::to_string(array.shape[i]);
@@ -290,7 +288,7 @@ std::vector<std::uint8_t> serialize(const Array& array) {
   }
   shape += ")";
   const std::string descr =
-      std::string(dtype.size == 1 ? "|" : "<") + dtype.kind + std::to_string(dtype.size);
+      std::string(size == 1 ? "|" : "<") + kind + std::to_string(size);
   std::string header = "{'descr': '" + descr +
                        "', 'fortran_order': " + (array.fortran_order ? "True" : "False") +
                        ", 'shape': " + shape + ", }";

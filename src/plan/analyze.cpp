@@ -1,4 +1,4 @@
-#include "moe_eplb/analyze.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 
 #include <algorithm>
 

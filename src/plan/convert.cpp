@@ -1,4 +1,4 @@
-#include "moe_eplb/convert.hpp"
+#include "moe_eplb/plan/convert.hpp"
 
 #include <algorithm>
 

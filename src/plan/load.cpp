@@ -1,4 +1,4 @@
-#include "moe_eplb/load.hpp"
+#include "moe_eplb/plan/load.hpp"
 
 #include <cmath>
 
@@ -88,7 +88,7 @@ ExpertLoad global_load(const ExpertLoad& load) {
 ExpertIdsView RoutingTrace::rank_ids(std::int64_t rank) const {
   ExpertIdsView view;
   view.data = expert_ids.data() + rank * tokens_per_rank * top_k;
-  view.dtype = IdDtype::kInt32;
+  view.dtype = Dtype::kInt32;
   view.num_tokens = tokens_per_rank;
   view.top_k = top_k;
   view.token_stride = top_k;

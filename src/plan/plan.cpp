@@ -1,4 +1,4 @@
-#include "moe_eplb/plan.hpp"
+#include "moe_eplb/plan/planner.hpp"
 
 #include <algorithm>
 

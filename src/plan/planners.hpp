@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "moe_eplb/plan.hpp"
+#include "moe_eplb/plan/planner.hpp"
 
 namespace moe_eplb::plan_detail {
 

@@ -21,7 +21,7 @@ void BatchRouter::route(const TableView& table, const UpdateExpertParams& params
     MOE_EPLB_CHECK(pruning == nullptr,
                    "route(): pass the active_mask inside pruning when pruning is given");
     mask_only.expert_scales =
-        ScalesView{&kOne, ScaleDtype::kFloat32, expert_ids.num_tokens, expert_ids.top_k, 0, 0};
+        ScalesView{&kOne, Dtype::kFloat32, expert_ids.num_tokens, expert_ids.top_k, 0, 0};
     mask_only.pruning_threshold = VectorView<float>{&kZero, expert_ids.top_k, 0};
     mask_only.has_active_mask = true;
     mask_only.active_mask = VectorView<std::uint8_t>{active_mask, expert_ids.num_tokens, 1};
@@ -33,9 +33,10 @@ void BatchRouter::route(const TableView& table, const UpdateExpertParams& params
   inputs.eplb_table = table;
   inputs.pruning = pruning;
   UpdateExpertOutputs outputs;
-  outputs.balanced_expert_ids = balanced_.data();
-  outputs.balanced_active_mask = pruning != nullptr ? mask_.data() : nullptr;
-  outputs.load_counts = load_counts;
+  const auto size = static_cast<std::int64_t>(num_elements);
+  outputs.balanced_expert_ids = {balanced_.data(), size};
+  if (pruning != nullptr) outputs.balanced_active_mask = {mask_.data(), size};
+  outputs.load_counts = {load_counts, params.num_physical_experts};
   try {
     update_expert(inputs, params, outputs);
   } catch (const Error& error) {

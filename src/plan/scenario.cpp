@@ -1,4 +1,4 @@
-#include "moe_eplb/scenario.hpp"
+#include "moe_eplb/plan/scenario.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "moe_eplb/analyze.hpp"
+#include "moe_eplb/plan/svg.hpp"
 
 namespace moe_eplb {
 namespace {

@@ -66,7 +66,7 @@ std::vector<std::int64_t> values_of(const moe_eplb::npy::Array& array) {
   for (std::int64_t r = 0; r < array.shape[0]; ++r) {
     for (std::int64_t c = 0; c < array.shape[1]; ++c) {
       const std::int64_t i = r * strides[0] + c * strides[1];
-      values.push_back(array.dtype == moe_eplb::npy::Dtype::kInt32 ? array.data<std::int32_t>()[i]
+      values.push_back(array.dtype == moe_eplb::Dtype::kInt32 ? array.data<std::int32_t>()[i]
                                                                    : array.data<std::int64_t>()[i]);
     }
   }
@@ -84,13 +84,13 @@ TEST(CliMap, MatchesNumPyReferenceForEveryInputLayout) {
   const auto expected1 = values_of(moe_eplb::npy::load(kData + "/expected_rank2_mode1.npy"));
   struct Case {
     std::string ids, table;
-    moe_eplb::npy::Dtype dtype;
+    moe_eplb::Dtype dtype;
   };
   const Case cases[] = {
-      {kData + "/ids_c_int32.npy", kExamples + "/eplb_table.npy", moe_eplb::npy::Dtype::kInt32},
-      {kData + "/ids_f_int64.npy", kExamples + "/eplb_table.npy", moe_eplb::npy::Dtype::kInt64},
-      {kData + "/ids_be_int32.npy", kData + "/table_int64.npy", moe_eplb::npy::Dtype::kInt32},
-      {kData + "/ids_c_int32.npy", kData + "/table_f_int32.npy", moe_eplb::npy::Dtype::kInt32},
+      {kData + "/ids_c_int32.npy", kExamples + "/eplb_table.npy", moe_eplb::Dtype::kInt32},
+      {kData + "/ids_f_int64.npy", kExamples + "/eplb_table.npy", moe_eplb::Dtype::kInt64},
+      {kData + "/ids_be_int32.npy", kData + "/table_int64.npy", moe_eplb::Dtype::kInt32},
+      {kData + "/ids_c_int32.npy", kData + "/table_f_int32.npy", moe_eplb::Dtype::kInt32},
   };
   for (const Case& c : cases) {
     for (int mode : {0, 1}) {
@@ -165,7 +165,7 @@ TEST(CliMap, BadValuesAndArguments) {
   r = run(map_args(ids, table, "--num-physical 8 --out " + out));
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err,
-              HasSubstr("outside the physical instance range 0..7 (num_physical_experts 8)"));
+              HasSubstr("outside the slot range 0..7 (num_physical_experts 8)"));
   EXPECT_FALSE(exists(out));
   r = run("map --expert-ids " + ids);
   EXPECT_NE(r.status, 0);
@@ -178,7 +178,7 @@ TEST(CliValidate, ValidTableExitsZeroWithWarnings) {
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("valid (0 errors, 1 warnings)"));
   EXPECT_THAT(r.out,
-              HasSubstr("warning: row 0, column 3: replica 3 (instance 10) never receives tokens"));
+              HasSubstr("warning: row 0, column 3: replica 3 (slot 10) never receives tokens"));
 }
 
 TEST(CliValidate, InvalidTableListsEveryProblemAndExitsOne) {

@@ -7,10 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/analyze.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/error.hpp"
-#include "moe_eplb/plan.hpp"
-#include "moe_eplb/scenario.hpp"
+#include "moe_eplb/plan/planner.hpp"
+#include "moe_eplb/plan/svg.hpp"
+#include "moe_eplb/plan/scenario.hpp"
 
 namespace moe_eplb {
 namespace {

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/convert.hpp"
+#include "moe_eplb/plan/convert.hpp"
 #include "moe_eplb/error.hpp"
-#include "moe_eplb/plan.hpp"
+#include "moe_eplb/plan/planner.hpp"
 
 namespace moe_eplb {
 namespace {

@@ -115,7 +115,7 @@ void expect_matches_cpu(BalanceMode mode, Layout layout, std::mt19937_64& rng) {
     DeviceBuffer<IdT> out(count, IdT{0x5A5A});  // poison: unwritten elements show
     DeviceBuffer<std::int32_t> errors(1, 0);
     UpdateExpertOutputs outputs;
-    outputs.balanced_expert_ids = out.get();
+    outputs.balanced_expert_ids = {out.get(), static_cast<std::int64_t>(count)};
     cuda::launch_update_expert(UpdateExpertInputs{device_ids, device_table, nullptr}, params,
                                outputs, errors.get(), nullptr);
     MOE_EPLB_ASSERT_CUDA(cudaDeviceSynchronize());
@@ -123,7 +123,7 @@ void expect_matches_cpu(BalanceMode mode, Layout layout, std::mt19937_64& rng) {
         << "stateless " << test::to_string(layout) << " BS " << c.num_tokens << " K " << c.top_k;
 
     DeviceBuffer<IdT> prepared_out(count, IdT{0x5A5A});
-    outputs.balanced_expert_ids = prepared_out.get();
+    outputs.balanced_expert_ids = {prepared_out.get(), static_cast<std::int64_t>(count)};
     cuda::launch_update_expert_prepared(prepared.view(), device_ids, nullptr, outputs, errors.get(),
                                         nullptr);
     MOE_EPLB_ASSERT_CUDA(cudaDeviceSynchronize());
@@ -174,7 +174,7 @@ TEST(CudaUpdateExpert, PruningAndLoadRecordingMatchCpu) {
 
   auto inputs_for = [&](bool device) {
     ExpertIdsView view{device ? static_cast<const void*>(ids_device.get()) : ids.data(),
-                       IdDtype::kInt64,
+                       Dtype::kInt64,
                        num_tokens,
                        top_k,
                        top_k,
@@ -182,7 +182,7 @@ TEST(CudaUpdateExpert, PruningAndLoadRecordingMatchCpu) {
     PruningInputs pruning;
     pruning.expert_scales =
         ScalesView{device ? static_cast<const void*>(scales_device.get()) : scales.data(),
-                   ScaleDtype::kFloat32,
+                   Dtype::kFloat32,
                    num_tokens,
                    top_k,
                    top_k,
@@ -207,7 +207,9 @@ TEST(CudaUpdateExpert, PruningAndLoadRecordingMatchCpu) {
     std::vector<std::int64_t> expected(count);
     std::vector<std::uint8_t> expected_mask(count);
     std::vector<std::int64_t> expected_load(64, 0);
-    UpdateExpertOutputs outputs{expected.data(), expected_mask.data(), expected_load.data()};
+    const auto n = static_cast<std::int64_t>(count);
+    UpdateExpertOutputs outputs{{expected.data(), n}, {expected_mask.data(), n},
+                                {expected_load.data(), 64}};
     update_expert(UpdateExpertInputs{host_view, host.view, &host_pruning}, params, outputs);
 
     auto [device_view, device_pruning] = inputs_for(true);
@@ -215,7 +217,8 @@ TEST(CudaUpdateExpert, PruningAndLoadRecordingMatchCpu) {
     DeviceBuffer<std::uint8_t> mask(count, 7);
     DeviceBuffer<std::int64_t> load(64, 0);
     cuda::launch_update_expert(UpdateExpertInputs{device_view, device_table, &device_pruning},
-                               params, UpdateExpertOutputs{out.get(), mask.get(), load.get()},
+                               params,
+                               UpdateExpertOutputs{{out.get(), n}, {mask.get(), n}, {load.get(), 64}},
                                nullptr, nullptr);
     MOE_EPLB_ASSERT_CUDA(cudaDeviceSynchronize());
     EXPECT_EQ(out.to_host(), expected);
@@ -243,9 +246,9 @@ TEST(CudaUpdateExpert, BadElementsWriteMinusOneAndAreCounted) {
     DeviceBuffer<std::int32_t> out(ids.size(), 0x5A5A);
     DeviceBuffer<std::int32_t> errors(3, 100);  // red zones around the counter
     DeviceBuffer<std::int64_t> load(8, 0);
-    const ExpertIdsView view{ids_device.get(), IdDtype::kInt32, 3, 3, 3, 1};
+    const ExpertIdsView view{ids_device.get(), Dtype::kInt32, 3, 3, 3, 1};
     cuda::launch_update_expert(UpdateExpertInputs{view, table, nullptr}, params,
-                               UpdateExpertOutputs{out.get(), nullptr, load.get()},
+                               UpdateExpertOutputs{{out.get(), 9}, {}, {load.get(), 8}},
                                errors.get() + 1, nullptr);
     MOE_EPLB_ASSERT_CUDA(cudaDeviceSynchronize());
     std::vector<std::int32_t> got = out.to_host();
@@ -272,10 +275,10 @@ TEST(CudaUpdateExpert, HostChecksThrowBeforeLaunching) {
   UpdateExpertParams params;
   params.world_size = 2;
   params.balance_mode = static_cast<BalanceMode>(2);
-  const ExpertIdsView view{ids_device.get(), IdDtype::kInt32, 1, 1, 1, 1};
+  const ExpertIdsView view{ids_device.get(), Dtype::kInt32, 1, 1, 1, 1};
   try {
     cuda::launch_update_expert(UpdateExpertInputs{view, host.view, nullptr}, params,
-                               UpdateExpertOutputs{out.get(), nullptr, nullptr}, nullptr, nullptr);
+                               UpdateExpertOutputs{{out.get(), 1}, {}, {}}, nullptr, nullptr);
     FAIL() << "expected moe_eplb::Error";
   } catch (const Error& error) {
     EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
@@ -286,7 +289,7 @@ TEST(CudaUpdateExpert, HostChecksThrowBeforeLaunching) {
   params.balance_mode = BalanceMode::kByRank;
   try {
     cuda::launch_update_expert(UpdateExpertInputs{view, host.view, nullptr}, params,
-                               UpdateExpertOutputs{ids_device.get(), nullptr, nullptr}, nullptr,
+                               UpdateExpertOutputs{{ids_device.get(), 1}, {}, {}}, nullptr,
                                nullptr);
     FAIL() << "expected moe_eplb::Error";
   } catch (const Error& error) {
@@ -300,10 +303,11 @@ TEST(CudaUpdateExpert, HostChecksThrowBeforeLaunching) {
 // Launches the prepared gather into `graph_exec` via stream capture.
 void capture_prepared(const cuda::DevicePreparedTable& prepared, const ExpertIdsView& ids,
                       std::int32_t* out, cudaStream_t stream, cudaGraphExec_t* graph_exec) {
+  const std::int64_t count = ids.num_tokens * ids.top_k;
   cudaGraph_t graph = nullptr;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
   cuda::launch_update_expert_prepared(prepared.view(), ids, nullptr,
-                                      UpdateExpertOutputs{out, nullptr, nullptr}, nullptr, stream);
+                                      UpdateExpertOutputs{{out, count}, {}, {}}, nullptr, stream);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   ASSERT_EQ(cudaGraphInstantiate(graph_exec, graph, 0), cudaSuccess);
   cudaGraphDestroy(graph);
@@ -322,7 +326,7 @@ TEST(CudaUpdateExpert, CapturedGraphSeesTableSwappedByUpdate) {
   std::vector<std::int32_t> ids(ids_matrix.values.begin(), ids_matrix.values.end());
   DeviceBuffer<std::int32_t> ids_device(ids);
   DeviceBuffer<std::int32_t> out(ids.size(), 0);
-  const ExpertIdsView view{ids_device.get(), IdDtype::kInt32, 512, 16, 16, 1};
+  const ExpertIdsView view{ids_device.get(), Dtype::kInt32, 512, 16, 16, 1};
 
   for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
     UpdateExpertParams params;
@@ -365,9 +369,9 @@ TEST(CudaUpdateExpert, CapturedGraphSeesTableSwappedByUpdate) {
 
 TEST(CudaUpdateExpert, LibraryErrorCountHasOneStableAddress) {
   MOE_EPLB_SKIP_WITHOUT_GPU();
-  std::int32_t* counter = cuda::library_error_count();
+  std::int32_t* counter = cuda::library_error_counter();
   ASSERT_NE(counter, nullptr);
-  EXPECT_EQ(cuda::library_error_count(), counter);
+  EXPECT_EQ(cuda::library_error_counter(), counter);
 }
 
 }  // namespace

@@ -46,16 +46,16 @@ std::string parse_error(const std::vector<std::uint8_t>& file) {
 }
 
 TEST(Npy, RoundTripsEveryDtypeAndOrder) {
-  for (npy::Dtype dtype :
-       {npy::Dtype::kBool, npy::Dtype::kInt8, npy::Dtype::kUInt8, npy::Dtype::kInt16,
-        npy::Dtype::kInt32, npy::Dtype::kInt64, npy::Dtype::kUInt32, npy::Dtype::kUInt64,
-        npy::Dtype::kFloat16, npy::Dtype::kFloat32, npy::Dtype::kFloat64}) {
+  for (Dtype dtype :
+       {Dtype::kBool, Dtype::kInt8, Dtype::kUInt8, Dtype::kInt16,
+        Dtype::kInt32, Dtype::kInt64, Dtype::kUInt32, Dtype::kUInt64,
+        Dtype::kFloat16, Dtype::kFloat32, Dtype::kFloat64}) {
     for (bool fortran : {false, true}) {
       npy::Array array;
       array.dtype = dtype;
       array.shape = std::vector<std::int64_t>{3, 5};
       array.fortran_order = fortran;
-      array.bytes.resize(15 * npy::item_size(dtype));
+      array.bytes.resize(15 * element_size(dtype));
       for (std::size_t i = 0; i < array.bytes.size(); ++i)
         array.bytes[i] = static_cast<std::uint8_t>(i * 7 + 1);
       const std::vector<std::uint8_t> file = npy::serialize(array);
@@ -80,7 +80,7 @@ TEST(Npy, ScalarsAndEmptyAndOneDimensional) {
   for (std::int64_t d : {2, 3, 4}) shapes[4].push_back(d);
   for (const std::vector<std::int64_t>& shape : shapes) {
     npy::Array array;
-    array.dtype = npy::Dtype::kInt32;
+    array.dtype = Dtype::kInt32;
     array.shape = shape;
     array.bytes.resize(static_cast<std::size_t>(array.num_elements()) * 4, 3);
     const std::vector<std::uint8_t> file = npy::serialize(array);

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "moe_eplb/error.hpp"
-#include "moe_eplb/load.hpp"
+#include "moe_eplb/plan/load.hpp"
 
 namespace moe_eplb {
 namespace {
@@ -67,7 +67,7 @@ TEST(PlanLoad, BadStatisticsAreClearErrors) {
 }
 
 ExpertIdsView ids_view(const std::vector<std::int32_t>& ids, std::int64_t top_k) {
-  return ExpertIdsView{ids.data(), IdDtype::kInt32, static_cast<std::int64_t>(ids.size()) / top_k,
+  return ExpertIdsView{ids.data(), Dtype::kInt32, static_cast<std::int64_t>(ids.size()) / top_k,
                        top_k,      top_k,           1};
 }
 
@@ -94,7 +94,7 @@ TEST(PlanLoad, RecorderHonoursActiveMaskAndPruning) {
   const std::vector<float> scales = {0.9f, 0.1f, 0.5f, 0.5f, 0.5f, 0.5f};
   const std::vector<float> threshold = {0.2f, 0.2f};
   PruningInputs pruning;
-  pruning.expert_scales = ScalesView{scales.data(), ScaleDtype::kFloat32, 3, 2, 2, 1};
+  pruning.expert_scales = ScalesView{scales.data(), Dtype::kFloat32, 3, 2, 2, 1};
   pruning.pruning_threshold = VectorView<float>{threshold.data(), 2, 1};
   LoadRecorder pruned(1, 1, 4);
   pruned.record(0, 0, ids_view(batch, 2), &pruning);

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/analyze.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/error.hpp"
-#include "moe_eplb/plan.hpp"
+#include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/table.hpp"
 
 namespace moe_eplb {

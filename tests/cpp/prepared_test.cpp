@@ -30,7 +30,7 @@ std::vector<std::int64_t> map_prepared(const PreparedTable& prepared, const Matr
   const Strided<T> storage = lay_out<T>(ids, layout, static_cast<T>(-5));
   std::vector<T> out(static_cast<std::size_t>(ids.rows * ids.cols), static_cast<T>(0x5eadbeef));
   UpdateExpertOutputs outputs;
-  outputs.balanced_expert_ids = out.data();
+  outputs.balanced_expert_ids = {out.data(), ids.rows * ids.cols};
   update_expert_prepared(prepared.view(), ids_view(storage, ids), nullptr, outputs);
   return widen(out);
 }
@@ -80,7 +80,7 @@ TEST(PreparedTable, RefusesInvalidTablesListingEveryProblem) {
     EXPECT_EQ(error.code(), ErrorCode::kInvalidTable);
     EXPECT_THAT(error.what(), HasSubstr("prepare_table(): eplb_table is invalid (3 errors)"));
     EXPECT_THAT(error.what(), HasSubstr("row 0: replica count 0"));
-    EXPECT_THAT(error.what(), HasSubstr("row 1: instance id 3 appears in columns 1 and 2"));
+    EXPECT_THAT(error.what(), HasSubstr("row 1: slot 3 appears in columns 1 and 2"));
     EXPECT_THAT(error.what(),
                 HasSubstr("physical slot 3 is claimed by row 1 (column 1) and row 2"));
   }
@@ -92,7 +92,7 @@ TEST(PreparedTable, RefusesBadScalarsAndKeepsWarnings) {
   const PreparedTable prepared(table.view, params_for(3, 16, 0, 32));
   EXPECT_EQ(prepared.report().total_warnings > 0, true);
   EXPECT_THAT(prepared.report().to_string(),
-              HasSubstr("replica 5 (instance 16) never receives tokens"));
+              HasSubstr("replica 5 (slot 16) never receives tokens"));
 }
 
 TEST(PreparedTable, TokenModeIgnoresUnsetWorldSize) {
@@ -130,8 +130,8 @@ TEST(PreparedTable, CorruptedRoutesAreDetected) {
   const std::int32_t ids[] = {0, 1};
   std::int32_t out[2];
   std::int64_t load[4] = {0, 0, 0, 0};
-  UpdateExpertOutputs outputs{out, nullptr, load};
-  EXPECT_THROW(update_expert_prepared(view, ExpertIdsView{ids, IdDtype::kInt32, 1, 2, 2, 1},
+  UpdateExpertOutputs outputs{{out, 2}, {}, {load, 4}};
+  EXPECT_THROW(update_expert_prepared(view, ExpertIdsView{ids, Dtype::kInt32, 1, 2, 2, 1},
                                       nullptr, outputs),
                Error);
   const std::int32_t packed[] = {3, 0, 1, 7, 7};  // token mode, count 3 > row_width - 1
@@ -141,8 +141,8 @@ TEST(PreparedTable, CorruptedRoutesAreDetected) {
   view.balance_mode = BalanceMode::kByToken;
   const std::int32_t zero[] = {0, 0, 0};
   std::int32_t out3[3];
-  outputs.balanced_expert_ids = out3;
-  EXPECT_THROW(update_expert_prepared(view, ExpertIdsView{zero, IdDtype::kInt32, 3, 1, 1, 1},
+  outputs.balanced_expert_ids = {out3, 3};
+  EXPECT_THROW(update_expert_prepared(view, ExpertIdsView{zero, Dtype::kInt32, 3, 1, 1, 1},
                                       nullptr, outputs),
                Error);
   EXPECT_EQ(load[0] + load[1] + load[2] + load[3], 0);
@@ -159,21 +159,21 @@ TEST(PreparedTable, PruningAndLoadRecordingMatchTheStatelessOperator) {
   const float threshold[] = {0.1f, 0.2f, 0.15f, 0.3f};
   std::vector<std::uint8_t> active(64, 1);
   for (std::size_t b = 50; b < 64; ++b) active[b] = 0;
-  PruningInputs pruning{{scales.data(), ScaleDtype::kFloat32, 64, 4, 4, 1},
+  PruningInputs pruning{{scales.data(), Dtype::kFloat32, 64, 4, 4, 1},
                         {threshold, 4, 1},
                         true,
                         {active.data(), 64, 1}};
-  const ExpertIdsView view{ids32.data(), IdDtype::kInt32, 64, 4, 4, 1};
+  const ExpertIdsView view{ids32.data(), Dtype::kInt32, 64, 4, 4, 1};
   for (int mode : {0, 1}) {
     const UpdateExpertParams params = params_for(1, 4, mode, 20);
     std::vector<std::int32_t> out_a(256), out_b(256);
     std::vector<std::uint8_t> mask_a(256), mask_b(256, 7);
     std::vector<std::int64_t> load_a(20), load_b(20);
     update_expert(UpdateExpertInputs{view, table.view, &pruning}, params,
-                  UpdateExpertOutputs{out_a.data(), mask_a.data(), load_a.data()});
+                  UpdateExpertOutputs{{out_a.data(), 256}, {mask_a.data(), 256}, {load_a.data(), 20}});
     const PreparedTable prepared(table.view, params);
     update_expert_prepared(prepared.view(), view, &pruning,
-                           UpdateExpertOutputs{out_b.data(), mask_b.data(), load_b.data()});
+                           UpdateExpertOutputs{{out_b.data(), 256}, {mask_b.data(), 256}, {load_b.data(), 20}});
     EXPECT_EQ(out_a, out_b);
     EXPECT_EQ(mask_a, mask_b);
     EXPECT_EQ(load_a, load_b);

@@ -4,7 +4,7 @@
 // a table full of bad entries, in both of their schedules: the device's
 // (clamped reads, selects afterwards) and the host's (early returns). Every
 // bad input gets the same status from both, with the same priority: bad
-// expert id, then bad count, then bad instance id.
+// expert id, then bad count, then bad slot.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -22,46 +22,46 @@ using namespace moe_eplb::test;
 
 constexpr std::int64_t kBadExpert = detail::kRouteBadExpertId;
 constexpr std::int64_t kBadCount = detail::kRouteBadCount;
-constexpr std::int64_t kBadInstance = detail::kRouteBadInstanceId;
+constexpr std::int64_t kBadSlot = detail::kRouteBadSlot;
 
 // SPEC.md's formula with its bad-input rules, as statuses.
 std::int64_t reference_route(const Matrix& table, std::int64_t expert, std::int64_t token,
                              std::int64_t rank, std::int64_t world_size, int mode,
-                             std::int64_t instance_id_end) {
+                             std::int64_t num_physical_experts) {
   if (expert < 0 || expert >= table.rows) return kBadExpert;
   const std::int64_t count = table.at(expert, 0);
   if (count < 1 || count > table.cols - 1) return kBadCount;
-  const std::int64_t instance =
+  const std::int64_t slot =
       table.at(expert, reference_column(count, token, rank, world_size, mode));
-  if (instance < 0 || instance >= instance_id_end) return kBadInstance;
-  return instance;
+  if (slot < 0 || slot >= num_physical_experts) return kBadSlot;
+  return slot;
 }
 
 constexpr std::int64_t kHostileRows = 12;
 
 // Rows exercising every status: good rows with 1..F-1 replicas, counts just
 // outside [1, F-1] and at the int32 extremes, and replicas outside
-// [0, instance_id_end) in every column. The rows are rotated by `rotation`,
+// [0, num_physical_experts) in every column. The rows are rotated by `rotation`,
 // so that each kind of row is row 0 once: row 0 is what the routers read
 // for an out-of-range expert id, and a wrong status priority shows there.
-Matrix hostile_table(std::int64_t num_columns, std::int64_t instance_id_end,
+Matrix hostile_table(std::int64_t num_columns, std::int64_t num_physical_experts,
                      std::int64_t rotation) {
   const std::int64_t last = num_columns - 1;
   const std::array<std::int64_t, kHostileRows> counts = {
       1, 2, last, last, 0, -1, last + 1, INT32_MAX, INT32_MIN, 1, last, 2};
-  const std::vector<std::int64_t> bad_instances = {-1, instance_id_end, INT32_MIN, INT32_MAX};
+  const std::vector<std::int64_t> bad_slots = {-1, num_physical_experts, INT32_MIN, INT32_MAX};
   Matrix table = make_matrix(kHostileRows, num_columns);
   for (std::int64_t e = 0; e < table.rows; ++e) {
     table.at(e, 0) = counts[static_cast<std::size_t>(e)];
     for (std::int64_t j = 1; j < num_columns; ++j) {
-      table.at(e, j) = (e * 7 + j * 3) % instance_id_end;
+      table.at(e, j) = (e * 7 + j * 3) % num_physical_experts;
     }
   }
   // The last rows carry bad replicas in varying columns.
   for (std::int64_t e = table.rows - 3; e < table.rows; ++e) {
     for (std::int64_t j = 1; j < num_columns; ++j) {
       if ((e + j) % 2 == 0) {
-        table.at(e, j) = bad_instances[static_cast<std::size_t>((e + j) % 4)];
+        table.at(e, j) = bad_slots[static_cast<std::size_t>((e + j) % 4)];
       }
     }
   }
@@ -161,17 +161,17 @@ TEST(Route, PreparedRouterRankModeKeepsStatusesAndRejectsOverwrittenEntries) {
   // Entries as build_routes() writes them (ids and statuses), then values an
   // overwritten device buffer could hold.
   const std::vector<std::int32_t> routes = {
-      0, 39, 17, kBadExpert, kBadCount, kBadInstance, -4, INT32_MIN, kEnd, INT32_MAX};
+      0, 39, 17, kBadExpert, kBadCount, kBadSlot, -4, INT32_MIN, kEnd, INT32_MAX};
   const std::vector<std::int64_t> expected = {0,
                                               39,
                                               17,
                                               kBadExpert,
                                               kBadCount,
-                                              kBadInstance,
-                                              kBadInstance,
-                                              kBadInstance,
-                                              kBadInstance,
-                                              kBadInstance};
+                                              kBadSlot,
+                                              kBadSlot,
+                                              kBadSlot,
+                                              kBadSlot,
+                                              kBadSlot};
   const auto num_experts = static_cast<std::int64_t>(routes.size());
   const detail::PreparedRouter router{routes.data(), num_experts, 1, kEnd, false};
   for (const std::int64_t expert : expert_ids_around(num_experts)) {

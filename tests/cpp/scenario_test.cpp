@@ -7,7 +7,7 @@
 #include <string>
 
 #include "moe_eplb/error.hpp"
-#include "moe_eplb/scenario.hpp"
+#include "moe_eplb/plan/scenario.hpp"
 
 namespace moe_eplb {
 namespace {

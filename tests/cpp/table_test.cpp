@@ -74,14 +74,14 @@ TEST(ValidateTable, ReportsEveryProblemWithRowAndColumn) {
   EXPECT_THAT(
       report.to_string(),
       HasSubstr(
-          "error: row 3, column 1: instance id 16 is outside 0..15 (num_physical_experts 16)"));
+          "error: row 3, column 1: slot 16 is outside 0..15 (num_physical_experts 16)"));
   EXPECT_THAT(report.to_string(),
-              HasSubstr("error: row 4: instance id 5 appears in columns 1 and 3"));
+              HasSubstr("error: row 4: slot 5 appears in columns 1 and 3"));
   EXPECT_THAT(
       report.to_string(),
       HasSubstr("error: physical slot 0 is claimed by row 0 (column 1) and row 5 (column 1)"));
   EXPECT_THAT(report.to_string(),
-              HasSubstr("error: row 6, column 1: instance id -1 is outside 0..15"));
+              HasSubstr("error: row 6, column 1: slot -1 is outside 0..15"));
   const TableIssue* dup = find(report, Kind::kSlotClaimedTwice);
   ASSERT_NE(dup, nullptr);
   EXPECT_EQ(dup->row, 5);
@@ -124,7 +124,7 @@ TEST(ValidateTable, WarnsAboutReplicasRankModeNeverSelects) {
   EXPECT_EQ(kinds(report, Severity::kWarning), std::vector<Kind>{Kind::kDeadReplica});
   EXPECT_THAT(
       report.to_string(),
-      HasSubstr("warning: row 0, column 5: replica 5 (instance 16) never receives tokens in "
+      HasSubstr("warning: row 0, column 5: replica 5 (slot 16) never receives tokens in "
                 "rank mode: world_size 16 with 5 replicas makes groups of 4 ranks, which "
                 "reach only replicas 1..4"));
   EXPECT_EQ(find(report, Kind::kDeadReplica)->column, 5);
@@ -171,7 +171,7 @@ TEST(ValidateTable, LargestInt32InstanceIdIsALimitErrorNotOverflow) {
   const TableReport report = validate_table(table.view, 1, -1);
   EXPECT_EQ(report.num_physical_experts, std::int64_t{1} << 31);
   EXPECT_THAT(report.to_string(),
-              HasSubstr("num_physical_experts 2147483648 (inferred from the largest instance id) "
+              HasSubstr("num_physical_experts 2147483648 (inferred from the largest slot in the table) "
                         "exceeds 2147483647 under the native profile"));
 }
 

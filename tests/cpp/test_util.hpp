@@ -81,7 +81,7 @@ template <typename T>
 ExpertIdsView ids_view(const Strided<T>& s, const Matrix& m) {
   ExpertIdsView view;
   view.data = s.data();
-  view.dtype = sizeof(T) == 4 ? IdDtype::kInt32 : IdDtype::kInt64;
+  view.dtype = sizeof(T) == 4 ? Dtype::kInt32 : Dtype::kInt64;
   view.num_tokens = m.rows;
   view.top_k = m.cols;
   view.token_stride = s.row_stride;

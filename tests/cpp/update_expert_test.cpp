@@ -268,7 +268,7 @@ TEST(UpdateExpertSweep, EveryRankOfSeveralWorldSizes) {
 TEST(UpdateExpertSweep, ZeroTokenStrideBroadcast) {
   OwnedTable table(matrix_from_rows({{2, 4, 5}, {1, 6, 0}}));
   const std::int32_t row[] = {1, 0, 1};
-  ExpertIdsView ids{row, IdDtype::kInt32, 5, 3, 0, 1};
+  ExpertIdsView ids{row, Dtype::kInt32, 5, 3, 0, 1};
   std::vector<std::int32_t> out(15, kPoison32);
   update_expert(ids, table.view, rank_params(0, 2, 1), out.data());
   for (std::int64_t b = 0; b < 5; ++b) {
@@ -297,7 +297,7 @@ struct PruningData {
   std::vector<std::uint8_t> active;
 };
 
-PruningData random_pruning(std::int64_t num_tokens, std::int64_t top_k, ScaleDtype dtype,
+PruningData random_pruning(std::int64_t num_tokens, std::int64_t top_k, Dtype dtype,
                            std::mt19937_64& rng) {
   PruningData d;
   const std::size_t n = static_cast<std::size_t>(num_tokens * top_k);
@@ -305,10 +305,10 @@ PruningData random_pruning(std::int64_t num_tokens, std::int64_t top_k, ScaleDty
   std::uniform_int_distribution<int> mantissa16(0, 1023), exponent16(9, 14);
   std::uniform_int_distribution<int> mantissa_bf(0, 127), exponent_bf(118, 126);
   for (std::size_t i = 0; i < n; ++i) {
-    if (dtype == ScaleDtype::kFloat32) {
+    if (dtype == Dtype::kFloat32) {
       d.f32.push_back(value(rng));
       d.values.push_back(d.f32.back());
-    } else if (dtype == ScaleDtype::kFloat16) {
+    } else if (dtype == Dtype::kFloat16) {
       // Include subnormals now and then.
       const int e = i % 17 == 0 ? 0 : exponent16(rng);
       d.bits16.push_back(static_cast<std::uint16_t>((e << 10) | mantissa16(rng)));
@@ -326,9 +326,9 @@ PruningData random_pruning(std::int64_t num_tokens, std::int64_t top_k, ScaleDty
   return d;
 }
 
-TEST(UpdateExpertPruning, MatchesReferenceInAllScaleDtypes) {
+TEST(UpdateExpertPruning, MatchesReferenceInAllDtypes) {
   std::uint64_t seed = 500;
-  for (ScaleDtype dtype : {ScaleDtype::kFloat32, ScaleDtype::kFloat16, ScaleDtype::kBFloat16}) {
+  for (Dtype dtype : {Dtype::kFloat32, Dtype::kFloat16, Dtype::kBFloat16}) {
     for (std::int64_t num_tokens : {1, 7, 128, 512}) {
       for (std::int64_t top_k : {1, 2, 8, 16}) {
         for (bool with_active : {false, true}) {
@@ -353,13 +353,13 @@ TEST(UpdateExpertPruning, MatchesReferenceInAllScaleDtypes) {
             for (std::int64_t k = 0; k < top_k; ++k) {
               const auto src = static_cast<std::size_t>(b * top_k + k);
               const auto dst = static_cast<std::size_t>(k * num_tokens + b);
-              if (dtype == ScaleDtype::kFloat32)
+              if (dtype == Dtype::kFloat32)
                 f32_col[dst] = d.f32[src];
               else
                 b16_col[dst] = d.bits16[src];
             }
           }
-          pruning.expert_scales.data = dtype == ScaleDtype::kFloat32
+          pruning.expert_scales.data = dtype == Dtype::kFloat32
                                            ? static_cast<const void*>(f32_col.data())
                                            : static_cast<const void*>(b16_col.data());
           // Threshold as a (1, K) row with stride 2.
@@ -373,12 +373,12 @@ TEST(UpdateExpertPruning, MatchesReferenceInAllScaleDtypes) {
           pruning.active_mask = {d.active.data(), num_tokens, 1};
 
           std::vector<std::int32_t> ids_storage(ids.values.begin(), ids.values.end());
-          ExpertIdsView ids_view_{ids_storage.data(), IdDtype::kInt32, num_tokens, top_k, top_k, 1};
+          ExpertIdsView ids_view_{ids_storage.data(), Dtype::kInt32, num_tokens, top_k, top_k, 1};
           std::vector<std::int32_t> out(ids_storage.size(), kPoison32);
           std::vector<std::uint8_t> mask(ids_storage.size(), 0xcc);
           UpdateExpertOutputs outputs;
-          outputs.balanced_expert_ids = out.data();
-          outputs.balanced_active_mask = mask.data();
+          outputs.balanced_expert_ids = {out.data(), num_tokens * top_k};
+          outputs.balanced_active_mask = {mask.data(), num_tokens * top_k};
           update_expert(UpdateExpertInputs{ids_view_, table.view, &pruning}, rank_params(3, 8, 0),
                         outputs);
           EXPECT_EQ(widen(out), reference_update_expert(ids, table_m, 3, 8, 0).values)
@@ -402,16 +402,16 @@ TEST(UpdateExpertPruning, EqualityKeepsNanPrunesInactivePrunesAll) {
   const float threshold[] = {0.5f, 0.25f, 0.3f};
   const std::uint8_t active[] = {1, 1};
   PruningInputs pruning{
-      {scales, ScaleDtype::kFloat32, 2, 3, 3, 1}, {threshold, 3, 1}, true, {active, 2, 1}};
+      {scales, Dtype::kFloat32, 2, 3, 3, 1}, {threshold, 3, 1}, true, {active, 2, 1}};
   std::int32_t out[6];
   std::uint8_t mask[6];
-  UpdateExpertOutputs outputs{out, mask, nullptr};
-  update_expert(UpdateExpertInputs{{ids, IdDtype::kInt32, 2, 3, 3, 1}, table.view, &pruning},
+  UpdateExpertOutputs outputs{{out, 6}, {mask, 6}, {}};
+  update_expert(UpdateExpertInputs{{ids, Dtype::kInt32, 2, 3, 3, 1}, table.view, &pruning},
                 rank_params(0, 2), outputs);
   EXPECT_THAT(std::vector<int>(mask, mask + 6), ::testing::ElementsAre(1, 1, 0, 0, 0, 0));
   const std::uint8_t inactive[] = {0, 1};
   pruning.active_mask = {inactive, 2, 1};
-  update_expert(UpdateExpertInputs{{ids, IdDtype::kInt32, 2, 3, 3, 1}, table.view, &pruning},
+  update_expert(UpdateExpertInputs{{ids, Dtype::kInt32, 2, 3, 3, 1}, table.view, &pruning},
                 rank_params(0, 2), outputs);
   EXPECT_THAT(std::vector<int>(mask, mask + 3), ::testing::ElementsAre(0, 0, 0));
 }
@@ -423,8 +423,8 @@ TEST(UpdateExpertLoad, CountsKeptChoicesPerPhysicalSlot) {
   const Matrix table_m = random_table(TableSpec{16, 5, 4, 6, 4}, rng);
   OwnedTable table(table_m);
   const Matrix ids = random_ids(200, 4, 16, rng);
-  const PruningData d = random_pruning(200, 4, ScaleDtype::kFloat32, rng);
-  PruningInputs pruning{{d.f32.data(), ScaleDtype::kFloat32, 200, 4, 4, 1},
+  const PruningData d = random_pruning(200, 4, Dtype::kFloat32, rng);
+  PruningInputs pruning{{d.f32.data(), Dtype::kFloat32, 200, 4, 4, 1},
                         {d.threshold.data(), 4, 1},
                         true,
                         {d.active.data(), 200, 1}};
@@ -435,8 +435,8 @@ TEST(UpdateExpertLoad, CountsKeptChoicesPerPhysicalSlot) {
   UpdateExpertParams params = rank_params(2, 4, 1);
   params.num_physical_experts = 24;
   update_expert(
-      UpdateExpertInputs{{ids64.data(), IdDtype::kInt64, 200, 4, 4, 1}, table.view, &pruning},
-      params, UpdateExpertOutputs{out.data(), mask.data(), load.data()});
+      UpdateExpertInputs{{ids64.data(), Dtype::kInt64, 200, 4, 4, 1}, table.view, &pruning},
+      params, UpdateExpertOutputs{{out.data(), 800}, {mask.data(), 800}, {load.data(), 24}});
   const Matrix expected = reference_update_expert(ids, table_m, 2, 4, 1);
   const std::vector<std::uint8_t> expected_mask =
       reference_pruning_mask(d.f32, 200, 4, d.threshold, &d.active);
@@ -455,8 +455,8 @@ TEST(UpdateExpertLoad, FailedCallLeavesCountersUntouched) {
   UpdateExpertParams params = rank_params(0, 2);
   params.num_physical_experts = 2;
   EXPECT_THROW(
-      update_expert(UpdateExpertInputs{{ids, IdDtype::kInt32, 2, 2, 2, 1}, table.view, nullptr},
-                    params, UpdateExpertOutputs{out, nullptr, load.data()}),
+      update_expert(UpdateExpertInputs{{ids, Dtype::kInt32, 2, 2, 2, 1}, table.view, nullptr},
+                    params, UpdateExpertOutputs{{out, 4}, {}, {load.data(), 2}}),
       Error);
   EXPECT_EQ(load, std::vector<std::int64_t>(2, 0));
 }
@@ -499,14 +499,14 @@ TEST(UpdateExpertErrors, BadValuesNamePositionAndValue) {
        {{1, 0, 0}, {1, 9, 0}},
        {0, 1, 0, 0},
        4,
-       "expert_ids[0, 1] = 1 selects eplb_table[1, 1] = 9, outside the physical instance range "
+       "expert_ids[0, 1] = 1 selects eplb_table[1, 1] = 9, outside the slot range "
        "0..3 "
        "(num_physical_experts 4)"},
       {"negative instance id",
        {{1, -3, 0}, {1, 1, 0}},
        {1, 1, 0, 1},
        -1,
-       "expert_ids[1, 0] = 0 selects eplb_table[0, 1] = -3, outside the physical instance range"},
+       "expert_ids[1, 0] = 0 selects eplb_table[0, 1] = -3, outside the slot range"},
   };
   for (const BadValueCase& c : cases) {
     OwnedTable table(matrix_from_rows(c.table));
@@ -612,7 +612,7 @@ TEST(UpdateExpertErrors, BadArgumentsNameArgumentRangeAndValue) {
     const std::string message = error_of(
         [&] {
           update_expert(
-              ExpertIdsView{ids.data(), IdDtype::kInt32, c.num_tokens, c.top_k, c.top_k, 1}, table,
+              ExpertIdsView{ids.data(), Dtype::kInt32, c.num_tokens, c.top_k, c.top_k, 1}, table,
               params, out.data());
         },
         &code);
@@ -629,17 +629,17 @@ TEST(UpdateExpertErrors, PruningArgumentsGoTogetherWithMatchingShapes) {
   const std::uint8_t active[] = {1, 1, 1};
   std::int32_t out[4];
   std::uint8_t mask[4];
-  const ExpertIdsView ids_view_{ids, IdDtype::kInt32, 2, 2, 2, 1};
+  const ExpertIdsView ids_view_{ids, Dtype::kInt32, 2, 2, 2, 1};
   auto call = [&](const PruningInputs* pruning, std::uint8_t* mask_out, LimitProfile profile) {
     UpdateExpertParams params = rank_params(0, 2);
     params.profile = profile;
     return error_of([&] {
       update_expert(UpdateExpertInputs{ids_view_, table.view, pruning}, params,
-                    UpdateExpertOutputs{out, mask_out, nullptr});
+                    UpdateExpertOutputs{{out, 4}, {mask_out, mask_out ? 4 : 0}, {}});
     });
   };
   PruningInputs good{
-      {scales, ScaleDtype::kFloat32, 2, 2, 2, 1}, {threshold, 2, 1}, true, {active, 2, 1}};
+      {scales, Dtype::kFloat32, 2, 2, 2, 1}, {threshold, 2, 1}, true, {active, 2, 1}};
   EXPECT_EQ(call(&good, mask, LimitProfile::kAscend), "");
   EXPECT_THAT(call(&good, mask, LimitProfile::kAscendSeed),
               HasSubstr("expert pruning (expert_scales, pruning_threshold, active_mask) is not "
@@ -670,17 +670,77 @@ TEST(UpdateExpertErrors, OutputsAndLoadRecordingNeedTheirPointers) {
   const std::int32_t ids[] = {0, 0};
   std::int64_t load[2] = {0, 0};
   EXPECT_THAT(error_of([&] {
-                update_expert(ExpertIdsView{ids, IdDtype::kInt32, 1, 2, 2, 1}, table.view,
+                update_expert(ExpertIdsView{ids, Dtype::kInt32, 1, 2, 2, 1}, table.view,
                               rank_params(0, 2), nullptr);
               }),
               HasSubstr("balanced_expert_ids output pointer is null for shape (1, 2)"));
   std::int32_t out[2];
   EXPECT_THAT(error_of([&] {
                 update_expert(
-                    UpdateExpertInputs{{ids, IdDtype::kInt32, 1, 2, 2, 1}, table.view, nullptr},
-                    rank_params(0, 2), UpdateExpertOutputs{out, nullptr, load});
+                    UpdateExpertInputs{{ids, Dtype::kInt32, 1, 2, 2, 1}, table.view, nullptr},
+                    rank_params(0, 2), UpdateExpertOutputs{{out, 2}, {}, {load, 2}});
               }),
               HasSubstr("load recording needs num_physical_experts"));
+}
+
+// Every output's size is checked against what the call writes.
+TEST(UpdateExpertErrors, OutputSizesMustMatch) {
+  OwnedTable table(matrix_from_rows({{1, 0, 0}, {1, 1, 0}}));
+  const std::int32_t ids[] = {0, 1, 1, 0};
+  const ExpertIdsView view{ids, Dtype::kInt32, 2, 2, 2, 1};
+  std::int32_t out[4];
+  std::uint8_t mask[4];
+  std::int64_t load[4] = {0, 0, 0, 0};
+  UpdateExpertParams params = rank_params(0, 2);
+  params.num_physical_experts = 2;
+  const auto call = [&](const UpdateExpertOutputs& outputs, const PruningInputs* pruning) {
+    return error_of(
+        [&] { update_expert(UpdateExpertInputs{view, table.view, pruning}, params, outputs); });
+  };
+  EXPECT_EQ(call(UpdateExpertOutputs{{out, 4}, {}, {load, 2}}, nullptr), "");
+  EXPECT_THAT(call(UpdateExpertOutputs{{out, 3}, {}, {}}, nullptr),
+              HasSubstr("update_expert(): balanced_expert_ids has 3 elements, expected BS * K = 4"));
+  EXPECT_THAT(call(UpdateExpertOutputs{{out, 4}, {}, {load, 4}}, nullptr),
+              HasSubstr("update_expert(): load_counts has 4 elements, expected "
+                        "num_physical_experts = 2"));
+  const float scales[] = {0.5f, 0.5f, 0.5f, 0.5f};
+  const float threshold[] = {0.1f, 0.1f};
+  const PruningInputs pruning{{scales, Dtype::kFloat32, 2, 2, 2, 1}, {threshold, 2, 1}, false, {}};
+  EXPECT_THAT(call(UpdateExpertOutputs{{out, 4}, {mask, 5}, {}}, &pruning),
+              HasSubstr("balanced_active_mask has 5 elements, expected BS * K = 4"));
+  // The prepared form runs the same checks, with its own slot count.
+  const PreparedTable prepared(table.view, params);
+  EXPECT_THAT(error_of([&] {
+                update_expert_prepared(prepared.view(), view, nullptr,
+                                       UpdateExpertOutputs{{out, 4}, {}, {load, 3}});
+              }),
+              HasSubstr("update_expert_prepared(): load_counts has 3 elements, expected "
+                        "num_physical_experts = 2"));
+}
+
+// Dtypes are the core's to check, whatever front end built the view.
+TEST(UpdateExpertErrors, DtypesAreNamed) {
+  OwnedTable table(matrix_from_rows({{1, 0, 0}}));
+  const float ids[] = {0.0f, 0.0f};
+  std::int32_t out[2];
+  EXPECT_THAT(error_of([&] {
+                update_expert(ExpertIdsView{ids, Dtype::kFloat32, 1, 2, 2, 1}, table.view,
+                              rank_params(0, 2), out);
+              }),
+              HasSubstr("update_expert(): expert_ids must be int32 or int64, got float32"));
+  const std::int32_t good_ids[] = {0, 0};
+  const double scales[] = {0.5, 0.5};
+  const float threshold[] = {0.1f, 0.1f};
+  const PruningInputs pruning{{scales, Dtype::kFloat64, 1, 2, 2, 1}, {threshold, 2, 1}, false, {}};
+  std::uint8_t mask[2];
+  EXPECT_THAT(
+      error_of([&] {
+        update_expert(
+            UpdateExpertInputs{{good_ids, Dtype::kInt32, 1, 2, 2, 1}, table.view, &pruning},
+            rank_params(0, 2), UpdateExpertOutputs{{out, 2}, {mask, 2}, {}});
+      }),
+      HasSubstr("update_expert(): expert_scales must be float32, float16 or bfloat16, got "
+                "float64"));
 }
 
 // In-place mapping is refused, not half done: the CPU rescans expert_ids to
@@ -691,9 +751,9 @@ TEST(UpdateExpertErrors, OutputsMustNotOverlapExpertIds) {
   const auto map = [&](const ExpertIdsView& ids, std::int32_t* out) {
     return error_of([&] { update_expert(ids, table.view, rank_params(0, 2), out); });
   };
-  const ExpertIdsView row_major{buffer.data(), IdDtype::kInt32, 2, 4, 4, 1};
-  const ExpertIdsView column_major{buffer.data(), IdDtype::kInt32, 2, 4, 1, 2};
-  const ExpertIdsView broadcast{buffer.data(), IdDtype::kInt32, 2, 4, 0, 1};  // one row, twice
+  const ExpertIdsView row_major{buffer.data(), Dtype::kInt32, 2, 4, 4, 1};
+  const ExpertIdsView column_major{buffer.data(), Dtype::kInt32, 2, 4, 1, 2};
+  const ExpertIdsView broadcast{buffer.data(), Dtype::kInt32, 2, 4, 0, 1};  // one row, twice
   const std::string overlap =
       "update_expert(): balanced_expert_ids shares memory with "
       "expert_ids; outputs must not overlap the inputs";
@@ -708,7 +768,7 @@ TEST(UpdateExpertErrors, OutputsMustNotOverlapExpertIds) {
   // The prepared path runs the same check.
   const PreparedTable prepared(table.view, rank_params(0, 2));
   UpdateExpertOutputs in_place;
-  in_place.balanced_expert_ids = buffer.data() + 2;
+  in_place.balanced_expert_ids = {buffer.data() + 2, 8};
   EXPECT_THAT(
       error_of([&] { update_expert_prepared(prepared.view(), row_major, nullptr, in_place); }),
       HasSubstr("update_expert_prepared(): balanced_expert_ids shares memory"));
@@ -717,12 +777,12 @@ TEST(UpdateExpertErrors, OutputsMustNotOverlapExpertIds) {
   const float scales[] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
   const float threshold[] = {0.1f, 0.1f, 0.1f, 0.1f};
   const PruningInputs pruning{
-      {scales, ScaleDtype::kFloat32, 2, 4, 4, 1}, {threshold, 4, 1}, false, {}};
+      {scales, Dtype::kFloat32, 2, 4, 4, 1}, {threshold, 4, 1}, false, {}};
   std::int32_t out[8];
   const auto map_pruned = [&](std::uint8_t* mask) {
     return error_of([&] {
       update_expert(UpdateExpertInputs{row_major, table.view, &pruning}, rank_params(0, 2),
-                    UpdateExpertOutputs{out, mask, nullptr});
+                    UpdateExpertOutputs{{out, 8}, {mask, 8}, {}});
     });
   };
   auto* bytes = reinterpret_cast<std::uint8_t*>(buffer.data());
@@ -734,9 +794,9 @@ TEST(UpdateExpertErrors, OutputsMustNotOverlapExpertIds) {
 // Empty batches are valid under the native profile and write nothing.
 TEST(UpdateExpertEdge, EmptyBatchesWriteNothing) {
   OwnedTable table(matrix_from_rows({{1, 0, 0}}));
-  EXPECT_NO_THROW(update_expert(ExpertIdsView{nullptr, IdDtype::kInt64, 0, 8, 8, 1}, table.view,
+  EXPECT_NO_THROW(update_expert(ExpertIdsView{nullptr, Dtype::kInt64, 0, 8, 8, 1}, table.view,
                                 rank_params(0, 2), nullptr));
-  EXPECT_NO_THROW(update_expert(ExpertIdsView{nullptr, IdDtype::kInt32, 5, 0, 0, 1}, table.view,
+  EXPECT_NO_THROW(update_expert(ExpertIdsView{nullptr, Dtype::kInt32, 5, 0, 0, 1}, table.view,
                                 rank_params(0, 2), nullptr));
 }
 

@@ -10,7 +10,7 @@ namespace moe_eplb::cli {
 namespace {
 
 std::string describe(const npy::Array& array) {
-  return std::to_string(array.shape.size()) + "-D " + npy::to_string(array.dtype) + " array " +
+  return std::to_string(array.shape.size()) + "-D " + to_string(array.dtype) + " array " +
          shape_string(array.shape);
 }
 
@@ -43,12 +43,12 @@ LoadedIds load_expert_ids(const std::string& flag, const std::string& path) {
   LoadedIds loaded{load_flag(flag, path), {}};
   const npy::Array& array = loaded.array;
   MOE_EPLB_CHECK(array.shape.size() == 2 &&
-                     (array.dtype == npy::Dtype::kInt32 || array.dtype == npy::Dtype::kInt64),
+                     (array.dtype == Dtype::kInt32 || array.dtype == Dtype::kInt64),
                  flag, " ", path, ": expected a 2-D int32 or int64 array (BS, K), got a ",
                  describe(array));
   const std::vector<std::int64_t> strides = array.strides();
   loaded.view.data = array.bytes.data();
-  loaded.view.dtype = array.dtype == npy::Dtype::kInt32 ? IdDtype::kInt32 : IdDtype::kInt64;
+  loaded.view.dtype = array.dtype == Dtype::kInt32 ? Dtype::kInt32 : Dtype::kInt64;
   loaded.view.num_tokens = array.shape[0];
   loaded.view.top_k = array.shape[1];
   loaded.view.token_stride = strides[0];
@@ -60,9 +60,9 @@ LoadedTable load_table(const std::string& flag, const std::string& path) {
   LoadedTable loaded{load_flag(flag, path), {}};
   npy::Array& array = loaded.array;
   MOE_EPLB_CHECK(array.shape.size() == 2 &&
-                     (array.dtype == npy::Dtype::kInt32 || array.dtype == npy::Dtype::kInt64),
+                     (array.dtype == Dtype::kInt32 || array.dtype == Dtype::kInt64),
                  flag, " ", path, ": expected a 2-D int32 array (E, F), got a ", describe(array));
-  if (array.dtype == npy::Dtype::kInt64) {
+  if (array.dtype == Dtype::kInt64) {
     const std::int64_t count = array.num_elements();
     std::vector<std::uint8_t> narrowed(static_cast<std::size_t>(count) * 4);
     for (std::int64_t i = 0; i < count; ++i) {
@@ -76,7 +76,7 @@ LoadedTable load_table(const std::string& flag, const std::string& path) {
       std::memcpy(narrowed.data() + i * 4, &narrow, 4);
     }
     array.bytes = std::move(narrowed);
-    array.dtype = npy::Dtype::kInt32;
+    array.dtype = Dtype::kInt32;
   }
   const std::vector<std::int64_t> strides = array.strides();
   loaded.view.data = array.data<std::int32_t>();
@@ -102,37 +102,39 @@ LoadedNumbers load_numbers(const std::string& flag, const std::string& path) {
     for (std::size_t d = 0; d < index.size(); ++d) offset += index[d] * strides[d];
     double value = 0;
     switch (array.dtype) {
-      case npy::Dtype::kBool:
-      case npy::Dtype::kUInt8:
+      case Dtype::kBool:
+      case Dtype::kUInt8:
         value = value_at<std::uint8_t>(array, offset);
         break;
-      case npy::Dtype::kInt8:
+      case Dtype::kInt8:
         value = value_at<std::int8_t>(array, offset);
         break;
-      case npy::Dtype::kInt16:
+      case Dtype::kInt16:
         value = value_at<std::int16_t>(array, offset);
         break;
-      case npy::Dtype::kInt32:
+      case Dtype::kInt32:
         value = value_at<std::int32_t>(array, offset);
         break;
-      case npy::Dtype::kInt64:
+      case Dtype::kInt64:
         value = value_at<std::int64_t>(array, offset);
         break;
-      case npy::Dtype::kUInt32:
+      case Dtype::kUInt32:
         value = value_at<std::uint32_t>(array, offset);
         break;
-      case npy::Dtype::kUInt64:
+      case Dtype::kUInt64:
         value = value_at<std::uint64_t>(array, offset);
         break;
-      case npy::Dtype::kFloat32:
+      case Dtype::kFloat32:
         value = value_at<float>(array, offset);
         break;
-      case npy::Dtype::kFloat64:
+      case Dtype::kFloat64:
         value = value_at<double>(array, offset);
         break;
-      case npy::Dtype::kFloat16:
-        MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, flag, " ", path,
-                      ": float16 statistics are not supported, save them as float32 or int64");
+      case Dtype::kFloat16:
+      case Dtype::kBFloat16:
+      case Dtype::kUnsupported:
+        MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, flag, " ", path, ": ", to_string(array.dtype),
+                      " statistics are not supported, save them as float32 or int64");
     }
     loaded.values[static_cast<std::size_t>(flat)] = value;
     for (std::size_t d = index.size(); d-- > 0;) {

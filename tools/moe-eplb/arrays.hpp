@@ -32,7 +32,7 @@ LoadedTable load_table(const std::string& flag, const std::string& path);
 
 // Any integer or floating array as float64 values in C order, with its shape.
 struct LoadedNumbers {
-  npy::Dtype dtype = npy::Dtype::kFloat64;  // the file's dtype
+  Dtype dtype = Dtype::kFloat64;  // the file's dtype
   std::vector<std::int64_t> shape;
   std::vector<double> values;
 };

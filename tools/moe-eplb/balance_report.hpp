@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "moe_eplb/analyze.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb::cli {

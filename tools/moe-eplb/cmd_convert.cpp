@@ -6,7 +6,7 @@
 #include <string>
 
 #include "commands.hpp"
-#include "moe_eplb/convert.hpp"
+#include "moe_eplb/plan/convert.hpp"
 #include "moe_eplb/error.hpp"
 #include "plan_io.hpp"
 

@@ -57,9 +57,9 @@ void run_map(const MapOptions& options) {
   params.profile = parse_limit_profile(options.profile);
 
   npy::Array out;
-  out.dtype = ids.view.dtype == IdDtype::kInt32 ? npy::Dtype::kInt32 : npy::Dtype::kInt64;
+  out.dtype = ids.view.dtype == Dtype::kInt32 ? Dtype::kInt32 : Dtype::kInt64;
   out.shape = {ids.view.num_tokens, ids.view.top_k};
-  out.bytes.resize(static_cast<std::size_t>(out.num_elements()) * npy::item_size(out.dtype));
+  out.bytes.resize(static_cast<std::size_t>(out.num_elements()) * element_size(out.dtype));
   update_expert(ids.view, table.view, params, out.bytes.data());
 
   std::printf(
@@ -70,11 +70,11 @@ void run_map(const MapOptions& options) {
   if (!options.out_path.empty()) {
     npy::save(options.out_path, out);
     std::printf("wrote %s (%s, shape (%lld, %lld))\n", options.out_path.c_str(),
-                npy::to_string(out.dtype).c_str(), static_cast<long long>(out.shape[0]),
+                to_string(out.dtype).c_str(), static_cast<long long>(out.shape[0]),
                 static_cast<long long>(out.shape[1]));
   }
   if (options.out_path.empty() || options.print_rows > 0) {
-    if (ids.view.dtype == IdDtype::kInt32) {
+    if (ids.view.dtype == Dtype::kInt32) {
       print_mapping(ids, out.data<std::int32_t>(), options.print_rows);
     } else {
       print_mapping(ids, out.data<std::int64_t>(), options.print_rows);

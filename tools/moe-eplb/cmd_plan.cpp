@@ -7,9 +7,9 @@
 #include <string>
 
 #include "commands.hpp"
-#include "moe_eplb/analyze.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/error.hpp"
-#include "moe_eplb/plan.hpp"
+#include "moe_eplb/plan/planner.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {

@@ -6,7 +6,7 @@
 
 #include "commands.hpp"
 #include "moe_eplb/error.hpp"
-#include "moe_eplb/load.hpp"
+#include "moe_eplb/plan/load.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/load.hpp"
-#include "moe_eplb/plan.hpp"
+#include "moe_eplb/plan/load.hpp"
+#include "moe_eplb/plan/planner.hpp"
 
 namespace moe_eplb::cli {
 

@@ -125,7 +125,7 @@ ExpertIdsView expert_ids_view(const char* operation, const at::Tensor& ids) {
   TORCH_CHECK_VALUE(ids.scalar_type() == at::kInt || ids.scalar_type() == at::kLong, operation,
                     ": expert_ids must be int32 or int64, got ", dtype_name(ids.scalar_type()));
   ExpertIdsView view;
-  view.dtype = ids.scalar_type() == at::kInt ? IdDtype::kInt32 : IdDtype::kInt64;
+  view.dtype = ids.scalar_type() == at::kInt ? Dtype::kInt32 : Dtype::kInt64;
   if (has_symbolic_shape(ids)) return view;
   view.data = data_of(ids);
   view.num_tokens = ids.size(0);
@@ -166,14 +166,14 @@ PreparedView prepared_view(const char* operation, const at::Tensor& routes,
   return view;
 }
 
-ScaleDtype scale_dtype(const char* operation, const at::Tensor& scales) {
+Dtype scale_dtype(const char* operation, const at::Tensor& scales) {
   switch (scales.scalar_type()) {
     case at::kFloat:
-      return ScaleDtype::kFloat32;
+      return Dtype::kFloat32;
     case at::kHalf:
-      return ScaleDtype::kFloat16;
+      return Dtype::kFloat16;
     case at::kBFloat16:
-      return ScaleDtype::kBFloat16;
+      return Dtype::kBFloat16;
     default:
       TORCH_CHECK_VALUE(false, operation,
                         ": expert_scales must be float32, float16 or bfloat16, got ",

@@ -11,9 +11,7 @@
 #include "moe_eplb/types.hpp"
 
 // Forced inline on both sides: these run once per element inside the
-// kernels' loops. Without it, splitting the routers into row helpers moved
-// GCC's inlining choices in the CPU kernel, and its token mode measured up
-// to 1.4x slower (on a noisy 2-vCPU VM; forced, it is back at parity).
+// kernels' loops, where a call would cost more than the lookup.
 #if defined(__CUDACC__)
 #define MOE_EPLB_HOST_DEVICE __host__ __device__ __forceinline__
 #elif defined(__GNUC__)
@@ -26,20 +24,18 @@ namespace moe_eplb::detail {
 
 // Negative results of a route lookup.
 enum RouteStatus : std::int64_t {
-  kRouteBadExpertId = -1,    // expert_ids element outside [0, E)
-  kRouteBadCount = -2,       // eplb_table[e, 0] outside [1, F-1]
-  kRouteBadInstanceId = -3,  // selected eplb_table[e, j] outside [0, num_physical_experts)
+  kRouteBadExpertId = -1,  // expert_ids element outside [0, E)
+  kRouteBadCount = -2,     // eplb_table[e, 0] outside [1, F-1]
+  kRouteBadSlot = -3,      // selected eplb_table[e, j] outside [0, num_physical_experts)
 };
 
-// Two schedules of the same routes. kSelect = true (the device's): no early
-// return; every read's index is first clamped into the table (row 0 and
-// column 1 always exist, as E >= 1 and F >= 2), and validity is applied
-// afterwards with selects. A GPU thread maps several ids at once, and an
-// early return per id became a branch that the next id's loads could not be
-// scheduled across: one memory latency after another instead of together.
-// kSelect = false (the host's): early returns, which predict well on a CPU
-// and let it issue loads speculatively; the selects measured up to 1.4x
-// slower there. Both give the same result for every input (route_test.cpp).
+// Two schedules of the same routes, equal for every input (route_test.cpp).
+// kSelect = true (the device's): no early return; every read's index is
+// clamped into the table (row 0 and column 1 always exist, as E >= 1 and
+// F >= 2) and validity is applied afterwards with selects, so that a thread
+// mapping several ids issues their loads together instead of behind one
+// branch each. kSelect = false (the host's): early returns, which a CPU
+// predicts well and speculates past.
 #if defined(__CUDA_ARCH__)
 inline constexpr bool kSelectRoutes = true;
 #else
@@ -66,12 +62,12 @@ MOE_EPLB_HOST_DEVICE std::int64_t replica_column(std::uint32_t count, std::int64
   return 1 + static_cast<std::int64_t>(token % count);
 }
 
-// `instance` if it is a physical id below instance_id_end, else kRouteBadInstanceId.
-MOE_EPLB_HOST_DEVICE std::int64_t checked_instance(std::int64_t instance,
-                                                   std::int64_t instance_id_end) {
-  return static_cast<std::uint64_t>(instance) < static_cast<std::uint64_t>(instance_id_end)
-             ? instance
-             : kRouteBadInstanceId;
+// `slot` if it is a physical id below num_physical_experts, else kRouteBadSlot.
+MOE_EPLB_HOST_DEVICE std::int64_t checked_slot(std::int64_t slot,
+                                               std::int64_t num_physical_experts) {
+  return static_cast<std::uint64_t>(slot) < static_cast<std::uint64_t>(num_physical_experts)
+             ? slot
+             : kRouteBadSlot;
 }
 
 // Whether 0 <= index < size (size >= 0), in one comparison.
@@ -107,7 +103,7 @@ MOE_EPLB_HOST_DEVICE std::int64_t route_in_row(const FirstRead& read, std::int64
                                                std::int64_t num_columns, std::int64_t column_stride,
                                                std::uint32_t local_rank_id,
                                                std::uint32_t world_size, bool by_token,
-                                               std::int64_t instance_id_end) {
+                                               std::int64_t num_physical_experts) {
   if (!kSelect && !read.expert_ok) return kRouteBadExpertId;
   const std::int32_t count = read.head;
   const bool count_ok = count >= 1 && count <= num_columns - 1;
@@ -115,8 +111,8 @@ MOE_EPLB_HOST_DEVICE std::int64_t route_in_row(const FirstRead& read, std::int64
   const std::int64_t column =
       replica_column<kSelect>(count_ok ? static_cast<std::uint32_t>(count) : 1u, token_idx,
                               local_rank_id, world_size, by_token);
-  const std::int64_t instance = checked_instance(read.row[column * column_stride], instance_id_end);
-  return !read.expert_ok ? kRouteBadExpertId : !count_ok ? kRouteBadCount : instance;
+  const std::int64_t slot = checked_slot(read.row[column * column_stride], num_physical_experts);
+  return !read.expert_ok ? kRouteBadExpertId : !count_ok ? kRouteBadCount : slot;
 }
 
 // Routing straight from the (untrusted) EPLB table: every read is bounds-checked.
@@ -126,7 +122,9 @@ struct TableRouter {
   std::int64_t num_columns;
   std::int64_t row_stride;
   std::int64_t column_stride;
-  std::int64_t instance_id_end;  // selected ids must be < this
+  // Selected slots must lie below this: the caller's num_physical_experts,
+  // or the profile's limit when the caller did not give it.
+  std::int64_t num_physical_experts;
   std::uint32_t local_rank_id;
   std::uint32_t world_size;
   bool by_token;
@@ -139,7 +137,7 @@ struct TableRouter {
   template <bool kSelect = kSelectRoutes>
   MOE_EPLB_HOST_DEVICE std::int64_t route(const FirstRead& read, std::int64_t token_idx) const {
     return route_in_row<kSelect>(read, token_idx, num_columns, column_stride, local_rank_id,
-                                 world_size, by_token, instance_id_end);
+                                 world_size, by_token, num_physical_experts);
   }
 
   template <bool kSelect = kSelectRoutes>
@@ -156,7 +154,7 @@ struct PreparedRouter {
   const std::int32_t* routes;
   std::int64_t num_experts;
   std::int64_t row_width;
-  std::int64_t instance_id_end;
+  std::int64_t num_physical_experts;
   bool by_token;
 
   template <bool kSelect = kSelectRoutes>
@@ -167,15 +165,16 @@ struct PreparedRouter {
   template <bool kSelect = kSelectRoutes>
   MOE_EPLB_HOST_DEVICE std::int64_t route(const FirstRead& read, std::int64_t token_idx) const {
     if (by_token) {  // rows are table rows: [count, replicas...]
-      return route_in_row<kSelect>(read, token_idx, row_width, 1, 0, 1, true, instance_id_end);
+      return route_in_row<kSelect>(read, token_idx, row_width, 1, 0, 1, true,
+                                   num_physical_experts);
     }
     // Rank mode: one entry per expert. A negative entry is the status found
     // at prepare time; anything below the known statuses (an overwritten
-    // buffer) reads as a bad instance.
+    // buffer) reads as a bad slot.
     const std::int64_t entry = read.head;
-    const std::int64_t status = entry < kRouteBadInstanceId ? kRouteBadInstanceId : entry;
-    const std::int64_t instance = entry < 0 ? status : checked_instance(entry, instance_id_end);
-    return read.expert_ok ? instance : kRouteBadExpertId;
+    const std::int64_t status = entry < kRouteBadSlot ? kRouteBadSlot : entry;
+    const std::int64_t slot = entry < 0 ? status : checked_slot(entry, num_physical_experts);
+    return read.expert_ok ? slot : kRouteBadExpertId;
   }
 
   template <bool kSelect = kSelectRoutes>
@@ -213,13 +212,13 @@ MOE_EPLB_HOST_DEVICE float bfloat16_bits_to_float(std::uint16_t bf16) {
 }
 
 // float32 value of expert_scales at element offset `offset`.
-MOE_EPLB_HOST_DEVICE float load_scale(const void* data, ScaleDtype dtype, std::int64_t offset) {
+MOE_EPLB_HOST_DEVICE float load_scale(const void* data, Dtype dtype, std::int64_t offset) {
   switch (dtype) {
-    case ScaleDtype::kFloat32:
+    case Dtype::kFloat32:
       return static_cast<const float*>(data)[offset];
-    case ScaleDtype::kFloat16:
+    case Dtype::kFloat16:
       return half_bits_to_float(static_cast<const std::uint16_t*>(data)[offset]);
-    case ScaleDtype::kBFloat16:
+    case Dtype::kBFloat16:
     default:
       return bfloat16_bits_to_float(static_cast<const std::uint16_t*>(data)[offset]);
   }

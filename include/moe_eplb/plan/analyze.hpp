@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/load.hpp"
+#include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {
@@ -62,16 +62,5 @@ BalanceReport analyze_load(const TableView& eplb_table, const double* counts,
 // plus the operator's own for an expert id outside [0, E).
 BalanceReport analyze_trace(const TableView& eplb_table, const RoutingTrace& trace,
                             const AnalyzeOptions& options);
-
-// One line of a per-rank load plot.
-struct PlotSeries {
-  std::string label;              // e.g. "moe-eplb, rank mode"
-  std::vector<double> rank_load;  // (W,)
-};
-
-// An SVG image: one panel per series, stacked, all on the same scale, with
-// per-rank load bars (the heaviest rank highlighted), a line at the mean and
-// the max / mean ratio in each panel's title. `title` heads the image.
-std::string balance_svg(const std::string& title, const std::vector<PlotSeries>& series);
 
 }  // namespace moe_eplb

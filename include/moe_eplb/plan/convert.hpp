@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "moe_eplb/plan.hpp"
+#include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {

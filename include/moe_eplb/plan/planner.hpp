@@ -21,7 +21,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "moe_eplb/load.hpp"
+#include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {

@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/analyze.hpp"
-#include "moe_eplb/load.hpp"
-#include "moe_eplb/plan.hpp"
+#include "moe_eplb/plan/analyze.hpp"
+#include "moe_eplb/plan/load.hpp"
+#include "moe_eplb/plan/planner.hpp"
 
 namespace moe_eplb {
 
