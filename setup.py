@@ -3,35 +3,27 @@
     python3 -m venv --system-site-packages .venv
     .venv/bin/pip install --no-build-isolation .
 
-The extension is built against the torch that the installing Python imports
-(hence --no-build-isolation): a CppExtension on a CPU-only torch, a
-CUDAExtension when torch has CUDA and nvcc is found (MOE_EPLB_CUDA=0 forces
-CPU, =1 requires CUDA; TORCH_CUDA_ARCH_LIST picks the GPU architectures,
-MAX_JOBS the parallel compile jobs). It compiles the same core sources as the
-CMake build (the folders CMakeLists.txt globs) plus the torch adapter in
-torch/csrc; nothing is duplicated. Build files go to build-python/.
+The extension is built by CMake (the project's one build; src/CMakeLists.txt
+holds the one list of sources) against the torch that the installing Python
+imports, hence --no-build-isolation: CMake finds it with find_package(Torch)
+under torch.utils.cmake_prefix_path. CUDA kernels are built when that torch
+has CUDA and nvcc is found (MOE_EPLB_CUDA=0 forces CPU, =1 requires CUDA);
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (default 8.0;9.0), MAX_JOBS
+the parallel compile jobs, CMAKE_ARGS adds CMake options (e.g.
+-DMOE_EPLB_WERROR=ON). Build files go to build-python/.
 """
-import glob
 import os
-
-from setuptools import setup
+import shlex
+import shutil
+import subprocess
 
 import torch
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-# Keep in sync with MOE_EPLB_SOURCES in CMakeLists.txt.
-CORE_SOURCES = ["src/core/*.cpp", "src/cpu/*.cpp", "src/io/*.cpp", "src/plan/*.cpp"]
-CUDA_SOURCES = ["src/cuda/*.cu"]
-ADAPTER_SOURCES = ["torch/csrc/*.cpp"]
-
-
-def sources(patterns):
-    found = []
-    for pattern in patterns:
-        found += glob.glob(os.path.join(ROOT, pattern))
-    return sorted(os.path.relpath(path, ROOT) for path in found)
+BUILD_DIR = os.path.join(ROOT, "build-python")
 
 
 def use_cuda():
@@ -47,13 +39,18 @@ def use_cuda():
     return available
 
 
+def cuda_architectures():
+    """TORCH_CUDA_ARCH_LIST ("8.0;9.0", "9.0+PTX") as CMAKE_CUDA_ARCHITECTURES ("80;90")."""
+    names = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0").replace(" ", ";").split(";")
+    return ";".join(name.replace("+PTX", "").replace(".", "") for name in names if name)
+
+
 def loaded_libstdcxx():
     """The libstdc++ this process loaded with torch, or None (non-Linux).
 
     Linking exactly that file keeps one libstdc++ in the process even where the
     toolchain defaults to a static libstdc++: a second, static copy inside the
-    extension collides with torch's shared one (seen on a GPU image whose g++
-    links libstdc++ statically: SIGSEGV formatting the first error message).
+    extension collides with torch's shared one.
     """
     try:
         with open("/proc/self/maps") as maps:
@@ -66,40 +63,36 @@ def loaded_libstdcxx():
     return None
 
 
-def torch_include_paths(with_cuda):
-    try:  # torch >= 2.6
-        return cpp_extension.include_paths(device_type="cuda" if with_cuda else "cpu")
-    except TypeError:  # older torch: include_paths(cuda=...)
-        return cpp_extension.include_paths(cuda=with_cuda)
+class CMakeBuild(build_ext):
+    """Configures the project with the extension on and builds its target."""
 
-
-def extension():
-    with_cuda = use_cuda()
-    # torch's headers are not ours to warn about: make them system headers so
-    # -Wall -Wextra apply to this project's code only.
-    system_includes = []
-    for path in torch_include_paths(with_cuda):
-        system_includes += ["-isystem", path]
-    cxx_flags = ["-O3", "-Wall", "-Wextra"] + system_includes
-    if int(torch.__version__.split(".")[0]) < 2:
-        # torch 1.x defaults to C++14; the core needs C++17. torch 2.x already
-        # picks a recent enough standard (and may need a newer one itself).
-        cxx_flags.append("-std=c++17")
-    kwargs = dict(
-        name="moe_eplb._C",
-        sources=sources(CORE_SOURCES + ADAPTER_SOURCES),
-        include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "src")],
-        extra_compile_args={"cxx": cxx_flags},
-    )
-    libstdcxx = loaded_libstdcxx()
-    if libstdcxx:
-        kwargs["extra_link_args"] = [libstdcxx]
-    if not with_cuda:
-        return cpp_extension.CppExtension(**kwargs)
-    kwargs["sources"] += sources(CUDA_SOURCES)
-    kwargs["define_macros"] = [("MOE_EPLB_WITH_CUDA", "1")]
-    kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-Xcompiler=-Wall,-Wextra"]
-    return cpp_extension.CUDAExtension(**kwargs)
+    def build_extension(self, ext):
+        with_cuda = use_cuda()
+        args = [
+            "cmake", "-S", ROOT, "-B", BUILD_DIR, "-G", "Ninja",
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DCMAKE_PREFIX_PATH=" + torch.utils.cmake_prefix_path,
+            "-DMOE_EPLB_BUILD_TORCH=ON",
+            "-DMOE_EPLB_BUILD_TESTS=OFF",
+            "-DMOE_EPLB_BUILD_TOOLS=OFF",
+            "-DMOE_EPLB_BUILD_BENCH=OFF",
+            "-DMOE_EPLB_CUDA=" + ("ON" if with_cuda else "OFF"),
+        ]
+        if with_cuda:
+            args += ["-DCMAKE_CUDA_ARCHITECTURES=" + cuda_architectures(),
+                     "-DCMAKE_CUDA_COMPILER=" + os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")]
+        libstdcxx = loaded_libstdcxx()
+        if libstdcxx:
+            args.append("-DMOE_EPLB_TORCH_LIBSTDCXX=" + libstdcxx)
+        args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
+        subprocess.check_call(args)
+        jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
+        subprocess.check_call(
+            ["cmake", "--build", BUILD_DIR, "--target", "moe_eplb_torch", "-j", jobs])
+        built = os.path.join(BUILD_DIR, "torch", "_C.so")
+        destination = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        shutil.copyfile(built, destination)
 
 
 setup(
@@ -108,9 +101,8 @@ setup(
     description="Logical-to-physical MoE expert mapping for EPLB (torch.ops.moe_eplb)",
     packages=["moe_eplb"],
     package_dir={"": "python"},
-    ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
-    options={"build": {"build_base": "build-python"}},
+    ext_modules=[Extension("moe_eplb._C", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.8",
     zip_safe=False,
 )

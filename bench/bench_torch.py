@@ -19,7 +19,7 @@ Candidates, on the same inputs (rank mode, E=256 logical experts, world_size
               bandwidth ceiling
   empty       an empty kernel (torch.cuda._sleep(0)): the launch-cost floor
   op-pdl,     op and prepared with programmatic dependent launch on (CUDA,
-  prepared-pdl  sm_90+; moe_eplb.programmatic_dependent_launch(True))
+  prepared-pdl  sm_90+; the per-call enable_pdl=True)
   op-host     the op on an empty (0, K) slice of the same ids: everything a
               call costs on the host except the kernel launch (stream column)
 
@@ -50,7 +50,7 @@ SHAPES = [(8, 8), (512, 16), (65536, 8), (1048576, 8)]
 NUM_EXPERTS, WORLD_SIZE, SLOTS_PER_RANK, NUM_COLUMNS, RANK = 256, 32, 16, 5, 7
 NUM_PHYSICAL = WORLD_SIZE * SLOTS_PER_RANK
 
-# Targets of issue 3, measured on an H100 (GPU) and on the CI machine (CPU).
+# Targets: GPU numbers are for an H100, the CPU one for the CI machine.
 TARGET_PREPARED_GRAPH_US = 1.5     # 512x16, prepared path, graph replay
 TARGET_OP_GRAPH_US = 2.0           # 512x16, stateless op, graph replay
 TARGET_OP_STREAM_US = 8.0          # 512x16, torch op back to back (host-bound)
@@ -177,8 +177,10 @@ def candidates(ids, table, prepared, rank_map, copy_out, pruning, device):
         result["empty"] = lambda: torch.cuda._sleep(0)
         empty_ids = ids[:0]
         result["op-host"] = lambda: OPS.update_expert(empty_ids, table, RANK, WORLD_SIZE)
-        result["op-pdl"] = result["op"]  # run() turns the launch mode on for "-pdl"
-        result["prepared-pdl"] = result["prepared"]
+        result["op-pdl"] = lambda: OPS.update_expert(ids, table, RANK, WORLD_SIZE, enable_pdl=True)
+        result["prepared-pdl"] = lambda: OPS.update_expert_prepared(
+            ids, prepared.routes, balance_mode=0, num_physical_experts=NUM_PHYSICAL,
+            enable_pdl=True)
     return result
 
 
@@ -208,13 +210,11 @@ def run(args):
                        "candidate": name, "bytes": nbytes}
                 if device == "cuda":
                     timer = GpuTimer(args.reps)
-                    moe_eplb.programmatic_dependent_launch(name.endswith("-pdl"))
                     if name == "op-host":  # launches nothing: no graph to time
                         row["graph_us"], result = float("nan"), None
                     else:
                         row["graph_us"], result = timer.graph_us(fn, calls)
                     row["stream_us"] = timer.stream_us(fn, calls)
-                    moe_eplb.programmatic_dependent_launch(False)
                     main = row["graph_us"]
                 else:
                     result = fn()

@@ -41,7 +41,7 @@ EOF
 command -v nvcc >/dev/null && nvcc --version | tail -1
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
-# ---- 1. build the extension (same sources as CMake, CUDA arch $ARCH only) ----
+# ---- 1. build the extension (through CMake, like pip; CUDA arch $ARCH only) ----
 # The device image's g++ links libstdc++ statically; setup.py links the
 # libstdc++ torch loaded instead (a second, static copy crashed the first
 # formatted message). The ldd check below confirms it.
@@ -91,48 +91,38 @@ case $BENCH_RC in
   *) stage bench FAIL "rc=$BENCH_RC, see bench.log" ;;
 esac
 
-# The library's C++ objects for the two straight-nvcc programs below (launch
-# floor, C++ tests): the core and CPU sources with g++ and the kernels with
-# nvcc, all in parallel, built once (not through CMake, so that the CLI's
-# dependencies, CLI11 and nlohmann_json, are not needed on this machine).
-OBJ_DIR=build-gpu-check/objects
-build_objects() {  # LOG; status 0 when every object built
-  if [ -z "${OBJECTS_RC:-}" ]; then
-    mkdir -p "$OBJ_DIR"
-    rm -f "$OBJ_DIR"/*.o
-    local pids=() source
-    for source in src/core/*.cpp src/cpu/*.cpp; do
-      g++ -std=c++17 -O2 -Iinclude -Isrc -c "$source" -o "$OBJ_DIR/$(basename "$source").o" &
-      pids+=($!)
-    done
-    nvcc -std=c++17 -O3 -arch="sm_${ARCH/./}" -Iinclude -Isrc -c src/cuda/update_expert_kernels.cu \
-      -o "$OBJ_DIR/kernels.o" &
-    pids+=($!)
-    OBJECTS_RC=0
-    for pid in "${pids[@]}"; do wait "$pid" || OBJECTS_RC=1; done
-  fi >>"$1" 2>&1
-  return "$OBJECTS_RC"
-}
+# ---- 3b. the C++ build: launch floor and the C++ CUDA tests ----------------------
+# The project's CMake build, without the tool (CLI11 and nlohmann_json are not
+# on this machine) and with the GoogleTest suite only where GoogleTest is
+# installed. One parallel build serves both stages below.
+HAVE_GTEST=0
+echo '#include <gtest/gtest.h>' | g++ -std=c++17 -x c++ -fsyntax-only - 2>/dev/null && HAVE_GTEST=1
+CPP_BUILD=build-gpu-check
+CPP_TARGETS=(moe_eplb_launch_floor)
+[ $HAVE_GTEST = 1 ] && CPP_TARGETS+=(moe_eplb_tests)
+echo "=== C++ build (cmake, sm_${ARCH/./}): ${CPP_TARGETS[*]}"
+CPP_BUILD_START=$(date +%s)
+{
+  cmake -S . -B "$CPP_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_EPLB_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="${ARCH/./}" -DMOE_EPLB_BUILD_TOOLS=OFF -DMOE_EPLB_BUILD_BENCH=ON \
+    -DMOE_EPLB_BUILD_TESTS=$([ $HAVE_GTEST = 1 ] && echo ON || echo OFF) &&
+    timeout 200 cmake --build "$CPP_BUILD" -j "$JOBS" --target "${CPP_TARGETS[@]}"
+} >"$OUT/cpp_build.log" 2>&1
+CPP_BUILD_RC=$?
+echo "C++ build rc=$CPP_BUILD_RC after $(($(date +%s) - CPP_BUILD_START))s (cpp_build.log)"
+[ $CPP_BUILD_RC -eq 0 ] || tail -15 "$OUT/cpp_build.log"
 
-# ---- 3b. launch floor: the library's launches next to hand-written kernels ---------
-# (bench/launch_floor.cu: empty, copy, the issue's anchor gather; CUDA graphs
-# and host-timed streams, straight C++ without torch).
+# Launch floor: the library's launches next to hand-written kernels
+# (bench/launch_floor.cu: empty, copy, the anchor gather; CUDA graphs and
+# host-timed streams, straight C++ without torch).
+FLOOR_BIN=$CPP_BUILD/bench/moe_eplb_launch_floor
 if [ "${FLOOR:-1}" != 1 ]; then
   stage floor SKIP "FLOOR=0"
+elif [ $CPP_BUILD_RC -eq 0 ] && timeout 100 "$FLOOR_BIN" 3 >"$OUT/launch_floor.txt" 2>&1; then
+  stage floor PASS "see launch_floor.txt"
 else
-  echo "=== launch floor (nvcc, sm_${ARCH/./})"
-  FLOOR_BIN=build-gpu-check/launch_floor
-  rm -f "$FLOOR_BIN"
-  : >"$OUT/floor_build.log"
-  build_objects "$OUT/floor_build.log" &&
-    nvcc -std=c++17 -O3 -arch="sm_${ARCH/./}" -Iinclude -Isrc bench/launch_floor.cu \
-      "$OBJ_DIR"/*.o -o "$FLOOR_BIN" >>"$OUT/floor_build.log" 2>&1
-  if [ -x "$FLOOR_BIN" ] && timeout 100 "$FLOOR_BIN" 3 >"$OUT/launch_floor.txt" 2>&1; then
-    stage floor PASS "see launch_floor.txt"
-  else
-    tail -5 "$OUT/floor_build.log" "$OUT/launch_floor.txt" 2>/dev/null
-    stage floor FAIL "see floor_build.log, launch_floor.txt"
-  fi
+  tail -5 "$OUT/launch_floor.txt" 2>/dev/null
+  stage floor FAIL "see cpp_build.log, launch_floor.txt"
 fi
 
 # ---- 4. hardware counters (Nsight Compute), where ncu can read them ------------------
@@ -164,28 +154,20 @@ else
   fi
 fi
 
-# ---- 5. C++ CUDA launcher tests (GoogleTest; skipped when it is not installed) ----
+# ---- 5. C++ CUDA tests: launchers, launch plan, DevicePreparedTable --------------
 if [ "${CPP_TESTS:-1}" != 1 ]; then
   stage cpp-tests SKIP "CPP_TESTS=0"
-elif ! echo '#include <gtest/gtest.h>' | g++ -std=c++17 -x c++ -fsyntax-only - 2>/dev/null; then
+elif [ $HAVE_GTEST != 1 ]; then
   stage cpp-tests SKIP "GoogleTest headers not installed (the Python GPU tests cover the launchers)"
+elif [ $CPP_BUILD_RC -ne 0 ]; then
+  stage cpp-tests FAIL "build failed, see cpp_build.log"
 else
-  echo "=== C++ CUDA tests (nvcc, sm_${ARCH/./})"
-  CPP_START=$(date +%s)
-  : >"$OUT/cpp.log"
-  if build_objects "$OUT/cpp.log" &&
-     timeout 100 nvcc -std=c++17 -O2 -arch="sm_${ARCH/./}" -DMOE_EPLB_WITH_CUDA=1 \
-       -Iinclude -Isrc -Itests/cpp tests/cpp/cuda_update_expert_test.cpp "$OBJ_DIR"/*.o \
-       -lgtest -lgtest_main -lpthread -o build-gpu-check/cuda_tests >>"$OUT/cpp.log" 2>&1; then
-    timeout 40 ./build-gpu-check/cuda_tests >>"$OUT/cpp.log" 2>&1
-    CPP_RC=$?
-    tail -6 "$OUT/cpp.log"
-    CPP_LINE=$(grep -E "PASSED|FAILED  \]" "$OUT/cpp.log" | head -2 | tr '\n' ' ')
-    if [ $CPP_RC -eq 0 ]; then stage cpp-tests PASS "$CPP_LINE"; else stage cpp-tests FAIL "rc=$CPP_RC $CPP_LINE"; fi
-  else
-    tail -8 "$OUT/cpp.log"
-    stage cpp-tests FAIL "build failed after $(($(date +%s) - CPP_START))s, see cpp.log"
-  fi
+  echo "=== C++ CUDA tests"
+  timeout 100 "$CPP_BUILD/tests/moe_eplb_tests" --gtest_filter='Cuda*' >"$OUT/cpp.log" 2>&1
+  CPP_RC=$?
+  tail -6 "$OUT/cpp.log"
+  CPP_LINE=$(grep -E "PASSED|FAILED  \]" "$OUT/cpp.log" | head -2 | tr '\n' ' ')
+  if [ $CPP_RC -eq 0 ]; then stage cpp-tests PASS "$CPP_LINE"; else stage cpp-tests FAIL "rc=$CPP_RC $CPP_LINE"; fi
 fi
 
 # ---- summary (last) ----------------------------------------------------------------

@@ -1,11 +1,11 @@
 // Launch-floor benchmark: the library's kernels next to the hand-written
 // kernels that bound them, timed the same way in one process, on one card.
 //
-// Issue 3 states its targets against anchors measured on an H100: an empty
-// kernel, and a hand-written gather on a precomputed map. This program
-// measures those anchors again, next to the library's prepared and stateless
-// launches (plain, and with programmatic dependent launch), so that a result
-// says how far the library is from the floor of the same card in the same run.
+// The floor of a launch is an empty kernel, and of a mapping a hand-written
+// gather on a precomputed map. This program measures those anchors next to
+// the library's prepared and stateless launches (plain, and with
+// programmatic dependent launch), so that a result says how far the library
+// is from the floor of the same card in the same run.
 //
 // Every candidate is captured into a CUDA graph of back-to-back calls and
 // timed over replays (CUDA events, median); the rounds are interleaved so
@@ -14,8 +14,8 @@
 // host-bound sizes a "stream" time per call is printed too: back-to-back
 // calls timed on the host, which is the launch path's own cost.
 //
-// Built by CMake with the CUDA kernels (target moe_eplb_launch_floor), and by
-// bench/gpu_check.sh straight with nvcc. Argument: rounds (default 3).
+// Built by CMake with the CUDA kernels (target moe_eplb_launch_floor; run by
+// bench/gpu_check.sh). Argument: rounds (default 3).
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Kernels for Nsight Compute to profile, and a reader of its raw CSV.
 
-Without hardware counters, issue 3's remaining gaps (512x16 latency, int32
-bandwidth at 1048576x8) can only be guessed at; with them, one profile says
-where a kernel's warps wait. bench/gpu_check.sh runs, when ncu works:
+Without hardware counters, where a kernel's time goes (launch latency at
+512x16, bandwidth at 1048576x8) can only be guessed at; with them, one profile
+says where its warps wait. bench/gpu_check.sh runs, when ncu works:
 
     ncu --clock-control none --kernel-name regex:UpdateExpert \\
         --launch-skip N --section ... -o OUT/kernels python3 bench/profile_kernels.py run

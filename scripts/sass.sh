@@ -7,7 +7,7 @@
 # registers per thread) are answered here, at no device time.
 #
 #   bash scripts/sass.sh                          # register counts of every kernel
-#   bash scripts/sass.sh 'UpdateExpertKernelIiLNS1_6SourceE3ELb1ELb0E'
+#   bash scripts/sass.sh 'UpdateExpertFlatKernel'
 #                                                 # + SASS of the kernels matching a regex
 #   SASS_FULL=1 bash scripts/sass.sh REGEX        # every instruction, not only memory,
 #                                                 # branches and barriers
@@ -50,7 +50,7 @@ fi
 
 CUBIN=$TOOLS/update_expert_kernels.cubin
 "$NVCC" -std=c++17 -O3 -arch=sm_90 -I"$ROOT/include" -I"$ROOT/src" -cubin -Xptxas -v \
-  "$ROOT/src/cuda/update_expert_kernels.cu" -o "$CUBIN" 2>"$TOOLS/ptxas.log"
+  "$ROOT/src/cuda/update_expert_launch.cu" -o "$CUBIN" 2>"$TOOLS/ptxas.log"
 
 # Registers per kernel, from ptxas: 32 or fewer keep 8 blocks of 256 threads per SM.
 python3 - "$TOOLS/ptxas.log" <<'EOF'

@@ -3,8 +3,11 @@
 #   1. C++ (Release, warnings as errors, CUDA compiled if nvcc is present):
 #      GoogleTest suites, CLI end-to-end tests, fuzz-corpus replays
 #   2. the same suites under AddressSanitizer + UndefinedBehaviorSanitizer
-#   3. the PyTorch extension: pip install into a venv, pytest
-#   4. clang-format check
+#   3. the PyTorch extension: pip install (through CMake) into a venv, pytest
+#   4. the dependency check: every file those builds and tests read comes from
+#      a Debian package scripts/deps.sh installs (and dropping any listed
+#      package the builds need is caught)
+#   5. clang-format check
 # GPU tests skip with a visible message when there is no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +28,11 @@ cmake --build --preset asan
 ctest --preset asan -j "$(nproc)"
 
 stage "PyTorch extension and pytest"
-bash scripts/python_tests.sh
+MOE_EPLB_MODULES_LOG=$PWD/build-python/loaded-files.txt bash scripts/python_tests.sh
+
+stage "dependency check"
+bash scripts/check_deps.sh --self-test --files build-python/loaded-files.txt \
+  build-ci build-asan build-python
 
 stage "clang-format"
 git ls-files '*.cpp' '*.hpp' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werror

@@ -1,7 +1,10 @@
-// The README's C++ example as a program: SPEC.md's worked example
-// (world_size 8, rank 5, row [3, 40, 7, 19] -> 7), stateless and prepared.
+// The README's C++ example as a program, against an installed moe-eplb:
+// SPEC.md's worked example (world_size 8, rank 5, row [3, 40, 7, 19] -> 7),
+// stateless and prepared (moe_eplb::moe_eplb), then a table planned for that
+// rank's traffic and routed through the operator (moe_eplb::moe_eplb_plan).
 #include <cstdio>
 #include <moe_eplb/moe_eplb.hpp>
+#include <moe_eplb/plan.hpp>
 
 int main() {
   const std::int32_t table_values[] = {3, 40, 7, 19, 1, 2, -1, -1};
@@ -23,6 +26,18 @@ int main() {
     moe_eplb::update_expert_prepared(prepared.view(), ids, nullptr, outputs);
     for (int i = 0; i < 4; ++i) {
       if (again[i] != out[i]) return 1;
+    }
+
+    // 4 experts on 2 ranks of 3 slots: expert 0 is hot and gets a replica on
+    // each rank; every plan passes validation and routes every id.
+    const double counts[] = {90, 10, 10, 10};
+    moe_eplb::ExpertLoad load = moe_eplb::make_expert_load({4}, {counts, counts + 4}, 2);
+    moe_eplb::PlanOptions options;
+    options.world_size = 2;
+    options.slots_per_rank = 3;
+    const moe_eplb::LayeredTable plan = moe_eplb::plan(load, options);
+    if (!moe_eplb::validate_table(plan.layer(0), 2, 6).ok() || plan.layer(0).at(0, 0) != 2) {
+      return 1;
     }
   } catch (const moe_eplb::Error& error) {
     std::fprintf(stderr, "%s\n", error.what());

@@ -100,7 +100,8 @@ class DevicePreparedTable {
   DevicePreparedTable(const DevicePreparedTable&) = delete;
   DevicePreparedTable& operator=(const DevicePreparedTable&) = delete;
 
-  // Validates and installs a new host table of the same shape (E, F). Blocks
+  // Validates and installs a new host table of the same shape (E, F), with
+  // device() current (the copy is enqueued on `stream`). Blocks
   // only until the previous update's copy has left the staging buffer. Throws
   // (and keeps the old routes) if the table is invalid, has another shape, or
   // `stream` is capturing a graph.
@@ -108,12 +109,14 @@ class DevicePreparedTable {
 
   PreparedView view() const;  // device pointer inside; stable for the object's life
   const PreparedTable& host() const { return host_; }  // params, report, host routes
+  int device() const { return device_; }               // where the routes live
 
  private:
   void copy_to_device(cudaStream_t stream);
   void release() noexcept;
 
   PreparedTable host_;
+  int device_ = 0;
   std::int32_t* device_routes_ = nullptr;
   std::int32_t* staging_routes_ = nullptr;  // pinned host
   cudaEvent_t staging_free_ = nullptr;      // staging reusable once this fires

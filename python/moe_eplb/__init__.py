@@ -1,6 +1,6 @@
-"""moe_eplb: rewrite MoE tokens' top-K logical expert ids into physical replica
-ids for an Expert-Parallel Load Balancer, on CPU and CUDA, eager, under
-torch.compile and inside CUDA graphs.
+"""moe_eplb: rewrite MoE tokens' top-K logical expert ids into the physical
+slots of expert replicas for an Expert-Parallel Load Balancer, on CPU and
+CUDA, eager, under torch.compile and inside CUDA graphs.
 
     import torch, moe_eplb
     table = torch.tensor([[1, 0, -1], [2, 1, 2], [1, 3, -1]], dtype=torch.int32)
@@ -11,7 +11,7 @@ torch.compile and inside CUDA graphs.
     prepared.map(ids)                                # then one gather per call
 
 Functions: update_expert, update_expert_pruned, PreparedTable, error_counter,
-error_count, programmatic_dependent_launch; torch_npu drop-ins
+read_error_counter, programmatic_dependent_launch; torch_npu drop-ins
 npu_moe_eplb_update_expert and npu_moe_update_expert (also in
 moe_eplb.compat). Operators, usable directly and from TorchScript /
 torch.compile: torch.ops.moe_eplb.{update_expert, update_expert_pruned,
@@ -20,31 +20,51 @@ update_expert_prepared_counted}.
 
 Formula (token b, choice k):
 """
-import torch  # noqa: F401  (loads libtorch before the extension)
+import importlib.machinery
+import os
 
-from . import _C  # noqa: F401  (registers torch.ops.moe_eplb)
-from ._ops import (
+import torch
+
+
+def _load_library():
+    """Loads the compiled extension, which registers torch.ops.moe_eplb and
+    torch.classes.moe_eplb (a plain shared library, not a Python module)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_C" + suffix)
+        if os.path.exists(path):
+            torch.ops.load_library(path)
+            return
+    raise ImportError(
+        "moe_eplb: the compiled extension _C is missing from %s; build it with "
+        "pip install --no-build-isolation ." % here
+    )
+
+
+_load_library()
+
+from ._ops import (  # noqa: E402  (the ops exist once the library is loaded)
     FORMULA,
     PreparedTable,
-    error_count,
     error_counter,
     programmatic_dependent_launch,
+    read_error_counter,
     update_expert,
     update_expert_pruned,
+    with_cuda,
 )
-from .compat import npu_moe_eplb_update_expert, npu_moe_update_expert
+from .compat import npu_moe_eplb_update_expert, npu_moe_update_expert  # noqa: E402
 
 __doc__ += FORMULA
 __version__ = "0.1.0"
-with_cuda = _C.with_cuda  # whether this build has the CUDA kernels
 
 __all__ = [
     "PreparedTable",
-    "error_count",
     "error_counter",
     "npu_moe_eplb_update_expert",
     "npu_moe_update_expert",
     "programmatic_dependent_launch",
+    "read_error_counter",
     "update_expert",
     "update_expert_pruned",
     "with_cuda",

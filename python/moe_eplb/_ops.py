@@ -1,27 +1,23 @@
 """Python entry points over torch.ops.moe_eplb (see the package docstring).
 
-Everything here is a thin wrapper: argument plumbing, the optional checked
-mode, and the PreparedTable handle. All values are computed by the compiled
-core, on the device of the inputs.
+Everything here is argument plumbing: every mapping entry point goes through
+_map(), the one path that picks the plain or the counted op and runs the
+optional checked mode; PreparedTable holds the C++ object that owns the
+prepared routes and their in-place swap. All values are computed by the
+compiled core, on the device of the inputs.
 """
+import collections
+
 import torch
 
-from . import _C
-
 _OPS = torch.ops.moe_eplb
-_update_expert = _OPS.update_expert.default
-_update_expert_pruned = _OPS.update_expert_pruned.default
-_update_expert_counted = _OPS.update_expert_counted.default
-_prepare_table = _OPS.prepare_table.default
-_update_expert_prepared = _OPS.update_expert_prepared.default
-_update_expert_prepared_counted = _OPS.update_expert_prepared_counted.default
 
 FORMULA = """\
     e = expert_ids[b, k];  c = eplb_table[e, 0]
     j = 1                                             if c == 1
     j = 1 + local_rank_id // ceil(world_size / c)     balance_mode 0 (by rank)
     j = 1 + b % c                                     balance_mode 1 (by token)
-    balanced_expert_ids[b, k] = eplb_table[e, j]
+    balanced_expert_ids[b, k] = eplb_table[e, j]     (the slot of replica j)
 
     pruning (optional):
     balanced_active_mask[b, k] = active_mask[b] and
@@ -34,22 +30,60 @@ def _with_formula(function):
     return function
 
 
-def _run_checked(operation, run, rerun_on_cpu, device, error_count):
-    """Runs `run(counter)` with a private CUDA error counter, synchronises and
-    raises if any element was bad: first by rerunning on the CPU, whose error
-    names the first bad (b, k); the count is the fallback message."""
-    counter = torch.zeros(1, dtype=torch.int32, device=device)
-    result = run(counter)
-    if error_count is not None:
-        error_count.add_(counter)
-    num_bad = int(counter.item())  # synchronises
-    if num_bad:
-        rerun_on_cpu()
-        raise IndexError(
-            "%s: %d elements had an expert id, replica count or instance id out of range "
-            "(their outputs are -1)" % (operation, num_bad)
-        )
-    return result
+class _Ops(collections.namedtuple("_Ops", "operation plain pruned counted")):
+    """The ops of one form of the mapping, called as
+    plain(*inputs, **options) -> ids;
+    pruned(*inputs, expert_scales, pruning_threshold, active_mask, **options) -> (ids, mask);
+    counted(*inputs, [pruning,] load_counts, error_counter, **options) -> (ids, mask)."""
+
+
+def _stateless_pruned(expert_ids, eplb_table, local_rank_id, world_size, *, expert_scales,
+                      pruning_threshold, active_mask, **options):
+    return _OPS.update_expert_pruned.default(expert_ids, eplb_table, expert_scales,
+                                             pruning_threshold, active_mask, local_rank_id,
+                                             world_size, **options)
+
+
+_STATELESS = _Ops("update_expert()", _OPS.update_expert.default, _stateless_pruned,
+                  _OPS.update_expert_counted.default)
+_PREPARED = _Ops("update_expert_prepared()", _OPS.update_expert_prepared.default,
+                 _OPS.update_expert_prepared_counted.default,
+                 _OPS.update_expert_prepared_counted.default)
+
+
+def _map(ops, inputs, options, pruning, *, load_counts, error_counter, checked):
+    """The one path behind every mapping entry point: inputs (expert_ids
+    first) and options go to ops.plain, ops.pruned (when `pruning` holds
+    expert_scales, pruning_threshold and active_mask) or, to count, ops.counted.
+
+    With checked=True on CUDA the call counts its bad elements into a private
+    counter, synchronises and raises IndexError if there were any: first by
+    rerunning ops.plain on the CPU (whose error names the first bad (b, k);
+    pruning never changes the ids), else with the count.
+    """
+    expert_ids = inputs[0]
+    checked = checked and expert_ids.is_cuda
+    if not checked and load_counts is None and error_counter is None:
+        return ops.pruned(*inputs, **pruning, **options) if pruning else ops.plain(*inputs, **options)
+    counter = torch.zeros(1, dtype=torch.int32, device=expert_ids.device) if checked else error_counter
+    ids, mask = ops.counted(*inputs, **(pruning or {}), load_counts=load_counts,
+                            error_counter=counter, **options)
+    if checked:
+        if error_counter is not None:
+            error_counter.add_(counter)
+        num_bad = int(counter.item())  # synchronises
+        if num_bad:
+            ops.plain(*(x.cpu() if isinstance(x, torch.Tensor) else x for x in inputs), **options)
+            raise IndexError(
+                "%s: %d elements had an expert id, replica count or slot out of range (their "
+                "outputs are -1)" % (ops.operation, num_bad)
+            )
+    return (ids, mask) if pruning else ids
+
+
+def _pruning(expert_scales, pruning_threshold, active_mask):
+    return dict(expert_scales=expert_scales, pruning_threshold=pruning_threshold,
+                active_mask=active_mask)
 
 
 @_with_formula
@@ -63,29 +97,32 @@ def update_expert(
     num_physical_experts=-1,
     profile="native",
     load_counts=None,
-    error_count=None,
+    error_counter=None,
     checked=False,
+    enable_pdl=None,
 ):
-    """Maps each token's top-K logical expert ids to physical replica ids.
+    """Maps each token's top-K logical expert ids to the physical slots of replicas.
 
     Args:
         expert_ids: (BS, K) int32 or int64, any strides, CPU or CUDA.
         eplb_table: (E, F) int32 on the same device; row e is
-            [c, p_1, ..., p_c, unused...]: c replicas with physical ids p_j.
+            [c, p_1, ..., p_c, unused...]: c replicas in slots p_j.
         local_rank_id: this rank, 0 <= local_rank_id < world_size (rank mode).
         world_size: expert-parallel group size (rank mode; ignored by mode 1).
         balance_mode: 0 = by rank (torch_npu's only mode), 1 = by token.
         num_physical_experts: total physical slots (world_size * slots per
-            rank), or -1 if unknown; selected ids must lie below it (below the
+            rank), or -1 if unknown; selected slots must lie below it (below the
             profile's limit when -1). Required with load_counts.
         profile: limits to enforce: "native" (none), "ascend" or "ascend_seed"
             (the torch_npu operators' ranges, e.g. BS <= 512, K <= 16).
         load_counts: optional (num_physical_experts,) int64 tensor on the same
-            device; each mapped choice adds 1 at its physical id.
-        error_count: optional one-element int32 CUDA tensor; the number of bad
-            elements is added to it (otherwise to error_counter(device)).
+            device; each mapped choice adds 1 at its slot.
+        error_counter: optional one-element int32 CUDA tensor; the number of
+            bad elements is added to it (otherwise to error_counter(device)).
         checked: on CUDA, synchronise after the call and raise IndexError if
             any element was bad (not for CUDA graphs or torch.compile).
+        enable_pdl: CUDA only: programmatic dependent launch for this call;
+            None takes the process default (programmatic_dependent_launch()).
 
     Returns:
         balanced_expert_ids: (BS, K), dtype of expert_ids, contiguous, on the
@@ -95,18 +132,15 @@ def update_expert(
 {FORMULA}
     Errors: shape, dtype, device, range and profile problems raise ValueError
     naming the argument, the allowed range and the value. A bad element (id
-    outside [0, E), count outside [1, F-1], selected id out of range) raises
+    outside [0, E), count outside [1, F-1], selected slot out of range) raises
     IndexError naming (b, k) on the CPU; on CUDA it becomes -1 and is counted.
     """
-    if not (checked and expert_ids.is_cuda) and load_counts is None and error_count is None:
-        return _update_expert(
-            expert_ids, eplb_table, local_rank_id, world_size,
-            balance_mode=balance_mode, num_physical_experts=num_physical_experts, profile=profile,
-        )
-    return _stateless_counted(
-        expert_ids, eplb_table, local_rank_id, world_size, balance_mode, num_physical_experts,
-        profile, None, None, None, load_counts, error_count, checked,
-    )[0]
+    return _map(
+        _STATELESS, (expert_ids, eplb_table, local_rank_id, world_size),
+        dict(balance_mode=balance_mode, num_physical_experts=num_physical_experts,
+             profile=profile, enable_pdl=enable_pdl),
+        None, load_counts=load_counts, error_counter=error_counter, checked=checked,
+    )
 
 
 @_with_formula
@@ -123,8 +157,9 @@ def update_expert_pruned(
     num_physical_experts=-1,
     profile="native",
     load_counts=None,
-    error_count=None,
+    error_counter=None,
     checked=False,
+    enable_pdl=None,
 ):
     """update_expert() plus expert pruning (the successor operator's option).
 
@@ -144,60 +179,30 @@ def update_expert_pruned(
     Formula:
 {FORMULA}
     """
-    if not (checked and expert_ids.is_cuda) and load_counts is None and error_count is None:
-        return _update_expert_pruned(
-            expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
-            local_rank_id, world_size,
-            balance_mode=balance_mode, num_physical_experts=num_physical_experts, profile=profile,
-        )
-    return _stateless_counted(
-        expert_ids, eplb_table, local_rank_id, world_size, balance_mode, num_physical_experts,
-        profile, expert_scales, pruning_threshold, active_mask, load_counts, error_count, checked,
+    return _map(
+        _STATELESS, (expert_ids, eplb_table, local_rank_id, world_size),
+        dict(balance_mode=balance_mode, num_physical_experts=num_physical_experts,
+             profile=profile, enable_pdl=enable_pdl),
+        _pruning(expert_scales, pruning_threshold, active_mask),
+        load_counts=load_counts, error_counter=error_counter, checked=checked,
     )
-
-
-def _stateless_counted(
-    expert_ids, eplb_table, local_rank_id, world_size, balance_mode, num_physical_experts,
-    profile, scales, threshold, active_mask, load_counts, error_count, checked,
-):
-    """The counted op behind update_expert() and update_expert_pruned(); with
-    checked=True on CUDA, through _run_checked() (a CPU rerun names the first
-    bad element)."""
-
-    def run(counter):
-        return _update_expert_counted(
-            expert_ids, eplb_table, local_rank_id, world_size,
-            balance_mode=balance_mode, expert_scales=scales, pruning_threshold=threshold,
-            active_mask=active_mask, load_counts=load_counts, error_count=counter,
-            num_physical_experts=num_physical_experts, profile=profile,
-        )
-
-    if not (checked and expert_ids.is_cuda):
-        return run(error_count)
-
-    def rerun_on_cpu():
-        _update_expert(
-            expert_ids.cpu(), eplb_table.cpu(), local_rank_id, world_size,
-            balance_mode=balance_mode, num_physical_experts=num_physical_experts,
-            profile=profile,
-        )
-
-    return _run_checked("update_expert()", run, rerun_on_cpu, expert_ids.device, error_count)
 
 
 class PreparedTable:
     """A validated EPLB table precomputed for one rank: mapping is one gather.
 
     Construct it when a table is installed (validates every entry on the host:
-    counts, id ranges, duplicates, slots claimed twice; raises ValueError
+    counts, slot ranges, duplicates, slots claimed twice; raises ValueError
     listing every problem), call map() every step, and swap in a new table with
     update().
 
-    update() is safe under CUDA graphs: the routes tensor is written in place
-    (same storage, a copy ordered on the current stream), so a graph captured
-    around map() reads the new table on its next replay, without recapture.
-    Call update() between replays, not while capturing, and on the stream the
-    graph replays on (or order the two streams yourself).
+    It holds the C++ prepared table (torch.classes.moe_eplb.HostPreparedTable
+    or CudaPreparedTable), which owns the routes and the swap: update()
+    validates on the host and writes the routes in place (on CUDA, a
+    stream-ordered copy on the current stream; refused while that stream is
+    capturing). A CUDA graph captured around map() therefore reads the new
+    table on its next replay, without recapture. Call update() between
+    replays, on the stream the graph replays on (or order the two streams).
 
     Args:
         eplb_table: (E, F) int32 tensor, any device.
@@ -205,13 +210,13 @@ class PreparedTable:
             may be -1 in token mode).
         balance_mode, num_physical_experts, profile: as in update_expert();
             num_physical_experts = -1 infers it from the table (smallest
-            multiple of world_size above the largest id) and keeps it for
+            multiple of world_size above the largest slot) and keeps it for
             later updates.
         device: where the routes live (default: the table's device).
 
     Attributes:
-        routes: int32 (E, 1) in rank mode (the physical id this rank uses for
-            each expert) or (E, F) in token mode ([count, ids..., -1 padding]).
+        routes: int32 (E, 1) in rank mode (the slot this rank uses for each
+            expert) or (E, F) in token mode ([count, slots..., -1 padding]).
         num_physical_experts: the resolved slot count.
     """
 
@@ -226,108 +231,78 @@ class PreparedTable:
         profile="native",
         device=None,
     ):
-        routes, num_physical_experts = _prepare_table(
-            eplb_table, local_rank_id, world_size,
-            balance_mode=balance_mode, num_physical_experts=num_physical_experts, profile=profile,
-        )
-        self.routes = routes if device is None else routes.to(device)
-        self.num_physical_experts = num_physical_experts
+        device = eplb_table.device if device is None else torch.device(device)
+        if device.type == "cuda":
+            index = torch.cuda.current_device() if device.index is None else device.index
+            owner = torch.classes.moe_eplb.CudaPreparedTable
+        elif device.type == "cpu":
+            index = -1
+            owner = torch.classes.moe_eplb.HostPreparedTable
+        else:
+            raise ValueError("PreparedTable(): device must be cpu or cuda, got %s" % device)
+        self._table = owner(eplb_table, local_rank_id, world_size, balance_mode,
+                            num_physical_experts, profile, index)
+        self.routes = self._table.routes()
+        self.num_physical_experts = self._table.num_physical_experts()
         self.local_rank_id = local_rank_id
         self.world_size = world_size
         self.balance_mode = balance_mode
         self.profile = profile
-        self.table_shape = tuple(eplb_table.shape)
 
-    def map(self, expert_ids, *, load_counts=None, error_count=None, checked=False):
+    def map(self, expert_ids, *, load_counts=None, error_counter=None, checked=False,
+            enable_pdl=None):
         """Maps (BS, K) int32/int64 expert_ids on the routes' device; same
         result, errors and options as update_expert() with this table."""
-        if checked and expert_ids.is_cuda:
+        return _map(
+            _PREPARED, (expert_ids, self.routes), self._options(enable_pdl), None,
+            load_counts=load_counts, error_counter=error_counter, checked=checked,
+        )
 
-            def run(counter):
-                return self._counted(expert_ids, None, None, None, load_counts, counter)[0]
-
-            return _run_checked(
-                "update_expert_prepared()", run, lambda: self._rerun_on_cpu(expert_ids),
-                expert_ids.device, error_count,
-            )
-        if load_counts is None and error_count is None:
-            return _update_expert_prepared(
-                expert_ids, self.routes, balance_mode=self.balance_mode,
-                num_physical_experts=self.num_physical_experts, profile=self.profile,
-            )
-        return self._counted(expert_ids, None, None, None, load_counts, error_count)[0]
-
-    def map_pruned(
-        self,
-        expert_ids,
-        expert_scales,
-        pruning_threshold,
-        active_mask=None,
-        *,
-        load_counts=None,
-        error_count=None,
-        checked=False,
-    ):
+    def map_pruned(self, expert_ids, expert_scales, pruning_threshold, active_mask=None, *,
+                   load_counts=None, error_counter=None, checked=False, enable_pdl=None):
         """map() plus pruning; returns (balanced_expert_ids,
         balanced_active_mask) as update_expert_pruned() does."""
-        if checked and expert_ids.is_cuda:
-
-            def run(counter):
-                return self._counted(
-                    expert_ids, expert_scales, pruning_threshold, active_mask, load_counts, counter
-                )
-
-            return _run_checked(
-                "update_expert_prepared()", run, lambda: self._rerun_on_cpu(expert_ids),
-                expert_ids.device, error_count,
-            )
-        return self._counted(
-            expert_ids, expert_scales, pruning_threshold, active_mask, load_counts, error_count
+        return _map(
+            _PREPARED, (expert_ids, self.routes), self._options(enable_pdl),
+            _pruning(expert_scales, pruning_threshold, active_mask),
+            load_counts=load_counts, error_counter=error_counter, checked=checked,
         )
 
     def update(self, eplb_table):
         """Validates `eplb_table` (same shape as the first one) and installs it
         in place. Raises ValueError, keeping the current table, if it is invalid."""
-        if tuple(eplb_table.shape) != self.table_shape:
-            raise ValueError(
-                "PreparedTable.update(): eplb_table has shape %s, expected %s, the shape this "
-                "table was prepared with" % (tuple(eplb_table.shape), self.table_shape)
-            )
-        routes, _ = _prepare_table(
-            eplb_table.cpu(), self.local_rank_id, self.world_size,
-            balance_mode=self.balance_mode, num_physical_experts=self.num_physical_experts,
-            profile=self.profile,
-        )
-        if self.routes.is_cuda:
-            # Pinned source: an asynchronous copy ordered on the current stream.
-            self.routes.copy_(routes.pin_memory(), non_blocking=True)
-        else:
-            self.routes.copy_(routes)
+        self._table.update(eplb_table)
 
-    def _counted(self, expert_ids, scales, threshold, active_mask, load_counts, error_count):
-        return _update_expert_prepared_counted(
-            expert_ids, self.routes, balance_mode=self.balance_mode,
-            num_physical_experts=self.num_physical_experts, expert_scales=scales,
-            pruning_threshold=threshold, active_mask=active_mask, load_counts=load_counts,
-            error_count=error_count, profile=self.profile,
-        )
+    def report(self):
+        """The warnings validation found in the latest table, one per line."""
+        return self._table.report()
 
-    def _rerun_on_cpu(self, expert_ids):
-        _update_expert_prepared(
-            expert_ids.cpu(), self.routes.cpu(), balance_mode=self.balance_mode,
-            num_physical_experts=self.num_physical_experts, profile=self.profile,
-        )
+    def _options(self, enable_pdl):
+        return dict(balance_mode=self.balance_mode, num_physical_experts=self.num_physical_experts,
+                    profile=self.profile, enable_pdl=enable_pdl)
 
     def __repr__(self):
         return (
-            "PreparedTable(table_shape=%s, balance_mode=%d, local_rank_id=%d, world_size=%d, "
+            "PreparedTable(routes=%s, balance_mode=%d, local_rank_id=%d, world_size=%d, "
             "num_physical_experts=%d, profile=%r, device=%s)"
-            % (self.table_shape, self.balance_mode, self.local_rank_id, self.world_size,
+            % (tuple(self.routes.shape), self.balance_mode, self.local_rank_id, self.world_size,
                self.num_physical_experts, self.profile, self.routes.device)
         )
 
 
+def _with_cuda():
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("moe_eplb::update_expert", "CUDA")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+with_cuda = _with_cuda()  # whether this build has the CUDA kernels
+
+
 def _cuda_device_index(device):
+    if not with_cuda:
+        raise RuntimeError("error_counter(): moe_eplb was built without CUDA")
     if device is None:
         return torch.cuda.current_device()
     device = torch.device(device)
@@ -339,14 +314,14 @@ def _cuda_device_index(device):
 def error_counter(device=None):
     """The library's error counter on a CUDA device: a one-element int32 tensor
     aliasing device memory that every CUDA call without an explicit
-    error_count adds its bad elements to. Read it asynchronously (copy it),
+    error_counter adds its bad elements to. Read it asynchronously (copy it),
     reset it with .zero_(); its address never changes, so CUDA graphs may use it."""
-    return _C.error_counter(_cuda_device_index(device))
+    return _OPS.library_error_counter(_cuda_device_index(device))
 
 
-def error_count(device=None, *, reset=False):
-    """Synchronises and returns the library's error count on a CUDA device
-    (see error_counter()); reset=True sets it back to 0 afterwards."""
+def read_error_counter(device=None, *, reset=False):
+    """Synchronises and returns the value of error_counter(device); reset=True
+    sets it back to 0 afterwards."""
     counter = error_counter(device)
     count = int(counter.item())
     if reset:
@@ -355,16 +330,19 @@ def error_count(device=None, *, reset=False):
 
 
 def programmatic_dependent_launch(enabled=None):
-    """Returns whether the CUDA kernels use programmatic dependent launch, and
-    first sets it when `enabled` is given (process-wide; default off, or on
-    with the environment variable MOE_EPLB_PDL=1).
+    """Returns the process default for programmatic dependent launch of the
+    CUDA kernels, first setting it when `enabled` is given (default off, or on
+    with the environment variable MOE_EPLB_PDL=1). A call's enable_pdl
+    argument overrides it.
 
     On sm_90 and newer (H100, H200) each kernel is then launched so that the
     GPU may start it while the previous kernel on the stream is finishing; the
     kernel waits for that kernel to complete before it reads or writes global
     memory, so results and ordering are unchanged and only launch latency
     overlaps. CUDA graphs captured while it is on keep it (programmatic edges).
-    Older GPUs and CPU tensors ignore it; the setting is read at each launch."""
+    Older GPUs and CPU tensors ignore it; builds without CUDA return False."""
+    if not with_cuda:
+        return False
     if enabled is not None:
-        _C.set_programmatic_dependent_launch(bool(enabled))
-    return _C.programmatic_dependent_launch()
+        _OPS.set_default_programmatic_dependent_launch(bool(enabled))
+    return _OPS.default_programmatic_dependent_launch()

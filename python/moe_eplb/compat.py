@@ -29,7 +29,7 @@ def npu_moe_eplb_update_expert(
 
     Formula:
     """
-    return _ops._update_expert(
+    return _ops.update_expert(
         expert_ids, eplb_table, local_rank_id, world_size,
         balance_mode=balance_mode, profile="ascend_seed",
     )
@@ -60,22 +60,10 @@ def npu_moe_update_expert(
     or (1, K) float32 come together; active_mask (BS,) bool needs them.
     Without pruning inputs the returned mask is all True.
     """
-    if expert_scales is None and pruning_threshold is None:
-        if active_mask is not None:
-            raise ValueError(
-                "npu_moe_update_expert(): active_mask needs expert_scales and pruning_threshold"
-            )
-        ids = _ops._update_expert(
-            expert_ids, eplb_table, local_rank_id, world_size,
-            balance_mode=balance_mode, profile="ascend",
-        )
-        return ids, torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
-    if expert_scales is None or pruning_threshold is None:
-        raise ValueError(
-            "npu_moe_update_expert(): expert_scales and pruning_threshold come together, got only "
-            + ("expert_scales" if pruning_threshold is None else "pruning_threshold")
-        )
-    return _ops._update_expert_pruned(
-        expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
-        local_rank_id, world_size, balance_mode=balance_mode, profile="ascend",
+    # The counted op without counters: its mask is all True without pruning,
+    # and it checks which pruning inputs go together.
+    return torch.ops.moe_eplb.update_expert_counted.default(
+        expert_ids, eplb_table, local_rank_id, world_size, balance_mode=balance_mode,
+        expert_scales=expert_scales, pruning_threshold=pruning_threshold,
+        active_mask=active_mask, profile="ascend",
     )

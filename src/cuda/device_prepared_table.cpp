@@ -27,6 +27,7 @@ DevicePreparedTable::DevicePreparedTable(const TableView& eplb_table,
     : host_(eplb_table, params) {
   constexpr const char* kOperation = "DevicePreparedTable()";
   check_not_capturing(kOperation, stream);
+  MOE_EPLB_CUDA_CHECK(kOperation, cudaGetDevice(&device_));
   const std::size_t bytes = route_bytes(host_);
   try {
     MOE_EPLB_CUDA_CHECK(kOperation, cudaMalloc(reinterpret_cast<void**>(&device_routes_), bytes));

@@ -54,7 +54,7 @@ BalanceReport describe_table(const TableView& table, const AnalyzeOptions& optio
   report.world_size = options.world_size;
   report.slots_per_rank = options.slots_per_rank;
   const std::int64_t num_physical = options.world_size * options.slots_per_rank;
-  report.instance_load.assign(static_cast<std::size_t>(num_physical), 0.0);
+  report.slot_load.assign(static_cast<std::size_t>(num_physical), 0.0);
   report.rank_load.assign(static_cast<std::size_t>(options.world_size), 0.0);
   std::vector<std::int64_t> claims(static_cast<std::size_t>(num_physical), 0);
   std::vector<std::int64_t> ranks;
@@ -63,9 +63,9 @@ BalanceReport describe_table(const TableView& table, const AnalyzeOptions& optio
     report.num_replicas += count;
     ranks.clear();
     for (std::int64_t column = 1; column <= count; ++column) {
-      const std::int32_t instance = table.at(e, column);
-      ++claims[instance];
-      ranks.push_back(instance / options.slots_per_rank);
+      const std::int32_t slot = table.at(e, column);
+      ++claims[slot];
+      ranks.push_back(slot / options.slots_per_rank);
       if (options.balance_mode == BalanceMode::kByRank &&
           ranks_served_by_replica(count, column, options.world_size) == 0) {
         ++report.dead_replicas;
@@ -82,12 +82,12 @@ BalanceReport describe_table(const TableView& table, const AnalyzeOptions& optio
   return report;
 }
 
-// Totals, ratios and idle replicas once instance_load and the local sums are in.
+// Totals, ratios and idle replicas once slot_load and the local sums are in.
 void finish(BalanceReport& report, const TableView& table, double local_rank, double local_node,
             const AnalyzeOptions& options) {
   const std::int64_t slots_per_rank = options.slots_per_rank;
-  for (std::size_t p = 0; p < report.instance_load.size(); ++p) {
-    report.rank_load[p / static_cast<std::size_t>(slots_per_rank)] += report.instance_load[p];
+  for (std::size_t p = 0; p < report.slot_load.size(); ++p) {
+    report.rank_load[p / static_cast<std::size_t>(slots_per_rank)] += report.slot_load[p];
   }
   for (double load : report.rank_load) {
     report.total_load += load;
@@ -107,7 +107,7 @@ void finish(BalanceReport& report, const TableView& table, double local_rank, do
     for (std::int64_t column = 1; column <= count; ++column) {
       const bool dead = options.balance_mode == BalanceMode::kByRank &&
                         ranks_served_by_replica(count, column, options.world_size) == 0;
-      if (!dead && report.instance_load[table.at(e, column)] == 0) ++report.idle_replicas;
+      if (!dead && report.slot_load[table.at(e, column)] == 0) ++report.idle_replicas;
     }
   }
 }
@@ -142,9 +142,9 @@ BalanceReport analyze_load(const TableView& table, const double* counts,
       const std::int64_t last = by_rank ? first : count;
       const double part = by_rank ? tokens : tokens / static_cast<double>(count);
       for (std::int64_t column = first; column <= last; ++column) {
-        const std::int32_t instance = table.at(e, column);
-        const std::int64_t rank = instance / slots_per_rank;
-        report.instance_load[instance] += part;
+        const std::int32_t slot = table.at(e, column);
+        const std::int64_t rank = slot / slots_per_rank;
+        report.slot_load[slot] += part;
         if (rank == source) local_rank += part;
         if (same_node(rank, source)) local_node += part;
       }
@@ -177,10 +177,10 @@ BalanceReport analyze_trace(const TableView& table, const RoutingTrace& trace,
     std::fill(counts.begin(), counts.end(), 0);
     router.route(table, params, trace.rank_ids(source), nullptr, trace.rank_mask(source),
                  counts.data(), detail::concat(kOperation, ": source rank ", source, ": "));
-    for (std::int64_t instance = 0; instance < num_physical; ++instance) {
-      const auto tokens = static_cast<double>(counts[instance]);
-      const std::int64_t rank = instance / slots_per_rank;
-      report.instance_load[instance] += tokens;
+    for (std::int64_t slot = 0; slot < num_physical; ++slot) {
+      const auto tokens = static_cast<double>(counts[slot]);
+      const std::int64_t rank = slot / slots_per_rank;
+      report.slot_load[slot] += tokens;
       if (rank == source) local_rank += tokens;
       if (ranks_per_node > 0 && rank / ranks_per_node == source / ranks_per_node) {
         local_node += tokens;

@@ -1,6 +1,6 @@
 // DeepSeek's published EPLB algorithm (deepseek-ai/EPLB, rebalance_experts),
-// written from its description in shared/EPLB_BASELINE.md: the baseline the
-// rule-aware planner is measured against. It sees global counts only and
+// written from its published description: the baseline the rule-aware
+// planner is compared with. It sees global counts only and
 // assumes every replica gets load / count.
 #include <algorithm>
 #include <numeric>

@@ -129,7 +129,7 @@ void record_batch(ExpertLoad& load, const std::vector<std::int32_t>& identity_ta
   MOE_EPLB_CHECK(source_rank >= 0 && source_rank < load.num_source_ranks,
                  "LoadRecorder::record(): source_rank must be in 0..", load.num_source_ranks - 1,
                  ", got ", source_rank);
-  // Identity table (every expert one instance, its own id) in token mode: the
+  // Identity table (every expert one replica, in the slot of its own id) in token mode: the
   // operator then counts logical experts, with its own pruning rules.
   const TableView table{identity_table.data(), load.num_experts, 2, 2, 1};
   UpdateExpertParams params;

@@ -1,5 +1,5 @@
 // Internal: one routed batch through the core operator, counted per physical
-// instance. The recorder (identity table) and the trace analyzer (the real
+// slot. The recorder (identity table) and the trace analyzer (the real
 // table) both use it, so loads are always counted the operator's way.
 #pragma once
 
@@ -14,7 +14,7 @@ namespace moe_eplb::plan_detail {
 class BatchRouter {
  public:
   // Maps `expert_ids` with update_expert(table, params) and adds every kept
-  // choice to load_counts[instance] (params.num_physical_experts entries).
+  // choice to load_counts[slot] (params.num_physical_experts entries).
   // `pruning` and `active_mask` (BS bytes) are optional, at most one of them;
   // with only a mask every choice of an active token is kept. Errors as
   // update_expert(), with `context` (e.g. "analyze_trace(): source rank 3: ")

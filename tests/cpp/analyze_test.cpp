@@ -16,8 +16,8 @@
 namespace moe_eplb {
 namespace {
 
-// The formula of SPEC.md written out, no core code: tokens per instance.
-std::vector<double> reference_instance_load(const TableView& table, const RoutingTrace& trace,
+// The formula of SPEC.md written out, no core code: tokens per slot.
+std::vector<double> reference_slot_load(const TableView& table, const RoutingTrace& trace,
                                             std::int64_t num_physical, BalanceMode mode) {
   std::vector<double> load(static_cast<std::size_t>(num_physical), 0.0);
   const std::int64_t world_size = trace.world_size;
@@ -77,8 +77,8 @@ TEST(Analyze, TraceMatchesBruteForce) {
             plan(recorder.load(), scenario_plan_options(spec, BalanceMode::kByRank, algorithm));
         const BalanceReport report =
             analyze_trace(table.layer(0), trace, scenario_analyze_options(spec, mode));
-        EXPECT_EQ(report.instance_load,
-                  reference_instance_load(table.layer(0), trace,
+        EXPECT_EQ(report.slot_load,
+                  reference_slot_load(table.layer(0), trace,
                                           spec.world_size * spec.slots_per_rank, mode));
         double total = 0.0;
         for (double load : report.rank_load) total += load;
@@ -88,7 +88,7 @@ TEST(Analyze, TraceMatchesBruteForce) {
           const BalanceReport arithmetic =
               analyze_load(table.layer(0), recorder.load().layer(0), spec.world_size,
                            scenario_analyze_options(spec, mode));
-          EXPECT_EQ(arithmetic.instance_load, report.instance_load);
+          EXPECT_EQ(arithmetic.slot_load, report.slot_load);
           EXPECT_DOUBLE_EQ(arithmetic.local_rank_share, report.local_rank_share);
         }
       }
@@ -110,10 +110,10 @@ TEST(Analyze, TokenModeStatisticsApproximateTheTrace) {
   const BalanceReport routed = analyze_trace(table.layer(0), trace, options);
   const BalanceReport expected = analyze_load(table.layer(0), recorder.load().layer(0), 8, options);
   EXPECT_EQ(routed.total_load, expected.total_load);
-  for (std::size_t p = 0; p < routed.instance_load.size(); ++p) {
-    EXPECT_NEAR(routed.instance_load[p], expected.instance_load[p],
-                0.05 * expected.instance_load[p] + 20)
-        << "instance " << p;
+  for (std::size_t p = 0; p < routed.slot_load.size(); ++p) {
+    EXPECT_NEAR(routed.slot_load[p], expected.slot_load[p],
+                0.05 * expected.slot_load[p] + 20)
+        << "slot " << p;
   }
 }
 
@@ -134,7 +134,7 @@ TEST(Analyze, CraftedTableMetrics) {
   options.slots_per_rank = 2;
   options.ranks_per_node = 2;
   const BalanceReport report = analyze_load(table, load.data(), 4, options);
-  EXPECT_EQ(report.instance_load, (std::vector<double>{3, 0, 0, 0, 0, 0, 50, 70}));
+  EXPECT_EQ(report.slot_load, (std::vector<double>{3, 0, 0, 0, 0, 0, 50, 70}));
   EXPECT_EQ(report.rank_load, (std::vector<double>{3, 0, 0, 120}));
   EXPECT_DOUBLE_EQ(report.total_load, 123);
   EXPECT_DOUBLE_EQ(report.max_over_mean, 120 / 30.75);
@@ -164,7 +164,7 @@ TEST(Analyze, GlobalCountsSplitEvenly) {
   options.world_size = 2;
   options.slots_per_rank = 2;
   const BalanceReport report = analyze_load(table, global.data(), 1, options);
-  EXPECT_EQ(report.instance_load, (std::vector<double>{50, 10, 0, 50}));
+  EXPECT_EQ(report.slot_load, (std::vector<double>{50, 10, 0, 50}));
   EXPECT_EQ(report.local_node_share, -1.0);  // no ranks_per_node: not reported
 }
 

@@ -78,7 +78,9 @@ struct Case {
   std::int64_t top_k;
 };
 
-const Case kCases[] = {{1, 1}, {17, 3}, {512, 16}, {4097, 5}, {70000, 8}};
+// 400000 x 8 is more than one wave of threads on any current GPU: the
+// grid-stride loops.
+const Case kCases[] = {{1, 1}, {17, 3}, {512, 16}, {4097, 5}, {70000, 8}, {400000, 8}};
 
 template <typename IdT>
 void expect_matches_cpu(BalanceMode mode, Layout layout, std::mt19937_64& rng) {
@@ -143,87 +145,87 @@ TEST(CudaUpdateExpert, MatchesCpuInEveryLayoutModeAndDtype) {
   }
 }
 
+// Pruning in every scale dtype, a thread per choice (K = 6) and per token
+// (K = 40), and load recording through the shared histogram (64 slots) and
+// global atomics (16384 slots), against the CPU kernel.
 TEST(CudaUpdateExpert, PruningAndLoadRecordingMatchCpu) {
   MOE_EPLB_SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(7);
-  test::TableSpec spec;
-  spec.num_experts = 40;
-  spec.world_size = 4;
-  spec.slots_per_rank = 16;
-  const Matrix table_matrix = test::random_table(spec, rng);
-  test::OwnedTable host(table_matrix);
-  DeviceBuffer<std::int32_t> table_data(host.storage.storage);
-  TableView device_table = host.view;
-  device_table.data = table_data.get();
-
   const std::int64_t num_tokens = 1000;
-  const std::int64_t top_k = 6;
-  const Matrix ids_matrix = test::random_ids(num_tokens, top_k, spec.num_experts, rng);
-  std::vector<std::int64_t> ids = ids_matrix.values;
-  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
-  std::vector<float> scales(ids.size());
-  for (float& s : scales) s = uniform(rng);
-  std::vector<float> threshold(static_cast<std::size_t>(top_k), 0.12f);
-  std::vector<std::uint8_t> active(static_cast<std::size_t>(num_tokens), 0);
-  for (std::int64_t b = 0; b < 700; ++b) active[static_cast<std::size_t>(b)] = 1;
+  for (const Dtype scale_dtype : {Dtype::kFloat32, Dtype::kFloat16, Dtype::kBFloat16}) {
+    for (const std::int64_t top_k : {6, 40}) {
+      for (const std::int64_t slots_per_rank : {16, 4096}) {
+        test::TableSpec spec;
+        spec.num_experts = 48;
+        spec.world_size = 4;
+        spec.slots_per_rank = slots_per_rank;
+        const Matrix table_matrix = test::random_table(spec, rng);
+        test::OwnedTable host(table_matrix);
+        DeviceBuffer<std::int32_t> table_data(host.storage.storage);
+        TableView device_table = host.view;
+        device_table.data = table_data.get();
+        const std::vector<std::int64_t> ids =
+            test::random_ids(num_tokens, top_k, spec.num_experts, rng).values;
+        const test::PruningData d = test::random_pruning(num_tokens, top_k, scale_dtype, rng);
+        const void* scales = scale_dtype == Dtype::kFloat32 ? static_cast<const void*>(d.f32.data())
+                                                             : d.bits16.data();
+        const std::size_t scale_bytes = ids.size() * element_size(scale_dtype);
+        DeviceBuffer<std::uint8_t> scales_device(std::vector<std::uint8_t>(
+            static_cast<const std::uint8_t*>(scales),
+            static_cast<const std::uint8_t*>(scales) + scale_bytes));
+        DeviceBuffer<std::int64_t> ids_device(ids);
+        DeviceBuffer<float> threshold_device(d.threshold);
+        DeviceBuffer<std::uint8_t> active_device(d.active);
 
-  DeviceBuffer<std::int64_t> ids_device(ids);
-  DeviceBuffer<float> scales_device(scales);
-  DeviceBuffer<float> threshold_device(threshold);
-  DeviceBuffer<std::uint8_t> active_device(active);
+        const auto inputs_for = [&](bool device) {
+          const ExpertIdsView view{device ? static_cast<const void*>(ids_device.get()) : ids.data(),
+                                   Dtype::kInt64, num_tokens, top_k, top_k, 1};
+          PruningInputs pruning;
+          pruning.expert_scales =
+              ScalesView{device ? static_cast<const void*>(scales_device.get()) : scales,
+                         scale_dtype, num_tokens, top_k, top_k, 1};
+          pruning.pruning_threshold =
+              VectorView<float>{device ? threshold_device.get() : d.threshold.data(), top_k, 1};
+          pruning.has_active_mask = true;
+          pruning.active_mask = VectorView<std::uint8_t>{
+              device ? active_device.get() : d.active.data(), num_tokens, 1};
+          return std::make_pair(view, pruning);
+        };
+        const std::int64_t num_physical = spec.world_size * slots_per_rank;
+        const auto n = static_cast<std::int64_t>(ids.size());
+        for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
+          UpdateExpertParams params;
+          params.local_rank_id = 2;
+          params.world_size = spec.world_size;
+          params.balance_mode = mode;
+          params.num_physical_experts = num_physical;
 
-  auto inputs_for = [&](bool device) {
-    ExpertIdsView view{device ? static_cast<const void*>(ids_device.get()) : ids.data(),
-                       Dtype::kInt64,
-                       num_tokens,
-                       top_k,
-                       top_k,
-                       1};
-    PruningInputs pruning;
-    pruning.expert_scales =
-        ScalesView{device ? static_cast<const void*>(scales_device.get()) : scales.data(),
-                   Dtype::kFloat32,
-                   num_tokens,
-                   top_k,
-                   top_k,
-                   1};
-    pruning.pruning_threshold =
-        VectorView<float>{device ? threshold_device.get() : threshold.data(), top_k, 1};
-    pruning.has_active_mask = true;
-    pruning.active_mask =
-        VectorView<std::uint8_t>{device ? active_device.get() : active.data(), num_tokens, 1};
-    return std::make_pair(view, pruning);
-  };
+          auto [host_view, host_pruning] = inputs_for(false);
+          std::vector<std::int64_t> expected(ids.size());
+          std::vector<std::uint8_t> expected_mask(ids.size());
+          std::vector<std::int64_t> expected_load(static_cast<std::size_t>(num_physical), 0);
+          update_expert(UpdateExpertInputs{host_view, host.view, &host_pruning}, params,
+                        UpdateExpertOutputs{{expected.data(), n},
+                                            {expected_mask.data(), n},
+                                            {expected_load.data(), num_physical}});
 
-  for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
-    UpdateExpertParams params;
-    params.local_rank_id = 2;
-    params.world_size = 4;
-    params.balance_mode = mode;
-    params.num_physical_experts = 64;
-    const std::size_t count = ids.size();
-
-    auto [host_view, host_pruning] = inputs_for(false);
-    std::vector<std::int64_t> expected(count);
-    std::vector<std::uint8_t> expected_mask(count);
-    std::vector<std::int64_t> expected_load(64, 0);
-    const auto n = static_cast<std::int64_t>(count);
-    UpdateExpertOutputs outputs{{expected.data(), n}, {expected_mask.data(), n},
-                                {expected_load.data(), 64}};
-    update_expert(UpdateExpertInputs{host_view, host.view, &host_pruning}, params, outputs);
-
-    auto [device_view, device_pruning] = inputs_for(true);
-    DeviceBuffer<std::int64_t> out(count, -9);
-    DeviceBuffer<std::uint8_t> mask(count, 7);
-    DeviceBuffer<std::int64_t> load(64, 0);
-    cuda::launch_update_expert(UpdateExpertInputs{device_view, device_table, &device_pruning},
-                               params,
-                               UpdateExpertOutputs{{out.get(), n}, {mask.get(), n}, {load.get(), 64}},
-                               nullptr, nullptr);
-    MOE_EPLB_ASSERT_CUDA(cudaDeviceSynchronize());
-    EXPECT_EQ(out.to_host(), expected);
-    EXPECT_EQ(mask.to_host(), expected_mask);
-    EXPECT_EQ(load.to_host(), expected_load);
+          auto [device_view, device_pruning] = inputs_for(true);
+          DeviceBuffer<std::int64_t> out(ids.size(), -9);
+          DeviceBuffer<std::uint8_t> mask(ids.size(), 7);
+          DeviceBuffer<std::int64_t> load(static_cast<std::size_t>(num_physical), 0);
+          cuda::launch_update_expert(
+              UpdateExpertInputs{device_view, device_table, &device_pruning}, params,
+              UpdateExpertOutputs{{out.get(), n}, {mask.get(), n}, {load.get(), num_physical}},
+              nullptr, nullptr);
+          MOE_EPLB_ASSERT_CUDA(cudaDeviceSynchronize());
+          const std::string context = to_string(scale_dtype) + " K " + std::to_string(top_k) +
+                                      " slots " + std::to_string(num_physical);
+          EXPECT_EQ(out.to_host(), expected) << context;
+          EXPECT_EQ(mask.to_host(), expected_mask) << context;
+          EXPECT_EQ(load.to_host(), expected_load) << context;
+        }
+      }
+    }
   }
 }
 

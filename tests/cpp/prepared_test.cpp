@@ -14,15 +14,6 @@ namespace {
 using ::testing::HasSubstr;
 using namespace moe_eplb::test;
 
-UpdateExpertParams params_for(std::int64_t rank, std::int64_t world_size, int mode,
-                              std::int64_t num_physical = -1) {
-  UpdateExpertParams params;
-  params.local_rank_id = rank;
-  params.world_size = world_size;
-  params.balance_mode = static_cast<BalanceMode>(mode);
-  params.num_physical_experts = num_physical;
-  return params;
-}
 
 template <typename T>
 std::vector<std::int64_t> map_prepared(const PreparedTable& prepared, const Matrix& ids,
@@ -49,7 +40,7 @@ TEST(PreparedTable, AgreesWithReferenceOverRanksModesDtypesLayouts) {
       const Matrix ids = random_ids(129, 5, 40, rng);
       for (std::int64_t rank = 0; rank < world_size; rank += 1 + world_size / 5) {
         const PreparedTable prepared(
-            table.view, params_for(rank, world_size, mode, world_size * slots_per_rank));
+            table.view, rank_params(rank, world_size, mode, world_size * slots_per_rank));
         const std::vector<std::int64_t> expected =
             reference_update_expert(ids, table_m, rank, world_size, mode).values;
         for (Layout layout : kAllLayouts) {
@@ -63,10 +54,10 @@ TEST(PreparedTable, AgreesWithReferenceOverRanksModesDtypesLayouts) {
 
 TEST(PreparedTable, RoutesLayout) {
   OwnedTable table(matrix_from_rows({{3, 40, 7, 19}, {1, 2, -9, -9}}));
-  const PreparedTable by_rank(table.view, params_for(5, 8, 0, 48));
+  const PreparedTable by_rank(table.view, rank_params(5, 8, 0, 48));
   EXPECT_EQ(by_rank.row_width(), 1);
   EXPECT_EQ(by_rank.routes(), (std::vector<std::int32_t>{7, 2}));  // SPEC worked example
-  const PreparedTable by_token(table.view, params_for(0, 8, 1, 48));
+  const PreparedTable by_token(table.view, rank_params(0, 8, 1, 48));
   EXPECT_EQ(by_token.row_width(), 4);
   EXPECT_EQ(by_token.routes(), (std::vector<std::int32_t>{3, 40, 7, 19, 1, 2, -1, -1}));
 }
@@ -74,7 +65,7 @@ TEST(PreparedTable, RoutesLayout) {
 TEST(PreparedTable, RefusesInvalidTablesListingEveryProblem) {
   OwnedTable table(matrix_from_rows({{0, 1, 2}, {2, 3, 3}, {1, 3, 0}}));
   try {
-    PreparedTable prepared(table.view, params_for(0, 2, 0, 4));
+    PreparedTable prepared(table.view, rank_params(0, 2, 0, 4));
     FAIL() << "expected an exception";
   } catch (const Error& error) {
     EXPECT_EQ(error.code(), ErrorCode::kInvalidTable);
@@ -88,8 +79,8 @@ TEST(PreparedTable, RefusesInvalidTablesListingEveryProblem) {
 
 TEST(PreparedTable, RefusesBadScalarsAndKeepsWarnings) {
   OwnedTable table(matrix_from_rows({{5, 0, 4, 8, 12, 16}}));
-  EXPECT_THROW(PreparedTable(table.view, params_for(16, 16, 0, 32)), Error);
-  const PreparedTable prepared(table.view, params_for(3, 16, 0, 32));
+  EXPECT_THROW(PreparedTable(table.view, rank_params(16, 16, 0, 32)), Error);
+  const PreparedTable prepared(table.view, rank_params(3, 16, 0, 32));
   EXPECT_EQ(prepared.report().total_warnings > 0, true);
   EXPECT_THAT(prepared.report().to_string(),
               HasSubstr("replica 5 (slot 16) never receives tokens"));
@@ -97,7 +88,7 @@ TEST(PreparedTable, RefusesBadScalarsAndKeepsWarnings) {
 
 TEST(PreparedTable, TokenModeIgnoresUnsetWorldSize) {
   OwnedTable table(matrix_from_rows({{2, 0, 1}, {1, 2, 0}}));
-  UpdateExpertParams params = params_for(-1, -1, 1, 3);
+  UpdateExpertParams params = rank_params(-1, -1, 1, 3);
   params.profile = LimitProfile::kAscend;
   const PreparedTable prepared(table.view, params);
   Matrix ids = make_matrix(3, 1, 0);
@@ -107,7 +98,7 @@ TEST(PreparedTable, TokenModeIgnoresUnsetWorldSize) {
 
 TEST(PreparedTable, BadExpertIdNamesPosition) {
   OwnedTable table(matrix_from_rows({{1, 0}, {1, 1}}));
-  const PreparedTable prepared(table.view, params_for(0, 2, 0, 2));
+  const PreparedTable prepared(table.view, rank_params(0, 2, 0, 2));
   Matrix ids = make_matrix(2, 2, 0);
   ids.at(1, 0) = 2;
   try {
@@ -165,7 +156,7 @@ TEST(PreparedTable, PruningAndLoadRecordingMatchTheStatelessOperator) {
                         {active.data(), 64, 1}};
   const ExpertIdsView view{ids32.data(), Dtype::kInt32, 64, 4, 4, 1};
   for (int mode : {0, 1}) {
-    const UpdateExpertParams params = params_for(1, 4, mode, 20);
+    const UpdateExpertParams params = rank_params(1, 4, mode, 20);
     std::vector<std::int32_t> out_a(256), out_b(256);
     std::vector<std::uint8_t> mask_a(256), mask_b(256, 7);
     std::vector<std::int64_t> load_a(20), load_b(20);

@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "moe_eplb/types.hpp"
+
 namespace moe_eplb::test {
 
 // Dense row-major matrix of int64 values, the form tests reason in.
@@ -136,6 +138,46 @@ inline Matrix random_ids(std::int64_t num_tokens, std::int64_t top_k, std::int64
   std::uniform_int_distribution<std::int64_t> dist(0, num_experts - 1);
   for (auto& value : ids.values) value = dist(rng);
   return ids;
+}
+
+// Random pruning inputs: scales of `dtype` (float32 values, or the bits of
+// float16 / bfloat16 values, subnormals included), the float value of each,
+// thresholds, and an active mask with its true entries first.
+struct PruningData {
+  std::vector<std::uint16_t> bits16;
+  std::vector<float> f32;
+  std::vector<float> values;  // float value of each scale, by definition
+  std::vector<float> threshold;
+  std::vector<std::uint8_t> active;
+};
+
+inline PruningData random_pruning(std::int64_t num_tokens, std::int64_t top_k, Dtype dtype,
+                           std::mt19937_64& rng) {
+  PruningData d;
+  const std::size_t n = static_cast<std::size_t>(num_tokens * top_k);
+  std::uniform_real_distribution<float> value(0.0f, 0.3f);
+  std::uniform_int_distribution<int> mantissa16(0, 1023), exponent16(9, 14);
+  std::uniform_int_distribution<int> mantissa_bf(0, 127), exponent_bf(118, 126);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (dtype == Dtype::kFloat32) {
+      d.f32.push_back(value(rng));
+      d.values.push_back(d.f32.back());
+    } else if (dtype == Dtype::kFloat16) {
+      // Include subnormals now and then.
+      const int e = i % 17 == 0 ? 0 : exponent16(rng);
+      d.bits16.push_back(static_cast<std::uint16_t>((e << 10) | mantissa16(rng)));
+      d.values.push_back(reference_half_value(d.bits16.back()));
+    } else {
+      d.bits16.push_back(static_cast<std::uint16_t>((exponent_bf(rng) << 7) | mantissa_bf(rng)));
+      d.values.push_back(reference_bfloat16_value(d.bits16.back()));
+    }
+  }
+  std::uniform_real_distribution<float> thr(0.0f, 0.25f);
+  for (std::int64_t k = 0; k < top_k; ++k) d.threshold.push_back(thr(rng));
+  const std::int64_t num_active =
+      num_tokens == 0 ? 0 : static_cast<std::int64_t>(rng() % (num_tokens + 1));
+  for (std::int64_t b = 0; b < num_tokens; ++b) d.active.push_back(b < num_active ? 1 : 0);
+  return d;
 }
 
 }  // namespace moe_eplb::test

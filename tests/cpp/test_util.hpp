@@ -1,13 +1,15 @@
 // Test plumbing: lay out a reference Matrix in memory with various strides
-// (junk between elements, so a wrong stride reads junk), and wrap it in the
-// library's views.
+// (junk between elements, so a wrong stride reads junk), wrap it in the
+// library's views, run the operator on it, and catch its errors.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "moe_eplb/error.hpp"
 #include "moe_eplb/types.hpp"
+#include "moe_eplb/update_expert.hpp"
 #include "reference.hpp"
 
 namespace moe_eplb::test {
@@ -119,6 +121,43 @@ inline Matrix matrix_from_rows(const std::vector<std::vector<std::int64_t>>& row
 template <typename T>
 std::vector<std::int64_t> widen(const std::vector<T>& values) {
   return std::vector<std::int64_t>(values.begin(), values.end());
+}
+
+inline constexpr std::int64_t kPoison32 = 0x7eadbeef;
+
+inline UpdateExpertParams rank_params(std::int64_t rank, std::int64_t world_size, int mode = 0,
+                                      std::int64_t num_physical_experts = -1) {
+  UpdateExpertParams params;
+  params.local_rank_id = rank;
+  params.world_size = world_size;
+  params.balance_mode = static_cast<BalanceMode>(mode);
+  params.num_physical_experts = num_physical_experts;
+  return params;
+}
+
+// Runs the op with ids laid out as `layout` in dtype T; the output buffer is
+// poisoned first, so an element the op does not write keeps the poison.
+template <typename T>
+Matrix run(const Matrix& ids, const TableView& table, const UpdateExpertParams& params,
+           Layout layout = Layout::kRowMajor) {
+  const Strided<T> storage = lay_out<T>(ids, layout, static_cast<T>(-999));
+  std::vector<T> out(static_cast<std::size_t>(ids.rows * ids.cols), static_cast<T>(kPoison32));
+  update_expert(ids_view(storage, ids), table, params, out.data());
+  Matrix result = make_matrix(ids.rows, ids.cols);
+  result.values = widen(out);
+  return result;
+}
+
+// Message of the moe_eplb::Error a callable throws ("" if none).
+template <typename F>
+std::string error_of(F&& f, ErrorCode* code = nullptr) {
+  try {
+    f();
+  } catch (const Error& error) {
+    if (code != nullptr) *code = error.code();
+    return error.what();
+  }
+  return "";
 }
 
 }  // namespace moe_eplb::test

@@ -43,11 +43,11 @@ def reference_update_expert(
             if not 1 <= count <= num_columns - 1:
                 out_row.append(BAD)
                 continue
-            instance = table[expert][
+            slot = table[expert][
                 replica_column(count, token, local_rank_id, world_size, balance_mode)
             ]
             limit = 2**31 - 1 if num_physical_experts is None else num_physical_experts
-            out_row.append(instance if 0 <= instance < limit else BAD)
+            out_row.append(slot if 0 <= slot < limit else BAD)
         out.append(out_row)
     return out
 
@@ -79,9 +79,9 @@ def reference_load(rows, mask, num_physical_experts):
     """Histogram of kept, valid physical ids."""
     counts = [0] * num_physical_experts
     for token, row in enumerate(rows):
-        for k, instance in enumerate(row):
-            if instance is not BAD and (mask is None or bool(mask[token, k])):
-                counts[instance] += 1
+        for k, slot in enumerate(row):
+            if slot is not BAD and (mask is None or bool(mask[token, k])):
+                counts[slot] += 1
     return torch.tensor(counts, dtype=torch.int64)
 
 
@@ -92,7 +92,7 @@ def make_table(rng, num_experts, world_size, slots_per_rank, num_columns, distri
     """A valid (E, F) int32 EPLB table; unused columns hold -1.
 
     distributions:
-      "single"     every expert has one instance (the seed's own example)
+      "single"     every expert has one replica (the seed's own example)
       "random"     1..F-1 replicas, random distinct slots
       "max"        as many replicas as columns allow, slots permitting
       "uneven"     counts that do not divide world_size (3, 5, 7 ...), so rank

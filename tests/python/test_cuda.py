@@ -1,6 +1,9 @@
-"""CUDA backend of torch.ops.moe_eplb: bit-exact against the CPU backend
-(itself checked against the scalar reference in test_update_expert.py), bad
-elements, load recording, CUDA graphs with a table swap, torch.compile.
+"""CUDA backend of torch.ops.moe_eplb, for what the adapter decides: tensor
+strides and alignment into views (bit-exact against the CPU backend), which
+error counter counts, checked mode, the current stream, the prepared table's
+swap under CUDA graphs, torch.compile, opcheck and programmatic dependent
+launch. The kernels' own sweeps (shapes, modes, pruning dtypes, load
+histograms, grid-stride batches) are C++ tests (tests/cpp/cuda_*).
 
 Skipped, with the reason shown by `pytest -rs`, when there is no GPU or the
 extension was built without CUDA. MOE_EPLB_TEST_DEVICE=cpu runs the
@@ -74,108 +77,62 @@ def misaligned_copy(tensor):
 
 # ---- bit-exact against the CPU ---------------------------------------------
 
-SHAPES = [(1, 1), (8, 8), (17, 3), (512, 16), (513, 5), (4099, 7), (65536, 8)]
-
-
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("balance_mode", [0, 1])
 @pytest.mark.parametrize("layout", LAYOUTS + ["misaligned"])
 def test_matches_cpu_bit_exact(rng, dtype, balance_mode, layout):
-    # Small E (the stateless kernel builds a shared rank map), E above the
-    # shared-map limit, and E large against tiny batches (direct table reads).
-    tables = [(make_table(rng, num_experts, world_size, slots, 4, "random"), world_size, slots)
-              for num_experts, world_size, slots in [(64, 8, 16), (5000, 64, 80), (1000, 4, 256)]]
-    for num_tokens, top_k in SHAPES:
-        for table, world_size, slots in tables:
-            num_experts = table.shape[0]
-            ids = make_ids(rng, num_tokens, top_k, num_experts, dtype,
-                           "contiguous" if layout == "misaligned" else layout)
-            rank = int(rng.integers(world_size))
-            num_physical = world_size * slots
-            expected = OPS.update_expert(ids, table, rank, world_size,
-                                         balance_mode=balance_mode)
-            gpu_ids = misaligned_copy(ids) if layout == "misaligned" else on_cuda(ids)
-            context = "BS=%d K=%d E=%d rank=%d" % (num_tokens, top_k, num_experts, rank)
-            out = OPS.update_expert(gpu_ids, table.to(CUDA), rank, world_size,
-                                    balance_mode=balance_mode)
-            assert_same(out, expected, "stateless " + context)
-            prepared = moe_eplb.PreparedTable(table.to(CUDA), rank, world_size,
-                                              balance_mode=balance_mode,
-                                              num_physical_experts=num_physical)
-            assert_same(prepared.map(gpu_ids), expected, "prepared " + context)
-
-
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("balance_mode", [0, 1])
-def test_large_batches_bit_exact(rng, dtype, balance_mode):
-    # The benchmark's big shape, grid-stride loops and all.
-    table = make_table(rng, 256, 32, 16, 5, "random")
-    ids = torch.from_numpy(rng.integers(0, 256, size=(1048576, 8))).to(dtype)
-    expected = OPS.update_expert(ids, table, 7, 32, balance_mode=balance_mode)
-    out = OPS.update_expert(ids.to(CUDA), table.to(CUDA), 7, 32, balance_mode=balance_mode)
-    assert_same(out, expected, "stateless 1048576x8")
-    prepared = moe_eplb.PreparedTable(table, 7, 32, balance_mode=balance_mode,
-                                      num_physical_experts=512, device=CUDA)
-    assert_same(prepared.map(ids.to(CUDA)), expected, "prepared 1048576x8")
-
-
-@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("balance_mode", [0, 1])
-def test_pruning_and_load_bit_exact(rng, scale_dtype, balance_mode):
-    # K <= 32 runs a thread per choice, K = 40 a thread per token.
-    for num_tokens, top_k, num_physical in [(1, 1, 64), (512, 16, 512), (3000, 8, 20000),
-                                            (300, 40, 512)]:
-        world_size = 8
-        num_experts = min(num_physical, 300)
-        table = make_table(rng, num_experts, world_size, num_physical // world_size, 5, "random")
-        ids = make_ids(rng, num_tokens, top_k, num_experts, torch.int64, "sliced")
-        scales = torch.from_numpy(rng.random((num_tokens, top_k))).to(scale_dtype)
-        scales = scales.sort(dim=1, descending=True).values.t().contiguous().t()  # strided
-        threshold = torch.from_numpy(rng.random(top_k) * 0.3).float()
-        active = torch.arange(num_tokens) < int(rng.integers(0, num_tokens + 1))
+    # Strides and alignment survive the adapter: vectorised, strided and
+    # misaligned views, stateless and prepared.
+    world_size, slots = 8, 16
+    table = make_table(rng, 64, world_size, slots, 4, "random")
+    for num_tokens, top_k in [(17, 3), (512, 16)]:
+        ids = make_ids(rng, num_tokens, top_k, 64, dtype,
+                       "contiguous" if layout == "misaligned" else layout)
         rank = int(rng.integers(world_size))
-        cpu_load = torch.zeros(num_physical, dtype=torch.int64)
-        expected_ids, expected_mask = moe_eplb.update_expert_pruned(
-            ids, table, rank, world_size, expert_scales=scales, pruning_threshold=threshold,
-            active_mask=active, balance_mode=balance_mode, num_physical_experts=num_physical,
-            load_counts=cpu_load)
-        # Red zones around the counters show any write outside them.
-        load_buffer = torch.full((num_physical + 64,), -7, dtype=torch.int64, device=CUDA)
-        load = load_buffer[32:32 + num_physical]
-        load.zero_()
-        gpu = [on_cuda(t) for t in (ids, scales, threshold, active)]
-        out, mask = moe_eplb.update_expert_pruned(
-            gpu[0], table.to(CUDA), rank, world_size, expert_scales=gpu[1],
-            pruning_threshold=gpu[2], active_mask=gpu[3], balance_mode=balance_mode,
-            num_physical_experts=num_physical, load_counts=load)
-        context = "BS=%d K=%d P=%d" % (num_tokens, top_k, num_physical)
-        assert_same(out, expected_ids, "ids " + context)
-        assert_same(mask, expected_mask, "mask " + context)
-        assert_same(load, cpu_load, "load " + context)
-        assert bool((load_buffer[:32] == -7).all()) and bool((load_buffer[-32:] == -7).all())
-        prepared = moe_eplb.PreparedTable(table, rank, world_size, balance_mode=balance_mode,
-                                          num_physical_experts=num_physical, device=CUDA)
-        load.zero_()
-        out, mask = prepared.map_pruned(gpu[0], gpu[1], gpu[2], gpu[3], load_counts=load)
-        assert_same(out, expected_ids, "prepared ids " + context)
-        assert_same(mask, expected_mask, "prepared mask " + context)
-        assert_same(load, cpu_load, "prepared load " + context)
+        expected = OPS.update_expert(ids, table, rank, world_size, balance_mode=balance_mode)
+        gpu_ids = misaligned_copy(ids) if layout == "misaligned" else on_cuda(ids)
+        context = "BS=%d K=%d rank=%d" % (num_tokens, top_k, rank)
+        out = OPS.update_expert(gpu_ids, table.to(CUDA), rank, world_size,
+                                balance_mode=balance_mode)
+        assert_same(out, expected, "stateless " + context)
+        prepared = moe_eplb.PreparedTable(table.to(CUDA), rank, world_size,
+                                          balance_mode=balance_mode,
+                                          num_physical_experts=world_size * slots)
+        assert_same(prepared.map(gpu_ids), expected, "prepared " + context)
 
 
-@pytest.mark.parametrize("num_physical", [1024, 16384])  # shared histogram / global atomics
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_load_recording_equals_cpu_histogram(rng, num_physical, dtype):
-    world_size = 16
-    table = make_table(rng, 1000, world_size, num_physical // world_size, 4, "random")
-    ids = make_ids(rng, 70000, 8, 1000, dtype, "contiguous")
-    table_gpu, ids_gpu = table.to(CUDA), ids.to(CUDA)
-    for balance_mode in (0, 1):
-        load = torch.zeros(num_physical, dtype=torch.int64, device=CUDA)
-        out = moe_eplb.update_expert(ids_gpu, table_gpu, 3, world_size,
-                                     balance_mode=balance_mode,
-                                     num_physical_experts=num_physical, load_counts=load)
-        histogram = torch.bincount(out.cpu().long().flatten(), minlength=num_physical)
-        assert_same(load, histogram, "mode %d" % balance_mode)
+def test_pruning_inputs_and_load_counts_bit_exact(rng):
+    # Strided bfloat16 scales, the mask and red-zoned load counters through the
+    # stateless and prepared ops.
+    num_tokens, top_k, world_size, num_physical = 512, 16, 8, 512
+    table = make_table(rng, 300, world_size, num_physical // world_size, 5, "random")
+    ids = make_ids(rng, num_tokens, top_k, 300, torch.int64, "sliced")
+    scales = torch.from_numpy(rng.random((num_tokens, top_k))).to(torch.bfloat16)
+    scales = scales.sort(dim=1, descending=True).values.t().contiguous().t()  # strided
+    threshold = torch.from_numpy(rng.random(top_k) * 0.3).float()
+    active = torch.arange(num_tokens) < 400
+    cpu_load = torch.zeros(num_physical, dtype=torch.int64)
+    expected_ids, expected_mask = moe_eplb.update_expert_pruned(
+        ids, table, 3, world_size, expert_scales=scales, pruning_threshold=threshold,
+        active_mask=active, num_physical_experts=num_physical, load_counts=cpu_load)
+    load_buffer = torch.full((num_physical + 64,), -7, dtype=torch.int64, device=CUDA)
+    load = load_buffer[32:32 + num_physical]
+    load.zero_()
+    gpu = [on_cuda(t) for t in (ids, scales, threshold, active)]
+    out, mask = moe_eplb.update_expert_pruned(
+        gpu[0], table.to(CUDA), 3, world_size, expert_scales=gpu[1], pruning_threshold=gpu[2],
+        active_mask=gpu[3], num_physical_experts=num_physical, load_counts=load)
+    assert_same(out, expected_ids, "ids")
+    assert_same(mask, expected_mask, "mask")
+    assert_same(load, cpu_load, "load")
+    assert bool((load_buffer[:32] == -7).all()) and bool((load_buffer[-32:] == -7).all())
+    prepared = moe_eplb.PreparedTable(table, 3, world_size, num_physical_experts=num_physical,
+                                      device=CUDA)
+    load.zero_()
+    out, mask = prepared.map_pruned(gpu[0], gpu[1], gpu[2], gpu[3], load_counts=load)
+    assert_same(out, expected_ids, "prepared ids")
+    assert_same(mask, expected_mask, "prepared mask")
+    assert_same(load, cpu_load, "prepared load")
 
 
 # ---- bad elements: -1, counted, never out of bounds -------------------------
@@ -185,8 +142,8 @@ def _bad_inputs(rng, dtype):
     table = make_table(rng, 40, 4, 16, 4, "random")
     table[3, 0] = 0                 # count below 1
     table[4, 0] = 9                 # count above F - 1
-    table[5, 0], table[5, 1] = 1, 64  # instance id == num_physical_experts
-    table[6, 0], table[6, 1] = 1, -3  # negative instance id
+    table[5, 0], table[5, 1] = 1, 64  # slot == num_physical_experts
+    table[6, 0], table[6, 1] = 1, -3  # negative slot
     ids = make_ids(rng, 300, 6, 40, dtype, "contiguous")
     flat = ids.view(-1)
     positions = rng.choice(flat.numel(), size=200, replace=False)
@@ -211,17 +168,17 @@ def test_bad_elements_are_minus_one_and_counted(rng, dtype, balance_mode):
     counter.zero_()
     load = torch.zeros(64, dtype=torch.int64, device=CUDA)
     out = moe_eplb.update_expert(ids.to(CUDA), table.to(CUDA), 1, 4, balance_mode=balance_mode,
-                                 num_physical_experts=64, load_counts=load, error_count=counter)
+                                 num_physical_experts=64, load_counts=load, error_counter=counter)
     assert_same(out, expected, "stateless")
     assert counter.item() == num_bad
     assert counter_buffer[0].item() == 77 and counter_buffer[2].item() == 77
     assert_same(load, reference_load(rows, None, 64), "load skips bad elements")
 
-    # Without error_count the library's own counter counts.
-    moe_eplb.error_count(reset=True)
+    # Without error_counter the library's own counter counts.
+    moe_eplb.read_error_counter(reset=True)
     moe_eplb.update_expert(ids.to(CUDA), table.to(CUDA), 1, 4, balance_mode=balance_mode,
                            num_physical_experts=64)
-    assert moe_eplb.error_count(reset=True) == num_bad
+    assert moe_eplb.read_error_counter(reset=True) == num_bad
 
     # Checked mode synchronises and raises the CPU's precise message.
     with pytest.raises(IndexError, match=r"update_expert\(\): expert_ids\[\d+, \d+\] = "):
@@ -244,7 +201,7 @@ def test_corrupted_prepared_routes_are_contained(rng):
         ids = make_ids(rng, 1000, 8, 32, torch.int32, "contiguous").to(CUDA)
         counter = torch.zeros(1, dtype=torch.int32, device=CUDA)
         load = torch.zeros(32, dtype=torch.int64, device=CUDA)
-        out = prepared.map(ids, load_counts=load, error_count=counter)
+        out = prepared.map(ids, load_counts=load, error_counter=counter)
         valid = out >= 0
         assert bool(((out == -1) | (valid & (out < 32))).all())
         assert counter.item() == int((~valid).sum())
@@ -356,12 +313,12 @@ def test_cuda_graph_replay_sees_table_swap(rng, balance_mode):
 def test_cuda_graph_counts_errors_on_every_replay(rng):
     table = make_table(rng, 16, 4, 4, 3, "random").to(CUDA)
     ids = torch.tensor([[0, 99], [1, 2]], device=CUDA)
-    moe_eplb.error_count(reset=True)
+    moe_eplb.read_error_counter(reset=True)
     graph, (out,) = _warm_up_then_capture(lambda: (OPS.update_expert(ids, table, 0, 4),))
-    moe_eplb.error_count(reset=True)
+    moe_eplb.read_error_counter(reset=True)
     for _ in range(3):
         graph.replay()
-    assert moe_eplb.error_count(reset=True) == 3
+    assert moe_eplb.read_error_counter(reset=True) == 3
     assert out[0, 1].item() == -1
 
 
@@ -412,7 +369,7 @@ def test_opcheck_cuda(rng):
         (OPS.update_expert.default, (ids, table, 2, 4), {"balance_mode": 1}),
         (OPS.update_expert_pruned.default, (ids, table, scales, threshold, None, 2, 4), {}),
         (OPS.update_expert_counted.default, (ids, table, 2, 4),
-         {"load_counts": load, "error_count": errors, "num_physical_experts": 32}),
+         {"load_counts": load, "error_counter": errors, "num_physical_experts": 32}),
         (OPS.update_expert_prepared.default, (ids.int(), prepared.routes),
          {"balance_mode": 0, "num_physical_experts": 32}),
         (OPS.update_expert_prepared_counted.default, (ids, prepared.routes),
@@ -454,9 +411,28 @@ def test_pruning_reference_matches_gpu_float16_rounding(rng):
 
 
 @cuda_only
+def test_prepared_update_refuses_a_capturing_stream(rng):
+    # The C++ table owns the swap, and its stream-capture check.
+    table = make_table(rng, 16, 4, 4, 3, "random")
+    prepared = moe_eplb.PreparedTable(table, 1, 4, device=CUDA)
+    ids = make_ids(rng, 8, 2, 16, torch.int32, "contiguous").to(CUDA)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        prepared.map(ids)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match=r"the stream is capturing a CUDA graph"):
+        with torch.cuda.graph(graph):
+            prepared.update(table)
+    torch.cuda.synchronize()
+
+
+@cuda_only
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("graph", [False, True])
-def test_programmatic_dependent_launch_chain(rng, dtype, graph):
+@pytest.mark.parametrize("per_call", [False, True])
+def test_programmatic_dependent_launch_chain(rng, dtype, graph, per_call):
     # Each call maps the previous call's output. With programmatic dependent
     # launch, each kernel lets the next one start early, so the next one must
     # wait for it before reading: a missing wait reads the poison or a half
@@ -473,15 +449,18 @@ def test_programmatic_dependent_launch_chain(rng, dtype, graph):
         expected = permutation.to(dtype)[expected.long()]
     table_gpu, prepared = table.to(CUDA), moe_eplb.PreparedTable(table, 1, world_size, device=CUDA)
     static_ids = ids.to(CUDA)
+    # Either the process default is on, or each call asks for it.
     was = moe_eplb.programmatic_dependent_launch()
+    enable_pdl = True if per_call else None
     try:
-        moe_eplb.programmatic_dependent_launch(True)
+        moe_eplb.programmatic_dependent_launch(not per_call)
 
         def run():
             out = static_ids
             for call in range(calls):
-                out = (OPS.update_expert(out, table_gpu, 1, world_size) if call % 2 == 0
-                       else prepared.map(out))
+                out = (moe_eplb.update_expert(out, table_gpu, 1, world_size,
+                                              enable_pdl=enable_pdl) if call % 2 == 0
+                       else prepared.map(out, enable_pdl=enable_pdl))
             return (out,)
 
         if graph:

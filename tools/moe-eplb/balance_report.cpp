@@ -44,8 +44,8 @@ void print_comparison(const std::vector<BalanceRow>& rows) {
 }
 
 void print_rank_detail(const BalanceReport& report, const TableView& table) {
-  // Which expert (and replica) each instance holds.
-  std::vector<std::string> holder(report.instance_load.size(), "-");
+  // Which expert (and replica) each slot holds.
+  std::vector<std::string> holder(report.slot_load.size(), "-");
   for (std::int64_t e = 0; e < table.num_experts; ++e) {
     const std::int64_t count = table.at(e, 0);
     for (std::int64_t column = 1; column <= count; ++column) {
@@ -56,19 +56,19 @@ void print_rank_detail(const BalanceReport& report, const TableView& table) {
     }
   }
   const double scale = report.max_rank_load > 0 ? 24.0 / report.max_rank_load : 0.0;
-  std::printf("  rank    tokens  x mean  %-24s  instances (expert/replica tokens)\n", "");
+  std::printf("  rank    tokens  x mean  %-24s  slots (expert/replica tokens)\n", "");
   for (std::int64_t rank = 0; rank < report.world_size; ++rank) {
     const double load = report.rank_load[rank];
     std::string bar(static_cast<std::size_t>(load * scale + 0.5), '#');
-    std::string instances;
+    std::string slots;
     for (std::int64_t slot = 0; slot < report.slots_per_rank; ++slot) {
       const std::int64_t p = rank * report.slots_per_rank + slot;
-      instances += (slot ? "  " : "") + holder[p] + " " + compact_count(report.instance_load[p]);
+      slots += (slot ? "  " : "") + holder[p] + " " + compact_count(report.slot_load[p]);
     }
     std::printf("  %4lld  %8s  %6.3f  %-24s  %s\n", static_cast<long long>(rank),
                 compact_count(load).c_str(),
                 report.mean_rank_load > 0 ? load / report.mean_rank_load : 0.0, bar.c_str(),
-                instances.c_str());
+                slots.c_str());
   }
 }
 
@@ -92,7 +92,7 @@ nlohmann::json balance_json(const BalanceReport& r) {
   json["local_node_share"] =
       r.local_node_share < 0 ? nlohmann::json(nullptr) : nlohmann::json(r.local_node_share);
   json["rank_load"] = r.rank_load;
-  json["instance_load"] = r.instance_load;
+  json["slot_load"] = r.slot_load;
   return json;
 }
 

@@ -26,7 +26,7 @@ struct BalanceRow {
 // placement | mode | max/mean | (max-mean)/mean | dead | share a rank | on source rank | on node.
 void print_comparison(const std::vector<BalanceRow>& rows);
 
-// Tokens per rank with a bar, x mean, and the instances on the rank.
+// Tokens per rank with a bar, x mean, and the slots on the rank.
 void print_rank_detail(const BalanceReport& report, const TableView& eplb_table);
 
 nlohmann::json balance_json(const BalanceReport& report);

@@ -87,7 +87,7 @@ void run_map(const MapOptions& options) {
 void add_map_command(CLI::App& app) {
   auto options = std::make_shared<MapOptions>();
   CLI::App* map = app.add_subcommand(
-      "map", "Map logical expert ids to physical instance ids with an EPLB table");
+      "map", "Map logical expert ids to the slots of their replicas with an EPLB table");
   map->add_option("--expert-ids", options->expert_ids_path,
                   "(BS, K) int32/int64 .npy of logical expert ids")
       ->required();

@@ -23,7 +23,7 @@ namespace moe_eplb {
 
 struct AnalyzeOptions {
   std::int64_t world_size = 0;      // W
-  std::int64_t slots_per_rank = 0;  // S: instance p lives on rank p / S
+  std::int64_t slots_per_rank = 0;  // S: slot p lives on rank p / S
   std::int64_t ranks_per_node = 0;  // 0 = unknown (node locality not reported)
   BalanceMode balance_mode = BalanceMode::kByRank;
 };
@@ -32,8 +32,8 @@ struct BalanceReport {
   BalanceMode balance_mode = BalanceMode::kByRank;
   std::int64_t world_size = 0;
   std::int64_t slots_per_rank = 0;
-  std::vector<double> instance_load;  // (W * S,) tokens per physical instance
-  std::vector<double> rank_load;      // (W,) tokens per rank (sum of its instances)
+  std::vector<double> slot_load;  // (W * S,) tokens per slot
+  std::vector<double> rank_load;      // (W,) tokens per rank (sum of its slots)
   double total_load = 0.0;
   double mean_rank_load = 0.0;
   double max_rank_load = 0.0;
@@ -45,14 +45,14 @@ struct BalanceReport {
   std::int64_t replicas_sharing_rank = 0;  // replicas on a rank that holds one of e already
   std::int64_t slots_claimed_twice = 0;    // slots named by more than one row
   std::int64_t unused_slots = 0;           // slots no row names
-  double local_rank_share = 0.0;           // share of tokens whose instance is on their source rank
+  double local_rank_share = 0.0;           // share of tokens whose slot is on their source rank
   double local_node_share = -1.0;          // ... on their source node; -1 when ranks_per_node is 0
 };
 
 // Routes per-source-rank statistics `counts` ((num_source_ranks, E), with
 // num_source_ranks W, or 1 for global counts spread evenly over the ranks)
 // through `eplb_table` arithmetically. Throws moe_eplb::Error: kInvalidTable
-// when the operator could not route the table (bad counts or instance ids;
+// when the operator could not route the table (bad counts or slots;
 // slots claimed twice are reported, not refused), kInvalidArgument for sizes.
 BalanceReport analyze_load(const TableView& eplb_table, const double* counts,
                            std::int64_t num_source_ranks, const AnalyzeOptions& options);

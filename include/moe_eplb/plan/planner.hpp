@@ -1,6 +1,6 @@
 // The EPLB planner: from expert load statistics to the Ascend eplb_table.
 //
-// Physical instance p lives on rank p / slots_per_rank. A plan uses every
+// Slot p lives on rank p / slots_per_rank. A plan uses every
 // one of the world_size * slots_per_rank slots exactly once, never puts two
 // replicas of one logical expert on the same rank, and always passes
 // validate_table(). Two algorithms:
