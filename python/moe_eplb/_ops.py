@@ -81,6 +81,11 @@ def _map(ops, inputs, options, pruning, *, load_counts, error_counter, checked):
     return (ids, mask) if pruning else ids
 
 
+def _options(balance_mode, num_physical_experts, profile, enable_pdl):
+    return dict(balance_mode=balance_mode, num_physical_experts=num_physical_experts,
+                profile=profile, enable_pdl=enable_pdl)
+
+
 def _pruning(expert_scales, pruning_threshold, active_mask):
     return dict(expert_scales=expert_scales, pruning_threshold=pruning_threshold,
                 active_mask=active_mask)
@@ -137,8 +142,7 @@ def update_expert(
     """
     return _map(
         _STATELESS, (expert_ids, eplb_table, local_rank_id, world_size),
-        dict(balance_mode=balance_mode, num_physical_experts=num_physical_experts,
-             profile=profile, enable_pdl=enable_pdl),
+        _options(balance_mode, num_physical_experts, profile, enable_pdl),
         None, load_counts=load_counts, error_counter=error_counter, checked=checked,
     )
 
@@ -181,8 +185,7 @@ def update_expert_pruned(
     """
     return _map(
         _STATELESS, (expert_ids, eplb_table, local_rank_id, world_size),
-        dict(balance_mode=balance_mode, num_physical_experts=num_physical_experts,
-             profile=profile, enable_pdl=enable_pdl),
+        _options(balance_mode, num_physical_experts, profile, enable_pdl),
         _pruning(expert_scales, pruning_threshold, active_mask),
         load_counts=load_counts, error_counter=error_counter, checked=checked,
     )
@@ -278,8 +281,7 @@ class PreparedTable:
         return self._table.report()
 
     def _options(self, enable_pdl):
-        return dict(balance_mode=self.balance_mode, num_physical_experts=self.num_physical_experts,
-                    profile=self.profile, enable_pdl=enable_pdl)
+        return _options(self.balance_mode, self.num_physical_experts, self.profile, enable_pdl)
 
     def __repr__(self):
         return (

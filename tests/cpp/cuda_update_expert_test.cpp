@@ -96,11 +96,8 @@ void expect_matches_cpu(BalanceMode mode, Layout layout, std::mt19937_64& rng) {
   TableView device_table = host_table;
   device_table.data = table.data();
 
-  UpdateExpertParams params;
-  params.local_rank_id = static_cast<std::int64_t>(rng() % 8);
-  params.world_size = 8;
-  params.balance_mode = mode;
-  params.num_physical_experts = 64;
+  const UpdateExpertParams params =
+      test::rank_params(static_cast<std::int64_t>(rng() % 8), 8, static_cast<int>(mode), 64);
   cuda::DevicePreparedTable prepared(host_table, params, nullptr);
 
   for (const Case& c : kCases) {
@@ -194,11 +191,8 @@ TEST(CudaUpdateExpert, PruningAndLoadRecordingMatchCpu) {
         const std::int64_t num_physical = spec.world_size * slots_per_rank;
         const auto n = static_cast<std::int64_t>(ids.size());
         for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
-          UpdateExpertParams params;
-          params.local_rank_id = 2;
-          params.world_size = spec.world_size;
-          params.balance_mode = mode;
-          params.num_physical_experts = num_physical;
+          const UpdateExpertParams params =
+              test::rank_params(2, spec.world_size, static_cast<int>(mode), num_physical);
 
           auto [host_view, host_pruning] = inputs_for(false);
           std::vector<std::int64_t> expected(ids.size());
@@ -240,11 +234,8 @@ TEST(CudaUpdateExpert, BadElementsWriteMinusOneAndAreCounted) {
   const std::vector<std::int32_t> expected = {0, -1, -1, -1, -1, 4, -1, 4, 0};
   DeviceBuffer<std::int32_t> ids_device(ids);
   for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
-    UpdateExpertParams params;
-    params.local_rank_id = 1;
-    params.world_size = 2;
-    params.balance_mode = mode;
-    params.num_physical_experts = 8;
+    const UpdateExpertParams params =
+        test::rank_params(1, 2, static_cast<int>(mode), 8);
     DeviceBuffer<std::int32_t> out(ids.size(), 0x5A5A);
     DeviceBuffer<std::int32_t> errors(3, 100);  // red zones around the counter
     DeviceBuffer<std::int64_t> load(8, 0);
@@ -331,11 +322,8 @@ TEST(CudaUpdateExpert, CapturedGraphSeesTableSwappedByUpdate) {
   const ExpertIdsView view{ids_device.get(), Dtype::kInt32, 512, 16, 16, 1};
 
   for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
-    UpdateExpertParams params;
-    params.local_rank_id = 3;
-    params.world_size = 4;
-    params.balance_mode = mode;
-    params.num_physical_experts = 64;
+    const UpdateExpertParams params =
+        test::rank_params(3, 4, static_cast<int>(mode), 64);
     test::OwnedTable first_table{Matrix(first)};
     test::OwnedTable second_table{Matrix(second)};
     cudaStream_t stream = nullptr;
