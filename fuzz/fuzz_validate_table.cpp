@@ -61,8 +61,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     moe_eplb::UpdateExpertOutputs outputs;
     outputs.balanced_expert_ids = {out.data(), num_experts};
     moe_eplb::update_expert_prepared(prepared.view(),
-                                     moe_eplb::ExpertIdsView{ids.data(), moe_eplb::Dtype::kInt32,
-                                                             1, num_experts, num_experts, 1},
+                                     moe_eplb::ExpertIdsView{ids.data(), moe_eplb::Dtype::kInt32, 1,
+                                                             num_experts, num_experts, 1},
                                      nullptr, outputs);
   } catch (const moe_eplb::Error& error) {
     // A valid table may still be refused for profile limits on the batch

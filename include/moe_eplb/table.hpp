@@ -19,7 +19,7 @@ struct TableIssue {
   enum class Kind : std::uint8_t {
     kBadShape,           // table or parameters themselves out of range
     kBadCount,           // eplb_table[row, 0] outside [1, F-1] (or > world_size)
-    kBadSlot,      // eplb_table[row, col] outside [0, num_physical_experts)
+    kBadSlot,            // eplb_table[row, col] outside [0, num_physical_experts)
     kDuplicateInRow,     // the same slot twice in one row
     kSlotClaimedTwice,   // one physical slot in two rows
     kSlotsNotMultiple,   // num_physical_experts % world_size != 0

@@ -73,7 +73,6 @@ void check_output_size(const char* operation, const char* name, const OutputSpan
                  " elements, expected ", what, expected);
 }
 
-
 // Batch (BS, K, dtypes, pointers), pruning inputs and outputs, against `limits`.
 // `num_physical_experts` is the size load_counts must have (-1: unknown).
 void check_batch(const char* operation, const ExpertIdsView& expert_ids,
@@ -88,9 +87,8 @@ void check_batch(const char* operation, const ExpertIdsView& expert_ids,
   MOE_EPLB_CHECK(top_k >= limits.min_top_k && top_k <= limits.max_top_k, operation,
                  ": expert_ids has top_k (K) = ", top_k, ", expected ",
                  range(limits.min_top_k, limits.max_top_k), " under the ", limits.name, " profile");
-  MOE_EPLB_CHECK(expert_ids.dtype == Dtype::kInt32 || expert_ids.dtype == Dtype::kInt64,
-                 operation, ": expert_ids must be int32 or int64, got ",
-                 to_string(expert_ids.dtype));
+  MOE_EPLB_CHECK(expert_ids.dtype == Dtype::kInt32 || expert_ids.dtype == Dtype::kInt64, operation,
+                 ": expert_ids must be int32 or int64, got ", to_string(expert_ids.dtype));
   MOE_EPLB_CHECK(top_k == 0 || num_tokens <= std::numeric_limits<std::int64_t>::max() / top_k,
                  operation, ": expert_ids shape (", num_tokens, ", ", top_k,
                  ") has more elements than fit in int64");
@@ -254,8 +252,8 @@ void check_update_expert_prepared(const PreparedView& prepared, const ExpertIdsV
                                   bool has_memory) {
   constexpr const char* kOperation = "update_expert_prepared()";
   const auto mode = static_cast<std::int64_t>(prepared.balance_mode);
-  MOE_EPLB_CHECK(mode == 0 || mode == 1, kOperation,
-                 ": prepared balance_mode must be 0 or 1, got ", mode);
+  MOE_EPLB_CHECK(mode == 0 || mode == 1, kOperation, ": prepared balance_mode must be 0 or 1, got ",
+                 mode);
   MOE_EPLB_CHECK(prepared.num_experts >= 1 && prepared.num_experts <= INT32_MAX, kOperation,
                  ": prepared routes have ", prepared.num_experts, " experts, expected 1..",
                  INT32_MAX);

@@ -155,10 +155,11 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
               " (every rank must hold the same number of slots)");
   }
   if (num_physical > limits.max_physical_experts) {
-    add.error(
-        Kind::kTooManySlots, -1, -1, "num_physical_experts ", num_physical,
-        report.num_physical_experts_inferred ? " (inferred from the largest slot in the table)" : "",
-        " exceeds ", limits.max_physical_experts, " under the ", limits.name, " profile");
+    add.error(Kind::kTooManySlots, -1, -1, "num_physical_experts ", num_physical,
+              report.num_physical_experts_inferred
+                  ? " (inferred from the largest slot in the table)"
+                  : "",
+              " exceeds ", limits.max_physical_experts, " under the ", limits.name, " profile");
   }
   const std::int64_t slots_per_rank =
       ranks_known && num_physical % world_size == 0 ? num_physical / world_size : 0;
@@ -182,9 +183,8 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
     for (std::int64_t column = 1; column <= count; ++column) {
       const std::int64_t slot = table.at(row, column);
       if (slot < 0 || slot >= num_physical) {
-        add.error(Kind::kBadSlot, row, column, "row ", row, ", column ", column,
-                  ": slot ", slot, " is outside 0..", num_physical - 1,
-                  " (num_physical_experts ", num_physical,
+        add.error(Kind::kBadSlot, row, column, "row ", row, ", column ", column, ": slot ", slot,
+                  " is outside 0..", num_physical - 1, " (num_physical_experts ", num_physical,
                   report.num_physical_experts_inferred ? ", inferred" : "", ")");
         continue;
       }
@@ -192,9 +192,8 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
       if (ranks_known && options.check_rank_mode_reachability &&
           ranks_served_by_replica(count, column, world_size) == 0) {
         add.warning(Kind::kDeadReplica, row, column, "row ", row, ", column ", column, ": replica ",
-                    column, " (slot ", slot,
-                    ") never receives tokens in rank mode: world_size ", world_size, " with ",
-                    count, " replicas makes groups of ", ranks_per_replica,
+                    column, " (slot ", slot, ") never receives tokens in rank mode: world_size ",
+                    world_size, " with ", count, " replicas makes groups of ", ranks_per_replica,
                     " ranks, which reach only replicas 1..",
                     (world_size + ranks_per_replica - 1) / ranks_per_replica);
       }

@@ -10,9 +10,19 @@ struct DtypeInfo {
 
 // Indexed by Dtype.
 constexpr DtypeInfo kDtypeInfo[] = {
-    {"bool", 1},    {"int8", 1},     {"uint8", 1},    {"int16", 2},    {"int32", 4},
-    {"int64", 8},   {"uint32", 4},   {"uint64", 8},   {"float16", 2},  {"bfloat16", 2},
-    {"float32", 4}, {"float64", 8},  {"unsupported dtype", 0},
+    {"bool", 1},
+    {"int8", 1},
+    {"uint8", 1},
+    {"int16", 2},
+    {"int32", 4},
+    {"int64", 8},
+    {"uint32", 4},
+    {"uint64", 8},
+    {"float16", 2},
+    {"bfloat16", 2},
+    {"float32", 4},
+    {"float64", 8},
+    {"unsupported dtype", 0},
 };
 static_assert(sizeof(kDtypeInfo) / sizeof(kDtypeInfo[0]) ==
               static_cast<std::size_t>(Dtype::kUnsupported) + 1);

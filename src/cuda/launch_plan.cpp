@@ -16,8 +16,7 @@ LaunchPlan plan_launch(const LaunchRequest& request) {
   plan.programmatic = request.programmatic;
   const std::int64_t num_elements = request.num_tokens * request.top_k;
   // Per-block uint32 bins cannot overflow below 2^32 elements.
-  plan.shared_histogram = request.record &&
-                          request.num_physical_experts <= kMaxSharedHistogram &&
+  plan.shared_histogram = request.record && request.num_physical_experts <= kMaxSharedHistogram &&
                           num_elements <= static_cast<std::int64_t>(UINT32_MAX);
   const std::int64_t max_blocks = std::int64_t{request.multiprocessors} * kBlocksPerSm;
   std::int64_t map_bytes = 0;
@@ -26,9 +25,9 @@ LaunchPlan plan_launch(const LaunchRequest& request) {
     plan.kernel = Kernel::kPruned;
     plan.threads = kPrunedThreads;
     plan.per_choice = request.top_k <= kMaxPerChoiceTopK;
-    plan.blocks = std::min(
-        ceil_div(plan.per_choice ? num_elements : request.num_tokens, kPrunedThreads),
-        2 * max_blocks);
+    plan.blocks =
+        std::min(ceil_div(plan.per_choice ? num_elements : request.num_tokens, kPrunedThreads),
+                 2 * max_blocks);
   } else {
     plan.kernel = Kernel::kFlat;
     plan.vector = request.contiguous && request.aligned16;

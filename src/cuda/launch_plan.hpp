@@ -37,8 +37,8 @@ struct LaunchRequest {
   bool prepared = false;        // routes come from a PreparedView, not the table
   bool by_token = false;        // balance_mode 1
   bool pruning = false;
-  bool record = false;                   // load_counts given
-  std::int64_t num_experts = 0;          // E
+  bool record = false;                    // load_counts given
+  std::int64_t num_experts = 0;           // E
   std::int64_t num_physical_experts = 0;  // size of load_counts when recording
   int multiprocessors = 1;
   bool programmatic = false;  // launch with programmatic dependent launch

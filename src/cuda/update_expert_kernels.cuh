@@ -72,8 +72,8 @@ struct BatchArgs {
   std::int64_t top_k;
   std::int64_t token_stride;
   std::int64_t k_stride;
-  IdT* out;                      // (BS, K) contiguous
-  std::uint8_t* mask;            // (BS, K) contiguous; pruning kernels only
+  IdT* out;                           // (BS, K) contiguous
+  std::uint8_t* mask;                 // (BS, K) contiguous; pruning kernels only
   std::int64_t* load_counts;          // null: no load recording
   std::int64_t num_physical_experts;  // the routers' slot bound: the size of load_counts
   bool shared_histogram;              // count per block in shared memory first

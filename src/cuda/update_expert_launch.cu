@@ -31,8 +31,8 @@ bool aligned16(const void* pointer) { return reinterpret_cast<std::uintptr_t>(po
 // through cudaLaunchKernelEx with the programmatic-dependent-launch attribute
 // when the plan says so. The caller's cudaGetLastError() picks up any error.
 template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), const internal::LaunchPlan& plan,
-                   cudaStream_t stream, const Args&... args) {
+void launch_kernel(void (*kernel)(Params...), const internal::LaunchPlan& plan, cudaStream_t stream,
+                   const Args&... args) {
   const dim3 grid(static_cast<unsigned int>(plan.blocks));
   if (!plan.programmatic) {
     kernel<<<grid, plan.threads, plan.shared_bytes, stream>>>(args...);
@@ -84,8 +84,8 @@ void launch_update_expert_flat(const internal::LaunchPlan& plan, const BatchArgs
   with_source(plan.source, [&](auto source) {
     with_flag(plan.vector, [&](auto vector) {
       with_flag(plan.record, [&](auto record) {
-        launch_kernel(UpdateExpertFlatKernel<IdT, decltype(source)::value,
-                                             decltype(vector)::value, decltype(record)::value>,
+        launch_kernel(UpdateExpertFlatKernel<IdT, decltype(source)::value, decltype(vector)::value,
+                                             decltype(record)::value>,
                       plan, stream, args, routes);
       });
     });
@@ -94,16 +94,15 @@ void launch_update_expert_flat(const internal::LaunchPlan& plan, const BatchArgs
 
 // The table's or the prepared routes' shared map: 2 kernels per id type.
 template <typename IdT>
-void launch_update_expert_single_pass(const internal::LaunchPlan& plan,
-                                      const BatchArgs<IdT>& args, const RouteArgs& routes,
-                                      cudaStream_t stream) {
+void launch_update_expert_single_pass(const internal::LaunchPlan& plan, const BatchArgs<IdT>& args,
+                                      const RouteArgs& routes, cudaStream_t stream) {
   const auto num_elements = static_cast<std::uint32_t>(args.num_tokens * args.top_k);
   if (plan.source == Source::kTableMap) {
     launch_kernel(UpdateExpertSinglePassKernel<IdT, detail::TableRouter>, plan, stream, args.ids,
                   args.out, num_elements, routes.table, args.error_counter);
   } else {
-    launch_kernel(UpdateExpertSinglePassKernel<IdT, detail::PreparedRouter>, plan, stream,
-                  args.ids, args.out, num_elements, routes.prepared, args.error_counter);
+    launch_kernel(UpdateExpertSinglePassKernel<IdT, detail::PreparedRouter>, plan, stream, args.ids,
+                  args.out, num_elements, routes.prepared, args.error_counter);
   }
 }
 
@@ -188,11 +187,11 @@ void launch_for_dtype(const char* operation, const ExpertIdsView& ids, const Pru
                       std::int32_t* error_counter, const LaunchOptions& options,
                       cudaStream_t stream) {
   if (ids.dtype == Dtype::kInt32) {
-    launch<std::int32_t>(operation, ids, pruning, outputs, routes, prepared, error_counter,
-                         options, stream);
+    launch<std::int32_t>(operation, ids, pruning, outputs, routes, prepared, error_counter, options,
+                         stream);
   } else {
-    launch<std::int64_t>(operation, ids, pruning, outputs, routes, prepared, error_counter,
-                         options, stream);
+    launch<std::int64_t>(operation, ids, pruning, outputs, routes, prepared, error_counter, options,
+                         stream);
   }
 }
 

@@ -28,8 +28,8 @@ struct NpyKind {
 };
 
 constexpr NpyKind kNpyKinds[] = {
-    {Dtype::kBool, 'b'},   {Dtype::kInt8, 'i'},    {Dtype::kUInt8, 'u'},   {Dtype::kInt16, 'i'},
-    {Dtype::kInt32, 'i'},  {Dtype::kInt64, 'i'},   {Dtype::kUInt32, 'u'},  {Dtype::kUInt64, 'u'},
+    {Dtype::kBool, 'b'},    {Dtype::kInt8, 'i'},    {Dtype::kUInt8, 'u'},   {Dtype::kInt16, 'i'},
+    {Dtype::kInt32, 'i'},   {Dtype::kInt64, 'i'},   {Dtype::kUInt32, 'u'},  {Dtype::kUInt64, 'u'},
     {Dtype::kFloat16, 'f'}, {Dtype::kFloat32, 'f'}, {Dtype::kFloat64, 'f'},
 };
 
@@ -287,8 +287,7 @@ std::vector<std::uint8_t> serialize(const Array& array) {
     if (i + 1 < array.shape.size()) shape += " ";
   }
   shape += ")";
-  const std::string descr =
-      std::string(size == 1 ? "|" : "<") + kind + std::to_string(size);
+  const std::string descr = std::string(size == 1 ? "|" : "<") + kind + std::to_string(size);
   std::string header = "{'descr': '" + descr +
                        "', 'fortran_order': " + (array.fortran_order ? "True" : "False") +
                        ", 'shape': " + shape + ", }";

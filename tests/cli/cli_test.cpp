@@ -67,7 +67,7 @@ std::vector<std::int64_t> values_of(const moe_eplb::npy::Array& array) {
     for (std::int64_t c = 0; c < array.shape[1]; ++c) {
       const std::int64_t i = r * strides[0] + c * strides[1];
       values.push_back(array.dtype == moe_eplb::Dtype::kInt32 ? array.data<std::int32_t>()[i]
-                                                                   : array.data<std::int64_t>()[i]);
+                                                              : array.data<std::int64_t>()[i]);
     }
   }
   return values;
@@ -164,8 +164,7 @@ TEST(CliMap, BadValuesAndArguments) {
       HasSubstr("unknown limit profile 'fast', expected one of: native, ascend, ascend_seed"));
   r = run(map_args(ids, table, "--num-physical 8 --out " + out));
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.err,
-              HasSubstr("outside the slot range 0..7 (num_physical_experts 8)"));
+  EXPECT_THAT(r.err, HasSubstr("outside the slot range 0..7 (num_physical_experts 8)"));
   EXPECT_FALSE(exists(out));
   r = run("map --expert-ids " + ids);
   EXPECT_NE(r.status, 0);

@@ -7,18 +7,18 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
-#include "moe_eplb/plan/svg.hpp"
 #include "moe_eplb/plan/scenario.hpp"
+#include "moe_eplb/plan/svg.hpp"
 
 namespace moe_eplb {
 namespace {
 
 // The formula of SPEC.md written out, no core code: tokens per slot.
 std::vector<double> reference_slot_load(const TableView& table, const RoutingTrace& trace,
-                                            std::int64_t num_physical, BalanceMode mode) {
+                                        std::int64_t num_physical, BalanceMode mode) {
   std::vector<double> load(static_cast<std::size_t>(num_physical), 0.0);
   const std::int64_t world_size = trace.world_size;
   for (std::int64_t rank = 0; rank < world_size; ++rank) {
@@ -78,8 +78,8 @@ TEST(Analyze, TraceMatchesBruteForce) {
         const BalanceReport report =
             analyze_trace(table.layer(0), trace, scenario_analyze_options(spec, mode));
         EXPECT_EQ(report.slot_load,
-                  reference_slot_load(table.layer(0), trace,
-                                          spec.world_size * spec.slots_per_rank, mode));
+                  reference_slot_load(table.layer(0), trace, spec.world_size * spec.slots_per_rank,
+                                      mode));
         double total = 0.0;
         for (double load : report.rank_load) total += load;
         EXPECT_EQ(report.total_load, total);
@@ -111,8 +111,7 @@ TEST(Analyze, TokenModeStatisticsApproximateTheTrace) {
   const BalanceReport expected = analyze_load(table.layer(0), recorder.load().layer(0), 8, options);
   EXPECT_EQ(routed.total_load, expected.total_load);
   for (std::size_t p = 0; p < routed.slot_load.size(); ++p) {
-    EXPECT_NEAR(routed.slot_load[p], expected.slot_load[p],
-                0.05 * expected.slot_load[p] + 20)
+    EXPECT_NEAR(routed.slot_load[p], expected.slot_load[p], 0.05 * expected.slot_load[p] + 20)
         << "slot " << p;
   }
 }

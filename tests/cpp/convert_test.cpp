@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/plan/convert.hpp"
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/convert.hpp"
 #include "moe_eplb/plan/planner.hpp"
 
 namespace moe_eplb {

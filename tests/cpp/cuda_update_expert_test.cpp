@@ -165,22 +165,30 @@ TEST(CudaUpdateExpert, PruningAndLoadRecordingMatchCpu) {
             test::random_ids(num_tokens, top_k, spec.num_experts, rng).values;
         const test::PruningData d = test::random_pruning(num_tokens, top_k, scale_dtype, rng);
         const void* scales = scale_dtype == Dtype::kFloat32 ? static_cast<const void*>(d.f32.data())
-                                                             : d.bits16.data();
+                                                            : d.bits16.data();
         const std::size_t scale_bytes = ids.size() * element_size(scale_dtype);
-        DeviceBuffer<std::uint8_t> scales_device(std::vector<std::uint8_t>(
-            static_cast<const std::uint8_t*>(scales),
-            static_cast<const std::uint8_t*>(scales) + scale_bytes));
+        DeviceBuffer<std::uint8_t> scales_device(
+            std::vector<std::uint8_t>(static_cast<const std::uint8_t*>(scales),
+                                      static_cast<const std::uint8_t*>(scales) + scale_bytes));
         DeviceBuffer<std::int64_t> ids_device(ids);
         DeviceBuffer<float> threshold_device(d.threshold);
         DeviceBuffer<std::uint8_t> active_device(d.active);
 
         const auto inputs_for = [&](bool device) {
           const ExpertIdsView view{device ? static_cast<const void*>(ids_device.get()) : ids.data(),
-                                   Dtype::kInt64, num_tokens, top_k, top_k, 1};
+                                   Dtype::kInt64,
+                                   num_tokens,
+                                   top_k,
+                                   top_k,
+                                   1};
           PruningInputs pruning;
           pruning.expert_scales =
               ScalesView{device ? static_cast<const void*>(scales_device.get()) : scales,
-                         scale_dtype, num_tokens, top_k, top_k, 1};
+                         scale_dtype,
+                         num_tokens,
+                         top_k,
+                         top_k,
+                         1};
           pruning.pruning_threshold =
               VectorView<float>{device ? threshold_device.get() : d.threshold.data(), top_k, 1};
           pruning.has_active_mask = true;
@@ -234,8 +242,7 @@ TEST(CudaUpdateExpert, BadElementsWriteMinusOneAndAreCounted) {
   const std::vector<std::int32_t> expected = {0, -1, -1, -1, -1, 4, -1, 4, 0};
   DeviceBuffer<std::int32_t> ids_device(ids);
   for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
-    const UpdateExpertParams params =
-        test::rank_params(1, 2, static_cast<int>(mode), 8);
+    const UpdateExpertParams params = test::rank_params(1, 2, static_cast<int>(mode), 8);
     DeviceBuffer<std::int32_t> out(ids.size(), 0x5A5A);
     DeviceBuffer<std::int32_t> errors(3, 100);  // red zones around the counter
     DeviceBuffer<std::int64_t> load(8, 0);
@@ -322,8 +329,7 @@ TEST(CudaUpdateExpert, CapturedGraphSeesTableSwappedByUpdate) {
   const ExpertIdsView view{ids_device.get(), Dtype::kInt32, 512, 16, 16, 1};
 
   for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
-    const UpdateExpertParams params =
-        test::rank_params(3, 4, static_cast<int>(mode), 64);
+    const UpdateExpertParams params = test::rank_params(3, 4, static_cast<int>(mode), 64);
     test::OwnedTable first_table{Matrix(first)};
     test::OwnedTable second_table{Matrix(second)};
     cudaStream_t stream = nullptr;

@@ -47,9 +47,8 @@ std::string parse_error(const std::vector<std::uint8_t>& file) {
 
 TEST(Npy, RoundTripsEveryDtypeAndOrder) {
   for (Dtype dtype :
-       {Dtype::kBool, Dtype::kInt8, Dtype::kUInt8, Dtype::kInt16,
-        Dtype::kInt32, Dtype::kInt64, Dtype::kUInt32, Dtype::kUInt64,
-        Dtype::kFloat16, Dtype::kFloat32, Dtype::kFloat64}) {
+       {Dtype::kBool, Dtype::kInt8, Dtype::kUInt8, Dtype::kInt16, Dtype::kInt32, Dtype::kInt64,
+        Dtype::kUInt32, Dtype::kUInt64, Dtype::kFloat16, Dtype::kFloat32, Dtype::kFloat64}) {
     for (bool fortran : {false, true}) {
       npy::Array array;
       array.dtype = dtype;

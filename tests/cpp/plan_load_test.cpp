@@ -68,7 +68,7 @@ TEST(PlanLoad, BadStatisticsAreClearErrors) {
 
 ExpertIdsView ids_view(const std::vector<std::int32_t>& ids, std::int64_t top_k) {
   return ExpertIdsView{ids.data(), Dtype::kInt32, static_cast<std::int64_t>(ids.size()) / top_k,
-                       top_k,      top_k,           1};
+                       top_k,      top_k,         1};
 }
 
 TEST(PlanLoad, RecorderCountsPerSourceRank) {

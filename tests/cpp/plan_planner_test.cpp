@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/table.hpp"
 

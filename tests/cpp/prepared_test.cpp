@@ -14,7 +14,6 @@ namespace {
 using ::testing::HasSubstr;
 using namespace moe_eplb::test;
 
-
 template <typename T>
 std::vector<std::int64_t> map_prepared(const PreparedTable& prepared, const Matrix& ids,
                                        Layout layout) {
@@ -122,9 +121,9 @@ TEST(PreparedTable, CorruptedRoutesAreDetected) {
   std::int32_t out[2];
   std::int64_t load[4] = {0, 0, 0, 0};
   UpdateExpertOutputs outputs{{out, 2}, {}, {load, 4}};
-  EXPECT_THROW(update_expert_prepared(view, ExpertIdsView{ids, Dtype::kInt32, 1, 2, 2, 1},
-                                      nullptr, outputs),
-               Error);
+  EXPECT_THROW(
+      update_expert_prepared(view, ExpertIdsView{ids, Dtype::kInt32, 1, 2, 2, 1}, nullptr, outputs),
+      Error);
   const std::int32_t packed[] = {3, 0, 1, 7, 7};  // token mode, count 3 > row_width - 1
   view.routes = packed;
   view.num_experts = 1;
@@ -133,8 +132,8 @@ TEST(PreparedTable, CorruptedRoutesAreDetected) {
   const std::int32_t zero[] = {0, 0, 0};
   std::int32_t out3[3];
   outputs.balanced_expert_ids = {out3, 3};
-  EXPECT_THROW(update_expert_prepared(view, ExpertIdsView{zero, Dtype::kInt32, 3, 1, 1, 1},
-                                      nullptr, outputs),
+  EXPECT_THROW(update_expert_prepared(view, ExpertIdsView{zero, Dtype::kInt32, 3, 1, 1, 1}, nullptr,
+                                      outputs),
                Error);
   EXPECT_EQ(load[0] + load[1] + load[2] + load[3], 0);
 }
@@ -160,11 +159,13 @@ TEST(PreparedTable, PruningAndLoadRecordingMatchTheStatelessOperator) {
     std::vector<std::int32_t> out_a(256), out_b(256);
     std::vector<std::uint8_t> mask_a(256), mask_b(256, 7);
     std::vector<std::int64_t> load_a(20), load_b(20);
-    update_expert(UpdateExpertInputs{view, table.view, &pruning}, params,
-                  UpdateExpertOutputs{{out_a.data(), 256}, {mask_a.data(), 256}, {load_a.data(), 20}});
+    update_expert(
+        UpdateExpertInputs{view, table.view, &pruning}, params,
+        UpdateExpertOutputs{{out_a.data(), 256}, {mask_a.data(), 256}, {load_a.data(), 20}});
     const PreparedTable prepared(table.view, params);
-    update_expert_prepared(prepared.view(), view, &pruning,
-                           UpdateExpertOutputs{{out_b.data(), 256}, {mask_b.data(), 256}, {load_b.data(), 20}});
+    update_expert_prepared(
+        prepared.view(), view, &pruning,
+        UpdateExpertOutputs{{out_b.data(), 256}, {mask_b.data(), 256}, {load_b.data(), 20}});
     EXPECT_EQ(out_a, out_b);
     EXPECT_EQ(mask_a, mask_b);
     EXPECT_EQ(load_a, load_b);

@@ -152,7 +152,7 @@ struct PruningData {
 };
 
 inline PruningData random_pruning(std::int64_t num_tokens, std::int64_t top_k, Dtype dtype,
-                           std::mt19937_64& rng) {
+                                  std::mt19937_64& rng) {
   PruningData d;
   const std::size_t n = static_cast<std::size_t>(num_tokens * top_k);
   std::uniform_real_distribution<float> value(0.0f, 0.3f);

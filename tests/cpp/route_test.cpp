@@ -160,18 +160,10 @@ TEST(Route, PreparedRouterRankModeKeepsStatusesAndRejectsOverwrittenEntries) {
   constexpr std::int64_t kEnd = 40;
   // Entries as build_routes() writes them (ids and statuses), then values an
   // overwritten device buffer could hold.
-  const std::vector<std::int32_t> routes = {
-      0, 39, 17, kBadExpert, kBadCount, kBadSlot, -4, INT32_MIN, kEnd, INT32_MAX};
-  const std::vector<std::int64_t> expected = {0,
-                                              39,
-                                              17,
-                                              kBadExpert,
-                                              kBadCount,
-                                              kBadSlot,
-                                              kBadSlot,
-                                              kBadSlot,
-                                              kBadSlot,
-                                              kBadSlot};
+  const std::vector<std::int32_t> routes = {0,        39, 17,        kBadExpert, kBadCount,
+                                            kBadSlot, -4, INT32_MIN, kEnd,       INT32_MAX};
+  const std::vector<std::int64_t> expected = {0,        39,       17,       kBadExpert, kBadCount,
+                                              kBadSlot, kBadSlot, kBadSlot, kBadSlot,   kBadSlot};
   const auto num_experts = static_cast<std::int64_t>(routes.size());
   const detail::PreparedRouter router{routes.data(), num_experts, 1, kEnd, false};
   for (const std::int64_t expert : expert_ids_around(num_experts)) {

@@ -73,15 +73,12 @@ TEST(ValidateTable, ReportsEveryProblemWithRowAndColumn) {
               HasSubstr("error: row 2: replica count 4 is outside 1..3 (F - 1)"));
   EXPECT_THAT(
       report.to_string(),
-      HasSubstr(
-          "error: row 3, column 1: slot 16 is outside 0..15 (num_physical_experts 16)"));
-  EXPECT_THAT(report.to_string(),
-              HasSubstr("error: row 4: slot 5 appears in columns 1 and 3"));
+      HasSubstr("error: row 3, column 1: slot 16 is outside 0..15 (num_physical_experts 16)"));
+  EXPECT_THAT(report.to_string(), HasSubstr("error: row 4: slot 5 appears in columns 1 and 3"));
   EXPECT_THAT(
       report.to_string(),
       HasSubstr("error: physical slot 0 is claimed by row 0 (column 1) and row 5 (column 1)"));
-  EXPECT_THAT(report.to_string(),
-              HasSubstr("error: row 6, column 1: slot -1 is outside 0..15"));
+  EXPECT_THAT(report.to_string(), HasSubstr("error: row 6, column 1: slot -1 is outside 0..15"));
   const TableIssue* dup = find(report, Kind::kSlotClaimedTwice);
   ASSERT_NE(dup, nullptr);
   EXPECT_EQ(dup->row, 5);
@@ -122,11 +119,10 @@ TEST(ValidateTable, WarnsAboutReplicasRankModeNeverSelects) {
   const TableReport report = validate_table(table.view, 16, 32, options);
   EXPECT_TRUE(report.ok());
   EXPECT_EQ(kinds(report, Severity::kWarning), std::vector<Kind>{Kind::kDeadReplica});
-  EXPECT_THAT(
-      report.to_string(),
-      HasSubstr("warning: row 0, column 5: replica 5 (slot 16) never receives tokens in "
-                "rank mode: world_size 16 with 5 replicas makes groups of 4 ranks, which "
-                "reach only replicas 1..4"));
+  EXPECT_THAT(report.to_string(),
+              HasSubstr("warning: row 0, column 5: replica 5 (slot 16) never receives tokens in "
+                        "rank mode: world_size 16 with 5 replicas makes groups of 4 ranks, which "
+                        "reach only replicas 1..4"));
   EXPECT_EQ(find(report, Kind::kDeadReplica)->column, 5);
 }
 
@@ -170,9 +166,10 @@ TEST(ValidateTable, LargestInt32InstanceIdIsALimitErrorNotOverflow) {
   OwnedTable table(matrix_from_rows({{1, INT32_MAX}}));
   const TableReport report = validate_table(table.view, 1, -1);
   EXPECT_EQ(report.num_physical_experts, std::int64_t{1} << 31);
-  EXPECT_THAT(report.to_string(),
-              HasSubstr("num_physical_experts 2147483648 (inferred from the largest slot in the table) "
-                        "exceeds 2147483647 under the native profile"));
+  EXPECT_THAT(
+      report.to_string(),
+      HasSubstr("num_physical_experts 2147483648 (inferred from the largest slot in the table) "
+                "exceeds 2147483647 under the native profile"));
 }
 
 TEST(ValidateTable, AscendProfileShapeLimits) {

@@ -172,9 +172,8 @@ TEST(UpdateExpertErrors, BadArgumentsNameArgumentRangeAndValue) {
     ErrorCode code = ErrorCode::kIo;
     const std::string message = error_of(
         [&] {
-          update_expert(
-              ExpertIdsView{ids.data(), Dtype::kInt32, c.num_tokens, c.top_k, c.top_k, 1}, table,
-              params, out.data());
+          update_expert(ExpertIdsView{ids.data(), Dtype::kInt32, c.num_tokens, c.top_k, c.top_k, 1},
+                        table, params, out.data());
         },
         &code);
     EXPECT_THAT(message, HasSubstr(c.message)) << c.name;
@@ -255,12 +254,14 @@ TEST(UpdateExpertErrors, OutputSizesMustMatch) {
   UpdateExpertParams params = rank_params(0, 2);
   params.num_physical_experts = 2;
   const auto call = [&](const UpdateExpertOutputs& outputs, const PruningInputs* pruning) {
-    return error_of(
-        [&] { update_expert(UpdateExpertInputs{view, table.view, pruning}, params, outputs); });
+    return error_of([&] {
+      update_expert(UpdateExpertInputs{view, table.view, pruning}, params, outputs);
+    });
   };
   EXPECT_EQ(call(UpdateExpertOutputs{{out, 4}, {}, {load, 2}}, nullptr), "");
-  EXPECT_THAT(call(UpdateExpertOutputs{{out, 3}, {}, {}}, nullptr),
-              HasSubstr("update_expert(): balanced_expert_ids has 3 elements, expected BS * K = 4"));
+  EXPECT_THAT(
+      call(UpdateExpertOutputs{{out, 3}, {}, {}}, nullptr),
+      HasSubstr("update_expert(): balanced_expert_ids has 3 elements, expected BS * K = 4"));
   EXPECT_THAT(call(UpdateExpertOutputs{{out, 4}, {}, {load, 4}}, nullptr),
               HasSubstr("update_expert(): load_counts has 4 elements, expected "
                         "num_physical_experts = 2"));
@@ -294,14 +295,13 @@ TEST(UpdateExpertErrors, DtypesAreNamed) {
   const float threshold[] = {0.1f, 0.1f};
   const PruningInputs pruning{{scales, Dtype::kFloat64, 1, 2, 2, 1}, {threshold, 2, 1}, false, {}};
   std::uint8_t mask[2];
-  EXPECT_THAT(
-      error_of([&] {
-        update_expert(
-            UpdateExpertInputs{{good_ids, Dtype::kInt32, 1, 2, 2, 1}, table.view, &pruning},
-            rank_params(0, 2), UpdateExpertOutputs{{out, 2}, {mask, 2}, {}});
-      }),
-      HasSubstr("update_expert(): expert_scales must be float32, float16 or bfloat16, got "
-                "float64"));
+  EXPECT_THAT(error_of([&] {
+                update_expert(
+                    UpdateExpertInputs{{good_ids, Dtype::kInt32, 1, 2, 2, 1}, table.view, &pruning},
+                    rank_params(0, 2), UpdateExpertOutputs{{out, 2}, {mask, 2}, {}});
+              }),
+              HasSubstr("update_expert(): expert_scales must be float32, float16 or bfloat16, got "
+                        "float64"));
 }
 
 // In-place mapping is refused, not half done: the CPU rescans expert_ids to
@@ -337,8 +337,7 @@ TEST(UpdateExpertErrors, OutputsMustNotOverlapExpertIds) {
   // And the pruning mask, a byte per choice.
   const float scales[] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
   const float threshold[] = {0.1f, 0.1f, 0.1f, 0.1f};
-  const PruningInputs pruning{
-      {scales, Dtype::kFloat32, 2, 4, 4, 1}, {threshold, 4, 1}, false, {}};
+  const PruningInputs pruning{{scales, Dtype::kFloat32, 2, 4, 4, 1}, {threshold, 4, 1}, false, {}};
   std::int32_t out[8];
   const auto map_pruned = [&](std::uint8_t* mask) {
     return error_of([&] {

@@ -363,8 +363,8 @@ TEST(UpdateExpertLoad, CountsKeptChoicesPerPhysicalSlot) {
   UpdateExpertParams params = rank_params(2, 4, 1);
   params.num_physical_experts = 24;
   update_expert(
-      UpdateExpertInputs{{ids64.data(), Dtype::kInt64, 200, 4, 4, 1}, table.view, &pruning},
-      params, UpdateExpertOutputs{{out.data(), 800}, {mask.data(), 800}, {load.data(), 24}});
+      UpdateExpertInputs{{ids64.data(), Dtype::kInt64, 200, 4, 4, 1}, table.view, &pruning}, params,
+      UpdateExpertOutputs{{out.data(), 800}, {mask.data(), 800}, {load.data(), 24}});
   const Matrix expected = reference_update_expert(ids, table_m, 2, 4, 1);
   const std::vector<std::uint8_t> expected_mask =
       reference_pruning_mask(d.f32, 200, 4, d.threshold, &d.active);

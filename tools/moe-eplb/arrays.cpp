@@ -42,10 +42,9 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
 LoadedIds load_expert_ids(const std::string& flag, const std::string& path) {
   LoadedIds loaded{load_flag(flag, path), {}};
   const npy::Array& array = loaded.array;
-  MOE_EPLB_CHECK(array.shape.size() == 2 &&
-                     (array.dtype == Dtype::kInt32 || array.dtype == Dtype::kInt64),
-                 flag, " ", path, ": expected a 2-D int32 or int64 array (BS, K), got a ",
-                 describe(array));
+  MOE_EPLB_CHECK(
+      array.shape.size() == 2 && (array.dtype == Dtype::kInt32 || array.dtype == Dtype::kInt64),
+      flag, " ", path, ": expected a 2-D int32 or int64 array (BS, K), got a ", describe(array));
   const std::vector<std::int64_t> strides = array.strides();
   loaded.view.data = array.bytes.data();
   loaded.view.dtype = array.dtype == Dtype::kInt32 ? Dtype::kInt32 : Dtype::kInt64;
@@ -59,9 +58,9 @@ LoadedIds load_expert_ids(const std::string& flag, const std::string& path) {
 LoadedTable load_table(const std::string& flag, const std::string& path) {
   LoadedTable loaded{load_flag(flag, path), {}};
   npy::Array& array = loaded.array;
-  MOE_EPLB_CHECK(array.shape.size() == 2 &&
-                     (array.dtype == Dtype::kInt32 || array.dtype == Dtype::kInt64),
-                 flag, " ", path, ": expected a 2-D int32 array (E, F), got a ", describe(array));
+  MOE_EPLB_CHECK(
+      array.shape.size() == 2 && (array.dtype == Dtype::kInt32 || array.dtype == Dtype::kInt64),
+      flag, " ", path, ": expected a 2-D int32 array (E, F), got a ", describe(array));
   if (array.dtype == Dtype::kInt64) {
     const std::int64_t count = array.num_elements();
     std::vector<std::uint8_t> narrowed(static_cast<std::size_t>(count) * 4);

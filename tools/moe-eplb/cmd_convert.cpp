@@ -6,8 +6,8 @@
 #include <string>
 
 #include "commands.hpp"
-#include "moe_eplb/plan/convert.hpp"
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/convert.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {

@@ -9,11 +9,11 @@
 
 #include "balance_report.hpp"
 #include "commands.hpp"
-#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
-#include "moe_eplb/plan/svg.hpp"
 #include "moe_eplb/plan/scenario.hpp"
+#include "moe_eplb/plan/svg.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {

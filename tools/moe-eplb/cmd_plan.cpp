@@ -7,8 +7,8 @@
 #include <string>
 
 #include "commands.hpp"
-#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
 #include "plan_io.hpp"
 

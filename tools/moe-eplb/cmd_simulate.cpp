@@ -7,8 +7,8 @@
 
 #include "balance_report.hpp"
 #include "commands.hpp"
-#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/plan/svg.hpp"
 #include "plan_io.hpp"

@@ -30,9 +30,8 @@ std::vector<std::int32_t> narrow_to_int32(const std::string& flag, const std::st
 
 LoadedIntegers load_integers(const std::string& flag, const std::string& path) {
   const LoadedNumbers numbers = load_numbers(flag, path);
-  MOE_EPLB_CHECK(numbers.dtype != Dtype::kFloat32 && numbers.dtype != Dtype::kFloat64,
-                 flag, " ", path, ": expected an integer array, got ",
-                 to_string(numbers.dtype));
+  MOE_EPLB_CHECK(numbers.dtype != Dtype::kFloat32 && numbers.dtype != Dtype::kFloat64, flag, " ",
+                 path, ": expected an integer array, got ", to_string(numbers.dtype));
   LoadedIntegers loaded;
   loaded.shape = numbers.shape;
   loaded.values.reserve(numbers.values.size());

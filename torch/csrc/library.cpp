@@ -27,15 +27,13 @@ std::tuple<at::Tensor, std::int64_t> prepare_table(
                     "meta tensor");
   const at::Tensor host = eplb_table.cpu();
   return translate_errors([&] {
-    const PreparedTable prepared(
-        table_view(kPrepareTable, host),
-        make_params(kPrepareTable, local_rank_id, world_size, balance_mode, num_physical_experts,
-                    profile));
+    const PreparedTable prepared(table_view(kPrepareTable, host),
+                                 make_params(kPrepareTable, local_rank_id, world_size, balance_mode,
+                                             num_physical_experts, profile));
     at::Tensor routes = at::empty({prepared.num_experts(), prepared.row_width()}, host.options());
     std::memcpy(routes.data_ptr<std::int32_t>(), prepared.routes().data(),
                 prepared.routes().size() * sizeof(std::int32_t));
-    return std::make_tuple(routes.to(eplb_table.device()),
-                           prepared.params().num_physical_experts);
+    return std::make_tuple(routes.to(eplb_table.device()), prepared.params().num_physical_experts);
   });
 }
 

@@ -89,7 +89,8 @@ bool any_symbolic_shape(const MappingArgs& args) {
 
 ExpertIdsView ids_view(const char* operation, const at::Tensor& ids) {
   check_rank(operation, "expert_ids", ids, 2, "(BS, K)");
-  return ExpertIdsView{data_of(ids), dtype_of(ids.scalar_type()), ids.size(0), ids.size(1),
+  return ExpertIdsView{data_of(ids),  dtype_of(ids.scalar_type()),
+                       ids.size(0),   ids.size(1),
                        ids.stride(0), ids.stride(1)};
 }
 
@@ -125,8 +126,8 @@ bool pruning_view(const char* operation, const MappingArgs& args, PruningInputs&
   const at::Tensor& scales = *args.expert_scales;
   check_rank(operation, "expert_scales", scales, 2, "(BS, K)");
   check_device(operation, "expert_scales", scales, ids);
-  pruning.expert_scales = ScalesView{data_of(scales),   dtype_of(scales.scalar_type()),
-                                     scales.size(0),    scales.size(1),
+  pruning.expert_scales = ScalesView{data_of(scales),  dtype_of(scales.scalar_type()),
+                                     scales.size(0),   scales.size(1),
                                      scales.stride(0), scales.stride(1)};
   const at::Tensor& threshold = *args.pruning_threshold;
   TORCH_CHECK_VALUE(threshold.dim() == 1 || (threshold.dim() == 2 && threshold.size(0) == 1),
@@ -154,8 +155,8 @@ std::int32_t* error_counter_pointer(const char* operation, const OptionalTensor&
   if (!present(counter)) return nullptr;
   check_dtype(operation, "error_counter", *counter, at::kInt);
   check_device(operation, "error_counter", *counter, ids);
-  TORCH_CHECK_VALUE(counter->numel() == 1, operation,
-                    ": error_counter must have one element, got ", counter->numel());
+  TORCH_CHECK_VALUE(counter->numel() == 1, operation, ": error_counter must have one element, got ",
+                    counter->numel());
   return static_cast<std::int32_t*>(data_of(*counter));
 }
 

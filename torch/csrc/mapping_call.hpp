@@ -45,9 +45,8 @@ TableView table_view(const char* operation, const at::Tensor& eplb_table);
 // The core's parameters from a schema's scalars (the core checks them; an
 // unknown profile name throws moe_eplb::Error starting with `operation`).
 UpdateExpertParams make_params(const char* operation, std::int64_t local_rank_id,
-                               std::int64_t world_size,
-                               std::int64_t balance_mode, std::int64_t num_physical_experts,
-                               c10::string_view profile);
+                               std::int64_t world_size, std::int64_t balance_mode,
+                               std::int64_t num_physical_experts, c10::string_view profile);
 
 // The schema arguments of one mapping op.
 struct MappingArgs {
@@ -79,12 +78,12 @@ class MappingCall {
   MappingCall& operator=(const MappingCall&) = delete;
 
   const char* operation;
-  bool prepared;                    // routes (prepared view) rather than eplb_table
-  UpdateExpertInputs inputs;        // expert_ids, eplb_table (stateless ops), pruning
-  PreparedView routes;              // prepared ops
-  UpdateExpertParams params;        // stateless ops
-  UpdateExpertOutputs outputs;      // over the tensors below, plus load_counts
-  std::int32_t* error_counter;      // the caller's counter, or null
+  bool prepared;                // routes (prepared view) rather than eplb_table
+  UpdateExpertInputs inputs;    // expert_ids, eplb_table (stateless ops), pruning
+  PreparedView routes;          // prepared ops
+  UpdateExpertParams params;    // stateless ops
+  UpdateExpertOutputs outputs;  // over the tensors below, plus load_counts
+  std::int32_t* error_counter;  // the caller's counter, or null
   c10::optional<bool> enable_pdl;
   // Symbolic shapes (torch.compile, dynamic): only the shape-free checks ran
   // and the outputs are symbolic; there is nothing to compute.

@@ -39,8 +39,8 @@ inline MappingArgs stateless_args(const at::Tensor& expert_ids, const at::Tensor
                                   std::int64_t local_rank_id, std::int64_t world_size,
                                   std::int64_t balance_mode, std::int64_t num_physical_experts,
                                   c10::string_view profile, c10::optional<bool> enable_pdl) {
-  MappingArgs args = mapping_args("update_expert()", expert_ids, balance_mode,
-                                  num_physical_experts, profile, enable_pdl);
+  MappingArgs args = mapping_args("update_expert()", expert_ids, balance_mode, num_physical_experts,
+                                  profile, enable_pdl);
   args.eplb_table = &eplb_table;
   args.local_rank_id = local_rank_id;
   args.world_size = world_size;
@@ -67,10 +67,9 @@ at::Tensor update_expert(const at::Tensor& expert_ids, const at::Tensor& eplb_ta
                          std::int64_t local_rank_id, std::int64_t world_size,
                          std::int64_t balance_mode, std::int64_t num_physical_experts,
                          c10::string_view profile, c10::optional<bool> enable_pdl) {
-  return std::get<0>(run_mapping<Backend>(stateless_args(expert_ids, eplb_table, local_rank_id,
-                                                         world_size, balance_mode,
-                                                         num_physical_experts, profile,
-                                                         enable_pdl)));
+  return std::get<0>(run_mapping<Backend>(
+      stateless_args(expert_ids, eplb_table, local_rank_id, world_size, balance_mode,
+                     num_physical_experts, profile, enable_pdl)));
 }
 
 template <typename Backend>
@@ -80,8 +79,8 @@ std::tuple<at::Tensor, at::Tensor> update_expert_counted(
     const OptionalTensor& pruning_threshold, const OptionalTensor& active_mask,
     const OptionalTensor& load_counts, const OptionalTensor& error_counter,
     std::int64_t num_physical_experts, c10::string_view profile, c10::optional<bool> enable_pdl) {
-  MappingArgs args = stateless_args(expert_ids, eplb_table, local_rank_id, world_size,
-                                    balance_mode, num_physical_experts, profile, enable_pdl);
+  MappingArgs args = stateless_args(expert_ids, eplb_table, local_rank_id, world_size, balance_mode,
+                                    num_physical_experts, profile, enable_pdl);
   return run_mapping<Backend>(with_counting(args, expert_scales, pruning_threshold, active_mask,
                                             load_counts, error_counter));
 }
@@ -94,9 +93,9 @@ std::tuple<at::Tensor, at::Tensor> update_expert_pruned(
     std::int64_t local_rank_id, std::int64_t world_size, std::int64_t balance_mode,
     std::int64_t num_physical_experts, c10::string_view profile, c10::optional<bool> enable_pdl) {
   return update_expert_counted<Backend>(expert_ids, eplb_table, local_rank_id, world_size,
-                                        balance_mode, expert_scales, pruning_threshold,
-                                        active_mask, c10::nullopt, c10::nullopt,
-                                        num_physical_experts, profile, enable_pdl);
+                                        balance_mode, expert_scales, pruning_threshold, active_mask,
+                                        c10::nullopt, c10::nullopt, num_physical_experts, profile,
+                                        enable_pdl);
 }
 
 template <typename Backend>

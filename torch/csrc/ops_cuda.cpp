@@ -56,8 +56,7 @@ struct CudaTables {
                                        const UpdateExpertParams& params,
                                        std::int64_t device_index) {
     const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_index));
-    return std::make_shared<Table>(eplb_table, params,
-                                   c10::cuda::getCurrentCUDAStream().stream());
+    return std::make_shared<Table>(eplb_table, params, c10::cuda::getCurrentCUDAStream().stream());
   }
   static void update(Table& table, const TableView& eplb_table) {
     const c10::cuda::CUDAGuard guard(device(table));

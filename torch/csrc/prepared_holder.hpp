@@ -36,11 +36,10 @@ class PreparedTableHolder : public torch::CustomClassHolder {
                       std::int64_t device_index) {
     const at::Tensor host = eplb_table.cpu();
     table_ = translate_errors([&] {
-      return Backend::create(
-          table_view("prepare_table()", host),
-          make_params("prepare_table()", local_rank_id, world_size, balance_mode,
-                      num_physical_experts, profile),
-          device_index);
+      return Backend::create(table_view("prepare_table()", host),
+                             make_params("prepare_table()", local_rank_id, world_size, balance_mode,
+                                         num_physical_experts, profile),
+                             device_index);
     });
   }
 
@@ -48,9 +47,9 @@ class PreparedTableHolder : public torch::CustomClassHolder {
   at::Tensor routes() const {
     const PreparedView view = Backend::view(*table_);
     std::shared_ptr<Table> keep = table_;
-    return at::from_blob(const_cast<std::int32_t*>(view.routes), {view.num_experts, view.row_width},
-                         [keep](void*) {},
-                         at::TensorOptions().dtype(at::kInt).device(Backend::device(*table_)));
+    return at::from_blob(
+        const_cast<std::int32_t*>(view.routes), {view.num_experts, view.row_width},
+        [keep](void*) {}, at::TensorOptions().dtype(at::kInt).device(Backend::device(*table_)));
   }
 
   // Validates and installs a table of the same shape; keeps the old one on error.

@@ -165,8 +165,7 @@ struct PreparedRouter {
   template <bool kSelect = kSelectRoutes>
   MOE_EPLB_HOST_DEVICE std::int64_t route(const FirstRead& read, std::int64_t token_idx) const {
     if (by_token) {  // rows are table rows: [count, replicas...]
-      return route_in_row<kSelect>(read, token_idx, row_width, 1, 0, 1, true,
-                                   num_physical_experts);
+      return route_in_row<kSelect>(read, token_idx, row_width, 1, 0, 1, true, num_physical_experts);
     }
     // Rank mode: one entry per expert. A negative entry is the status found
     // at prepare time; anything below the known statuses (an overwritten

@@ -33,7 +33,7 @@ struct BalanceReport {
   std::int64_t world_size = 0;
   std::int64_t slots_per_rank = 0;
   std::vector<double> slot_load;  // (W * S,) tokens per slot
-  std::vector<double> rank_load;      // (W,) tokens per rank (sum of its slots)
+  std::vector<double> rank_load;  // (W,) tokens per rank (sum of its slots)
   double total_load = 0.0;
   double mean_rank_load = 0.0;
   double max_rank_load = 0.0;
