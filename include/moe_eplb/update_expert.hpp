@@ -1,4 +1,4 @@
-// The update-expert operator: logical expert ids -> physical replica ids.
+// The update-expert operator: logical expert ids -> the slots of their replicas.
 //
 //   e = expert_ids[b, k], c = eplb_table[e, 0]
 //   j = 1                                              if c == 1
@@ -13,9 +13,9 @@
 //
 // docs/SPEC.md is the authoritative statement. Words: a *replica* is one copy
 // of a logical expert; it lives in a *slot*, one of the world_size *
-// slots_per_rank physical expert positions, and the output names that slot
-// (its physical id). Every entry point implements exactly the formula and
-// validates through check_update_expert().
+// slots_per_rank physical expert positions (numbered from 0; slot p is on rank
+// p / slots_per_rank), and the output names that slot. Every entry point
+// implements exactly the formula and validates through check_update_expert().
 #pragma once
 
 #include <cstdint>

@@ -20,7 +20,7 @@ __all__ = ["npu_moe_eplb_update_expert", "npu_moe_update_expert"]
 def npu_moe_eplb_update_expert(
     expert_ids, eplb_table, local_rank_id, world_size, *, balance_mode=0
 ):
-    """torch_npu.npu_moe_eplb_update_expert: (BS, K) logical ids -> physical ids.
+    """torch_npu.npu_moe_eplb_update_expert: (BS, K) logical ids -> replicas' slots.
 
     expert_ids (BS, K) int32/int64, eplb_table (E, F) int32, same device.
     Limits of the "ascend_seed" profile: 0 < BS <= 512, 0 < K <= 16, K <= E,

@@ -114,7 +114,7 @@ __device__ __forceinline__ std::int64_t token_of(std::int64_t index, std::int64_
 }
 
 // Rank-mode lookups in the block's shared-memory map. Its entries came from a
-// TableRouter or PreparedRouter, so each one is already a physical id below
+// TableRouter or PreparedRouter, so each one is already a slot below
 // num_physical_experts or a negative RouteStatus: only the expert id needs a check.
 struct SharedMapRouter {
   const std::int32_t* map;
@@ -132,7 +132,7 @@ struct SharedMapRouter {
 };
 
 // Fills the block's rank map (rank mode): entry e is what the source router
-// says for expert e on this rank, a physical id or a negative RouteStatus,
+// says for expert e on this rank, a slot or a negative RouteStatus,
 // which the returned map router reports. The caller synchronises the block.
 template <typename SourceRouter>
 __device__ __forceinline__ SharedMapRouter build_rank_map(const SourceRouter& source,
@@ -193,7 +193,7 @@ class BlockMapper {
     return router_.first_read(expert);
   }
 
-  // The physical id of one choice, or -1 (counted) for a bad element. `keep`
+  // The slot of one choice, or -1 (counted) for a bad element. `keep`
   // says whether a good element is load-counted (not pruned, token active).
   __device__ __forceinline__ std::int64_t map(std::int64_t expert, std::int64_t token_idx,
                                               bool keep) {

@@ -62,7 +62,7 @@ MOE_EPLB_HOST_DEVICE std::int64_t replica_column(std::uint32_t count, std::int64
   return 1 + static_cast<std::int64_t>(token % count);
 }
 
-// `slot` if it is a physical id below num_physical_experts, else kRouteBadSlot.
+// `slot` if it lies below num_physical_experts, else kRouteBadSlot.
 MOE_EPLB_HOST_DEVICE std::int64_t checked_slot(std::int64_t slot,
                                                std::int64_t num_physical_experts) {
   return static_cast<std::uint64_t>(slot) < static_cast<std::uint64_t>(num_physical_experts)
