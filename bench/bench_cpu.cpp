@@ -8,15 +8,18 @@
 // Shapes 8x8, 512x16 (the Ascend maximum) and 65536x8, int32 and int64 ids,
 // DeepSeek-V3-like table (256 experts, EP 32, 9 slots per rank). Every
 // variant's output is checked against the reference after timing.
+// BM_ForcedIsa rows run op and prepared with the CPU kernels forced down to
+// the AVX2 or scalar level (src/cpu/isa.hpp), so one run shows every level.
 //
-//   build/bench/moe_eplb_bench_cpu --benchmark_repetitions=10
-//       --benchmark_report_aggregates_only=true
+//   build/bench/moe_eplb_bench_cpu --benchmark_repetitions=7
+//       --benchmark_report_aggregates_only=true --benchmark_min_time=0.2
 #include <benchmark/benchmark.h>
 
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "cpu/isa.hpp"  // internal: forcing the kernels' level
 #include "moe_eplb/prepared.hpp"
 #include "moe_eplb/update_expert.hpp"
 #include "reference.hpp"
@@ -111,6 +114,17 @@ void BM_UpdateExpert(benchmark::State& state) {
   finish(state, p, out);
 }
 
+// BM_UpdateExpert with the CPU kernels forced to instruction-set level kIsa.
+template <typename T, Variant V, int Mode, moe_eplb::cpu::Isa kIsa>
+void BM_ForcedIsa(benchmark::State& state) {
+  if (moe_eplb::cpu::set_isa_for_testing(kIsa) != kIsa) {
+    state.SkipWithError("this CPU lacks the instruction-set level");
+  } else {
+    BM_UpdateExpert<T, V, Mode>(state);
+  }
+  moe_eplb::cpu::set_isa_for_testing(moe_eplb::cpu::detected_isa());
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->Args({8, 8})->Args({512, 16})->Args({65536, 8})->ArgNames({"BS", "K"});
 }
@@ -131,6 +145,21 @@ MOE_EPLB_BENCH(std::int32_t, Variant::kPrepared, 1);
 MOE_EPLB_BENCH(std::int32_t, Variant::kOp, 1);
 MOE_EPLB_BENCH(std::int64_t, Variant::kPrepared, 1);
 MOE_EPLB_BENCH(std::int64_t, Variant::kOp, 1);
+
+#define MOE_EPLB_BENCH_ISA(T, V, MODE, ISA) \
+  BENCHMARK_TEMPLATE(BM_ForcedIsa, T, V, MODE, moe_eplb::cpu::Isa::ISA)->Apply(shapes)
+#define MOE_EPLB_BENCH_LEVELS(T, V, MODE) \
+  MOE_EPLB_BENCH_ISA(T, V, MODE, kAvx2);  \
+  MOE_EPLB_BENCH_ISA(T, V, MODE, kScalar)
+
+MOE_EPLB_BENCH_LEVELS(std::int32_t, Variant::kPrepared, 0);
+MOE_EPLB_BENCH_LEVELS(std::int32_t, Variant::kOp, 0);
+MOE_EPLB_BENCH_LEVELS(std::int64_t, Variant::kPrepared, 0);
+MOE_EPLB_BENCH_LEVELS(std::int64_t, Variant::kOp, 0);
+MOE_EPLB_BENCH_LEVELS(std::int32_t, Variant::kPrepared, 1);
+MOE_EPLB_BENCH_LEVELS(std::int32_t, Variant::kOp, 1);
+MOE_EPLB_BENCH_LEVELS(std::int64_t, Variant::kPrepared, 1);
+MOE_EPLB_BENCH_LEVELS(std::int64_t, Variant::kOp, 1);
 
 }  // namespace
 

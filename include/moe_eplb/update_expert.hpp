@@ -77,13 +77,16 @@ struct UpdateExpertOutputs {
 void check_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
                          const UpdateExpertOutputs& outputs, bool has_memory = true);
 
-// CPU implementation. Validates with check_update_expert(), then reads only
-// the table rows that expert_ids references. A bad element (expert id outside
-// [0, E), a replica count outside [1, F-1] or a selected slot outside the
-// physical range) throws moe_eplb::Error (kIndexOutOfRange) naming the
-// position (b, k) and the value; outputs may then be partially written and
-// load_counts is left untouched. Allocates at most O(E) scratch per call.
-// Thread-safe: concurrent calls with distinct outputs are fine. Deterministic.
+// CPU implementation. Validates with check_update_expert(), then reads the
+// table rows that expert_ids references, or, for a batch of at least E
+// elements, every row once to build a per-call map (a bad row is an error
+// only if some id references it). A bad element (expert id outside [0, E), a
+// replica count outside [1, F-1] or a selected slot outside the physical
+// range) throws moe_eplb::Error (kIndexOutOfRange) naming the position (b, k)
+// and the value; outputs may then be partially written and load_counts is
+// left untouched. Uses O(E) scratch per call (at most a few KiB of stack for
+// tables of up to 1024 experts). Thread-safe: concurrent calls with distinct
+// outputs are fine. Deterministic.
 void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
                    const UpdateExpertOutputs& outputs);
 

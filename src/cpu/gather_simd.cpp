@@ -1,103 +1,201 @@
 #include "gather_simd.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define MOE_EPLB_HAVE_AVX2_KERNELS 1
-#endif
+#include <algorithm>
+
+#include "gather_kernels.hpp"
+#include "gather_scalar.hpp"
 
 namespace moe_eplb::cpu {
 namespace {
 
-// Unsigned compares catch negative values too; a bad id reads routes[0]
-// instead, and only the flag records it.
+// Batches below this size keep the per-call table's cost out of the call:
+// the rank table is one vector pass over the routes.
+bool rank_table_pays(std::int64_t num_experts, std::int64_t num_elements) {
+  return num_experts <= kMaxTableExperts && num_elements >= 64 && num_elements >= num_experts / 4;
+}
+
+// The word a slot becomes in TokenWords: itself if valid, kBadWord if not;
+// false if valid but too large for a word.
+bool slot_word(std::int32_t slot, std::int64_t num_physical_experts, std::uint16_t* word) {
+  if (!detail::in_range(slot, num_physical_experts)) {
+    *word = kBadWord;
+    return true;
+  }
+  if (slot > kMaxWordSlot) return false;
+  *word = static_cast<std::uint16_t>(slot);
+  return true;
+}
+
+// Fills `words` from token-mode rows (num_experts <= kMaxTableExperts). Returns
+// false if the rows do not fit: a count above kMaxTableCount, more than
+// kMaxTableReplicas - 1 slots of multi-replica experts, or a valid slot
+// above kMaxWordSlot.
+bool build_token_words(const TokenRows& rows, TokenWords* words) {
+  constexpr std::uint16_t kBadRow = kInfoMulti;  // count 1 at replicas[0] = kBadWord
+  words->replicas[0] = kBadWord;
+  int next = 1;
+  for (std::int64_t e = 0; e < rows.num_experts; ++e) {
+    const std::int32_t* row = rows.data + e * rows.row_stride;
+    const std::int32_t count = row[0];
+    std::uint16_t& info = words->info[e];
+    if (count < 1 || count > rows.num_columns - 1) {
+      info = kBadRow;
+    } else if (count == 1) {
+      if (!slot_word(row[rows.column_stride], rows.num_physical_experts, &info)) return false;
+      if (info == kBadWord) info = kBadRow;
+    } else {
+      if (count > kMaxTableCount || next + count > kMaxTableReplicas) return false;
+      info = static_cast<std::uint16_t>(kInfoMulti | next << 5 | (count - 1));
+      for (std::int32_t j = 1; j <= count; ++j) {
+        if (!slot_word(row[j * rows.column_stride], rows.num_physical_experts,
+                       &words->replicas[next++])) {
+          return false;
+        }
+      }
+    }
+  }
+  words->num_experts = static_cast<std::int32_t>(rows.num_experts);
+  words->num_info_pairs = table_pairs(rows.num_experts);
+  words->num_replica_pairs = table_pairs(next);
+  std::fill(words->info + rows.num_experts, words->info + words->num_info_pairs * 64, kBadRow);
+  std::fill(words->replicas + next, words->replicas + words->num_replica_pairs * 64, kBadWord);
+  return true;
+}
+
+// Rows shorter than a vector step (a sliced batch with small top_k) would
+// leave most lanes of the AVX-512 steps idle, so those paths copy such rows
+// into contiguous chunks and map each chunk as one row.
 template <typename T>
-bool gather_scalar(const T* in, std::int64_t n, const std::int32_t* routes,
-                   std::int64_t num_experts, std::int64_t num_physical_experts, T* out) {
-  const auto num_rows = static_cast<std::uint64_t>(num_experts);
-  const auto id_end = static_cast<std::uint64_t>(num_physical_experts);
-  std::uint64_t bad = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const auto expert = static_cast<std::uint64_t>(in[i]);
-    const bool in_range = expert < num_rows;
-    const std::int64_t slot = routes[in_range ? expert : 0];
-    bad |= static_cast<std::uint64_t>(!in_range) |
-           static_cast<std::uint64_t>(static_cast<std::uint64_t>(slot) >= id_end);
-    out[i] = static_cast<T>(slot);
-  }
-  return bad == 0;
+bool worth_packing(const IdRows<T>& ids) {
+  return ids.num_rows > 1 && ids.row_length > 0 && ids.row_length < 32;
 }
 
-#if defined(MOE_EPLB_HAVE_AVX2_KERNELS)
-
-__attribute__((target("avx2"))) bool gather_avx2(const std::int32_t* in, std::int64_t n,
-                                                 const std::int32_t* routes,
-                                                 std::int64_t num_experts,
-                                                 std::int64_t num_physical_experts, std::int32_t* out) {
-  // Unsigned min clamps both negative and too-large ids to E - 1; any lane
-  // the clamp changed was out of range. Same trick for the routes.
-  const __m256i last_expert = _mm256_set1_epi32(static_cast<int>(num_experts - 1));
-  const __m256i last_slot = _mm256_set1_epi32(static_cast<int>(num_physical_experts - 1));
-  __m256i bad = _mm256_setzero_si256();
-  std::int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i expert = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
-    const __m256i clamped = _mm256_min_epu32(expert, last_expert);
-    const __m256i slot = _mm256_i32gather_epi32(routes, clamped, 4);
-    bad = _mm256_or_si256(bad, _mm256_xor_si256(expert, clamped));
-    bad =
-        _mm256_or_si256(bad, _mm256_xor_si256(slot, _mm256_min_epu32(slot, last_slot)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), slot);
+// Calls map_run(run, first_row) on chunks of the rows packed into one row each.
+template <typename T, typename MapRun>
+bool map_packed(const IdRows<T>& ids, MapRun&& map_run) {
+  constexpr std::int64_t kChunk = 1024;
+  T packed[kChunk];
+  const std::int64_t rows_per_chunk = kChunk / ids.row_length;
+  bool ok = true;
+  for (std::int64_t first = 0; first < ids.num_rows; first += rows_per_chunk) {
+    const std::int64_t rows = std::min(rows_per_chunk, ids.num_rows - first);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const T* row = ids.in + (first + r) * ids.row_stride;
+      std::copy(row, row + ids.row_length, packed + r * ids.row_length);
+    }
+    const std::int64_t length = rows * ids.row_length;
+    ok &= map_run(IdRows<T>{packed, 1, length, length, ids.out + first * ids.row_length}, first);
   }
-  const bool ok = _mm256_testz_si256(bad, bad) != 0;
-  return gather_scalar(in + i, n - i, routes, num_experts, num_physical_experts, out + i) && ok;
-}
-
-__attribute__((target("avx2"))) bool gather_avx2(const std::int64_t* in, std::int64_t n,
-                                                 const std::int32_t* routes,
-                                                 std::int64_t num_experts,
-                                                 std::int64_t num_physical_experts, std::int64_t* out) {
-  const __m256i last_expert = _mm256_set1_epi64x(num_experts - 1);
-  const __m128i last_slot = _mm_set1_epi32(static_cast<int>(num_physical_experts - 1));
-  __m256i bad64 = _mm256_setzero_si256();
-  __m128i bad32 = _mm_setzero_si128();
-  std::int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const __m256i expert = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
-    const __m256i out_of_range =
-        _mm256_or_si256(_mm256_cmpgt_epi64(expert, last_expert),
-                        _mm256_cmpgt_epi64(_mm256_setzero_si256(), expert));
-    const __m256i index = _mm256_andnot_si256(out_of_range, expert);
-    const __m128i slot = _mm256_i64gather_epi32(routes, index, 4);
-    bad64 = _mm256_or_si256(bad64, out_of_range);
-    bad32 = _mm_or_si128(bad32, _mm_xor_si128(slot, _mm_min_epu32(slot, last_slot)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_cvtepi32_epi64(slot));
-  }
-  const bool ok = _mm256_testz_si256(bad64, bad64) != 0 && _mm_testz_si128(bad32, bad32) != 0;
-  return gather_scalar(in + i, n - i, routes, num_experts, num_physical_experts, out + i) && ok;
-}
-
-#endif
-
-template <typename T>
-bool gather(const T* in, std::int64_t n, const std::int32_t* routes, std::int64_t num_experts,
-            std::int64_t num_physical_experts, T* out) {
-#if defined(MOE_EPLB_HAVE_AVX2_KERNELS)
-  static const bool has_avx2 = __builtin_cpu_supports("avx2");
-  if (has_avx2) return gather_avx2(in, n, routes, num_experts, num_physical_experts, out);
-#endif
-  return gather_scalar(in, n, routes, num_experts, num_physical_experts, out);
+  return ok;
 }
 
 }  // namespace
 
-bool gather_contiguous(const std::int32_t* in, std::int64_t n, const std::int32_t* routes,
-                       std::int64_t num_experts, std::int64_t num_physical_experts, std::int32_t* out) {
-  return gather(in, n, routes, num_experts, num_physical_experts, out);
+RankMapper::RankMapper(const std::int32_t* routes, std::int64_t num_experts,
+                       std::int64_t num_physical_experts, std::int64_t num_elements)
+    : routes_(routes),
+      num_experts_(num_experts),
+      num_physical_experts_(num_physical_experts),
+      isa_(active_isa()) {
+#if defined(MOE_EPLB_X86_KERNELS)
+  if (isa_ == Isa::kAvx512 &&
+      !(rank_table_pays(num_experts, num_elements) &&
+        avx512::build_rank_words(routes, num_experts, num_physical_experts, &words_))) {
+    isa_ = Isa::kAvx2;
+  }
+#else
+  static_cast<void>(num_elements);
+#endif
 }
 
-bool gather_contiguous(const std::int64_t* in, std::int64_t n, const std::int32_t* routes,
-                       std::int64_t num_experts, std::int64_t num_physical_experts, std::int64_t* out) {
-  return gather(in, n, routes, num_experts, num_physical_experts, out);
+template <typename T>
+bool RankMapper::map_any(const IdRows<T>& ids) const {
+#if defined(MOE_EPLB_X86_KERNELS)
+  if (isa_ == Isa::kAvx512) {
+    if (!worth_packing(ids)) return avx512::map_rank(words_, ids);
+    return map_packed(
+        ids, [&](const IdRows<T>& run, std::int64_t) { return avx512::map_rank(words_, run); });
+  }
+#endif
+  bool ok = true;
+  for (std::int64_t row = 0; row < ids.num_rows; ++row) {
+    const T* in = ids.in + row * ids.row_stride;
+    T* out = ids.out + row * ids.row_length;
+#if defined(MOE_EPLB_X86_KERNELS)
+    if (isa_ == Isa::kAvx2) {
+      ok &=
+          avx2::gather_rank(in, ids.row_length, routes_, num_experts_, num_physical_experts_, out);
+      continue;
+    }
+#endif
+    ok &=
+        scalar::gather_rank(in, ids.row_length, routes_, num_experts_, num_physical_experts_, out);
+  }
+  return ok;
+}
+
+bool RankMapper::map(const IdRows<std::int32_t>& ids) const { return map_any(ids); }
+
+bool RankMapper::map(const IdRows<std::int64_t>& ids) const { return map_any(ids); }
+
+TokenMapper::TokenMapper(const TokenRows& rows, std::int64_t num_elements)
+    : rows_(rows), isa_(Isa::kScalar) {
+#if defined(MOE_EPLB_X86_KERNELS)
+  if (may_vectorize(rows.num_experts, num_elements) && build_token_words(rows, &words_)) {
+    isa_ = Isa::kAvx512;
+  }
+#else
+  static_cast<void>(num_elements);
+#endif
+}
+
+template <typename T>
+bool TokenMapper::map_any(IdRows<T> ids, std::int64_t top_k, std::int64_t first_token) const {
+  bool ok = true;
+#if defined(MOE_EPLB_X86_KERNELS)
+  // The vector loop takes the tokens below kMaxVectorToken, the scalar loop the rest.
+  if (isa_ == Isa::kAvx512 && top_k < avx512::kMaxVectorTopK &&
+      first_token < avx512::kMaxVectorToken) {
+    const std::int64_t vector_tokens = avx512::kMaxVectorToken - first_token;
+    if (ids.num_rows == 1) {  // one row of whole tokens: split it after a token
+      const std::int64_t head =
+          ids.row_length / top_k >= vector_tokens ? vector_tokens * top_k : ids.row_length;
+      ok = avx512::map_token(words_, IdRows<T>{ids.in, 1, head, ids.row_stride, ids.out}, top_k,
+                             first_token);
+      if (head == ids.row_length) return ok;
+      ids = IdRows<T>{ids.in + head, 1, ids.row_length - head, ids.row_stride, ids.out + head};
+    } else {  // one token per row
+      const std::int64_t head = std::min(ids.num_rows, vector_tokens);
+      const IdRows<T> head_rows{ids.in, head, ids.row_length, ids.row_stride, ids.out};
+      ok = worth_packing(head_rows)
+               ? map_packed(head_rows,
+                            [&](const IdRows<T>& run, std::int64_t first_row) {
+                              return avx512::map_token(words_, run, top_k, first_token + first_row);
+                            })
+               : avx512::map_token(words_, head_rows, top_k, first_token);
+      if (head == ids.num_rows) return ok;
+      ids = IdRows<T>{ids.in + head * ids.row_stride, ids.num_rows - head, ids.row_length,
+                      ids.row_stride, ids.out + head * ids.row_length};
+    }
+    first_token += vector_tokens;
+  }
+#endif
+  for (std::int64_t row = 0; row < ids.num_rows; ++row) {
+    ok &= scalar::route_tokens(rows_, ids.in + row * ids.row_stride, ids.row_length, top_k,
+                               first_token + row * (ids.row_length / top_k),
+                               ids.out + row * ids.row_length);
+  }
+  return ok;
+}
+
+bool TokenMapper::map(const IdRows<std::int32_t>& ids, std::int64_t top_k,
+                      std::int64_t first_token) const {
+  return map_any(ids, top_k, first_token);
+}
+
+bool TokenMapper::map(const IdRows<std::int64_t>& ids, std::int64_t top_k,
+                      std::int64_t first_token) const {
+  return map_any(ids, top_k, first_token);
 }
 
 }  // namespace moe_eplb::cpu

@@ -1,15 +1,18 @@
 // CPU kernels of the update-expert operator.
 //
 // Design: every element goes through a Router from detail/route.hpp (the one
-// copy of the formula). The hot loops are branch-free: a bad element does not
-// stop the loop, it only sets a flag; when the flag is set we scan again in
-// order to find the first bad element and throw a message naming it. That
-// keeps the common (valid) case a tight gather and the error deterministic.
+// copy of the formula), or through a fast path of gather_simd.hpp that equals
+// it. The hot loops are branch-free: a bad element does not stop the loop, it
+// only sets a flag; when the flag is set we scan again in order with the
+// router to find the first bad element and throw a message naming it. That
+// keeps the common (valid) case a tight loop and the error deterministic.
 //
 // Rank mode depends only on (e, local_rank_id), so when the batch has at least
 // as many elements as the table has rows we first resolve every row once into
 // a per-call rank map (with negative RouteStatus codes for bad rows) and the
-// batch becomes one gather, the same loop the prepared path runs.
+// batch becomes one lookup per element, the same loop the prepared path runs.
+// Token mode maps contiguous rows of ids with cpu::TokenMapper, straight from
+// the table's rows (stateless op) or the prepared routes (same row form).
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -22,6 +25,12 @@
 #include "moe_eplb/prepared.hpp"
 #include "moe_eplb/update_expert.hpp"
 
+#if defined(__GNUC__)
+#define MOE_EPLB_NOINLINE __attribute__((noinline))
+#else
+#define MOE_EPLB_NOINLINE
+#endif
+
 namespace moe_eplb {
 namespace {
 
@@ -31,7 +40,7 @@ using detail::kRouteBadExpertId;
 std::int64_t read_id(const ExpertIdsView& ids, std::int64_t token, std::int64_t k) {
   const std::int64_t offset = token * ids.token_stride + k * ids.k_stride;
   return ids.dtype == Dtype::kInt32 ? static_cast<const std::int32_t*>(ids.data)[offset]
-                                      : static_cast<const std::int64_t*>(ids.data)[offset];
+                                    : static_cast<const std::int64_t*>(ids.data)[offset];
 }
 
 // Element-wise routing through any router (token mode, or rank mode on
@@ -52,26 +61,48 @@ bool route_each(const ExpertIdsView& ids, const Router& router, IdT* out) {
   return ok;
 }
 
-// One gather through a route map (rank mode): routes[e] is the physical id,
-// or a negative RouteStatus. Returns false if any element is bad.
+// The ids (k_stride == 1) as rows for the fast paths: one row when the
+// batch is contiguous, else one row per token.
+template <typename IdT>
+cpu::IdRows<IdT> id_rows(const ExpertIdsView& ids, IdT* out) {
+  const IdT* in = static_cast<const IdT*>(ids.data);
+  if (ids.token_stride == ids.top_k) {
+    const std::int64_t num_elements = ids.num_tokens * ids.top_k;
+    return cpu::IdRows<IdT>{in, 1, num_elements, num_elements, out};
+  }
+  return cpu::IdRows<IdT>{in, ids.num_tokens, ids.top_k, ids.token_stride, out};
+}
+
+// One lookup per element through a route map (rank mode): routes[e] is the
+// physical id, or a negative RouteStatus. Returns false if any element is bad.
 template <typename IdT>
 bool gather_route_map(const ExpertIdsView& ids, const std::int32_t* routes,
                       std::int64_t num_experts, std::int64_t num_physical_experts, IdT* out) {
-  const IdT* in = static_cast<const IdT*>(ids.data);
-  if (ids.k_stride == 1) {  // contiguous rows: the vectorised gather
-    if (ids.token_stride == ids.top_k) {
-      return cpu::gather_contiguous(in, ids.num_tokens * ids.top_k, routes, num_experts,
-                                    num_physical_experts, out);
-    }
-    bool ok = true;
-    for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
-      ok &= cpu::gather_contiguous(in + token * ids.token_stride, ids.top_k, routes, num_experts,
-                                   num_physical_experts, out + token * ids.top_k);
-    }
-    return ok;
+  if (ids.k_stride == 1) {  // contiguous rows: the vectorised loops
+    const cpu::RankMapper mapper(routes, num_experts, num_physical_experts,
+                                 ids.num_tokens * ids.top_k);
+    return mapper.map(id_rows(ids, out));
   }
   const detail::PreparedRouter router{routes, num_experts, 1, num_physical_experts, false};
   return route_each(ids, router, out);
+}
+
+// Token mode: the vector path where it applies (contiguous rows, a table it
+// can hold, a batch that pays for building it), else the router per element.
+// Returns false if any element is bad. Out of line, with a local router
+// whose by_token the compiler sees, so the per-element loop is as tight as
+// a loop of its own.
+template <typename IdT, typename Router>
+MOE_EPLB_NOINLINE bool map_tokens(const ExpertIdsView& ids, const cpu::TokenRows& rows,
+                                  const Router& router, IdT* out) {
+  const std::int64_t num_elements = ids.num_tokens * ids.top_k;
+  if (ids.k_stride == 1 && cpu::TokenMapper::may_vectorize(rows.num_experts, num_elements)) {
+    const cpu::TokenMapper mapper(rows, num_elements);
+    if (mapper.isa() != cpu::Isa::kScalar) return mapper.map(id_rows(ids, out), ids.top_k, 0);
+  }
+  Router by_token = router;
+  by_token.by_token = true;
+  return route_each(ids, by_token, out);
 }
 
 // Finds the first element (in row-major order) the router rejects and throws
@@ -96,7 +127,7 @@ template <typename Router, typename Describe>
 template <typename F>
 auto with_typed_output(Dtype dtype, void* balanced_expert_ids, F&& f) {
   return dtype == Dtype::kInt32 ? f(static_cast<std::int32_t*>(balanced_expert_ids))
-                                  : f(static_cast<std::int64_t*>(balanced_expert_ids));
+                                : f(static_cast<std::int64_t*>(balanced_expert_ids));
 }
 
 std::string position(std::int64_t token, std::int64_t k, std::int64_t expert) {
@@ -152,8 +183,19 @@ template <typename IdT>
 bool map_with_table(const ExpertIdsView& ids, const TableView& table,
                     const UpdateExpertParams& params, const detail::TableRouter& router,
                     std::vector<std::int32_t>& scratch, IdT* out) {
+  if (router.by_token) {
+    return map_tokens(
+        ids,
+        cpu::TokenRows{table.data, table.num_experts, table.num_columns, table.row_stride,
+                       table.column_stride, router.num_physical_experts},
+        router, out);
+  }
   const bool small_table = router.num_experts <= ids.num_tokens * ids.top_k;
-  if (router.by_token || !small_table) return route_each(ids, router, out);
+  if (!small_table) {
+    detail::TableRouter by_rank = router;  // lets the compiler drop the token-mode branch
+    by_rank.by_token = false;
+    return route_each(ids, by_rank, out);
+  }
   // Rank mode: resolve each row once (bad rows become RouteStatus codes), then gather.
   scratch.resize(static_cast<std::size_t>(router.num_experts));
   build_routes(table, params, scratch.data());
@@ -163,9 +205,13 @@ bool map_with_table(const ExpertIdsView& ids, const TableView& table,
 
 template <typename IdT>
 bool map_with_prepared(const ExpertIdsView& ids, const detail::PreparedRouter& router, IdT* out) {
-  if (router.by_token) return route_each(ids, router, out);
-  return gather_route_map(ids, router.routes, router.num_experts, router.num_physical_experts,
-                          out);
+  if (router.by_token) {
+    return map_tokens(ids,
+                      cpu::TokenRows{router.routes, router.num_experts, router.row_width,
+                                     router.row_width, 1, router.num_physical_experts},
+                      router, out);
+  }
+  return gather_route_map(ids, router.routes, router.num_experts, router.num_physical_experts, out);
 }
 
 }  // namespace
