@@ -16,7 +16,7 @@ void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
   if (params.balance_mode == BalanceMode::kByRank) {
     const detail::TableRouter router = detail::table_router(eplb_table, params);
     for (std::int64_t expert = 0; expert < eplb_table.num_experts; ++expert) {
-      routes[expert] = static_cast<std::int32_t>(router.route(expert, 0));
+      routes[expert] = static_cast<std::int32_t>(detail::route_one(router, expert, 0));
     }
     return;
   }

@@ -45,7 +45,7 @@ bool route_tokens(const TokenRows& rows, const T* in, std::int64_t n, std::int64
   std::int64_t token = first_token;
   std::int64_t k = 0;
   for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t slot = router.route(in[i], token);
+    const std::int64_t slot = detail::route_one(router, in[i], token);
     ok &= slot >= 0;
     out[i] = static_cast<T>(slot);
     if (++k == top_k) {

@@ -53,7 +53,7 @@ bool route_each(const ExpertIdsView& ids, const Router& router, IdT* out) {
     const IdT* in_row = in + token * ids.token_stride;
     IdT* out_row = out + token * ids.top_k;
     for (std::int64_t k = 0; k < ids.top_k; ++k) {
-      const std::int64_t slot = router.route(in_row[k * ids.k_stride], token);
+      const std::int64_t slot = detail::route_one(router, in_row[k * ids.k_stride], token);
       ok &= slot >= 0;
       out_row[k] = static_cast<IdT>(slot);
     }
@@ -113,7 +113,7 @@ template <typename Router, typename Describe>
   for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
     for (std::int64_t k = 0; k < ids.top_k; ++k) {
       const std::int64_t expert = read_id(ids, token, k);
-      const std::int64_t status = router.route(expert, token);
+      const std::int64_t status = detail::route_one(router, expert, token);
       if (status < 0) {
         MOE_EPLB_FAIL(ErrorCode::kIndexOutOfRange, describe(token, k, expert, status));
       }
@@ -214,6 +214,28 @@ bool map_with_prepared(const ExpertIdsView& ids, const detail::PreparedRouter& r
   return gather_route_map(ids, router.routes, router.num_experts, router.num_physical_experts, out);
 }
 
+// Maps with map(out) (out typed as the ids' dtype). If an element was bad,
+// throws naming the first one: an expert id outside [0, E) with the common
+// message (naming what has the E `rows`), anything else with
+// describe(token, k, expert, status). Then writes the mask and load counts.
+template <typename Router, typename Map, typename Describe>
+void map_or_name_first_bad(const char* operation, const ExpertIdsView& ids, const Router& router,
+                           const char* holder, const char* rows, const PruningInputs* pruning,
+                           const UpdateExpertOutputs& outputs, Map&& map,
+                           const Describe& describe) {
+  if (!with_typed_output(ids.dtype, outputs.balanced_expert_ids.data, map)) {
+    throw_first_bad(
+        ids, router,
+        [&](std::int64_t token, std::int64_t k, std::int64_t expert, std::int64_t status) {
+          if (status != kRouteBadExpertId) return describe(token, k, expert, status);
+          return detail::concat(operation, ": ", position(token, k, expert),
+                                " is out of range, expected ", range_end(router.num_experts), " (",
+                                holder, " has ", router.num_experts, " ", rows, ")");
+        });
+  }
+  finish_outputs(ids, pruning, outputs);
+}
+
 }  // namespace
 
 void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
@@ -226,39 +248,28 @@ void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& p
   const TableView& table = inputs.eplb_table;
   const detail::TableRouter router = detail::table_router(table, params);
   std::vector<std::int32_t> scratch;
-  const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids.data, [&](auto* out) {
-    return map_with_table(ids, table, params, router, scratch, out);
-  });
-  if (!ok) {
-    throw_first_bad(
-        ids, router,
-        [&](std::int64_t token, std::int64_t k, std::int64_t expert, std::int64_t status) {
-          if (status == kRouteBadExpertId) {
-            return detail::concat(kOperation, ": ", position(token, k, expert),
-                                  " is out of range, expected ", range_end(table.num_experts),
-                                  " (eplb_table has ", table.num_experts, " rows)");
-          }
-          const std::int32_t count = table.at(expert, 0);
-          if (status == kRouteBadCount) {
-            return detail::concat(kOperation, ": ", position(token, k, expert),
-                                  " selects eplb_table row ", expert, " whose replica count ",
-                                  count, " is outside 1..", table.num_columns - 1, " (F - 1)");
-          }
-          const std::int64_t column =
-              detail::replica_column(static_cast<std::uint32_t>(count), token, router.local_rank_id,
-                                     router.world_size, router.by_token);
-          return detail::concat(
-              kOperation, ": ", position(token, k, expert), " selects eplb_table[", expert, ", ",
-              column, "] = ", table.at(expert, column), ", outside the slot range ",
-              range_end(router.num_physical_experts),
-              params.num_physical_experts == -1
-                  ? detail::concat(" (", limits_of(params.profile).name,
-                                   " profile limit; pass num_physical_experts "
-                                   "for the exact range)")
-                  : detail::concat(" (num_physical_experts ", params.num_physical_experts, ")"));
-        });
-  }
-  finish_outputs(ids, inputs.pruning, outputs);
+  map_or_name_first_bad(
+      kOperation, ids, router, "eplb_table", "rows", inputs.pruning, outputs,
+      [&](auto* out) { return map_with_table(ids, table, params, router, scratch, out); },
+      [&](std::int64_t token, std::int64_t k, std::int64_t expert, std::int64_t status) {
+        const std::int32_t count = table.at(expert, 0);
+        if (status == kRouteBadCount) {
+          return detail::concat(kOperation, ": ", position(token, k, expert),
+                                " selects eplb_table row ", expert, " whose replica count ", count,
+                                " is outside 1..", table.num_columns - 1, " (F - 1)");
+        }
+        const std::int64_t column =
+            detail::replica_column(static_cast<std::uint32_t>(count), token, router.local_rank_id,
+                                   router.world_size, router.by_token);
+        return detail::concat(
+            kOperation, ": ", position(token, k, expert), " selects eplb_table[", expert, ", ",
+            column, "] = ", table.at(expert, column), ", outside the slot range ",
+            range_end(router.num_physical_experts),
+            params.num_physical_experts == -1
+                ? detail::concat(" (", limits_of(params.profile).name,
+                                 " profile limit; pass num_physical_experts for the exact range)")
+                : detail::concat(" (num_physical_experts ", params.num_physical_experts, ")"));
+      });
 }
 
 void update_expert(const ExpertIdsView& expert_ids, const TableView& eplb_table,
@@ -275,23 +286,14 @@ void update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& i
   if (ids.num_tokens == 0 || ids.top_k == 0) return;
 
   const detail::PreparedRouter router = detail::prepared_router(prepared);
-  const bool ok = with_typed_output(ids.dtype, outputs.balanced_expert_ids.data,
-                                    [&](auto* out) { return map_with_prepared(ids, router, out); });
-  if (!ok) {
-    throw_first_bad(
-        ids, router,
-        [&](std::int64_t token, std::int64_t k, std::int64_t expert, std::int64_t status) {
-          if (status == kRouteBadExpertId) {
-            return detail::concat(kOperation, ": ", position(token, k, expert),
-                                  " is out of range, expected ", range_end(prepared.num_experts),
-                                  " (the prepared table has ", prepared.num_experts, " experts)");
-          }
-          return detail::concat(kOperation, ": ", position(token, k, expert),
-                                " has corrupted prepared routes (status ", status,
-                                "); rebuild them from a validated table");
-        });
-  }
-  finish_outputs(ids, pruning, outputs);
+  map_or_name_first_bad(
+      kOperation, ids, router, "the prepared table", "experts", pruning, outputs,
+      [&](auto* out) { return map_with_prepared(ids, router, out); },
+      [&](std::int64_t token, std::int64_t k, std::int64_t expert, std::int64_t status) {
+        return detail::concat(kOperation, ": ", position(token, k, expert),
+                              " has corrupted prepared routes (status ", status,
+                              "); rebuild them from a validated table");
+      });
 }
 
 }  // namespace moe_eplb

@@ -138,7 +138,7 @@ template <typename SourceRouter>
 __device__ __forceinline__ SharedMapRouter build_rank_map(const SourceRouter& source,
                                                           std::int32_t* shared) {
   for (std::int64_t expert = threadIdx.x; expert < source.num_experts; expert += blockDim.x) {
-    shared[expert] = static_cast<std::int32_t>(source.route(expert, 0));
+    shared[expert] = static_cast<std::int32_t>(detail::route_one(source, expert, 0));
   }
   return SharedMapRouter{shared, source.num_experts};
 }

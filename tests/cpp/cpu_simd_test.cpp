@@ -152,7 +152,7 @@ void check_rank_mapper(const RankCase& c, std::int64_t n, std::uint64_t seed,
   bool expected_ok = true;
   std::vector<T> expected(ids.size());
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    const std::int64_t slot = router.route(static_cast<std::int64_t>(ids[i]), 0);
+    const std::int64_t slot = detail::route_one(router, static_cast<std::int64_t>(ids[i]), 0);
     expected_ok &= slot >= 0;
     expected[i] = static_cast<T>(slot);
   }
@@ -312,7 +312,7 @@ void check_token_mapper(const TokenCase& c, std::int64_t n, std::int64_t top_k,
   std::vector<T> expected(ids.size());
   for (std::size_t i = 0; i < ids.size(); ++i) {
     const std::int64_t token = first_token + static_cast<std::int64_t>(i) / top_k;
-    const std::int64_t slot = router.route(static_cast<std::int64_t>(ids[i]), token);
+    const std::int64_t slot = detail::route_one(router, static_cast<std::int64_t>(ids[i]), token);
     expected_ok &= slot >= 0;
     expected[i] = static_cast<T>(slot);
   }

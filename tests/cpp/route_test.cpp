@@ -77,8 +77,8 @@ Matrix hostile_table(std::int64_t num_columns, std::int64_t num_physical_experts
 // route() in the device's schedule, after checking that the host's agrees.
 template <typename Router>
 std::int64_t route_both_ways(const Router& router, std::int64_t expert, std::int64_t token) {
-  const std::int64_t device = router.template route<true>(expert, token);
-  const std::int64_t host = router.template route<false>(expert, token);
+  const std::int64_t device = detail::route_one<true>(router, expert, token);
+  const std::int64_t host = detail::route_one<false>(router, expert, token);
   EXPECT_EQ(device, host) << "schedules disagree at expert=" << expert << " token=" << token;
   return device;
 }

@@ -139,11 +139,6 @@ struct TableRouter {
     return route_in_row<kSelect>(read, token_idx, num_columns, column_stride, local_rank_id,
                                  world_size, by_token, num_physical_experts);
   }
-
-  template <bool kSelect = kSelectRoutes>
-  MOE_EPLB_HOST_DEVICE std::int64_t route(std::int64_t expert, std::int64_t token_idx) const {
-    return route<kSelect>(first_read<kSelect>(expert), token_idx);
-  }
 };
 
 // Routing from prepared routes (see prepared.hpp for the layout). The routes
@@ -175,12 +170,15 @@ struct PreparedRouter {
     const std::int64_t slot = entry < 0 ? status : checked_slot(entry, num_physical_experts);
     return read.expert_ok ? slot : kRouteBadExpertId;
   }
-
-  template <bool kSelect = kSelectRoutes>
-  MOE_EPLB_HOST_DEVICE std::int64_t route(std::int64_t expert, std::int64_t token_idx) const {
-    return route<kSelect>(first_read<kSelect>(expert), token_idx);
-  }
 };
+
+// A whole route through any router: its first read, then the rest (for
+// callers that map one id at a time).
+template <bool kSelect = kSelectRoutes, typename Router>
+MOE_EPLB_HOST_DEVICE std::int64_t route_one(const Router& router, std::int64_t expert,
+                                            std::int64_t token_idx) {
+  return router.template route<kSelect>(router.template first_read<kSelect>(expert), token_idx);
+}
 
 // ---- expert pruning ---------------------------------------------------------
 
