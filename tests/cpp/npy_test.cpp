@@ -89,6 +89,21 @@ TEST(Npy, ScalarsAndEmptyAndOneDimensional) {
   }
 }
 
+// A dtype .npy cannot hold (NumPy has no bfloat16) is refused, not mislabelled.
+TEST(Npy, SerializeRefusesDtypesNumPyCannotHold) {
+  npy::Array array;
+  array.dtype = Dtype::kBFloat16;
+  array.shape = {2};
+  array.bytes.resize(4);
+  try {
+    npy::serialize(array);
+    FAIL() << "expected an exception";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), ErrorCode::kIo);
+    EXPECT_STREQ(error.what(), "npy::serialize(): a .npy file cannot hold bfloat16 values");
+  }
+}
+
 TEST(Npy, StridesFollowOrder) {
   npy::Array array;
   array.shape = std::vector<std::int64_t>{3, 5, 2};

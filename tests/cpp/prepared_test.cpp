@@ -61,6 +61,37 @@ TEST(PreparedTable, RoutesLayout) {
   EXPECT_EQ(by_token.routes(), (std::vector<std::int32_t>{3, 40, 7, 19, 1, 2, -1, -1}));
 }
 
+// update() installs a table of the same shape in place (the address device
+// owners and CUDA graphs rely on), and refuses another shape or an invalid
+// table without touching the routes or the report.
+TEST(PreparedTable, UpdateRebuildsInPlaceOrRefusesAndKeepsTheOldTable) {
+  OwnedTable first(matrix_from_rows({{2, 0, 3}, {1, 1, -1}}));
+  OwnedTable second(matrix_from_rows({{1, 2, -1}, {2, 1, 0}}));
+  for (const int mode : {0, 1}) {
+    PreparedTable prepared(first.view, rank_params(1, 2, mode, 4));
+    const std::int32_t* address = prepared.routes().data();
+    const std::vector<std::int32_t> before = prepared.routes();
+    prepared.update(second.view);
+    EXPECT_EQ(prepared.routes().data(), address);
+    const PreparedTable fresh(second.view, rank_params(1, 2, mode, 4));
+    EXPECT_EQ(prepared.routes(), fresh.routes());
+    EXPECT_NE(prepared.routes(), before);
+
+    const std::vector<std::int32_t> installed = prepared.routes();
+    OwnedTable invalid(matrix_from_rows({{0, 2, -1}, {2, 1, 0}}));
+    ErrorCode code = ErrorCode::kIo;
+    EXPECT_THAT(error_of([&] { prepared.update(invalid.view); }, &code),
+                HasSubstr("PreparedTable::update(): eplb_table is invalid (1 error)"));
+    EXPECT_EQ(code, ErrorCode::kInvalidTable);
+    OwnedTable wider(matrix_from_rows({{1, 2, -1, -1}, {2, 1, 0, -1}}));
+    EXPECT_THAT(error_of([&] { prepared.update(wider.view); }, &code),
+                HasSubstr("PreparedTable::update(): eplb_table has shape (2, 4), expected (2, 3)"));
+    EXPECT_EQ(code, ErrorCode::kInvalidArgument);
+    EXPECT_EQ(prepared.routes(), installed);
+    EXPECT_TRUE(prepared.report().ok());
+  }
+}
+
 TEST(PreparedTable, RefusesInvalidTablesListingEveryProblem) {
   OwnedTable table(matrix_from_rows({{0, 1, 2}, {2, 3, 3}, {1, 3, 0}}));
   try {
