@@ -81,6 +81,67 @@ MOE_EPLB_AVX512_INLINE __m512i even_dwords() {
   return _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
 }
 
+// ---- loading and storing 32 lanes -------------------------------------------------------
+
+// Loads 32 ids (or the `lanes` of them; others read as expert 0) and clamps
+// them to experts in [0, E), as two vectors of 16 dwords.
+template <bool kFull>
+MOE_EPLB_AVX512_INLINE void load_experts(const std::int32_t* in, __mmask32 lanes, __m512i last,
+                                         __m512i* expert, __m512i& id_changed) {
+  for (int h = 0; h < 2; ++h) {
+    const auto part = static_cast<__mmask16>(lanes >> (16 * h));
+    const __m512i id = kFull       ? _mm512_loadu_si512(in + 16 * h)
+                       : part != 0 ? _mm512_maskz_loadu_epi32(part, in + 16 * h)
+                                   : _mm512_setzero_si512();
+    expert[h] = _mm512_min_epu32(id, last);
+    id_changed = _mm512_ternarylogic_epi32(id_changed, id, expert[h], 0xf6);
+  }
+}
+
+template <bool kFull>
+MOE_EPLB_AVX512_INLINE void load_experts(const std::int64_t* in, __mmask32 lanes, __m512i last,
+                                         __m512i* expert, __m512i& id_changed) {
+  const __m512i last64 = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(last));
+  __m512i narrow[4];
+  for (int q = 0; q < 4; ++q) {
+    const auto part = static_cast<__mmask8>(lanes >> (8 * q));
+    const __m512i id = kFull       ? _mm512_loadu_si512(in + 8 * q)
+                       : part != 0 ? _mm512_maskz_loadu_epi64(part, in + 8 * q)
+                                   : _mm512_setzero_si512();
+    narrow[q] = _mm512_min_epu64(id, last64);
+    id_changed = _mm512_ternarylogic_epi64(id_changed, id, narrow[q], 0xf6);
+  }
+  expert[0] = _mm512_permutex2var_epi32(narrow[0], even_dwords(), narrow[1]);
+  expert[1] = _mm512_permutex2var_epi32(narrow[2], even_dwords(), narrow[3]);
+}
+
+template <bool kFull>
+MOE_EPLB_AVX512_INLINE void store_slots(std::int32_t* out, __mmask32 lanes, const __m512i* slot) {
+  for (int h = 0; h < 2; ++h) {
+    const auto part = static_cast<__mmask16>(lanes >> (16 * h));
+    if (kFull) {
+      _mm512_storeu_si512(out + 16 * h, slot[h]);
+    } else if (part != 0) {
+      _mm512_mask_storeu_epi32(out + 16 * h, part, slot[h]);
+    }
+  }
+}
+
+template <bool kFull>
+MOE_EPLB_AVX512_INLINE void store_slots(std::int64_t* out, __mmask32 lanes, const __m512i* slot) {
+  const __m256i quarter[4] = {
+      _mm512_castsi512_si256(slot[0]), _mm512_extracti64x4_epi64(slot[0], 1),
+      _mm512_castsi512_si256(slot[1]), _mm512_extracti64x4_epi64(slot[1], 1)};
+  for (int q = 0; q < 4; ++q) {
+    const auto part = static_cast<__mmask8>(lanes >> (8 * q));
+    if (kFull) {
+      _mm512_storeu_si512(out + 8 * q, _mm512_cvtepu32_epi64(quarter[q]));
+    } else if (part != 0) {
+      _mm512_mask_storeu_epi64(out + 8 * q, part, _mm512_cvtepu32_epi64(quarter[q]));
+    }
+  }
+}
+
 // ---- rank mode: 32 ids per step ---------------------------------------------------------
 
 // Accumulated checks of one rank-mode run: ids changed by the clamp, and the
@@ -95,52 +156,17 @@ MOE_EPLB_AVX512_INLINE __m512i rank_words_of(const __m512i* table, __m512i c0, _
   return lookup_words<kPairs>(table, _mm512_permutex2var_epi16(c0, even_words(), c1));
 }
 
-// One step of 32 ids (kFull) or of the `lanes` among them; a vector with no
-// lane is neither loaded nor stored, and lanes outside add nothing to checks.
-template <int kPairs, bool kFull>
-MOE_EPLB_AVX512_INLINE void rank_step(const __m512i* table, __m512i last, const std::int32_t* in,
-                                      std::int32_t* out, __mmask32 lanes, RankChecks& checks) {
-  __m512i expert[2];
-  for (int h = 0; h < 2; ++h) {
-    const auto part = static_cast<__mmask16>(lanes >> (16 * h));
-    const __m512i id = kFull       ? _mm512_loadu_si512(in + 16 * h)
-                       : part != 0 ? _mm512_maskz_loadu_epi32(part, in + 16 * h)
-                                   : _mm512_setzero_si512();
-    expert[h] = _mm512_min_epu32(id, last);
-    checks.id_changed = _mm512_ternarylogic_epi32(checks.id_changed, id, expert[h], 0xf6);
-  }
-  __m512i word = rank_words_of<kPairs>(table, expert[0], expert[1]);
-  if (!kFull) word = _mm512_maskz_mov_epi16(lanes, word);
-  checks.word_max = _mm512_max_epu16(checks.word_max, word);
-  const __m256i half[2] = {_mm512_castsi512_si256(word), _mm512_extracti64x4_epi64(word, 1)};
-  for (int h = 0; h < 2; ++h) {
-    const auto part = static_cast<__mmask16>(lanes >> (16 * h));
-    if (kFull) {
-      _mm512_storeu_si512(out + 16 * h, _mm512_cvtepu16_epi32(half[h]));
-    } else if (part != 0) {
-      _mm512_mask_storeu_epi32(out + 16 * h, part, _mm512_cvtepu16_epi32(half[h]));
-    }
-  }
+// Stores 32 word lanes widened to the ids' width (straight from words: one
+// widening per vector, where store_slots would take two).
+template <bool kFull>
+MOE_EPLB_AVX512_INLINE void store_words(std::int32_t* out, __mmask32 lanes, __m512i word) {
+  const __m512i slot[2] = {_mm512_cvtepu16_epi32(_mm512_castsi512_si256(word)),
+                           _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(word, 1))};
+  store_slots<kFull>(out, lanes, slot);
 }
 
-// int64 ids: four vectors of 8, clamped in 64 bits, then narrowed.
-template <int kPairs, bool kFull>
-MOE_EPLB_AVX512_INLINE void rank_step(const __m512i* table, __m512i last, const std::int64_t* in,
-                                      std::int64_t* out, __mmask32 lanes, RankChecks& checks) {
-  __m512i expert[4];
-  for (int q = 0; q < 4; ++q) {
-    const auto part = static_cast<__mmask8>(lanes >> (8 * q));
-    const __m512i id = kFull       ? _mm512_loadu_si512(in + 8 * q)
-                       : part != 0 ? _mm512_maskz_loadu_epi64(part, in + 8 * q)
-                                   : _mm512_setzero_si512();
-    expert[q] = _mm512_min_epu64(id, last);
-    checks.id_changed = _mm512_ternarylogic_epi64(checks.id_changed, id, expert[q], 0xf6);
-  }
-  const __m512i low = _mm512_permutex2var_epi32(expert[0], even_dwords(), expert[1]);
-  const __m512i high = _mm512_permutex2var_epi32(expert[2], even_dwords(), expert[3]);
-  __m512i word = rank_words_of<kPairs>(table, low, high);
-  if (!kFull) word = _mm512_maskz_mov_epi16(lanes, word);
-  checks.word_max = _mm512_max_epu16(checks.word_max, word);
+template <bool kFull>
+MOE_EPLB_AVX512_INLINE void store_words(std::int64_t* out, __mmask32 lanes, __m512i word) {
   const __m128i quarter[4] = {
       _mm512_extracti32x4_epi32(word, 0), _mm512_extracti32x4_epi32(word, 1),
       _mm512_extracti32x4_epi32(word, 2), _mm512_extracti32x4_epi32(word, 3)};
@@ -155,13 +181,25 @@ MOE_EPLB_AVX512_INLINE void rank_step(const __m512i* table, __m512i last, const 
   }
 }
 
+// One step of 32 ids (kFull) or of the `lanes` among them; a vector with no
+// lane is neither loaded nor stored, and lanes outside add nothing to checks.
+template <int kPairs, bool kFull, typename T>
+MOE_EPLB_AVX512_INLINE void rank_step(const __m512i* table, __m512i last, const T* in, T* out,
+                                      __mmask32 lanes, RankChecks& checks) {
+  __m512i expert[2];
+  load_experts<kFull>(in, lanes, last, expert, checks.id_changed);
+  __m512i word = rank_words_of<kPairs>(table, expert[0], expert[1]);
+  if (!kFull) word = _mm512_maskz_mov_epi16(lanes, word);
+  checks.word_max = _mm512_max_epu16(checks.word_max, word);
+  store_words<kFull>(out, lanes, word);
+}
+
 template <int kPairs, typename T>
 MOE_EPLB_AVX512 bool map_rank_impl(const RankWords& w, const IdRows<T>& ids) {
   __m512i table[2 * kPairs];
   load_table<kPairs>(w.words, table);
-  // Clamping bound in the ids' width: E - 1 in every lane.
-  const __m512i last =
-      sizeof(T) == 4 ? _mm512_set1_epi32(w.num_experts - 1) : _mm512_set1_epi64(w.num_experts - 1);
+  // Clamping bound: E - 1 in every 32-bit lane (load_experts widens it for int64 ids).
+  const __m512i last = _mm512_set1_epi32(w.num_experts - 1);
   RankChecks checks{_mm512_setzero_si512(), _mm512_setzero_si512()};
   for (std::int64_t row = 0; row < ids.num_rows; ++row) {
     const T* in = ids.in + row * ids.row_stride;
@@ -249,72 +287,13 @@ MOE_EPLB_AVX512_INLINE __m512i token_slots(const TokenTables& t, __m512i info, _
   return _mm512_mask_blend_epi32(multi, info, lookup_dwords<kReplicaPairs>(t.replicas, at));
 }
 
-// Loads 32 ids (or the `lanes` of them; others read as expert 0) and clamps
-// them to experts in [0, E), as two vectors of 16 dwords.
-template <bool kFull>
-MOE_EPLB_AVX512_INLINE void load_experts(const std::int32_t* in, __mmask32 lanes, __m512i last,
-                                         __m512i* expert, TokenChecks& checks) {
-  for (int h = 0; h < 2; ++h) {
-    const auto part = static_cast<__mmask16>(lanes >> (16 * h));
-    const __m512i id = kFull       ? _mm512_loadu_si512(in + 16 * h)
-                       : part != 0 ? _mm512_maskz_loadu_epi32(part, in + 16 * h)
-                                   : _mm512_setzero_si512();
-    expert[h] = _mm512_min_epu32(id, last);
-    checks.id_changed = _mm512_ternarylogic_epi32(checks.id_changed, id, expert[h], 0xf6);
-  }
-}
-
-template <bool kFull>
-MOE_EPLB_AVX512_INLINE void load_experts(const std::int64_t* in, __mmask32 lanes, __m512i last,
-                                         __m512i* expert, TokenChecks& checks) {
-  const __m512i last64 = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(last));
-  __m512i narrow[4];
-  for (int q = 0; q < 4; ++q) {
-    const auto part = static_cast<__mmask8>(lanes >> (8 * q));
-    const __m512i id = kFull       ? _mm512_loadu_si512(in + 8 * q)
-                       : part != 0 ? _mm512_maskz_loadu_epi64(part, in + 8 * q)
-                                   : _mm512_setzero_si512();
-    narrow[q] = _mm512_min_epu64(id, last64);
-    checks.id_changed = _mm512_ternarylogic_epi64(checks.id_changed, id, narrow[q], 0xf6);
-  }
-  expert[0] = _mm512_permutex2var_epi32(narrow[0], even_dwords(), narrow[1]);
-  expert[1] = _mm512_permutex2var_epi32(narrow[2], even_dwords(), narrow[3]);
-}
-
-template <bool kFull>
-MOE_EPLB_AVX512_INLINE void store_slots(std::int32_t* out, __mmask32 lanes, const __m512i* slot) {
-  for (int h = 0; h < 2; ++h) {
-    const auto part = static_cast<__mmask16>(lanes >> (16 * h));
-    if (kFull) {
-      _mm512_storeu_si512(out + 16 * h, slot[h]);
-    } else if (part != 0) {
-      _mm512_mask_storeu_epi32(out + 16 * h, part, slot[h]);
-    }
-  }
-}
-
-template <bool kFull>
-MOE_EPLB_AVX512_INLINE void store_slots(std::int64_t* out, __mmask32 lanes, const __m512i* slot) {
-  const __m256i quarter[4] = {
-      _mm512_castsi512_si256(slot[0]), _mm512_extracti64x4_epi64(slot[0], 1),
-      _mm512_castsi512_si256(slot[1]), _mm512_extracti64x4_epi64(slot[1], 1)};
-  for (int q = 0; q < 4; ++q) {
-    const auto part = static_cast<__mmask8>(lanes >> (8 * q));
-    if (kFull) {
-      _mm512_storeu_si512(out + 8 * q, _mm512_cvtepu32_epi64(quarter[q]));
-    } else if (part != 0) {
-      _mm512_mask_storeu_epi64(out + 8 * q, part, _mm512_cvtepu32_epi64(quarter[q]));
-    }
-  }
-}
-
 // One step of 32 lanes (kFull) or of the `lanes` among them. The info words
 // are looked up 32 at a time, the rest 16 at a time; `where` moves 32 lanes on.
 template <int kInfoPairs, int kReplicaPairs, bool kFull, typename T>
 MOE_EPLB_AVX512_INLINE void token_step(const TokenTables& t, TokenLanes& where, __m512i last,
                                        const T* in, T* out, __mmask32 lanes, TokenChecks& checks) {
   __m512i expert[2];
-  load_experts<kFull>(in, lanes, last, expert, checks);
+  load_experts<kFull>(in, lanes, last, expert, checks.id_changed);
   const __m512i info = lookup_words<kInfoPairs>(
       t.info, _mm512_permutex2var_epi16(expert[0], even_words(), expert[1]));
   __m512i slot[2];
