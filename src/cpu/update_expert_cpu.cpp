@@ -108,8 +108,8 @@ MOE_EPLB_NOINLINE bool map_tokens(const ExpertIdsView& ids, const cpu::TokenRows
 // Finds the first element (in row-major order) the router rejects and throws
 // a message built by `describe(token, k, expert, status)`.
 template <typename Router, typename Describe>
-[[noreturn]] void throw_first_bad(const ExpertIdsView& ids, const Router& router,
-                                  const Describe& describe) {
+[[noreturn]] void throw_first_bad(const char* operation, const ExpertIdsView& ids,
+                                  const Router& router, const Describe& describe) {
   for (std::int64_t token = 0; token < ids.num_tokens; ++token) {
     for (std::int64_t k = 0; k < ids.top_k; ++k) {
       const std::int64_t expert = read_id(ids, token, k);
@@ -120,7 +120,7 @@ template <typename Router, typename Describe>
     }
   }
   // Unreachable when the fast loop reported a bad element; keep a clear message anyway.
-  MOE_EPLB_FAIL(ErrorCode::kIndexOutOfRange, "update_expert(): inconsistent error scan");
+  MOE_EPLB_FAIL(ErrorCode::kIndexOutOfRange, operation, ": inconsistent error scan");
 }
 
 // Calls f with balanced_expert_ids typed as the ids' dtype.
@@ -225,7 +225,7 @@ void map_or_name_first_bad(const char* operation, const ExpertIdsView& ids, cons
                            const Describe& describe) {
   if (!with_typed_output(ids.dtype, outputs.balanced_expert_ids.data, map)) {
     throw_first_bad(
-        ids, router,
+        operation, ids, router,
         [&](std::int64_t token, std::int64_t k, std::int64_t expert, std::int64_t status) {
           if (status != kRouteBadExpertId) return describe(token, k, expert, status);
           return detail::concat(operation, ": ", position(token, k, expert),
