@@ -10,7 +10,8 @@ under torch.utils.cmake_prefix_path. CUDA kernels are built when that torch
 has CUDA and nvcc is found (MOE_EPLB_CUDA=0 forces CPU, =1 requires CUDA);
 TORCH_CUDA_ARCH_LIST picks the GPU architectures (default 8.0;9.0), MAX_JOBS
 the parallel compile jobs, CMAKE_ARGS adds CMake options (e.g.
--DMOE_EPLB_WERROR=ON). Build files go to build-python/.
+-DMOE_EPLB_WERROR=ON). Build files go to build-python/ (MOE_EPLB_BUILD_DIR
+overrides).
 """
 import os
 import shlex
@@ -23,7 +24,7 @@ from setuptools.command.build_ext import build_ext
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-BUILD_DIR = os.path.join(ROOT, "build-python")
+BUILD_DIR = os.path.abspath(os.environ.get("MOE_EPLB_BUILD_DIR", os.path.join(ROOT, "build-python")))
 
 
 def use_cuda():

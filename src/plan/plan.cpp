@@ -1,8 +1,10 @@
 #include "moe_eplb/plan/planner.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/table.hpp"
 #include "planners.hpp"
 
 namespace moe_eplb {
@@ -60,6 +62,66 @@ void check_plan_request(const ExpertLoad& load, const PlanOptions& options) {
         " in all, fewer than the ", num_physical,
         " physical slots; use num_columns >= ", (num_physical + num_experts - 1) / num_experts + 1);
   }
+}
+
+void check_windows(const std::vector<ExpertLoad>& windows) {
+  MOE_EPLB_CHECK(!windows.empty(), kPlan, ": no load windows given; expected at least one");
+  const ExpertLoad& first = windows.front();
+  for (std::size_t i = 1; i < windows.size(); ++i) {
+    const ExpertLoad& window = windows[i];
+    MOE_EPLB_CHECK(window.num_layers == first.num_layers &&
+                       window.num_source_ranks == first.num_source_ranks &&
+                       window.num_experts == first.num_experts,
+                   kPlan, ": load window ", i, " is (", window.num_layers, " layers, ",
+                   window.num_source_ranks, " source ranks, ", window.num_experts,
+                   " experts), but window 0 is (", first.num_layers, ", ", first.num_source_ranks,
+                   ", ", first.num_experts, "); every window must have the same shape");
+  }
+}
+
+void check_migration_options(const ExpertLoad& load, const PlanOptions& options) {
+  MOE_EPLB_CHECK(options.max_moves >= -1, kPlan,
+                 ": max_moves must be -1 (no cap) or at least 0, got ", options.max_moves);
+  MOE_EPLB_CHECK(std::isfinite(options.move_cost) && options.move_cost >= 0.0, kPlan,
+                 ": move_cost must be a finite number >= 0, got ", options.move_cost);
+  if (options.previous == nullptr) {
+    MOE_EPLB_CHECK(options.max_moves == -1 && options.move_cost == 0.0, kPlan,
+                   ": max_moves and move_cost need the previous table (--previous)");
+    return;
+  }
+  const LayeredTable& previous = *options.previous;
+  MOE_EPLB_CHECK(previous.num_layers == load.num_layers && previous.num_experts == load.num_experts,
+                 kPlan, ": previous table has ", previous.num_layers, " layers of ",
+                 previous.num_experts, " experts, but the load has ", load.num_layers,
+                 " layers of ", load.num_experts, " experts");
+  MOE_EPLB_CHECK(static_cast<std::int64_t>(previous.values.size()) ==
+                     previous.num_layers * previous.num_experts * previous.num_columns,
+                 kPlan, ": previous table has ", previous.values.size(), " values, expected ",
+                 previous.num_layers * previous.num_experts * previous.num_columns);
+  const std::int64_t num_physical = options.world_size * options.slots_per_rank;
+  ValidateTableOptions validate;
+  validate.check_rank_mode_reachability = false;
+  validate.warn_unused_slots = false;
+  validate.max_issues = 3;
+  for (std::int64_t layer = 0; layer < previous.num_layers; ++layer) {
+    const TableReport report =
+        validate_table(previous.layer(layer), options.world_size, num_physical, validate);
+    MOE_EPLB_CHECK(report.ok(), kPlan, ": previous table, layer ", layer, ", is not valid for ",
+                   options.world_size, " ranks x ", options.slots_per_rank,
+                   " slots: ", report.to_string());
+  }
+}
+
+// The element-wise mean of the windows (the first window itself when alone).
+ExpertLoad mean_load(const std::vector<ExpertLoad>& windows) {
+  ExpertLoad mean = windows.front();
+  if (windows.size() == 1) return mean;
+  for (std::size_t i = 1; i < windows.size(); ++i) {
+    for (std::size_t v = 0; v < mean.counts.size(); ++v) mean.counts[v] += windows[i].counts[v];
+  }
+  const double scale = 1.0 / static_cast<double>(windows.size());
+  for (double& value : mean.counts) value *= scale;
+  return mean;
 }
 
 }  // namespace
@@ -122,11 +184,24 @@ LayeredTable no_redundancy_table(std::int64_t num_experts, std::int64_t world_si
 }
 
 LayeredTable plan(const ExpertLoad& load, const PlanOptions& options) {
-  check_plan_request(load, options);
+  return plan(std::vector<ExpertLoad>{load}, options, nullptr);
+}
+
+LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& options,
+                  PlanReport* report) {
+  check_windows(windows);
+  const ExpertLoad mean = mean_load(windows);
+  check_plan_request(mean, options);
+  check_migration_options(mean, options);
+  const bool global_only = options.algorithm == PlanAlgorithm::kDeepSeek;
+  std::vector<ExpertLoad> global_windows;
+  if (global_only && mean.per_rank()) {
+    for (const ExpertLoad& window : windows) global_windows.push_back(global_load(window));
+  }
+  const std::vector<ExpertLoad>& window_input = global_windows.empty() ? windows : global_windows;
   // DeepSeek's algorithm plans on global counts and has no count cap.
-  const bool deepseek = options.algorithm == PlanAlgorithm::kDeepSeek;
-  const ExpertLoad global = deepseek && load.per_rank() ? global_load(load) : ExpertLoad{};
-  const ExpertLoad& input = deepseek && load.per_rank() ? global : load;
+  const ExpertLoad global = global_only && mean.per_rank() ? global_load(mean) : ExpertLoad{};
+  const ExpertLoad& input = global_only && mean.per_rank() ? global : mean;
 
   plan_detail::LayerRequest request;
   request.num_source_ranks = input.num_source_ranks;
@@ -139,20 +214,39 @@ LayeredTable plan(const ExpertLoad& load, const PlanOptions& options) {
                           : std::min(options.world_size, options.num_columns - 1);
   request.balance_mode = options.balance_mode;
   request.num_groups = options.num_groups;
+  request.max_moves = options.max_moves;
+  request.move_cost = options.move_cost;
 
+  if (report != nullptr) report->layers.assign(static_cast<std::size_t>(input.num_layers), {});
   std::vector<ReplicaSlots> layers;
   layers.reserve(static_cast<std::size_t>(input.num_layers));
   for (std::int64_t layer_idx = 0; layer_idx < input.num_layers; ++layer_idx) {
     request.counts = input.layer(layer_idx);
-    layers.push_back(deepseek ? plan_detail::plan_deepseek(request)
-                              : plan_detail::plan_rule_aware(request));
-    // DeepSeek's replication has no cap; the rule-aware planner respects it.
+    request.windows.clear();
+    for (const ExpertLoad& window : window_input)
+      request.windows.push_back(window.layer(layer_idx));
+    request.previous =
+        options.previous != nullptr ? options.previous->layer(layer_idx) : TableView{};
+    LayerPlanReport* layer_report =
+        report != nullptr ? &report->layers[static_cast<std::size_t>(layer_idx)] : nullptr;
+    switch (options.algorithm) {
+      case PlanAlgorithm::kDeepSeek:
+        layers.push_back(plan_detail::plan_deepseek(request));
+        break;
+      case PlanAlgorithm::kFlashLB:
+        layers.push_back(plan_detail::plan_flashlb(request));
+        break;
+      default:
+        layers.push_back(plan_detail::plan_rule_aware(request, layer_report));
+        break;
+    }
+    // Baselines may exceed the replica cap; the rule-aware planner respects it.
     for (const auto& replicas : layers.back()) {
       MOE_EPLB_CHECK(options.num_columns == 0 ||
                          static_cast<std::int64_t>(replicas.size()) <= options.num_columns - 1,
                      kPlan, ": num_columns ", options.num_columns, " holds at most ",
                      options.num_columns - 1,
-                     " replicas, but DeepSeek's algorithm gives an expert of layer ", layer_idx,
+                     " replicas, but the baseline algorithm gives an expert of layer ", layer_idx,
                      " ", replicas.size(), " replicas; use num_columns 0 (fit)");
     }
   }

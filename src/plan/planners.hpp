@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "moe_eplb/plan/planner.hpp"
 
@@ -19,9 +20,17 @@ struct LayerRequest {
   std::int64_t max_count = 0;       // replica count cap: min(W, F - 1)
   BalanceMode balance_mode = BalanceMode::kByRank;
   std::int64_t num_groups = 1;
+  // Every window of this layer, oldest first, each (num_source_ranks,
+  // num_experts); `counts` is their mean.
+  std::vector<const double*> windows;
+  // The table in force for this layer (num_experts rows), or data == nullptr.
+  TableView previous;
+  std::int64_t max_moves = -1;  // -1 = no cap
+  double move_cost = 0.0;
 };
 
-ReplicaSlots plan_rule_aware(const LayerRequest& request);
+ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* report);
 ReplicaSlots plan_deepseek(const LayerRequest& request);
+ReplicaSlots plan_flashlb(const LayerRequest& request);
 
 }  // namespace moe_eplb::plan_detail

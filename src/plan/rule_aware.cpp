@@ -586,7 +586,7 @@ RankPacker refine_counts(const LayerRequest& request, const ShareModel& shares,
 
 }  // namespace
 
-ReplicaSlots plan_rule_aware(const LayerRequest& request) {
+ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* /*report*/) {
   const ShareModel shares(request);
   const CountLadder ladder(request);
   RankPacker packer = refine_counts(request, shares, ladder,

@@ -40,7 +40,12 @@ struct LayeredTable {
   }
 };
 
-enum class PlanAlgorithm : std::uint8_t { kRuleAware, kDeepSeek };
+// kFlashLB: Huawei's FlashLB as its public description states it (vllm-ascend
+// PR #3042): replicas by the largest mean + 0.674 std per replica over the
+// windows, covariance-aware placement on the device with the lowest
+// mean + z std, Hungarian slot matching against the previous table. A
+// baseline; it does not know the operator's rank rule.
+enum class PlanAlgorithm : std::uint8_t { kRuleAware, kDeepSeek, kFlashLB };
 
 struct PlanOptions {
   std::int64_t world_size = 0;      // W >= 1
@@ -56,8 +61,34 @@ struct PlanOptions {
   // kDeepSeek only: expert groups (DeepSeek-V3 routes within 8); the
   // hierarchical policy runs when groups divide evenly over > 1 nodes.
   std::int64_t num_groups = 1;
+
+  // Migration-aware replanning. `previous` is the table in force, (L, E, F')
+  // with the plan's L and E (any F'), valid for world_size * slots_per_rank
+  // slots; null plans from scratch. Not owned; must outlive the call.
+  const LayeredTable* previous = nullptr;
+  // Per layer, at most this many slots whose logical expert differs from
+  // `previous` (a "move"); -1 = no cap. Needs `previous`.
+  std::int64_t max_moves = -1;
+  // >= 0: the predicted max/mean a move must buy to be made (0 = balance
+  // first, moves only where they tie). Needs `previous`.
+  double move_cost = 0.0;
 };
 
+// What plan() estimated, per layer (filled when a report is asked for).
+struct LayerPlanReport {
+  // Estimated share of each source rank's deviation from the global share
+  // that persists from window to window, in [0, 1] (1 with global counts).
+  double persistence = 1.0;
+  // Predicted max/mean per-rank load on the next window, and an interval
+  // (about one standard deviation either side) from the windows' noise.
+  double predicted_max_over_mean = 1.0;
+  double predicted_low = 1.0;
+  double predicted_high = 1.0;
+  std::int64_t slots_changed = 0;  // against `previous`; 0 without it
+};
+struct PlanReport {
+  std::vector<LayerPlanReport> layers;
+};
 // Plans every layer of `load` independently. Throws moe_eplb::Error
 // (kInvalidArgument) starting with "plan():" for impossible requests: fewer
 // slots than experts, slots_per_rank above E, num_columns that cannot hold
@@ -67,6 +98,12 @@ struct PlanOptions {
 // thread-safe (no shared state). Takes a few ms per layer of 256 experts on
 // EP 64 (the bench plans 61 such layers in well under a second).
 LayeredTable plan(const ExpertLoad& load, const PlanOptions& options);
+
+// Plans on several windows of statistics, oldest first, all of one shape
+// (the same layers, source ranks and experts; a mismatch throws naming the
+// window). `report`, when not null, receives the per-layer estimates.
+LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& options,
+                  PlanReport* report = nullptr);
 
 // Physical slots that hold each replica, by expert: replicas[e][j] is the slot
 // of replica j + 1. The intermediate form every planner produces.

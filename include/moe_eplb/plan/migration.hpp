@@ -1,0 +1,69 @@
+// From one table to the next: what changes, and how the expert weights move.
+//
+// A physical slot p lives on rank p / slots_per_rank. A slot is *changed*
+// when the logical expert at p differs between the two tables (a slot that no
+// row names holds no expert). Tables are (E, F) eplb_tables valid for
+// world_size * slots_per_rank slots; the two may differ in F, not in E.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moe_eplb/types.hpp"
+
+namespace moe_eplb {
+
+struct TopologyOptions {
+  std::int64_t world_size = 0;      // W
+  std::int64_t slots_per_rank = 0;  // S
+  std::int64_t ranks_per_node = 0;  // 0 = one node; else divides W
+};
+
+// (W * S,) logical expert of every physical slot, -1 where no row names it.
+std::vector<std::int32_t> slot_experts(const TableView& table, const TopologyOptions& topology);
+
+struct TableDiff {
+  std::int64_t slots_changed = 0;               // slots whose expert differs
+  std::int64_t experts_received = 0;            // sum over ranks of experts new to the rank
+  std::vector<std::int64_t> received_per_rank;  // (W,) distinct experts new to each rank
+};
+TableDiff diff_tables(const TableView& from, const TableView& to, const TopologyOptions& topology);
+
+// What destination slot p (its content under the new table) is made from.
+enum class SlotAction : std::int8_t {
+  kKeep = 0,          // p already holds it (or p is unused in the new table)
+  kCopyLocal = 1,     // copy the *old* content of slot `source_slot` of this rank
+  kReceive = 2,       // receive from (source_rank, source_slot)'s old content
+  kCopyReceived = 3,  // copy the *new* content of `source_slot` of this rank,
+                      // a slot that receives the same expert
+};
+struct SlotMove {
+  SlotAction action = SlotAction::kKeep;
+  std::int32_t source_rank = 0;  // == this rank except for kReceive
+  std::int32_t source_slot = 0;  // local slot index in [0, S) on source_rank
+};
+struct MigrationPlan {
+  TopologyOptions topology;
+  std::vector<SlotMove> moves;  // (W * S,) by destination physical slot
+  std::int64_t kept = 0;
+  std::int64_t local_copies = 0;                // kCopyLocal + kCopyReceived
+  std::int64_t received = 0;                    // kReceive: one per (rank, expert new to it)
+  std::vector<std::int64_t> received_per_rank;  // (W,)
+  std::vector<std::int64_t> sent_per_rank;      // (W,) sends each rank serves
+  std::int64_t cross_node = 0;                  // receives from another node
+};
+// Rules: a rank receives each expert at most once and fills further slots of
+// it by local copy; sources are chosen same rank, then same node, then other
+// nodes, spread evenly over the old holders. Deterministic. Throws
+// moe_eplb::Error (kInvalidArgument / kInvalidTable) naming the argument.
+MigrationPlan migration_plan(const TableView& old_table, const TableView& new_table,
+                             const TopologyOptions& topology);
+
+// Permutes each rank's slots of `new_table` so that an expert staying on a
+// rank keeps its old slot; returns the (E, F) row-major table (new_table's
+// F). No rank's set of experts changes, so balance is unchanged, and the
+// replica order within each row (which the rank rule depends on) is kept.
+std::vector<std::int32_t> align_to_previous(const TableView& new_table, const TableView& old_table,
+                                            const TopologyOptions& topology);
+
+}  // namespace moe_eplb
