@@ -1,0 +1,21 @@
+"""Expert parallelism on torch.distributed through the EPLB table: dispatch and
+combine tokens (uneven all_to_all_single), move expert weights between
+placements (batch_isend_irecv, transactional), and the online runtime that
+records load, replans and migrates without stalling the forward pass.
+
+gloo on CPU and NCCL on CUDA; nothing of our own below torch.distributed.
+"""
+from ._dispatch import DispatchHandle, combine, dispatch
+from ._migrate import MigrationStats, migrate_experts
+from .moe import ExpertParallelMoE
+from .runtime import EplbRuntime
+
+__all__ = [
+    "DispatchHandle",
+    "EplbRuntime",
+    "ExpertParallelMoE",
+    "MigrationStats",
+    "combine",
+    "dispatch",
+    "migrate_experts",
+]

@@ -1,0 +1,4 @@
+"""Placeholder until its owner lands it."""
+DispatchHandle = None
+combine = None
+dispatch = None
