@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
+#include <utility>
 
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/load.hpp"
 
 namespace moe_eplb {
 namespace {
@@ -101,7 +104,22 @@ void check_spec(const ScenarioSpec& spec) {
                      spec.token_variation <= 1 && spec.hot_expert >= 0 && spec.hot_expert < 1,
                  "generate_trace(): skew and rank_variation must be >= 0, token_variation in "
                  "[0, 1] and hot_expert in [0, 1)");
+  MOE_EPLB_CHECK(spec.rank_persistence >= 0 && spec.rank_persistence <= 1,
+                 "generate_trace(): rank_persistence must be in [0, 1], got ",
+                 spec.rank_persistence);
+  MOE_EPLB_CHECK(spec.drift >= 0 && std::isfinite(spec.drift),
+                 "generate_trace(): drift must be a finite number >= 0, got ", spec.drift);
 }
+
+// An independent stream per (scenario, window, purpose): the same draws
+// whatever else was asked for before.
+Rng stream_rng(std::uint64_t seed, std::int64_t window, std::uint64_t purpose) {
+  std::uint64_t state = seed ^ (0x9e3779b97f4a7c15ull * purpose);
+  state ^= splitmix64(state) + static_cast<std::uint64_t>(window);
+  return Rng(splitmix64(state));
+}
+constexpr std::uint64_t kDriftStream = 1;
+constexpr std::uint64_t kPreferenceStream = 2;
 
 // Global expert weights of the scenario (the same for every window).
 std::vector<double> expert_weights(const ScenarioSpec& spec, Rng& rng) {
@@ -206,14 +224,114 @@ ScenarioSpec make_spec(const ScenarioRow& row) {
   return spec;
 }
 
-}  // namespace
+// One row of the multi-window suite: a shape (as above, no token variation)
+// with its family's window-to-window change.
+struct WindowScenarioRow {
+  const char* family;
+  const char* shape;
+  const char* description;
+  std::int64_t num_experts, top_k, world_size, slots_per_rank, ranks_per_node;
+  Popularity popularity;
+  double skew, rank_variation, hot_expert, rank_persistence, drift;
+  std::uint64_t seed;
+};
 
-RoutingTrace generate_trace(const ScenarioSpec& spec, std::int64_t window) {
+// clang-format off
+constexpr WindowScenarioRow kWindowScenarios[] = {
+  // family, shape, description,                                                 E,  K, W,  S, node, popularity, skew, rank, hot, persist, drift, seed
+  {"transient", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",              256, 8, 32, 9, 8, kZipf,      0.9, 0.5, 0.0, 0.0, 0.0,  101},
+  {"transient", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",        256, 8, 64, 5, 8, kLogNormal, 0.8, 0.5, 0.0, 0.0, 0.0,  102},
+  {"transient", "qwen3-ep16", "Qwen3-MoE, EP 16, Zipf 1.0",                      128, 8, 16, 9, 8, kZipf,      1.0, 0.6, 0.0, 0.0, 0.0,  103},
+  {"transient", "mixtral-ep6", "Mixtral, EP 6, log-normal 0.8",                  8,   2, 6,  2, 0, kLogNormal, 0.8, 0.4, 0.0, 0.0, 0.0,  104},
+  {"transient", "deepseek-v3-ep24", "DeepSeek-V3, EP 24, Zipf 0.9 + hot",        256, 8, 24, 12, 8, kZipf,     0.9, 0.5, 0.3, 0.0, 0.0,  105},
+  {"persistent", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",             256, 8, 32, 9, 8, kZipf,      0.9, 0.5, 0.0, 1.0, 0.0,  106},
+  {"persistent", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",       256, 8, 64, 5, 8, kLogNormal, 0.8, 0.5, 0.0, 1.0, 0.0,  107},
+  {"persistent", "qwen3-ep32", "Qwen3-MoE, EP 32, Zipf 0.8 + hot",               128, 8, 32, 5, 8, kZipf,      0.8, 0.5, 0.3, 1.0, 0.0,  108},
+  {"persistent", "mixtral-ep4", "Mixtral, EP 4, Zipf 1.0",                       8,   2, 4,  3, 4, kZipf,      1.0, 0.4, 0.0, 1.0, 0.0,  109},
+  {"persistent", "kimi-k2-ep48", "Kimi-K2, EP 48, log-normal 1.0",               384, 8, 48, 9, 8, kLogNormal, 1.0, 0.5, 0.0, 1.0, 0.0,  110},
+  {"mixed", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",                  256, 8, 32, 9, 8, kZipf,      0.9, 0.5, 0.0, 0.5, 0.0,  111},
+  {"mixed", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, Zipf 1.0",                  256, 8, 64, 5, 8, kZipf,      1.0, 0.5, 0.0, 0.3, 0.0,  112},
+  {"mixed", "qwen3-ep12", "Qwen3-MoE, EP 12, log-normal 0.8",                    128, 8, 12, 12, 4, kLogNormal, 0.8, 0.6, 0.0, 0.7, 0.0, 113},
+  {"mixed", "mixtral-ep6", "Mixtral, EP 6, Zipf 0.8",                            8,   2, 6,  2, 0, kZipf,      0.8, 0.4, 0.0, 0.5, 0.0,  114},
+  {"mixed", "kimi-k2-ep48", "Kimi-K2, EP 48, Zipf 0.9 + hot",                    384, 8, 48, 9, 8, kZipf,      0.9, 0.5, 0.3, 0.7, 0.0,  115},
+  {"drifting", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",               256, 8, 32, 9, 8, kZipf,      0.9, 0.3, 0.0, 0.5, 0.15, 116},
+  {"drifting", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",         256, 8, 64, 5, 8, kLogNormal, 0.8, 0.3, 0.0, 0.5, 0.1,  117},
+  {"drifting", "qwen3-ep16", "Qwen3-MoE, EP 16, Zipf 1.0",                       128, 8, 16, 9, 8, kZipf,      1.0, 0.3, 0.0, 0.5, 0.2,  118},
+  {"drifting", "mixtral-ep6", "Mixtral, EP 6, log-normal 0.8",                   8,   2, 6,  2, 0, kLogNormal, 0.8, 0.3, 0.0, 0.5, 0.25, 119},
+  {"drifting", "deepseek-v3-ep48", "DeepSeek-V3, EP 48, Zipf 0.9",               256, 8, 48, 6, 8, kZipf,      0.9, 0.3, 0.0, 0.5, 0.15, 120},
+};
+// clang-format on
+
+ScenarioSpec make_window_spec(const WindowScenarioRow& row) {
+  ScenarioSpec spec;
+  spec.family = row.family;
+  spec.name = std::string(row.family) + "-" + row.shape;
+  spec.description = std::string(row.description) + ", " + row.family;
+  spec.num_experts = row.num_experts;
+  spec.top_k = row.top_k;
+  spec.world_size = row.world_size;
+  spec.slots_per_rank = row.slots_per_rank;
+  spec.ranks_per_node = row.ranks_per_node;
+  spec.tokens_per_rank = 4096;
+  spec.popularity = row.popularity;
+  spec.skew = row.skew;
+  spec.rank_variation = row.rank_variation;
+  spec.hot_expert = row.hot_expert;
+  spec.rank_persistence = row.rank_persistence;
+  spec.drift = row.drift;
+  spec.seed = row.seed;
+  return spec;
+}
+
+// What one window samples from: every rank's expert weights and its number
+// of active tokens.
+struct WindowDistribution {
+  std::vector<double> rank_weights;         // (W, E)
+  std::vector<std::int64_t> active_tokens;  // (W,)
+};
+
+WindowDistribution window_distribution(const ScenarioSpec& spec, std::int64_t window) {
   check_spec(spec);
   MOE_EPLB_CHECK(window >= 0, "generate_trace(): window must be >= 0, got ", window);
   Rng shape_rng(spec.seed);
-  const std::vector<double> weights = expert_weights(spec, shape_rng);
+  std::vector<double> weights = expert_weights(spec, shape_rng);
+  const auto num_experts = weights.size();
+  if (spec.drift > 0) {  // the random walk of log-popularity up to this window
+    std::vector<double> walk(num_experts, 0.0);
+    for (std::int64_t step = 1; step <= window; ++step) {
+      Rng step_rng = stream_rng(spec.seed, step, kDriftStream);
+      for (double& position : walk) position += step_rng.normal();
+    }
+    for (std::size_t e = 0; e < num_experts; ++e) weights[e] *= std::exp(spec.drift * walk[e]);
+  }
+  const bool redrawn = spec.rank_persistence < 1.0;
+  const double fixed_part = std::sqrt(spec.rank_persistence);
+  const double window_part = std::sqrt(1.0 - spec.rank_persistence);
+  Rng preference_rng = stream_rng(spec.seed, window, kPreferenceStream);
 
+  WindowDistribution distribution;
+  distribution.rank_weights.resize(static_cast<std::size_t>(spec.world_size) * num_experts);
+  distribution.active_tokens.resize(static_cast<std::size_t>(spec.world_size));
+  for (std::int64_t rank = 0; rank < spec.world_size; ++rank) {
+    // The fixed part of the rank's preferences and its size belong to the
+    // scenario; the redrawn part to the window.
+    double* rank_weights = distribution.rank_weights.data() + rank * spec.num_experts;
+    for (std::size_t e = 0; e < num_experts; ++e) {
+      double z = shape_rng.normal();
+      if (redrawn) z = fixed_part * z + window_part * preference_rng.normal();
+      rank_weights[e] = weights[e] * std::exp(spec.rank_variation * z);
+    }
+    const double shrink = spec.token_variation * shape_rng.uniform();
+    distribution.active_tokens[static_cast<std::size_t>(rank)] = static_cast<std::int64_t>(
+        std::llround(static_cast<double>(spec.tokens_per_rank) * (1.0 - shrink)));
+  }
+  return distribution;
+}
+
+}  // namespace
+
+RoutingTrace generate_trace(const ScenarioSpec& spec, std::int64_t window) {
+  const WindowDistribution distribution = window_distribution(spec, window);
   RoutingTrace trace;
   trace.world_size = spec.world_size;
   trace.tokens_per_rank = spec.tokens_per_rank;
@@ -227,15 +345,10 @@ RoutingTrace generate_trace(const ScenarioSpec& spec, std::int64_t window) {
       spec.seed ^ (0x5851f42d4c957f2dull * static_cast<std::uint64_t>(window + 1));
   Rng token_rng(splitmix64(window_seed));
 
-  std::vector<double> rank_weights(weights.size());
   for (std::int64_t rank = 0; rank < spec.world_size; ++rank) {
-    // The rank's preferences and size belong to the scenario, not the window.
-    for (std::size_t e = 0; e < weights.size(); ++e) {
-      rank_weights[e] = weights[e] * std::exp(spec.rank_variation * shape_rng.normal());
-    }
-    const double shrink = spec.token_variation * shape_rng.uniform();
-    const auto active = static_cast<std::int64_t>(
-        std::llround(static_cast<double>(spec.tokens_per_rank) * (1.0 - shrink)));
+    const auto first = distribution.rank_weights.begin() + rank * spec.num_experts;
+    const std::vector<double> rank_weights(first, first + spec.num_experts);
+    const std::int64_t active = distribution.active_tokens[static_cast<std::size_t>(rank)];
     const AliasTable alias(rank_weights);
     std::int32_t* ids = trace.expert_ids.data() + rank * spec.tokens_per_rank * spec.top_k;
     for (std::int64_t token = 0; token < spec.tokens_per_rank; ++token) {
@@ -252,11 +365,37 @@ RoutingTrace generate_trace(const ScenarioSpec& spec, std::int64_t window) {
   return trace;
 }
 
+std::vector<double> window_rank_weights(const ScenarioSpec& spec, std::int64_t window) {
+  return window_distribution(spec, window).rank_weights;
+}
+
+std::vector<ExpertLoad> generate_windows(const ScenarioSpec& spec, std::int64_t first_window,
+                                         std::int64_t num_windows) {
+  MOE_EPLB_CHECK(num_windows >= 0, "generate_windows(): num_windows must be >= 0, got ",
+                 num_windows);
+  MOE_EPLB_CHECK(first_window >= 0, "generate_windows(): first_window must be >= 0, got ",
+                 first_window);
+  std::vector<ExpertLoad> windows;
+  windows.reserve(static_cast<std::size_t>(num_windows));
+  for (std::int64_t window = first_window; window < first_window + num_windows; ++window) {
+    LoadRecorder recorder(1, spec.world_size, spec.num_experts);
+    recorder.record(0, generate_trace(spec, window));
+    windows.push_back(recorder.load());
+  }
+  return windows;
+}
+
 ScenarioSpec demo_scenario() { return make_spec(kScenarios[0]); }
 
 std::vector<ScenarioSpec> scenario_suite() {
   std::vector<ScenarioSpec> suite;
   for (const ScenarioRow& row : kScenarios) suite.push_back(make_spec(row));
+  return suite;
+}
+
+std::vector<ScenarioSpec> window_suite() {
+  std::vector<ScenarioSpec> suite;
+  for (const WindowScenarioRow& row : kWindowScenarios) suite.push_back(make_window_spec(row));
   return suite;
 }
 
@@ -282,7 +421,9 @@ AnalyzeOptions scenario_analyze_options(const ScenarioSpec& spec, BalanceMode ba
 
 ScenarioSpec find_scenario(const std::string& name) {
   std::string names;
-  for (const ScenarioSpec& spec : scenario_suite()) {
+  std::vector<ScenarioSpec> known = scenario_suite();
+  for (ScenarioSpec& spec : window_suite()) known.push_back(std::move(spec));
+  for (const ScenarioSpec& spec : known) {
     if (spec.name == name) return spec;
     names += (names.empty() ? "" : ", ") + spec.name;
   }

@@ -3,14 +3,66 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <numeric>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/plan/scenario.hpp"
 
 namespace moe_eplb {
 namespace {
+
+std::uint64_t fnv1a(const std::vector<std::int32_t>& values) {
+  std::uint64_t hash = 1469598103934665603ull;
+  for (std::int32_t value : values) {
+    hash ^= static_cast<std::uint32_t>(value);
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+double correlation(const std::vector<double>& a, const std::vector<double>& b) {
+  const double n = static_cast<double>(a.size());
+  const double mean_a = std::accumulate(a.begin(), a.end(), 0.0) / n;
+  const double mean_b = std::accumulate(b.begin(), b.end(), 0.0) / n;
+  double ab = 0.0, aa = 0.0, bb = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    ab += (a[i] - mean_a) * (b[i] - mean_b);
+    aa += (a[i] - mean_a) * (a[i] - mean_a);
+    bb += (b[i] - mean_b) * (b[i] - mean_b);
+  }
+  return ab / std::sqrt(aa * bb);
+}
+
+double standard_deviation(const std::vector<double>& values) {
+  const double n = static_cast<double>(values.size());
+  const double mean = std::accumulate(values.begin(), values.end(), 0.0) / n;
+  double sum = 0.0;
+  for (double value : values) sum += (value - mean) * (value - mean);
+  return std::sqrt(sum / n);
+}
+
+// Each rank's log-preference for each expert relative to the mean over the
+// ranks: rank_variation * (z - mean_r z), the popularity cancels.
+std::vector<double> rank_deviations(const ScenarioSpec& spec, std::int64_t window) {
+  const std::vector<double> weights = window_rank_weights(spec, window);
+  std::vector<double> deviations(weights.size());
+  for (std::int64_t e = 0; e < spec.num_experts; ++e) {
+    double mean = 0.0;
+    for (std::int64_t r = 0; r < spec.world_size; ++r) {
+      mean += std::log(weights[r * spec.num_experts + e]) / static_cast<double>(spec.world_size);
+    }
+    for (std::int64_t r = 0; r < spec.world_size; ++r) {
+      deviations[r * spec.num_experts + e] = std::log(weights[r * spec.num_experts + e]) - mean;
+    }
+  }
+  return deviations;
+}
 
 TEST(Scenario, DeterministicAndWindowsDiffer) {
   ScenarioSpec spec = demo_scenario();
@@ -78,6 +130,138 @@ TEST(Scenario, SuiteCoversTheModelShapes) {
   EXPECT_EQ(demo_scenario().slots_per_rank, 9);
 }
 
+// Guards the single-window suite's outputs across generator changes: the
+// benchmarks and README numbers were measured on exactly these draws.
+TEST(Scenario, ExistingScenariosKeepTheirDraws) {
+  ScenarioSpec spec = demo_scenario();
+  spec.tokens_per_rank = 64;
+  EXPECT_EQ(fnv1a(generate_trace(spec, 0).expert_ids), 0xef710035f47df29bull);
+  EXPECT_EQ(fnv1a(generate_trace(spec, 1).expert_ids), 0x74b02da0cfc4f618ull);
+  // The explicit defaults are the old behaviour.
+  spec.rank_persistence = 1.0;
+  spec.drift = 0.0;
+  EXPECT_EQ(fnv1a(generate_trace(spec, 1).expert_ids), 0x74b02da0cfc4f618ull);
+}
+
+// rank_persistence is the correlation of the per-rank preferences between
+// two windows, at the same spread of preferences.
+TEST(Scenario, PersistenceIsTheCorrelationOfPreferencesAcrossWindows) {
+  ScenarioSpec spec = demo_scenario();  // 32 ranks x 256 experts, rank_variation 0.5
+  spec.rank_persistence = 1.0;
+  EXPECT_EQ(window_rank_weights(spec, 0), window_rank_weights(spec, 3));
+  const double fixed_spread = standard_deviation(rank_deviations(spec, 0));
+  for (double persistence : {0.0, 0.3, 0.5, 0.8}) {
+    SCOPED_TRACE(persistence);
+    spec.rank_persistence = persistence;
+    const std::vector<double> first = rank_deviations(spec, 1);
+    const std::vector<double> later = rank_deviations(spec, 2);
+    // 8192 pairs: the sample correlation is within about 0.02 of the truth.
+    EXPECT_NEAR(correlation(first, later), persistence, 0.04);
+    EXPECT_NEAR(standard_deviation(first), fixed_spread, 0.03 * fixed_spread);
+    EXPECT_NE(first, later);
+  }
+}
+
+// Drift: each expert's log-popularity takes a random walk with per-window
+// standard deviation `drift`; steps are independent; window 0 is unchanged.
+TEST(Scenario, DriftIsARandomWalkOfLogPopularity) {
+  ScenarioSpec spec = find_scenario("kimi-k2-ep64-zipf");  // 384 experts
+  spec.rank_variation = 0.0;                               // rows = popularity
+  const std::vector<double> still = window_rank_weights(spec, 0);
+  spec.drift = 0.2;
+  EXPECT_EQ(window_rank_weights(spec, 0), still);
+  std::vector<std::vector<double>> log_weights;
+  for (std::int64_t window = 0; window <= 3; ++window) {
+    const std::vector<double> weights = window_rank_weights(spec, window);
+    std::vector<double> logs;
+    for (std::int64_t e = 0; e < spec.num_experts; ++e) {
+      EXPECT_EQ(weights[e], weights[(spec.world_size - 1) * spec.num_experts + e]);
+      logs.push_back(std::log(weights[e]));
+    }
+    log_weights.push_back(logs);
+  }
+  std::vector<std::vector<double>> steps;
+  for (std::size_t t = 1; t < log_weights.size(); ++t) {
+    std::vector<double> step;
+    for (std::size_t e = 0; e < log_weights[t].size(); ++e) {
+      step.push_back(log_weights[t][e] - log_weights[t - 1][e]);
+    }
+    // 384 normals: the sample deviation is within about 0.015 of 0.2.
+    EXPECT_NEAR(standard_deviation(step), 0.2, 0.04) << "step " << t;
+    steps.push_back(step);
+  }
+  EXPECT_NEAR(correlation(steps[0], steps[1]), 0.0, 0.2);
+  EXPECT_NEAR(correlation(steps[1], steps[2]), 0.0, 0.2);
+}
+
+// Sampling noise: counts are multinomial draws from window_rank_weights()
+// (top_k = 1 makes each token one draw), tokens_per_rank per window.
+TEST(Scenario, WindowsCountDrawsFromTheStatedDistribution) {
+  ScenarioSpec spec = find_scenario("transient-qwen3-ep16");
+  spec.top_k = 1;
+  spec.tokens_per_rank = 20000;
+  const std::vector<ExpertLoad> windows = generate_windows(spec, 2, 2);
+  ASSERT_EQ(windows.size(), 2u);
+  for (std::size_t i = 0; i < windows.size(); ++i) {
+    const ExpertLoad& load = windows[i];
+    ASSERT_EQ(load.num_layers, 1);
+    ASSERT_EQ(load.num_source_ranks, spec.world_size);
+    ASSERT_EQ(load.num_experts, spec.num_experts);
+    const std::vector<double> weights = window_rank_weights(spec, 2 + static_cast<std::int64_t>(i));
+    for (std::int64_t r = 0; r < spec.world_size; ++r) {
+      const double* row = weights.data() + r * spec.num_experts;
+      const double total = std::accumulate(row, row + spec.num_experts, 0.0);
+      double counted = 0.0;
+      for (std::int64_t e = 0; e < spec.num_experts; ++e) {
+        const double expected = 20000.0 * row[e] / total;
+        const double count = load.counts[r * spec.num_experts + e];
+        counted += count;
+        EXPECT_LE(std::abs(count - expected), 5.0 * std::sqrt(expected) + 1.0)
+            << "window " << 2 + i << " rank " << r << " expert " << e;
+      }
+      EXPECT_EQ(counted, 20000.0);
+    }
+  }
+  // The same counts as recording generate_trace() by hand.
+  LoadRecorder recorder(1, spec.world_size, spec.num_experts);
+  recorder.record(0, generate_trace(spec, 3));
+  EXPECT_EQ(recorder.load().counts, windows[1].counts);
+  EXPECT_TRUE(generate_windows(spec, 0, 0).empty());
+}
+
+TEST(Scenario, WindowSuiteHasFourFamiliesOfPlannableShapes) {
+  std::map<std::string, int> families;
+  std::set<std::string> names;
+  std::set<std::int64_t> experts, world_sizes;
+  for (const ScenarioSpec& spec : window_suite()) {
+    SCOPED_TRACE(spec.name);
+    ++families[spec.family];
+    EXPECT_TRUE(names.insert(spec.name).second);
+    EXPECT_EQ(find_scenario(spec.name).seed, spec.seed);
+    experts.insert(spec.num_experts);
+    world_sizes.insert(spec.world_size);
+    EXPECT_GE(spec.world_size * spec.slots_per_rank, spec.num_experts);
+    EXPECT_LE(spec.slots_per_rank, spec.num_experts);
+    EXPECT_GT(spec.rank_variation, 0.0);
+    if (spec.family == "transient") {
+      EXPECT_EQ(spec.rank_persistence, 0.0);
+    }
+    if (spec.family == "persistent") {
+      EXPECT_EQ(spec.rank_persistence, 1.0);
+    }
+    if (spec.family == "mixed") {
+      EXPECT_GT(spec.rank_persistence, 0.0);
+      EXPECT_LT(spec.rank_persistence, 1.0);
+    }
+    EXPECT_EQ(spec.drift > 0.0, spec.family == "drifting");
+  }
+  EXPECT_EQ(families, (std::map<std::string, int>{
+                          {"drifting", 5}, {"mixed", 5}, {"persistent", 5}, {"transient", 5}}));
+  EXPECT_TRUE(experts.count(256) && experts.count(128) && experts.count(8));
+  EXPECT_TRUE(world_sizes.count(32) && world_sizes.count(64));
+  EXPECT_TRUE(world_sizes.count(6) && world_sizes.count(24) && world_sizes.count(48));
+}
+
 TEST(Scenario, BadSpecsAreClearErrors) {
   ScenarioSpec spec = demo_scenario();
   spec.top_k = 300;
@@ -87,6 +271,33 @@ TEST(Scenario, BadSpecsAreClearErrors) {
   } catch (const Error& error) {
     EXPECT_NE(std::string(error.what()).find("generate_trace(): top_k must be in 1..256"),
               std::string::npos)
+        << error.what();
+  }
+  const auto expect_error = [](const ScenarioSpec& bad, const std::string& message) {
+    try {
+      window_rank_weights(bad, 0);
+      ADD_FAILURE() << "no error for " << message;
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find(message), std::string::npos) << error.what();
+    }
+  };
+  ScenarioSpec bad = demo_scenario();
+  bad.rank_persistence = 1.5;
+  expect_error(bad, "generate_trace(): rank_persistence must be in [0, 1], got 1.5");
+  bad.rank_persistence = -0.1;
+  expect_error(bad, "rank_persistence must be in [0, 1], got -0.1");
+  bad = demo_scenario();
+  bad.drift = -1.0;
+  expect_error(bad, "generate_trace(): drift must be a finite number >= 0, got -1");
+  bad.drift = std::nan("");
+  expect_error(bad, "drift must be a finite number >= 0, got nan");
+  try {
+    generate_windows(demo_scenario(), 0, -2);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_NE(
+        std::string(error.what()).find("generate_windows(): num_windows must be >= 0, got -2"),
+        std::string::npos)
         << error.what();
   }
   try {

@@ -1,8 +1,23 @@
 // Synthetic MoE routing scenarios: the demo's default workload, the planner
-// benchmark suite and test inputs. A scenario fixes a distribution (expert
+// benchmark suites and test inputs. A scenario fixes a distribution (expert
 // popularity, per-source-rank preferences, tokens per rank); each *window*
 // draws tokens from it with its own seed, so window 0 can be planned on and
 // window 1 scored, as a deployment re-plans on the last window's statistics.
+//
+// What changes from one window to the next, and how much:
+//   - sampling noise: every window draws tokens_per_rank fresh tokens per
+//     rank (fewer tokens, noisier counts);
+//   - per-rank preferences: rank r's factor for expert e is
+//     exp(rank_variation * z), z = sqrt(p) * z_fixed + sqrt(1 - p) * z_window
+//     with p = rank_persistence and z_fixed, z_window independent N(0, 1),
+//     z_fixed drawn once per scenario and z_window afresh per window. Every
+//     window has the same spread of preferences, and the correlation of z
+//     between two windows is p: 1 = fixed (cache-aware request routing),
+//     0 = redrawn each window (no request affinity);
+//   - popularity drift: the log-weight of every expert takes a random walk,
+//     log w_e(t) = log w_e(0) + drift * (n_e1 + ... + n_et), n independent
+//     N(0, 1), so drift is the standard deviation of the per-window change
+//     of each expert's log-popularity (0 = no drift).
 //
 // Deterministic on every platform: own generator (xoshiro256**) and own
 // normal / alias sampling, no <random> distributions.
@@ -38,6 +53,13 @@ struct ScenarioSpec {
   double token_variation = 0.0;  // rank r has tokens_per_rank * (1 - v * u_r) active tokens
   double hot_expert = 0.0;       // > 0: one expert is a token's first pick with this probability
   std::uint64_t seed = 0;
+  // Window-to-window change (see the top of this file); the defaults keep a
+  // fixed distribution, as the single-window suite uses.
+  double rank_persistence = 1.0;  // in [0, 1]: correlation of per-rank preferences across windows
+  double drift = 0.0;             // >= 0: per-window std of each expert's log-popularity change
+  // The multi-window suite's family: "transient", "persistent", "mixed" or
+  // "drifting"; empty for the single-window suite.
+  std::string family;
 };
 
 // Draws one window of `spec` (window >= 0): every rank's tokens_per_rank
@@ -46,6 +68,20 @@ struct ScenarioSpec {
 // variation) are marked inactive in active_mask. Throws moe_eplb::Error
 // (kInvalidArgument) for sizes out of range (top_k > num_experts, ...).
 RoutingTrace generate_trace(const ScenarioSpec& spec, std::int64_t window);
+
+// The distribution window `window` samples from, before sampling noise:
+// (world_size, num_experts) row-major, rank r's relative weight of expert e
+// (popularity, drift and that window's preferences; rows are not normalised).
+// The first token's pick of rank r is expert e with probability
+// weight[r][e] / sum_e weight[r][e]. Same errors as generate_trace().
+std::vector<double> window_rank_weights(const ScenarioSpec& spec, std::int64_t window);
+
+// Per-source-rank statistics of windows first_window .. first_window +
+// num_windows - 1, oldest first: each a (1 layer, world_size, num_experts)
+// ExpertLoad counted from generate_trace() (padding skipped), ready for
+// plan(windows, ...). Same errors as generate_trace(), plus num_windows < 0.
+std::vector<ExpertLoad> generate_windows(const ScenarioSpec& spec, std::int64_t first_window,
+                                         std::int64_t num_windows);
 
 // The DeepSeek-V3-shaped default of `moe-eplb demo`: 256 experts, top-8,
 // EP 32 on 4 nodes of 8, 9 slots per rank, Zipf popularity with per-rank
@@ -57,8 +93,18 @@ ScenarioSpec demo_scenario();
 // world sizes that are and are not powers of two.
 std::vector<ScenarioSpec> scenario_suite();
 
-// The demo scenario or a suite member by name; throws moe_eplb::Error
-// (kInvalidArgument) listing the known names otherwise.
+// The multi-window suite, four families of five shapes each (DeepSeek-V3 256
+// experts top-8 on EP 32 and 64, Qwen3-MoE 128 experts top-8, Mixtral 8
+// experts top-2, and world sizes that are not powers of two: 6, 24, 48):
+//   transient   rank_persistence 0 (preferences redrawn every window),
+//   persistent  rank_persistence 1,
+//   mixed       rank_persistence 0.3 to 0.7,
+//   drifting    popularity drift 0.1 to 0.25 per window, persistence 0.5.
+// Meant to be planned on windows 0..3 and scored on window 4 (or replayed).
+std::vector<ScenarioSpec> window_suite();
+
+// The demo scenario or a member of either suite by name; throws
+// moe_eplb::Error (kInvalidArgument) listing the known names otherwise.
 ScenarioSpec find_scenario(const std::string& name);
 
 // The plan() / analyzer options a scenario implies: its world size, slots per
