@@ -56,6 +56,20 @@ struct MigrationPlan {
 // it by local copy; sources are chosen same rank, then same node, then other
 // nodes, spread evenly over the old holders. Deterministic. Throws
 // moe_eplb::Error (kInvalidArgument / kInvalidTable) naming the argument.
+//
+// In detail: a slot whose expert is unchanged, or that no new row names, is
+// kKeep. Otherwise, when the rank held the expert in the old table, kCopyLocal
+// from the lowest such local slot; else the rank's lowest slot wanting the
+// expert is kReceive and its other slots wanting it kCopyReceived from that
+// one. A receive takes its source from the holders on the receiver's node
+// when there are any, else from every holder (the lowest old slot of the
+// holder rank); among those it ends least-sent: no receive could switch to
+// another holder of its tier whose sent_per_rank is 2 or more below its
+// source's. Executing it: read every old content (kCopyLocal, kReceive
+// sources) before writing any slot, then write; kCopyReceived reads the new
+// content of its receiving slot. Both tables pass validate_table() for
+// world_size * slots_per_rank slots (warnings allowed); E must match, F may
+// differ. Allocates O(W * (S + E)); thread-safe (no shared state).
 MigrationPlan migration_plan(const TableView& old_table, const TableView& new_table,
                              const TopologyOptions& topology);
 
