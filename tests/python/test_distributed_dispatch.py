@@ -1,0 +1,403 @@
+"""moe_eplb.distributed.dispatch / combine on gloo ranks against a dense
+single-process reference (float64, bitwise).
+
+Each world size is one multi-process run that goes through many cases (both
+balance modes, shared-expert ranks, int32 and int64 ids, raw and prepared
+tables, ranks with zero tokens, subgroups, bad arguments): spawning ranks
+costs seconds, a case costs milliseconds. Every rank builds every rank's
+inputs from the same seed, so each can compute what it must receive and
+return; ranks collect mismatches instead of raising, so that they stay in
+step through the collectives and the test reports all of them.
+"""
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import moe_eplb
+from moe_eplb.distributed import DispatchHandle, combine, dispatch
+from dist_harness import expect_all_ok, run_ranks
+from reference import reference_update_expert
+
+HIDDEN_SIZE = 3
+
+
+# ---- inputs ------------------------------------------------------------------
+
+
+def random_table(rng, num_experts, moe_world_size, slots_per_rank, fill_all):
+    """(E, W + 1) int32 table: each expert 1..W replicas (W = MoE ranks) in
+    distinct slots, -1 padding; fill_all uses every slot when E * W allows,
+    otherwise a random number of slots stays empty."""
+    num_slots = moe_world_size * slots_per_rank
+    counts = np.ones(num_experts, dtype=np.int64)
+    spare = num_slots - num_experts if fill_all else int(rng.integers(0, num_slots - num_experts + 1))
+    for _ in range(spare):
+        growable = np.flatnonzero(counts < moe_world_size)
+        if len(growable) == 0:
+            break
+        counts[rng.choice(growable)] += 1
+    slots = rng.permutation(num_slots).tolist()
+    table = np.full((num_experts, moe_world_size + 1), -1, dtype=np.int32)
+    for expert, count in enumerate(counts):
+        table[expert, 0] = count
+        table[expert, 1:count + 1] = [slots.pop() for _ in range(count)]
+    return torch.from_numpy(table)
+
+
+def make_case(seed, world_size, num_shared, balance_mode, id_dtype, tokens="random"):
+    """Every rank's inputs, the table and the per-slot expert function.
+
+    tokens: "random" (0..6 per rank), "one_empty" (a random rank has none),
+    "all_empty"."""
+    rng = np.random.default_rng(seed)
+    moe_world_size = world_size - num_shared
+    slots_per_rank = int(rng.integers(1, 4))
+    num_slots = moe_world_size * slots_per_rank
+    num_experts = int(rng.integers(1, num_slots + 1))
+    top_k = int(rng.integers(1, 5))  # may exceed E: a token may repeat an expert
+    table = random_table(rng, num_experts, moe_world_size, slots_per_rank,
+                         fill_all=bool(rng.integers(2)))
+    num_tokens = rng.integers(0, 7, size=world_size)
+    if tokens == "one_empty":
+        num_tokens[rng.integers(world_size)] = 0
+    elif tokens == "all_empty":
+        num_tokens[:] = 0
+    ranks = []
+    for count in num_tokens.tolist():
+        ranks.append(dict(
+            hidden=torch.from_numpy(rng.standard_normal((count, HIDDEN_SIZE))),
+            topk_ids=torch.from_numpy(rng.integers(0, num_experts, size=(count, top_k))).to(id_dtype),
+            topk_weights=torch.from_numpy(rng.random((count, top_k))),
+        ))
+    return dict(
+        world_size=world_size, num_shared=num_shared, balance_mode=balance_mode,
+        slots_per_rank=slots_per_rank, table=table, ranks=ranks,
+        # expert p computes x * scale[p] + bias[p]; index num_slots is the shared expert
+        scale=torch.from_numpy(rng.random(num_slots + 1) + 0.5),
+        bias=torch.from_numpy(rng.standard_normal(num_slots + 1)),
+    )
+
+
+def moe_rank_of(rank, case):
+    """The local_rank_id a rank routes with (dispatch's documented rule)."""
+    num_shared, moe_world_size = case["num_shared"], case["world_size"] - case["num_shared"]
+    return rank - num_shared if rank >= num_shared else rank % moe_world_size
+
+
+def expert_function(case, slot, rows):
+    """The "expert" of global slot `slot` (-1: the shared expert) on rows (n, H)."""
+    index = slot if slot >= 0 else len(case["scale"]) - 1
+    return rows * case["scale"][index] + case["bias"][index]
+
+
+# ---- the dense reference -----------------------------------------------------
+
+
+def reference_physical(case, rank):
+    """(T, K) physical slots of a rank's choices, from the scalar reference."""
+    inputs = case["ranks"][rank]
+    rows = reference_update_expert(inputs["topk_ids"], case["table"], moe_rank_of(rank, case),
+                                   case["world_size"] - case["num_shared"], case["balance_mode"])
+    return [list(row) for row in rows]
+
+
+def reference_received(case, rank):
+    """(rows, slots) this rank must receive: by source rank, each source's
+    rows to it in (token, k) order, or the shared rows in token order."""
+    num_shared, slots_per_rank = case["num_shared"], case["slots_per_rank"]
+    rows, slots = [], []
+    for source, inputs in enumerate(case["ranks"]):
+        if rank < num_shared:
+            if source % num_shared == rank:
+                rows += list(inputs["hidden"])
+                slots += [-1] * len(inputs["hidden"])
+            continue
+        for token, choices in enumerate(reference_physical(case, source)):
+            for slot in choices:
+                if num_shared + slot // slots_per_rank == rank:
+                    rows.append(inputs["hidden"][token])
+                    slots.append(slot % slots_per_rank)
+    hidden = torch.stack(rows) if rows else torch.zeros(0, HIDDEN_SIZE, dtype=torch.float64)
+    return hidden, torch.tensor(slots, dtype=torch.int64)
+
+
+def reference_output(case, rank):
+    """(T, H): sum over k, in k order, of weight * expert(slot, x), then + shared."""
+    inputs = case["ranks"][rank]
+    out = torch.zeros(len(inputs["hidden"]), HIDDEN_SIZE, dtype=torch.float64)
+    for token, choices in enumerate(reference_physical(case, rank)):
+        row = torch.zeros(HIDDEN_SIZE, dtype=torch.float64)
+        for k, slot in enumerate(choices):
+            row = row + inputs["topk_weights"][token, k] * expert_function(
+                case, slot, inputs["hidden"][token])
+        if case["num_shared"]:
+            row = row + expert_function(case, -1, inputs["hidden"][token])
+        out[token] = row
+    return out
+
+
+def reference_load(case, rank):
+    counts = torch.zeros((case["world_size"] - case["num_shared"]) * case["slots_per_rank"],
+                         dtype=torch.int64)
+    for choices in reference_physical(case, rank):
+        for slot in choices:
+            counts[slot] += 1
+    return counts
+
+
+# ---- what a rank runs ----------------------------------------------------------
+
+
+def run_experts(case, rank, recv_hidden, recv_slot):
+    """Each received row through the expert of its slot, as the rank that holds it."""
+    out = torch.empty_like(recv_hidden)
+    first_slot = (rank - case["num_shared"]) * case["slots_per_rank"]
+    for row, slot in enumerate(recv_slot.tolist()):
+        out[row] = expert_function(case, slot if slot < 0 else first_slot + slot,
+                                   recv_hidden[row])
+    return out
+
+
+def check_case(case, rank, group, failures, name, prepared=False, load_dtype=torch.int64):
+    """One dispatch -> experts -> combine round on `group` (every member
+    calls it with the same case); appends mismatches to failures."""
+    inputs = case["ranks"][rank]
+    moe_world_size = case["world_size"] - case["num_shared"]
+    num_slots = moe_world_size * case["slots_per_rank"]
+    table = case["table"]
+    if prepared:
+        table = moe_eplb.PreparedTable(table, moe_rank_of(rank, case), moe_world_size,
+                                       balance_mode=case["balance_mode"],
+                                       num_physical_experts=num_slots)
+    load_counts = torch.full((num_slots,), 5, dtype=load_dtype)
+    recv_hidden, recv_slot, handle = dispatch(
+        inputs["hidden"], inputs["topk_ids"], table, slots_per_rank=case["slots_per_rank"],
+        balance_mode=case["balance_mode"], group=group, load_counts=load_counts,
+        shared_expert_rank_num=case["num_shared"])
+    expected_hidden, expected_slot = reference_received(case, rank)
+    context = "%s, rank %d" % (name, rank)
+    if not (recv_slot.dtype == torch.int64 and torch.equal(recv_slot, expected_slot)):
+        failures.append("%s: recv_slot %s, expected %s" % (context, recv_slot.tolist(),
+                                                          expected_slot.tolist()))
+    if not torch.equal(recv_hidden, expected_hidden):
+        failures.append("%s: recv_hidden %s, expected %s" % (context, recv_hidden.tolist(),
+                                                            expected_hidden.tolist()))
+    expected_load = reference_load(case, rank) + 5
+    if load_counts.dtype != load_dtype or not torch.equal(load_counts.long(), expected_load):
+        failures.append("%s: load_counts %s, expected %s" % (context, load_counts.tolist(),
+                                                            expected_load.tolist()))
+    expected_physical = torch.tensor(reference_physical(case, rank), dtype=torch.int64)
+    if not torch.equal(handle.physical_ids.long().reshape(expected_physical.shape),
+                       expected_physical):
+        failures.append("%s: handle.physical_ids %s, expected %s" % (
+            context, handle.physical_ids.tolist(), expected_physical.tolist()))
+    expert_out = run_experts(case, rank, recv_hidden, recv_slot)
+    out = combine(expert_out, handle, inputs["topk_weights"])
+    expected = reference_output(case, rank)
+    if not (out.dtype == torch.float64 and torch.equal(out, expected)):
+        failures.append("%s: combine %s, expected %s" % (context, out.tolist(), expected.tolist()))
+
+
+def sweep(rank, world_size, seed, failures):
+    """Random cases: both modes, every shared-expert count this size allows
+    (up to 2), id dtypes, token patterns, raw and prepared tables."""
+    index = 0
+    for balance_mode in (0, 1):
+        for num_shared in range(min(3, world_size)):
+            for tokens in ("random", "one_empty", "random", "all_empty"):
+                if tokens == "all_empty" and (balance_mode, num_shared) != (0, 0):
+                    continue
+                id_dtype = (torch.int32, torch.int64)[index % 2]
+                case = make_case(seed + index, world_size, num_shared, balance_mode, id_dtype,
+                                 tokens)
+                name = "case %d (mode %d, shared %d, %s, %s)" % (
+                    index, balance_mode, num_shared, tokens, id_dtype)
+                check_case(case, rank, None, failures, name, prepared=index % 3 == 1,
+                           load_dtype=(torch.int64, torch.int32)[index % 4 // 2])
+                index += 1
+    return index
+
+
+def check_hand_worked(rank, failures):
+    # Two ranks, two slots each; expert 0 in slot 3, expert 1 in slots 0 and 2.
+    # Rank mode: rank r uses replica 1 + r // 1, so rank 0 -> slot 0, rank 1 -> slot 2.
+    # Rank 0: ids [[0, 1], [1, 0]] -> [[3, 0], [0, 3]]; rank 1: [[1, 1]] -> [[2, 2]].
+    # Expert p multiplies by p + 1.
+    table = torch.tensor([[1, 3, -1], [2, 0, 2]], dtype=torch.int32)
+    hidden = [torch.tensor([[1.0], [2.0]]), torch.tensor([[10.0]])][rank]
+    ids = [torch.tensor([[0, 1], [1, 0]]), torch.tensor([[1, 1]])][rank]
+    weights = [torch.tensor([[0.5, 0.25], [1.0, 2.0]]), torch.tensor([[1.0, 1.0]])][rank]
+    recv_hidden, recv_slot, handle = dispatch(hidden, ids, table, slots_per_rank=2)
+    expected_rows = [[[1.0], [2.0]], [[1.0], [2.0], [10.0], [10.0]]][rank]
+    expected_slots = [[0, 0], [1, 1, 0, 0]][rank]
+    if recv_hidden.tolist() != expected_rows or recv_slot.tolist() != expected_slots:
+        failures.append("hand-worked, rank %d: received %s slots %s" % (
+            rank, recv_hidden.tolist(), recv_slot.tolist()))
+    out = combine(recv_hidden * (rank * 2 + recv_slot + 1).unsqueeze(1).to(recv_hidden.dtype),
+                  handle, weights)
+    # rank 0: 0.5 * 4 * 1 + 0.25 * 1 * 1 = 2.25 and 1 * 1 * 2 + 2 * 4 * 2 = 18; rank 1: 30 + 30.
+    expected_out = [[[2.25], [18.0]], [[60.0]]][rank]
+    if out.tolist() != expected_out or out.dtype != torch.float32:
+        failures.append("hand-worked, rank %d: combine %s (%s), expected %s" % (
+            rank, out.tolist(), out.dtype, expected_out))
+
+
+# ---- bad input -------------------------------------------------------------------
+
+
+def dispatch_error_inputs(case, rank):
+    """(argument overrides, message pattern): each bad on every rank alike."""
+    inputs = case["ranks"][rank]
+    hidden, ids, table = inputs["hidden"], inputs["topk_ids"], case["table"]
+    num_slots = (case["world_size"] - case["num_shared"]) * case["slots_per_rank"]
+    other_rank = moe_eplb.PreparedTable(table, (moe_rank_of(rank, case) + 1) % case["world_size"],
+                                        case["world_size"], num_physical_experts=num_slots)
+    other_mode = moe_eplb.PreparedTable(table, -1, -1, balance_mode=1,
+                                        num_physical_experts=num_slots)
+    return [
+        (dict(hidden=hidden[:, 0]), r"hidden must be \(T, H\), got shape"),
+        (dict(hidden=hidden.long()), r"hidden must be floating point, got torch.int64"),
+        (dict(hidden=list(hidden)), r"hidden must be a tensor"),
+        (dict(topk_ids=ids.double()), r"topk_ids must be int32 or int64, got torch.float64"),
+        (dict(topk_ids=torch.zeros(len(hidden) + 1, 2, dtype=torch.int64)),
+         r"topk_ids must be \(T, K\) with T = %d" % len(hidden)),
+        (dict(topk_ids=ids[:, :0]), r"topk_ids must be \(T, K\) .* K >= 1"),
+        (dict(table=table.long()), r"table must be int32, got torch.int64"),
+        (dict(table=table[0]), r"table must be \(E, F\) int32"),
+        (dict(table=torch.ones(num_slots + 1, 2, dtype=torch.int32)),
+         r"table must be \(E, F\) with 1 <= E <= %d" % num_slots),
+        (dict(table=table[:, :1]), r"table must be \(E, F\) .* F >= 2, got shape \(\d+, 1\)"),
+        (dict(table=other_rank), r"table is a PreparedTable for local_rank_id"),
+        (dict(table=other_mode), r"table is a PreparedTable for balance_mode 1"),
+        (dict(slots_per_rank=0), r"slots_per_rank must be an integer in 1\.\.\d+, got 0"),
+        (dict(slots_per_rank=2.0), r"slots_per_rank must be an integer"),
+        (dict(balance_mode=2), r"balance_mode must be an integer in 0\.\.1, got 2"),
+        (dict(shared_expert_rank_num=case["world_size"]),
+         r"shared_expert_rank_num must be an integer in 0\.\.%d" % (case["world_size"] - 1)),
+        (dict(load_counts=torch.zeros(num_slots + 1, dtype=torch.int64)),
+         r"load_counts must have %d elements" % num_slots),
+        (dict(load_counts=torch.zeros(num_slots)), r"load_counts must be int32 or int64"),
+        (dict(load_counts=torch.zeros(2 * num_slots, dtype=torch.int64)[::2]),
+         r"load_counts must be contiguous"),
+    ]
+
+
+def expect_value_error(failures, context, pattern, call):
+    try:
+        call()
+    except ValueError as error:
+        if not re.search(pattern, str(error)):
+            failures.append("%s: message %r does not match %r" % (context, str(error), pattern))
+    else:
+        failures.append("%s: no ValueError" % context)
+
+
+def check_errors(rank, world_size, seed, failures):
+    """Bad arguments raise ValueError on every rank before communicating
+    (the collectives that follow would hang or mismatch otherwise); ranks
+    that disagree, or an id one rank cannot map, raise on every rank."""
+    case = make_case(seed, world_size, 0, 0, torch.int64)
+    inputs = case["ranks"][rank]
+    arguments = dict(hidden=inputs["hidden"], topk_ids=inputs["topk_ids"], table=case["table"],
+                     slots_per_rank=case["slots_per_rank"])
+    for overrides, pattern in dispatch_error_inputs(case, rank):
+        bad = dict(arguments, **overrides)
+        expect_value_error(failures, "dispatch(%s), rank %d" % (sorted(overrides), rank),
+                           r"^dispatch\(\): " + pattern, lambda: dispatch(**bad))
+
+    # combine: a valid dispatch, then bad arguments, then the valid combine
+    recv_hidden, _, handle = dispatch(**arguments)
+    weights = inputs["topk_weights"]
+    for name, call, pattern in [
+        ("rows", lambda: combine(torch.zeros(handle.num_received + 1, HIDDEN_SIZE,
+                                             dtype=torch.float64), handle, weights),
+         r"expert_out must have N = %d rows" % handle.num_received),
+        ("dtype", lambda: combine(recv_hidden.long(), handle, weights),
+         r"expert_out must be floating point"),
+        ("1-D", lambda: combine(recv_hidden.reshape(-1), handle, weights),
+         r"expert_out must be \(N, H\) with N = %d" % handle.num_received),
+        ("weights shape", lambda: combine(recv_hidden, handle, weights.t()[:, :, None]),
+         r"topk_weights must be \(T, K\)"),
+        ("weights rows", lambda: combine(recv_hidden, handle, torch.zeros(len(weights) + 1,
+                                                                          weights.shape[1])),
+         r"topk_weights must be \(T, K\) = \(%d, %d\), got shape" % tuple(weights.shape)),
+        ("weights dtype", lambda: combine(recv_hidden, handle, weights.long()),
+         r"topk_weights must be floating point"),
+        ("handle", lambda: combine(recv_hidden, None, weights), r"handle must be the DispatchHandle"),
+    ]:
+        expect_value_error(failures, "combine %s, rank %d" % (name, rank), r"^combine\(\): " + pattern,
+                           call)
+    combine(recv_hidden, handle, weights)
+
+    # what only the ranks together see: every rank raises, then all are still in step
+    for name, overrides, error_type, pattern in [
+        ("hidden size", dict(hidden=torch.zeros(len(inputs["hidden"]), 1 + (rank == 0),
+                                                dtype=torch.float64)),
+         ValueError, r"ranks disagree on hidden size \(by rank: \[2, 1"),
+        ("hidden dtype", dict(hidden=inputs["hidden"].to((torch.float64, torch.float32)[rank == 1])),
+         ValueError, r"ranks disagree on hidden dtype"),
+        ("slots_per_rank", dict(slots_per_rank=case["slots_per_rank"] + (rank == 1),
+                                table=case["table"][:1],
+                                topk_ids=torch.zeros_like(inputs["topk_ids"])),
+         ValueError, r"ranks disagree on slots_per_rank"),
+        ("bad id on rank 1", dict(topk_ids=torch.full((2, 1), len(case["table"]) * (rank == 1)),
+                                  hidden=torch.zeros(2, HIDDEN_SIZE, dtype=torch.float64)),
+         IndexError, r"rank\(s\) \[1\] had topk_ids elements the table cannot map"),
+    ]:
+        try:
+            dispatch(**dict(arguments, **overrides))
+            failures.append("%s, rank %d: no error" % (name, rank))
+        except error_type as error:
+            if not re.search(pattern, str(error)):
+                failures.append("%s, rank %d: %r does not match %r" % (name, rank, str(error),
+                                                                        pattern))
+    check_case(case, rank, None, failures, "after the errors")
+
+
+def check_groups(rank, world_size, seed, failures):
+    """Single-rank groups (each rank alone: everything stays local, bad input
+    still raises) and, from 3 ranks, a subgroup without rank 0."""
+    singles = [dist.new_group([member]) for member in range(world_size)]
+    single_case = make_case(seed, 1, 0, 1, torch.int32)  # each rank is group rank 0 of its own
+    check_case(single_case, 0, singles[rank], failures, "single-rank group")
+    inputs = single_case["ranks"][0]
+    expect_value_error(failures, "single-rank group, rank %d" % rank, r"hidden must be \(T, H\)",
+                       lambda: dispatch(inputs["hidden"][0], inputs["topk_ids"],
+                                        single_case["table"],
+                                        slots_per_rank=single_case["slots_per_rank"],
+                                        group=singles[rank]))
+    if world_size >= 3:
+        subgroup = dist.new_group(list(range(1, world_size)))
+        sub_case = make_case(seed + 1, world_size - 1, 1, 0, torch.int64)
+        if rank == 0:
+            expect_value_error(failures, "non-member", r"group: this process \(global rank 0\) "
+                               "is not a member", lambda: dispatch(
+                                   torch.zeros(1, HIDDEN_SIZE), torch.zeros(1, 1, dtype=torch.int64),
+                                   sub_case["table"], slots_per_rank=sub_case["slots_per_rank"],
+                                   group=subgroup))
+        else:
+            check_case(sub_case, rank - 1, subgroup, failures, "subgroup")
+
+
+def rank_main(rank, world_size, seed):
+    failures = []
+    if world_size == 2:
+        check_hand_worked(rank, failures)
+    num_cases = sweep(rank, world_size, seed, failures)
+    check_errors(rank, world_size, seed + 1000, failures)
+    check_groups(rank, world_size, seed + 2000, failures)
+    return num_cases, failures
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_dispatch_combine_equal_dense_reference(world_size, rng):
+    # 2: the hand-worked case; 3: replica counts that do not divide it; 4: up
+    # to two shared-expert ranks. Every case on every rank in one run.
+    seed = int(rng.integers(2**31))
+    results = expect_all_ok(run_ranks(rank_main, world_size, args=(seed,), timeout_s=120))
+    failures = [failure for _, rank_failures in results for failure in rank_failures]
+    assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures[:20]))
+    assert results[0][0] >= 10  # the sweep ran
