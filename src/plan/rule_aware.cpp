@@ -27,124 +27,14 @@
 // Deterministic: ties go to the lower expert, replica and rank index.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <queue>
 #include <tuple>
 
-#include "planners.hpp"
+#include "rule_model.hpp"
 
 namespace moe_eplb::plan_detail {
 namespace {
-
-// Source ranks [begin, end) whose tokens replica j (0-based) of a c-replica
-// expert receives in rank mode; empty for a dead replica.
-std::pair<std::int64_t, std::int64_t> source_group(std::int64_t count, std::int64_t replica,
-                                                   std::int64_t world_size) {
-  const std::int64_t group = (world_size + count - 1) / count;
-  return {std::min(replica * group, world_size), std::min((replica + 1) * group, world_size)};
-}
-
-// What each replica receives, from the layer's statistics.
-class ShareModel {
- public:
-  explicit ShareModel(const LayerRequest& request)
-      : world_size_(request.world_size),
-        ranks_per_node_(request.ranks_per_node),
-        per_rank_(request.num_source_ranks > 1),
-        by_token_(request.balance_mode == BalanceMode::kByToken) {
-    const std::int64_t stride = per_rank_ ? world_size_ + 1 : 1;
-    prefix_.assign(static_cast<std::size_t>(request.num_experts * stride), 0.0);
-    for (std::int64_t e = 0; e < request.num_experts; ++e) {
-      double* row = prefix_.data() + e * stride;
-      if (!per_rank_) {
-        row[0] = request.counts[e];
-        continue;
-      }
-      for (std::int64_t w = 0; w < world_size_; ++w) {
-        row[w + 1] = row[w] + request.counts[w * request.num_experts + e];
-      }
-    }
-  }
-
-  // Tokens expert e received from source ranks [begin, end).
-  double from_ranks(std::int64_t e, std::int64_t begin, std::int64_t end) const {
-    if (begin >= end) return 0.0;
-    if (!per_rank_) return prefix_[e] * static_cast<double>(end - begin) / world_size_d();
-    const double* row = prefix_.data() + e * (world_size_ + 1);
-    return row[end] - row[begin];
-  }
-  double total(std::int64_t e) const { return from_ranks(e, 0, world_size_); }
-
-  // Tokens replica j (0-based) of expert e receives when e has c replicas.
-  double share(std::int64_t e, std::int64_t count, std::int64_t replica) const {
-    if (by_token_) return total(e) / static_cast<double>(count);
-    const auto [begin, end] = source_group(count, replica, world_size_);
-    return from_ranks(e, begin, end);
-  }
-  double max_share(std::int64_t e, std::int64_t count) const {
-    if (by_token_) return total(e) / static_cast<double>(count);
-    double heaviest = 0.0;
-    for (std::int64_t replica = 0; replica < count; ++replica) {
-      heaviest = std::max(heaviest, share(e, count, replica));
-    }
-    return heaviest;
-  }
-
-  // Traffic of that replica that would start on `rank` itself plus the part
-  // that would start on rank's node: what placing it on `rank` keeps local.
-  double locality(std::int64_t e, std::int64_t count, std::int64_t replica,
-                  std::int64_t rank) const {
-    std::int64_t begin = 0, end = world_size_;
-    double fraction = 1.0 / static_cast<double>(count);  // token mode: an even part of each rank
-    if (!by_token_) {
-      std::tie(begin, end) = source_group(count, replica, world_size_);
-      fraction = 1.0;
-    }
-    double local = rank >= begin && rank < end ? from_ranks(e, rank, rank + 1) : 0.0;
-    if (ranks_per_node_ > 0) {
-      const std::int64_t node_begin = rank / ranks_per_node_ * ranks_per_node_;
-      local +=
-          from_ranks(e, std::max(begin, node_begin), std::min(end, node_begin + ranks_per_node_));
-    }
-    return local * fraction;
-  }
-
- private:
-  double world_size_d() const { return static_cast<double>(world_size_); }
-
-  std::int64_t world_size_;
-  std::int64_t ranks_per_node_;
-  bool per_rank_;
-  bool by_token_;
-  std::vector<double> prefix_;  // per expert: prefix sums over source ranks, or the total
-};
-
-// The replica counts the planner may use, ascending: in rank mode the live
-// ones (every replica serves a rank), in token mode all; at most max_count.
-class CountLadder {
- public:
-  explicit CountLadder(const LayerRequest& request) {
-    if (request.balance_mode == BalanceMode::kByRank) {
-      for (std::int64_t count : live_replica_counts(request.world_size)) {
-        if (count <= request.max_count) counts_.push_back(count);
-      }
-    } else {
-      for (std::int64_t count = 1; count <= request.max_count; ++count) counts_.push_back(count);
-    }
-  }
-  // The next usable count above / below `count`, or 0 when there is none.
-  std::int64_t above(std::int64_t count) const {
-    const auto it = std::upper_bound(counts_.begin(), counts_.end(), count);
-    return it == counts_.end() ? 0 : *it;
-  }
-  std::int64_t below(std::int64_t count) const {
-    const auto it = std::lower_bound(counts_.begin(), counts_.end(), count);
-    return it == counts_.begin() ? 0 : *(it - 1);
-  }
-  const std::vector<std::int64_t>& counts() const { return counts_; }
-
- private:
-  std::vector<std::int64_t> counts_;
-};
 
 // Step 1: replica counts, summing to world_size * slots_per_rank.
 std::vector<std::int64_t> choose_counts(const LayerRequest& request, const ShareModel& shares,
@@ -152,10 +42,10 @@ std::vector<std::int64_t> choose_counts(const LayerRequest& request, const Share
   const std::int64_t num_experts = request.num_experts;
   std::vector<std::int64_t> counts(static_cast<std::size_t>(num_experts), 1);
   std::int64_t spare = request.world_size * request.slots_per_rank - num_experts;
-  // Heaviest replica first; ties: fewer replicas, then the lower expert.
-  using Entry = std::tuple<double, std::int64_t, std::int64_t>;  // (share, -count, -expert)
+  // Costliest replica first; ties: fewer replicas, then the lower expert.
+  using Entry = std::tuple<double, std::int64_t, std::int64_t>;  // (cost, -count, -expert)
   std::priority_queue<Entry> heap;
-  for (std::int64_t e = 0; e < num_experts; ++e) heap.emplace(shares.max_share(e, 1), -1, -e);
+  for (std::int64_t e = 0; e < num_experts; ++e) heap.emplace(shares.max_cost(e, 1), -1, -e);
   while (spare > 0 && !heap.empty()) {
     const std::int64_t e = -std::get<2>(heap.top());
     heap.pop();
@@ -163,7 +53,7 @@ std::vector<std::int64_t> choose_counts(const LayerRequest& request, const Share
     if (next == 0 || next - counts[e] > spare) continue;  // the budget only shrinks
     spare -= next - counts[e];
     counts[e] = next;
-    heap.emplace(shares.max_share(e, next), -next, -e);
+    heap.emplace(shares.max_cost(e, next), -next, -e);
   }
 
   // Leftover slots: dead replicas where they leave the live groups as they
@@ -187,11 +77,12 @@ std::vector<std::int64_t> choose_counts(const LayerRequest& request, const Share
 struct Replica {
   std::int64_t expert;
   std::int64_t index;  // 0-based replica number: column index + 1 in the table
-  double weight;       // tokens it receives
+  Load load;           // tokens it receives
 };
 
 // Steps 2 and 3: replicas onto ranks of slots_per_rank slots each, never two
-// replicas of one expert on a rank.
+// replicas of one expert on a rank. A rank's load is the sum of its
+// replicas' (mean and variance); ranks compare by cost().
 class RankPacker {
  public:
   RankPacker(const LayerRequest& request, const ShareModel& shares,
@@ -200,13 +91,13 @@ class RankPacker {
         world_size_(request.world_size),
         slots_per_rank_(request.slots_per_rank),
         rank_replicas_(static_cast<std::size_t>(request.world_size)),
-        rank_load_(static_cast<std::size_t>(request.world_size), 0.0),
+        rank_load_(static_cast<std::size_t>(request.world_size)),
         holds_(static_cast<std::size_t>(request.num_experts * request.world_size), 0) {
     double total = 0.0;
     for (std::int64_t e = 0; e < request.num_experts; ++e) {
       for (std::int64_t j = 0; j < counts_[e]; ++j) {
         replicas_.push_back(Replica{e, j, shares.share(e, counts_[e], j)});
-        total += replicas_.back().weight;
+        total += replicas_.back().load.mean;
       }
     }
     rank_of_.assign(replicas_.size(), -1);
@@ -222,23 +113,28 @@ class RankPacker {
   }
 
   void pack_greedy();
-  // Swaps that lower the heaviest rank or narrow a pair; true if any applied.
+  // Swaps that lower the costliest rank or narrow a pair; true if any applied.
   bool lower_heaviest_rank();
   bool narrow_pairs();
   void improve_locality();
   ReplicaSlots slots() const;
 
   const std::vector<std::int64_t>& counts() const { return counts_; }
-  double mean_load() const { return total_load_ / static_cast<double>(world_size_); }
-  double max_load() const { return *std::max_element(rank_load_.begin(), rank_load_.end()); }
-  // Lighter heaviest rank first, then the smaller spread.
+  const std::vector<Load>& rank_loads() const { return rank_load_; }
+  double mean_cost() const {
+    double sum = 0.0;
+    for (std::int64_t rank = 0; rank < world_size_; ++rank) sum += rank_cost(rank);
+    return sum / static_cast<double>(world_size_);
+  }
+  double max_cost() const { return rank_cost(costliest_rank()); }
+  // Lower costliest rank first, then the smaller spread.
   bool better_than(const RankPacker& other) const {
-    const double mine = max_load(), theirs = other.max_load();
+    const double mine = max_cost(), theirs = other.max_cost();
     if (mine < theirs - epsilon_) return true;
     if (mine > theirs + epsilon_) return false;
-    return sum_of_squares() < other.sum_of_squares() - epsilon_ * max_load();
+    return sum_of_squares() < other.sum_of_squares() - epsilon_ * max_cost();
   }
-  // Experts with a replica on the heaviest rank.
+  // Experts with a replica on the costliest rank.
   std::vector<std::int64_t> experts_on_heaviest_rank() const;
 
  private:
@@ -250,6 +146,24 @@ class RankPacker {
   }
   double locality(std::int64_t item, std::int64_t rank) const {
     return locality_[item * world_size_ + rank];
+  }
+  double rank_cost(std::int64_t rank) const { return cost(rank_load_[rank]); }
+  // The rank's cost with `added` replicas' load added and `removed`'s taken.
+  double cost_after(std::int64_t rank, const Load& added, const Load& removed) const {
+    return cost(rank_load_[rank].mean + added.mean - removed.mean,
+                rank_load_[rank].variance + added.variance - removed.variance);
+  }
+  std::int64_t costliest_rank() const {
+    std::int64_t best = 0;
+    double best_cost = rank_cost(0);
+    for (std::int64_t rank = 1; rank < world_size_; ++rank) {
+      const double c = rank_cost(rank);
+      if (c > best_cost) {
+        best = rank;
+        best_cost = c;
+      }
+    }
+    return best;
   }
   void put(std::int64_t item, std::int64_t rank);
   void take(std::int64_t item);
@@ -265,14 +179,17 @@ class RankPacker {
     put(x, rank_y);
     put(y, rank_x);
   }
-  // Best swap between `heavy` and `light` that brings the heavier of the two
-  // below `bound`; returns {x, y} or {-1, -1}.
+  // Best swap between `heavy` and `light` that brings the costlier of the
+  // two below `bound`; returns {x, y} or {-1, -1}.
   std::pair<std::int64_t, std::int64_t> best_swap(std::int64_t heavy, std::int64_t light,
                                                   double& bound) const;
   void place_by_moving(std::int64_t item);
   double sum_of_squares() const {
     double sum = 0.0;
-    for (double load : rank_load_) sum += load * load;
+    for (std::int64_t rank = 0; rank < world_size_; ++rank) {
+      const double c = rank_cost(rank);
+      sum += c * c;
+    }
     return sum;
   }
 
@@ -282,7 +199,7 @@ class RankPacker {
   std::vector<Replica> replicas_;
   std::vector<std::int64_t> rank_of_;
   std::vector<std::vector<std::int64_t>> rank_replicas_;
-  std::vector<double> rank_load_;
+  std::vector<Load> rank_load_;
   std::vector<std::uint8_t> holds_;  // (expert, rank)
   std::vector<double> locality_;     // (replica, rank): traffic kept local there
   double total_load_ = 0.0;
@@ -292,7 +209,8 @@ class RankPacker {
 void RankPacker::put(std::int64_t item, std::int64_t rank) {
   rank_of_[item] = rank;
   rank_replicas_[rank].push_back(item);
-  rank_load_[rank] += replicas_[item].weight;
+  rank_load_[rank].mean += replicas_[item].load.mean;
+  rank_load_[rank].variance += replicas_[item].load.variance;
   holds_[replicas_[item].expert * world_size_ + rank] = 1;
 }
 
@@ -300,7 +218,8 @@ void RankPacker::take(std::int64_t item) {
   const std::int64_t rank = rank_of_[item];
   auto& list = rank_replicas_[rank];
   list.erase(std::find(list.begin(), list.end(), item));
-  rank_load_[rank] -= replicas_[item].weight;
+  rank_load_[rank].mean -= replicas_[item].load.mean;
+  rank_load_[rank].variance -= replicas_[item].load.variance;
   holds_[replicas_[item].expert * world_size_ + rank] = 0;
   rank_of_[item] = -1;
 }
@@ -309,18 +228,21 @@ void RankPacker::pack_greedy() {
   std::vector<std::int64_t> order(replicas_.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int64_t>(i);
   std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
-    return replicas_[a].weight > replicas_[b].weight;
+    return cost(replicas_[a].load) > cost(replicas_[b].load);
   });
+  const Load none;
   for (std::int64_t item : order) {
     std::int64_t best = -1;
-    double best_locality = 0.0;
+    double best_cost = 0.0, best_locality = 0.0;
     for (std::int64_t rank = 0; rank < world_size_; ++rank) {
       if (slots_free(rank) == 0 || holds(rank, replicas_[item].expert)) continue;
-      if (best >= 0 && rank_load_[rank] > rank_load_[best] + epsilon_) continue;
+      const double after = cost_after(rank, replicas_[item].load, none);
+      if (best >= 0 && after > best_cost + epsilon_) continue;
       const double local = locality(item, rank);
-      // Lighter wins; on a tie (within epsilon) the rank keeping more local.
-      if (best < 0 || rank_load_[rank] < rank_load_[best] - epsilon_ || local > best_locality) {
+      // Lower cost wins; on a tie (within epsilon) the rank keeping more local.
+      if (best < 0 || after < best_cost - epsilon_ || local > best_locality) {
         best = rank;
+        best_cost = after;
         best_locality = local;
       }
     }
@@ -339,7 +261,7 @@ void RankPacker::pack_greedy() {
 // all be on B.
 void RankPacker::place_by_moving(std::int64_t item) {
   const std::int64_t expert = replicas_[item].expert;
-  const double weight = replicas_[item].weight;
+  const Load none;
   std::int64_t best_y = -1, best_b = -1;
   double best_cost = 0.0;
   for (std::int64_t b = 0; b < world_size_; ++b) {
@@ -348,12 +270,12 @@ void RankPacker::place_by_moving(std::int64_t item) {
       if (a == b || holds(a, expert)) continue;
       for (std::int64_t y : rank_replicas_[a]) {
         if (holds(b, replicas_[y].expert)) continue;
-        const double cost = std::max(rank_load_[a] - replicas_[y].weight + weight,
-                                     rank_load_[b] + replicas_[y].weight);
-        if (best_y < 0 || cost < best_cost - epsilon_) {
+        const double after = std::max(cost_after(a, replicas_[item].load, replicas_[y].load),
+                                      cost_after(b, replicas_[y].load, none));
+        if (best_y < 0 || after < best_cost - epsilon_) {
           best_y = y;
           best_b = b;
-          best_cost = cost;
+          best_cost = after;
         }
       }
     }
@@ -368,12 +290,14 @@ std::pair<std::int64_t, std::int64_t> RankPacker::best_swap(std::int64_t heavy, 
                                                             double& bound) const {
   std::pair<std::int64_t, std::int64_t> best{-1, -1};
   for (std::int64_t x : rank_replicas_[heavy]) {
+    const Load& load_x = replicas_[x].load;
     for (std::int64_t y : rank_replicas_[light]) {
-      const double moved = replicas_[x].weight - replicas_[y].weight;
-      if (moved <= epsilon_) continue;
-      const double heavier = std::max(rank_load_[heavy] - moved, rank_load_[light] + moved);
-      if (heavier < bound - epsilon_ && can_swap(x, heavy, y, light)) {
-        bound = heavier;
+      const Load& load_y = replicas_[y].load;
+      if (load_x.mean - load_y.mean <= epsilon_ && load_x.variance <= load_y.variance) continue;
+      const double costlier =
+          std::max(cost_after(heavy, load_y, load_x), cost_after(light, load_x, load_y));
+      if (costlier < bound - epsilon_ && can_swap(x, heavy, y, light)) {
+        bound = costlier;
         best = {x, y};
       }
     }
@@ -386,9 +310,8 @@ bool RankPacker::lower_heaviest_rank() {
   // Each swap lowers the maximum or the number of ranks at it; the cap only
   // guards against pathological plateaus.
   for (std::size_t step = 0; step < 4 * replicas_.size(); ++step) {
-    const auto heavy = static_cast<std::int64_t>(
-        std::max_element(rank_load_.begin(), rank_load_.end()) - rank_load_.begin());
-    double bound = rank_load_[heavy];
+    const std::int64_t heavy = costliest_rank();
+    double bound = rank_cost(heavy);
     std::pair<std::int64_t, std::int64_t> best{-1, -1};
     for (std::int64_t light = 0; light < world_size_; ++light) {
       if (light == heavy) continue;
@@ -406,9 +329,9 @@ bool RankPacker::narrow_pairs() {
   bool improved = false;
   for (std::int64_t a = 0; a < world_size_; ++a) {
     for (std::int64_t b = a + 1; b < world_size_; ++b) {
-      const std::int64_t heavy = rank_load_[a] >= rank_load_[b] ? a : b;
+      const std::int64_t heavy = rank_cost(a) >= rank_cost(b) ? a : b;
       const std::int64_t light = heavy == a ? b : a;
-      double bound = rank_load_[heavy];
+      double bound = rank_cost(heavy);
       const auto best = best_swap(heavy, light, bound);
       if (best.first < 0) continue;
       swap(best.first, best.second);
@@ -424,21 +347,23 @@ void RankPacker::improve_locality() {
     for (std::size_t xi = 0; xi < replicas_.size(); ++xi) {
       const auto x = static_cast<std::int64_t>(xi);
       const std::int64_t rank_x = rank_of_[x];
+      const double cost_x = rank_cost(rank_x);
       std::int64_t best_y = -1;
       double best_gain = epsilon_;
       for (std::int64_t rank_y = 0; rank_y < world_size_; ++rank_y) {
         if (rank_y == rank_x) continue;
-        // The two ranks must end no further apart than they are: the weight
-        // moved from x's rank to y's lies between 0 and their difference.
-        const double difference = rank_load_[rank_x] - rank_load_[rank_y];
-        const double low = std::min(0.0, difference) - epsilon_;
-        const double high = std::max(0.0, difference) + epsilon_;
+        // The two ranks must end no further apart than they are: both new
+        // costs stay between the two old ones.
+        const double cost_y = rank_cost(rank_y);
+        const double low = std::min(cost_x, cost_y) - epsilon_;
+        const double high = std::max(cost_x, cost_y) + epsilon_;
         const double gain_x = locality(x, rank_y) - locality(x, rank_x);
         for (std::int64_t y : rank_replicas_[rank_y]) {
-          const double moved = replicas_[x].weight - replicas_[y].weight;
-          if (moved < low || moved > high) continue;
           const double gain = gain_x + locality(y, rank_x) - locality(y, rank_y);
           if (gain <= best_gain || !can_swap(x, rank_x, y, rank_y)) continue;
+          const double new_x = cost_after(rank_x, replicas_[y].load, replicas_[x].load);
+          const double new_y = cost_after(rank_y, replicas_[x].load, replicas_[y].load);
+          if (new_x < low || new_x > high || new_y < low || new_y > high) continue;
           best_gain = gain;
           best_y = y;
         }
@@ -453,9 +378,10 @@ void RankPacker::improve_locality() {
 }
 
 std::vector<std::int64_t> RankPacker::experts_on_heaviest_rank() const {
-  const auto heavy = std::max_element(rank_load_.begin(), rank_load_.end()) - rank_load_.begin();
   std::vector<std::int64_t> experts;
-  for (std::int64_t item : rank_replicas_[heavy]) experts.push_back(replicas_[item].expert);
+  for (std::int64_t item : rank_replicas_[costliest_rank()]) {
+    experts.push_back(replicas_[item].expert);
+  }
   return experts;
 }
 
@@ -574,7 +500,7 @@ RankPacker hill_climb_counts(const LayerRequest& request, const ShareModel& shar
 
 RankPacker refine_counts(const LayerRequest& request, const ShareModel& shares,
                          const CountLadder& ladder, RankPacker best) {
-  if (best.max_load() <= kGoodEnough * best.mean_load()) return best;
+  if (best.max_cost() <= kGoodEnough * best.mean_cost()) return best;
   if (count_splits(request, ladder) <= kMaxSplits) {
     std::vector<std::int64_t> counts(static_cast<std::size_t>(request.num_experts));
     try_every_split(request, shares, ladder, counts, 0, request.world_size * request.slots_per_rank,
@@ -586,12 +512,73 @@ RankPacker refine_counts(const LayerRequest& request, const ShareModel& shares,
 
 }  // namespace
 
-ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* /*report*/) {
-  const ShareModel shares(request);
+BalanceForecast forecast_balance(const std::vector<Load>& ranks) {
+  double total = 0.0, begin = 0.0, end = 0.0;
+  for (const Load& rank : ranks) {
+    const double spread = 8.0 * std::sqrt(std::max(0.0, rank.variance));
+    total += rank.mean;
+    begin = std::max(begin, rank.mean - spread);
+    end = std::max(end, rank.mean + spread);
+  }
+  const double mean = total / static_cast<double>(ranks.size());
+  if (mean <= 0.0) return {};
+  auto cdf = [&](double x) {
+    double p = 1.0;
+    for (const Load& rank : ranks) {
+      const double std_dev = std::sqrt(std::max(0.0, rank.variance));
+      if (std_dev <= 0.0) {
+        if (x < rank.mean) return 0.0;
+        continue;
+      }
+      p *= 0.5 * std::erfc((rank.mean - x) / (std_dev * std::sqrt(2.0)));
+    }
+    return p;
+  };
+  constexpr int kSteps = 400;
+  const double step = (end - begin) / kSteps;
+  BalanceForecast result;
+  double expected = begin, previous_x = begin, previous_p = cdf(begin);
+  double low = end, high = end;
+  bool low_found = false, high_found = false;
+  for (int i = 1; i <= kSteps && step > 0.0; ++i) {
+    const double x = begin + step * i;
+    const double p = cdf(x);
+    expected += step * (1.0 - 0.5 * (p + previous_p));
+    auto crossing = [&](double level) {
+      return previous_p == p ? x : previous_x + (level - previous_p) / (p - previous_p) * step;
+    };
+    if (!low_found && p >= 0.16) {
+      low = crossing(0.16);
+      low_found = true;
+    }
+    if (!high_found && p >= 0.84) {
+      high = crossing(0.84);
+      high_found = true;
+    }
+    previous_x = x;
+    previous_p = p;
+  }
+  if (step <= 0.0) expected = low = high = begin;
+  result.expected = expected / mean;
+  result.low = low / mean;
+  result.high = high / mean;
+  return result;
+}
+
+ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* report) {
+  const LayerForecast forecast = forecast_layer(request);
+  const ShareModel shares(request, forecast);
   const CountLadder ladder(request);
   RankPacker packer = refine_counts(request, shares, ladder,
                                     pack(request, shares, choose_counts(request, shares, ladder)));
   packer.improve_locality();
+  if (report != nullptr) {
+    report->persistence = forecast.persistence;
+    const BalanceForecast balance = forecast_balance(packer.rank_loads());
+    report->predicted_max_over_mean = balance.expected;
+    report->predicted_low = balance.low;
+    report->predicted_high = balance.high;
+  }
   return packer.slots();
 }
 

@@ -1,0 +1,36 @@
+// Internal: what the next window of one layer will look like, from the
+// windows plan() was given. The method is stated in planner.hpp.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "planners.hpp"
+
+namespace moe_eplb::plan_detail {
+
+// Parameters of the forecast (documented in planner.hpp).
+// With one window the share of a rank's deviation that persists cannot be
+// measured; this fraction of the deviation that exceeds sampling noise is
+// assumed to.
+constexpr double kSingleWindowPersistence = 0.5;
+
+struct LayerForecast {
+  std::int64_t num_source_ranks = 1;  // R: world_size, or 1 for global counts
+  std::int64_t num_experts = 0;
+  // (R, E) expected counts of the next window.
+  std::vector<double> mean;
+  // (R, E) variance of each count that is independent between ranks and
+  // experts: Poisson sampling plus the per-rank deviation that does not persist.
+  std::vector<double> variance;
+  // (E,) variance of an expert's total that moves all its ranks together
+  // (popularity drift and the error of the estimated level), spread over
+  // the ranks in proportion to `mean`.
+  std::vector<double> coherent_variance;
+  double persistence = 1.0;  // lag-1 persistence of the per-rank deviations
+  double shrink = 1.0;       // weight the windows' mean deviation keeps
+};
+
+LayerForecast forecast_layer(const LayerRequest& request);
+
+}  // namespace moe_eplb::plan_detail

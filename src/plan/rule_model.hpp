@@ -1,0 +1,180 @@
+// Internal: the model the rule-aware planner and the replanner share: what
+// each replica receives on the next window under the operator's rule, and
+// the replica counts that are allowed.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "forecast.hpp"
+#include "planners.hpp"
+
+namespace moe_eplb::plan_detail {
+
+// Source ranks [begin, end) whose tokens replica j (0-based) of a c-replica
+// expert receives in rank mode; empty for a dead replica.
+inline std::pair<std::int64_t, std::int64_t> source_group(std::int64_t count, std::int64_t replica,
+                                                          std::int64_t world_size) {
+  const std::int64_t group = (world_size + count - 1) / count;
+  return {std::min(replica * group, world_size), std::min((replica + 1) * group, world_size)};
+}
+
+// A replica's (or a rank's) predicted tokens: the expected count and its
+// variance on the next window.
+struct Load {
+  double mean = 0.0;
+  double variance = 0.0;
+};
+
+// The noise-aware size of a load: mean + kNoiseWeight * std. Balancing these
+// lowers the expected busiest rank rather than the busiest expected rank.
+constexpr double kNoiseWeight = 1.0;
+inline double cost(double mean, double variance) {
+  return mean + kNoiseWeight * std::sqrt(std::max(0.0, variance));
+}
+inline double cost(const Load& load) { return cost(load.mean, load.variance); }
+
+// What each replica receives on the next window, from the layer's forecast.
+class ShareModel {
+ public:
+  ShareModel(const LayerRequest& request, const LayerForecast& forecast)
+      : world_size_(request.world_size),
+        ranks_per_node_(request.ranks_per_node),
+        per_rank_(forecast.num_source_ranks > 1),
+        by_token_(request.balance_mode == BalanceMode::kByToken),
+        coherent_(forecast.coherent_variance) {
+    const std::int64_t stride = per_rank_ ? world_size_ + 1 : 1;
+    const std::int64_t num_experts = forecast.num_experts;
+    prefix_mean_.assign(static_cast<std::size_t>(num_experts * stride), 0.0);
+    prefix_variance_.assign(prefix_mean_.size(), 0.0);
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      double* mean = prefix_mean_.data() + e * stride;
+      double* variance = prefix_variance_.data() + e * stride;
+      if (!per_rank_) {
+        mean[0] = forecast.mean[e];
+        variance[0] = forecast.variance[e];
+        continue;
+      }
+      for (std::int64_t w = 0; w < world_size_; ++w) {
+        mean[w + 1] = mean[w] + forecast.mean[w * num_experts + e];
+        variance[w + 1] = variance[w] + forecast.variance[w * num_experts + e];
+      }
+    }
+  }
+
+  // Expected tokens expert e receives from source ranks [begin, end).
+  double from_ranks(std::int64_t e, std::int64_t begin, std::int64_t end) const {
+    return range(prefix_mean_, e, begin, end);
+  }
+  double total(std::int64_t e) const { return from_ranks(e, 0, world_size_); }
+
+  // Tokens replica j (0-based) of expert e receives when e has c replicas.
+  // Its variance: the independent per-rank parts of its source ranks plus
+  // its fraction of the expert's coherent variance.
+  Load share(std::int64_t e, std::int64_t count, std::int64_t replica) const {
+    const double expert_total = total(e);
+    if (by_token_) {
+      const double c = static_cast<double>(count);
+      return {expert_total / c,
+              (range(prefix_variance_, e, 0, world_size_) + coherent_[e]) / (c * c)};
+    }
+    const auto [begin, end] = source_group(count, replica, world_size_);
+    const double mean = from_ranks(e, begin, end);
+    const double fraction = expert_total > 0.0 ? mean / expert_total : 0.0;
+    return {mean, range(prefix_variance_, e, begin, end) + fraction * fraction * coherent_[e]};
+  }
+  // The largest cost among the replicas of e with c replicas.
+  double max_cost(std::int64_t e, std::int64_t count) const {
+    if (by_token_) return cost(share(e, count, 0));
+    double heaviest = 0.0;
+    for (std::int64_t replica = 0; replica < count; ++replica) {
+      heaviest = std::max(heaviest, cost(share(e, count, replica)));
+    }
+    return heaviest;
+  }
+
+  // Traffic of that replica that would start on `rank` itself plus the part
+  // that would start on rank's node: what placing it on `rank` keeps local.
+  double locality(std::int64_t e, std::int64_t count, std::int64_t replica,
+                  std::int64_t rank) const {
+    std::int64_t begin = 0, end = world_size_;
+    double fraction = 1.0 / static_cast<double>(count);  // token mode: an even part of each rank
+    if (!by_token_) {
+      std::tie(begin, end) = source_group(count, replica, world_size_);
+      fraction = 1.0;
+    }
+    double local = rank >= begin && rank < end ? from_ranks(e, rank, rank + 1) : 0.0;
+    if (ranks_per_node_ > 0) {
+      const std::int64_t node_begin = rank / ranks_per_node_ * ranks_per_node_;
+      local +=
+          from_ranks(e, std::max(begin, node_begin), std::min(end, node_begin + ranks_per_node_));
+    }
+    return local * fraction;
+  }
+
+ private:
+  // Sum over source ranks [begin, end) of a per-rank quantity; global
+  // statistics are spread evenly over the ranks.
+  double range(const std::vector<double>& prefix, std::int64_t e, std::int64_t begin,
+               std::int64_t end) const {
+    if (begin >= end) return 0.0;
+    if (!per_rank_) {
+      return prefix[e] * static_cast<double>(end - begin) / static_cast<double>(world_size_);
+    }
+    const double* row = prefix.data() + e * (world_size_ + 1);
+    return row[end] - row[begin];
+  }
+
+  std::int64_t world_size_;
+  std::int64_t ranks_per_node_;
+  bool per_rank_;
+  bool by_token_;
+  std::vector<double> coherent_;         // (E,)
+  std::vector<double> prefix_mean_;      // per expert: prefix sums over source ranks, or the total
+  std::vector<double> prefix_variance_;  // the same for the independent variance
+};
+
+// The replica counts the planner may use, ascending: in rank mode the live
+// ones (every replica serves a rank), in token mode all; at most max_count.
+class CountLadder {
+ public:
+  explicit CountLadder(const LayerRequest& request) {
+    if (request.balance_mode == BalanceMode::kByRank) {
+      for (std::int64_t count : live_replica_counts(request.world_size)) {
+        if (count <= request.max_count) counts_.push_back(count);
+      }
+    } else {
+      for (std::int64_t count = 1; count <= request.max_count; ++count) counts_.push_back(count);
+    }
+  }
+  // The next usable count above / below `count`, or 0 when there is none.
+  std::int64_t above(std::int64_t count) const {
+    const auto it = std::upper_bound(counts_.begin(), counts_.end(), count);
+    return it == counts_.end() ? 0 : *it;
+  }
+  std::int64_t below(std::int64_t count) const {
+    const auto it = std::lower_bound(counts_.begin(), counts_.end(), count);
+    return it == counts_.begin() ? 0 : *(it - 1);
+  }
+  const std::vector<std::int64_t>& counts() const { return counts_; }
+
+ private:
+  std::vector<std::int64_t> counts_;
+};
+
+// The busiest rank's load over the mean on the next window, when rank r's
+// load is normal with the predicted mean and variance, independently:
+// P(max <= x) = prod_r Phi((x - mean_r) / std_r). `expected` is its
+// expectation, `low` and `high` its 16% and 84% quantiles (one standard
+// deviation either side for a normal).
+struct BalanceForecast {
+  double expected = 1.0, low = 1.0, high = 1.0;
+};
+BalanceForecast forecast_balance(const std::vector<Load>& ranks);
+
+}  // namespace moe_eplb::plan_detail
