@@ -1,2 +1,227 @@
-"""Placeholder until its owner lands it."""
-ExpertParallelMoE = None
+"""ExpertParallelMoE: a reference expert-parallel MoE layer on the EPLB table.
+
+    gate -> softmax -> top-k (renormalised) -> dispatch -> per-slot SwiGLU -> combine
+
+Each rank holds the weights of its S = slots_per_rank physical slots as
+(S, ...) tensors; a slot holds a copy of the logical expert that the table
+places there. With an EplbRuntime the runtime records load, owns the table
+and moves those tensors in place when it rebalances; without one the layer
+routes through a fixed table.
+"""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .._ops import PreparedTable
+from ._dispatch import combine, dispatch
+
+
+def slot_experts(table, num_slots):
+    """The logical expert in each physical slot, -1 for an empty slot:
+    a list of num_slots ints from an (E, F) table (rows [c, p_1..p_c, ...])."""
+    experts = [-1] * num_slots
+    for expert, row in enumerate(table.tolist()):
+        for slot in row[1:row[0] + 1]:
+            if not 0 <= slot < num_slots or experts[slot] != -1:
+                raise ValueError("slot_experts(): table row %d names slot %d, which is outside "
+                                 "0..%d or already taken" % (expert, slot, num_slots - 1))
+            experts[slot] = expert
+    return experts
+
+
+class ExpertParallelMoE(nn.Module):
+    """A Mixture-of-Experts layer whose experts are spread over the ranks of a
+    process group and replicated as an EPLB table says.
+
+    Routing (as Mixtral, and DeepSeek-V2 with norm_topk_prob): probabilities
+    = softmax of the gate's logits (in float64 for float64 hidden, otherwise
+    float32); the top_k largest are the token's experts; their weights are
+    renormalised to sum to 1 and cast to the hidden dtype. Expert e is the
+    SwiGLU FFN  (silu(x @ w_gate[e]) * (x @ w_up[e])) @ w_down[e].  Tokens go
+    to replicas with dispatch() and come back with combine().
+
+    Args:
+        hidden_size, intermediate_size: H and I.
+        num_experts: E logical experts.
+        top_k: K experts per token.
+        slots_per_rank: S physical slots on every rank.
+        runtime: an EplbRuntime that owns this layer's table, or None.
+        layer: this layer's index in the runtime.
+        table: (E, F) int32 table, required without a runtime and ignored
+            with one (the same on every rank).
+        balance_mode, group: without a runtime, dispatch()'s arguments; with
+            one, the runtime's (group: the runtime's `group` attribute when
+            it has one, else this argument).
+        dtype, device: of the weights.
+
+    Parameters (requires_grad False: the layer is for inference; nothing
+    flows back through the all-to-all):
+        gate: nn.Linear(H, E, bias=False).
+        w_gate (S, H, I), w_up (S, H, I), w_down (S, I, H): this rank's slots.
+    They start at zero; load_dense_weights() (or from_dense()) fills the
+    gate and every slot from one set of per-expert weights, the same on every
+    rank, so that replicas are identical. With a runtime the three slot
+    tensors are registered with it and it updates them in place.
+
+    forward(hidden): (..., H) -> (..., H), same dtype. Every rank of the
+    group must call it together (T may differ, including 0).
+    """
+
+    def __init__(self, hidden_size, intermediate_size, num_experts, top_k, slots_per_rank, *,
+                 runtime=None, layer=0, table=None, balance_mode=0, group=None, dtype=None,
+                 device=None):
+        super().__init__()
+        for name, value, low in (("hidden_size", hidden_size, 1),
+                                 ("intermediate_size", intermediate_size, 1),
+                                 ("num_experts", num_experts, 1), ("top_k", top_k, 1),
+                                 ("slots_per_rank", slots_per_rank, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError("ExpertParallelMoE(): %s must be an integer >= %d, got %r"
+                                 % (name, low, value))
+        if top_k > num_experts:
+            raise ValueError("ExpertParallelMoE(): top_k must be <= num_experts = %d, got %d"
+                             % (num_experts, top_k))
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.slots_per_rank = slots_per_rank
+        self.runtime = runtime
+        self.layer = layer
+        self.balance_mode = balance_mode
+        self.group = getattr(runtime, "group", group) if runtime is not None else group
+        factory = dict(dtype=dtype, device=device)
+        self.gate = nn.Linear(hidden_size, num_experts, bias=False, **factory)
+        self.gate.weight.requires_grad_(False)
+        nn.init.zeros_(self.gate.weight)
+        shapes = dict(w_gate=(hidden_size, intermediate_size),
+                      w_up=(hidden_size, intermediate_size),
+                      w_down=(intermediate_size, hidden_size))
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(
+                torch.zeros((slots_per_rank,) + shape, **factory), requires_grad=False))
+        self._prepared = None
+        if runtime is not None:
+            runtime.register_expert_tensors(layer, self.slot_tensors())
+        else:
+            if table is None:
+                raise ValueError("ExpertParallelMoE(): table is required without a runtime")
+            self.set_table(table)
+
+    def slot_tensors(self):
+        """[w_gate, w_up, w_down] as plain tensors sharing the parameters'
+        storage: what moves with an expert when the placement changes."""
+        return [self.w_gate.detach(), self.w_up.detach(), self.w_down.detach()]
+
+    def _moe_rank(self):
+        rank, world_size = dist.get_rank(self.group), dist.get_world_size(self.group)
+        if rank < 0:
+            raise ValueError("ExpertParallelMoE(): this process is not a member of the group")
+        return rank, world_size
+
+    def table(self):
+        """The (E, F) table in force."""
+        return self.runtime.table(self.layer) if self.runtime is not None else self._table
+
+    def set_table(self, table):
+        """Without a runtime: installs a new (E, F) int32 table (validated;
+        the slot tensors must already hold its placement, e.g. after
+        migrate_experts())."""
+        if self.runtime is not None:
+            raise ValueError("ExpertParallelMoE.set_table(): the runtime owns this layer's table")
+        if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[0] != \
+                self.num_experts:
+            raise ValueError("ExpertParallelMoE.set_table(): table must be (E, F) with E = %d, "
+                             "got %s" % (self.num_experts, getattr(table, "shape", type(table))))
+        device = self.w_gate.device
+        if self._prepared is None:
+            rank, world_size = self._moe_rank()
+            self._prepared = PreparedTable(table.to(device), rank, world_size,
+                                           balance_mode=self.balance_mode,
+                                           num_physical_experts=world_size * self.slots_per_rank)
+        else:
+            self._prepared.update(table.to(device))
+        self._table = table.to(device)
+
+    @torch.no_grad()
+    def load_dense_weights(self, gate_weight, w_gate, w_up, w_down):
+        """Sets the gate to gate_weight (E, H) and fills every slot of this
+        rank from per-logical-expert weights w_gate (E, H, I), w_up (E, H, I),
+        w_down (E, I, H) under the table in force (empty slots get zeros).
+        Pass the same tensors on every rank."""
+        expected = dict(gate_weight=(self.num_experts, self.hidden_size),
+                        w_gate=(self.num_experts, self.hidden_size, self.intermediate_size),
+                        w_up=(self.num_experts, self.hidden_size, self.intermediate_size),
+                        w_down=(self.num_experts, self.intermediate_size, self.hidden_size))
+        given = dict(gate_weight=gate_weight, w_gate=w_gate, w_up=w_up, w_down=w_down)
+        for name, shape in expected.items():
+            value = given[name]
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                raise ValueError("ExpertParallelMoE.load_dense_weights(): %s must be %s, got %s"
+                                 % (name, shape, tuple(getattr(value, "shape", ()))
+                                    or type(value).__name__))
+        rank, world_size = self._moe_rank()
+        experts = slot_experts(self.table().cpu(), world_size * self.slots_per_rank)
+        self.gate.weight.copy_(gate_weight)
+        for slot_tensor, dense in zip(self.slot_tensors(), (w_gate, w_up, w_down)):
+            for slot in range(self.slots_per_rank):
+                expert = experts[rank * self.slots_per_rank + slot]
+                if expert < 0:
+                    slot_tensor[slot].zero_()
+                else:
+                    slot_tensor[slot].copy_(dense[expert])
+
+    @classmethod
+    def from_dense(cls, gate_weight, w_gate, w_up, w_down, top_k, slots_per_rank, **kwargs):
+        """A layer with sizes from the dense weights (see load_dense_weights())
+        and its slots filled; kwargs as the constructor's (runtime, table...)."""
+        num_experts, hidden_size, intermediate_size = w_gate.shape
+        kwargs.setdefault("dtype", w_gate.dtype)
+        kwargs.setdefault("device", w_gate.device)
+        layer = cls(hidden_size, intermediate_size, num_experts, top_k, slots_per_rank, **kwargs)
+        layer.load_dense_weights(gate_weight, w_gate, w_up, w_down)
+        return layer
+
+    def route(self, hidden):
+        """(T, H) -> topk_weights (T, K) in hidden's dtype, topk_ids (T, K) int64."""
+        compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        probabilities = torch.softmax(self.gate(hidden).to(compute), dim=-1)
+        weights, ids = torch.topk(probabilities, self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights.to(hidden.dtype), ids
+
+    def experts(self, recv_hidden, recv_slot):
+        """Each received row through its slot's SwiGLU FFN: (N, H), (N,) -> (N, H).
+        One host read (the rows per slot); then one matmul chain per slot in use."""
+        out = torch.zeros_like(recv_hidden)
+        rows_per_slot = torch.bincount(recv_slot, minlength=self.slots_per_rank).tolist()
+        order = torch.sort(recv_slot, stable=True).indices
+        start = 0
+        for slot, count in enumerate(rows_per_slot):
+            if count == 0:
+                continue
+            rows = order[start:start + count]
+            start += count
+            x = recv_hidden.index_select(0, rows)
+            y = (F.silu(x @ self.w_gate[slot]) * (x @ self.w_up[slot])) @ self.w_down[slot]
+            out.index_copy_(0, rows, y)
+        return out
+
+    def forward(self, hidden):
+        if hidden.shape[-1] != self.hidden_size:
+            raise ValueError("ExpertParallelMoE.forward(): hidden must be (..., %d), got shape %s"
+                             % (self.hidden_size, tuple(hidden.shape)))
+        shape = hidden.shape
+        hidden = hidden.reshape(-1, self.hidden_size)
+        topk_weights, topk_ids = self.route(hidden)
+        if self.runtime is not None:
+            recv_hidden, recv_slot, handle = self.runtime.dispatch(self.layer, hidden, topk_ids)
+            out = self.runtime.combine(self.layer, self.experts(recv_hidden, recv_slot), handle,
+                                       topk_weights)
+        else:
+            recv_hidden, recv_slot, handle = dispatch(
+                hidden, topk_ids, self._prepared, slots_per_rank=self.slots_per_rank,
+                balance_mode=self.balance_mode, group=self.group)
+            out = combine(self.experts(recv_hidden, recv_slot), handle, topk_weights)
+        return out.reshape(shape)
