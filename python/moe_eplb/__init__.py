@@ -54,6 +54,8 @@ from ._ops import (  # noqa: E402  (the ops exist once the library is loaded)
     with_cuda,
 )
 from .compat import npu_moe_eplb_update_expert, npu_moe_update_expert  # noqa: E402
+from .planning import MigrationAction, MigrationPlan, PlanReport  # noqa: E402
+from .planning import align_to_previous, analyze, migration_plan, plan  # noqa: E402
 
 __doc__ += FORMULA
 __version__ = "0.1.0"

@@ -1,0 +1,338 @@
+"""The planner, the analyzer and the migration plan from Python.
+
+Thin adapters over torch.ops.moe_eplb.{plan, analyze, migration_plan,
+align_to_previous} (C++, torch/csrc/plan_ops.cpp): they turn CPU tensors or
+NumPy arrays into the ops' inputs, check what the ops cannot name, and shape
+the results. Every value is computed by the C++ core; the same core backs the
+`moe-eplb plan` command, so both give the same table for the same input.
+
+Tables are Ascend eplb_tables: (E, F) int32, row e = [c, p_1 .. p_c, -1 ...];
+slot p lives on rank p // slots_per_rank. Errors are ValueError naming the
+argument (the core's messages start with the operation, e.g. "plan(): ...").
+"""
+import dataclasses
+import enum
+import numbers
+
+import torch
+
+try:
+    import numpy
+except ImportError:  # NumPy is optional; tensors work without it
+    numpy = None
+
+_OPS = torch.ops.moe_eplb
+
+ALGORITHMS = ("moe-eplb", "deepseek", "flashlb")
+
+# The order of the scalars the analyze op returns (its third output).
+ANALYZE_SCALARS = (
+    ("total_load", float),
+    ("mean_rank_load", float),
+    ("max_rank_load", float),
+    ("max_over_mean", float),
+    ("imbalance", float),
+    ("num_replicas", int),
+    ("dead_replicas", int),
+    ("idle_replicas", int),
+    ("replicas_sharing_rank", int),
+    ("slots_claimed_twice", int),
+    ("unused_slots", int),
+    ("local_rank_share", float),
+    ("local_node_share", float),
+)
+
+
+class MigrationAction(enum.IntEnum):
+    """What a destination slot is made from (C++ moe_eplb::SlotAction)."""
+
+    KEEP = 0  # the slot already holds its expert, or the new table leaves it unused
+    COPY_LOCAL = 1  # copy the OLD content of local slot source_slot
+    RECEIVE = 2  # receive the OLD content of (source_rank, source_slot)
+    COPY_RECEIVED = 3  # copy the NEW content of local slot source_slot, a RECEIVE slot
+
+
+@dataclasses.dataclass
+class PlanReport:
+    """What plan() estimated, one entry per layer.
+
+    persistence: share of each source rank's deviation from the global share
+        that persists from window to window, in [0, 1].
+    predicted_max_over_mean, predicted_low, predicted_high: the predicted
+        max/mean per-rank load on the next window, and an interval of about
+        one standard deviation either side.
+    slots_changed: slots whose expert differs from `previous` (0 without it).
+    """
+
+    persistence: list
+    predicted_max_over_mean: list
+    predicted_low: list
+    predicted_high: list
+    slots_changed: list
+
+
+@dataclasses.dataclass
+class MigrationPlan:
+    """How the expert weights move from one table to the next.
+
+    action, source_rank, source_slot: int64 tensors (world_size *
+    slots_per_rank,), indexed by destination physical slot p (on rank
+    p // slots_per_rank, local slot p % slots_per_rank). action holds
+    MigrationAction values; source_rank is the slot's own rank except for
+    RECEIVE; source_slot is a local slot index on source_rank.
+    kept, local_copies (COPY_LOCAL + COPY_RECEIVED), received (RECEIVE, one
+    per rank and expert new to it), cross_node (receives from another node):
+    counts over all slots. received_per_rank, sent_per_rank: lists of
+    world_size ints. bytes_received: received * expert_bytes.
+    """
+
+    action: torch.Tensor
+    source_rank: torch.Tensor
+    source_slot: torch.Tensor
+    kept: int
+    local_copies: int
+    received: int
+    cross_node: int
+    received_per_rank: list
+    sent_per_rank: list
+    bytes_received: int
+    world_size: int
+    slots_per_rank: int
+
+
+def _call(op, *args, **kwargs):
+    """Runs an op; the core's errors (RuntimeError or IndexError from the
+    dispatcher) become ValueError with the core's message."""
+    try:
+        return op(*args, **kwargs)
+    except ValueError:
+        raise
+    except (RuntimeError, IndexError) as error:
+        raise ValueError(str(error)) from error
+
+
+def _int(operation, name, value, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError("%s: %s must be an int, got %s" % (operation, name, type(value).__name__))
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError("%s: %s must be at least %d, got %d" % (operation, name, minimum, value))
+    return value
+
+
+def _tensor(operation, name, value):
+    """A CPU tensor from a tensor or a NumPy array (shared memory, detached)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    elif numpy is not None and isinstance(value, numpy.ndarray):
+        try:
+            tensor = torch.from_numpy(value)
+        except TypeError as error:
+            raise ValueError("%s: %s has NumPy dtype %s, which torch cannot read"
+                             % (operation, name, value.dtype)) from error
+    else:
+        raise ValueError("%s: %s must be a CPU tensor or a NumPy array, got %s"
+                         % (operation, name, type(value).__name__))
+    if tensor.device.type != "cpu":
+        raise ValueError("%s: %s must be on the CPU (planning runs on the host), got %s"
+                         % (operation, name, tensor.device))
+    return tensor
+
+
+def _load(operation, name, value, dims):
+    """A float64 load of one of the ranks in `dims` (counts of any real dtype)."""
+    tensor = _tensor(operation, name, value)
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise ValueError("%s: %s must hold real counts (integer or floating point), got %s"
+                         % (operation, name, tensor.dtype))
+    if tensor.dim() not in dims:
+        raise ValueError("%s: %s must have %s dimensions, got shape %s"
+                         % (operation, name, " or ".join(map(str, dims)), tuple(tensor.shape)))
+    return tensor.to(torch.float64).contiguous()
+
+
+def _table(operation, name, value, dims=(2,)):
+    """An int32 table ((E, F), or (L, E, F) when 3 is in dims); int64 values
+    are accepted when they fit int32."""
+    tensor = _tensor(operation, name, value)
+    if tensor.dim() not in dims:
+        expected = " or ".join({2: "(E, F)", 3: "(L, E, F)"}[d] for d in dims)
+        raise ValueError("%s: %s must be %s, got shape %s"
+                         % (operation, name, expected, tuple(tensor.shape)))
+    if tensor.dtype == torch.int64:
+        if tensor.numel() and (int(tensor.min()) < -2**31 or int(tensor.max()) >= 2**31):
+            raise ValueError("%s: %s has values outside int32" % (operation, name))
+        tensor = tensor.to(torch.int32)
+    if tensor.dtype != torch.int32:
+        raise ValueError("%s: %s must be int32 (or int64), got %s"
+                         % (operation, name, tensor.dtype))
+    return tensor.contiguous()
+
+
+def plan(load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0, num_columns=0,
+         algorithm="moe-eplb", num_groups=1, previous=None, max_moves=None, move_cost=0.0,
+         return_report=False):
+    """Plans an EPLB table from expert load statistics (the `moe-eplb plan` planner).
+
+    Args:
+        load: counts of routed choices per expert, a CPU tensor or NumPy array
+            of any real dtype: (E,) global, (W, E) per source rank (W ==
+            world_size), or (L, W|1, E) per layer; or a list/tuple of such
+            windows, oldest first, all of one shape.
+        world_size: W, the expert-parallel ranks.
+        slots_per_rank: S, physical slots per rank (1..E; W * S >= E).
+        balance_mode: the replica rule to plan for: 0 by rank, 1 by token.
+        ranks_per_node: ranks per node for locality (0 = one node); divides W.
+        num_columns: F of the table; 0 = the smallest that fits.
+        algorithm: "moe-eplb" (rule-aware), "deepseek" (DeepSeek EPLB) or
+            "flashlb" (FlashLB as published).
+        num_groups: DeepSeek's expert groups (deepseek only).
+        previous: the table in force, (E, F') or (L, E, F') int32, for
+            migration-aware replanning (None: from scratch).
+        max_moves: per layer, at most this many slots whose expert differs
+            from `previous` (None: no cap). Needs `previous`.
+        move_cost: >= 0, the predicted max/mean a move must buy. Needs `previous`.
+        return_report: also return the planner's PlanReport.
+
+    Returns:
+        int32 CPU tensor (E, F) for a 1-D or 2-D load, (L, E, F) for a 3-D
+        one; with return_report=True, (table, PlanReport).
+    """
+    operation = "plan()"
+    if isinstance(load, (list, tuple)):
+        if not load:
+            raise ValueError("plan(): load is an empty list; expected at least one window")
+        names = ["load[%d]" % idx for idx in range(len(load))]
+        windows = list(load)
+    else:
+        names, windows = ["load"], [load]
+    windows = [_load(operation, name, window, (1, 2, 3)) for name, window in zip(names, windows)]
+    for name, window in zip(names[1:], windows[1:]):
+        if window.shape != windows[0].shape:
+            raise ValueError("plan(): %s has shape %s but %s has %s; every window must have the "
+                             "same shape" % (name, tuple(window.shape), names[0],
+                                             tuple(windows[0].shape)))
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError("plan(): algorithm must be one of %s, got %r" % (ALGORITHMS, algorithm))
+    if isinstance(move_cost, bool) or not isinstance(move_cost, numbers.Real):
+        raise ValueError("plan(): move_cost must be a number, got %s" % type(move_cost).__name__)
+    if previous is not None:
+        previous = _table(operation, "previous", previous, (2, 3))
+    table, report = _call(
+        _OPS.plan.default, windows, _int(operation, "world_size", world_size),
+        _int(operation, "slots_per_rank", slots_per_rank),
+        balance_mode=_int(operation, "balance_mode", balance_mode),
+        ranks_per_node=_int(operation, "ranks_per_node", ranks_per_node),
+        num_columns=_int(operation, "num_columns", num_columns), algorithm=algorithm,
+        num_groups=_int(operation, "num_groups", num_groups), previous=previous,
+        max_moves=-1 if max_moves is None else _int(operation, "max_moves", max_moves, 0),
+        move_cost=float(move_cost),
+    )
+    if windows[0].dim() < 3:
+        table = table[0]
+    if not return_report:
+        return table
+    columns = report.t().tolist()
+    return table, PlanReport(
+        persistence=columns[0], predicted_max_over_mean=columns[1], predicted_low=columns[2],
+        predicted_high=columns[3], slots_changed=[int(value) for value in columns[4]])
+
+
+def analyze(table, load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0):
+    """How `table` balances `load` when the operator routes it (the analyzer).
+
+    Args:
+        table: (E, F) int32 eplb_table, CPU tensor or NumPy array.
+        load: (W, E) per-source-rank counts (W == world_size; routed exactly
+            by the replica rule) or (E,) global counts (spread evenly over the
+            ranks), any real dtype.
+        world_size, slots_per_rank: the topology (slot p on rank p // S).
+        balance_mode: 0 by rank, 1 by token (the expected even split).
+        ranks_per_node: for local_node_share (0 = unknown).
+
+    Returns:
+        dict with balance_mode, world_size, slots_per_rank, slot_load
+        (float64 tensor (W*S,)), rank_load (float64 tensor (W,)), total_load,
+        mean_rank_load, max_rank_load, max_over_mean (max / mean rank load;
+        1.0 with no traffic), imbalance ((max - mean) / mean), num_replicas,
+        dead_replicas (the mode never selects them), idle_replicas (got no
+        tokens), replicas_sharing_rank, slots_claimed_twice, unused_slots,
+        local_rank_share (tokens served on their source rank) and
+        local_node_share (on their source node; -1.0 when ranks_per_node is 0).
+    """
+    operation = "analyze()"
+    world_size = _int(operation, "world_size", world_size)
+    slots_per_rank = _int(operation, "slots_per_rank", slots_per_rank)
+    balance_mode = _int(operation, "balance_mode", balance_mode)
+    slot_load, rank_load, scalars = _call(
+        _OPS.analyze.default, _table(operation, "table", table),
+        _load(operation, "load", load, (1, 2)), world_size, slots_per_rank,
+        balance_mode=balance_mode, ranks_per_node=_int(operation, "ranks_per_node", ranks_per_node))
+    result = dict(balance_mode=balance_mode, world_size=world_size, slots_per_rank=slots_per_rank,
+                  slot_load=slot_load, rank_load=rank_load)
+    for (name, kind), value in zip(ANALYZE_SCALARS, scalars.tolist()):
+        result[name] = kind(value)
+    return result
+
+
+def migration_plan(old_table, new_table, world_size, slots_per_rank, *, ranks_per_node=0,
+                   expert_bytes=0):
+    """How to move expert weights from `old_table` to `new_table` (C++, deterministic).
+
+    Args:
+        old_table, new_table: (E, F) int32 eplb_tables valid for world_size *
+            slots_per_rank slots; the same E, F may differ.
+        world_size, slots_per_rank: the topology (slot p on rank p // S).
+        ranks_per_node: 0 = one node; else divides world_size.
+        expert_bytes: bytes of one expert's tensors, for bytes_received.
+
+    Returns:
+        MigrationPlan. For destination slot p (rank r = p // S):
+          KEEP           p's expert is unchanged, or no new row names p;
+          COPY_LOCAL     rank r held the expert in the old table: copy the old
+                         content of (r, source_slot);
+          RECEIVE        receive the old content of (source_rank, source_slot)
+                         from another rank: once per (rank, expert new to it),
+                         from a holder on r's node when there is one, else any
+                         holder, spreading the sends over the holders;
+          COPY_RECEIVED  r's further slots of an expert it receives: copy the
+                         new content of (r, source_slot), the RECEIVE slot.
+
+    Executing it: first read every old content that COPY_LOCAL and RECEIVE
+    name (the sender's old slots; a slot may be both a source and a
+    destination, and moves may form cycles), then write all RECEIVE and
+    COPY_LOCAL destinations, then the COPY_RECEIVED ones from their RECEIVE
+    slots. KEEP slots are not touched. Afterwards slot p holds what the old
+    placement held for new_table's expert at p.
+    """
+    operation = "migration_plan()"
+    world_size = _int(operation, "world_size", world_size)
+    slots_per_rank = _int(operation, "slots_per_rank", slots_per_rank)
+    expert_bytes = _int(operation, "expert_bytes", expert_bytes, 0)
+    moves, received_per_rank, sent_per_rank, totals = _call(
+        _OPS.migration_plan.default, _table(operation, "old_table", old_table),
+        _table(operation, "new_table", new_table), world_size, slots_per_rank,
+        ranks_per_node=_int(operation, "ranks_per_node", ranks_per_node))
+    moves = moves.to(torch.int64)
+    kept, local_copies, received, cross_node = totals.tolist()
+    return MigrationPlan(
+        action=moves[:, 0].contiguous(), source_rank=moves[:, 1].contiguous(),
+        source_slot=moves[:, 2].contiguous(), kept=kept, local_copies=local_copies,
+        received=received, cross_node=cross_node, received_per_rank=received_per_rank.tolist(),
+        sent_per_rank=sent_per_rank.tolist(), bytes_received=received * expert_bytes,
+        world_size=world_size, slots_per_rank=slots_per_rank)
+
+
+def align_to_previous(new_table, old_table, world_size, slots_per_rank):
+    """Permutes each rank's slots of `new_table` so that an expert staying on
+    a rank keeps its slot in `old_table`; no rank's set of experts changes (so
+    balance is unchanged) and each row's replica order is kept.
+
+    Args: (E, F) int32 tables (any F each, the same E) valid for world_size *
+    slots_per_rank slots. Returns an int32 (E, F) tensor with new_table's F.
+    """
+    operation = "align_to_previous()"
+    return _call(_OPS.align_to_previous.default, _table(operation, "new_table", new_table),
+                 _table(operation, "old_table", old_table),
+                 _int(operation, "world_size", world_size),
+                 _int(operation, "slots_per_rank", slots_per_rank))

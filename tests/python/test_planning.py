@@ -1,0 +1,360 @@
+"""moe_eplb.plan / analyze / migration_plan / align_to_previous: the Python
+adapters over the C++ planner (shapes, dtypes, NumPy and tensors, windows,
+errors), plans executed by a slot simulator, and, when MOE_EPLB_TOOL names the
+built `moe-eplb` tool, the same table as `moe-eplb plan` writes."""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import moe_eplb
+from moe_eplb import MigrationAction
+
+OPS = torch.ops.moe_eplb
+
+
+def random_load(rng, *shape):
+    """Skewed counts: a few hot experts, as MoE traffic is."""
+    return rng.gamma(0.6, 100.0, size=shape).round()
+
+
+def slot_experts(table, num_slots):
+    """Reference: the logical expert at each slot, -1 where no row names it."""
+    experts = [-1] * num_slots
+    for e, row in enumerate(table.tolist()):
+        for slot in row[1:1 + row[0]]:
+            experts[slot] = e
+    return experts
+
+
+def check_valid_plan(table, world_size, slots_per_rank, num_experts, distinct_ranks=True):
+    assert table.dtype == torch.int32 and table.dim() == 2 and table.shape[0] == num_experts
+    experts = slot_experts(table, world_size * slots_per_rank)
+    assert -1 not in experts, "every slot is used"
+    if not distinct_ranks:  # DeepSeek's packing may put two replicas on one rank
+        return
+    for e, row in enumerate(table.tolist()):
+        ranks = [slot // slots_per_rank for slot in row[1:1 + row[0]]]
+        assert len(set(ranks)) == len(ranks), "expert %d has two replicas on one rank" % e
+
+
+# ---- plan ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world_size, slots_per_rank, num_experts", [(4, 3, 10), (3, 5, 13)])
+def test_plan_shapes_and_input_kinds(rng, world_size, slots_per_rank, num_experts):
+    per_rank = random_load(rng, world_size, num_experts)
+    table = moe_eplb.plan(per_rank, world_size, slots_per_rank)
+    check_valid_plan(table, world_size, slots_per_rank, num_experts)
+    # The same counts as a tensor, as int64 counts, as a one-window list.
+    assert torch.equal(moe_eplb.plan(torch.from_numpy(per_rank), world_size, slots_per_rank), table)
+    assert torch.equal(moe_eplb.plan(per_rank.astype(np.int64), world_size, slots_per_rank), table)
+    assert torch.equal(moe_eplb.plan([per_rank], world_size, slots_per_rank), table)
+    # A non-contiguous view reads the same values.
+    transposed = np.ascontiguousarray(per_rank.T).T
+    assert torch.equal(moe_eplb.plan(transposed, world_size, slots_per_rank), table)
+
+    # (E,) global counts -> (E, F); (L, W|1, E) -> (L, E, F), layer by layer.
+    global_table = moe_eplb.plan(per_rank.sum(0), world_size, slots_per_rank)
+    check_valid_plan(global_table, world_size, slots_per_rank, num_experts)
+    layers = np.stack([per_rank, random_load(rng, world_size, num_experts)])
+    layered = moe_eplb.plan(layers, world_size, slots_per_rank, num_columns=world_size + 1)
+    assert layered.shape == (2, num_experts, world_size + 1)
+    assert torch.equal(layered[0], moe_eplb.plan(per_rank, world_size, slots_per_rank,
+                                                 num_columns=world_size + 1))
+    global_layers = moe_eplb.plan(layers.sum(1, keepdims=True), world_size, slots_per_rank)
+    assert global_layers.dim() == 3
+
+
+def test_plan_windows_and_report(rng):
+    world_size, slots_per_rank, num_experts = 4, 3, 10
+    windows = [random_load(rng, world_size, num_experts) for _ in range(3)]
+    table, report = moe_eplb.plan(windows, world_size, slots_per_rank, return_report=True)
+    check_valid_plan(table, world_size, slots_per_rank, num_experts)
+    assert isinstance(report, moe_eplb.PlanReport)
+    for field in ("persistence", "predicted_max_over_mean", "predicted_low", "predicted_high",
+                  "slots_changed"):
+        assert len(getattr(report, field)) == 1, field
+    assert report.slots_changed == [0]  # no previous table
+    assert 0.0 <= report.persistence[0] <= 1.0
+    assert torch.equal(moe_eplb.plan(tuple(windows), world_size, slots_per_rank), table)
+
+
+@pytest.mark.xfail(reason="the planner does not yet honour previous / max_moves (issue 10)")
+def test_plan_against_previous(rng):
+    world_size, slots_per_rank, num_experts = 4, 3, 10
+    windows = [random_load(rng, world_size, num_experts) for _ in range(3)]
+    # Against a previous table, slots_changed counts slots whose expert differs.
+    previous = moe_eplb.plan(windows[0], world_size, slots_per_rank)
+    replanned, report = moe_eplb.plan(windows, world_size, slots_per_rank, previous=previous,
+                                      return_report=True)
+    check_valid_plan(replanned, world_size, slots_per_rank, num_experts)
+    changed = sum(a != b for a, b in zip(slot_experts(previous, 12), slot_experts(replanned, 12)))
+    assert report.slots_changed == [changed]
+    capped = moe_eplb.plan(windows, world_size, slots_per_rank, previous=previous, max_moves=0)
+    assert slot_experts(capped, 12) == slot_experts(previous, 12)
+
+
+@pytest.mark.parametrize("algorithm", ["moe-eplb", "deepseek"])
+@pytest.mark.parametrize("balance_mode", [0, 1])
+def test_plan_options_reach_the_planner(rng, algorithm, balance_mode):
+    load = random_load(rng, 4, 8)
+    num_columns = 5 if algorithm == "moe-eplb" else 9
+    table = moe_eplb.plan(load, 4, 4, balance_mode=balance_mode, algorithm=algorithm,
+                          ranks_per_node=2, num_columns=num_columns)
+    assert table.shape == (8, num_columns)
+    check_valid_plan(table, 4, 4, 8, distinct_ranks=algorithm == "moe-eplb")
+    report = moe_eplb.analyze(table, load, 4, 4, balance_mode=balance_mode)
+    assert report["dead_replicas"] == 0
+
+
+def test_plan_matches_the_cli(rng, tmp_path):
+    tool = os.environ.get("MOE_EPLB_TOOL")
+    if not tool:
+        pytest.skip("set MOE_EPLB_TOOL to the built moe-eplb tool to compare with it")
+    load = random_load(rng, 4, 10)
+    np.save(tmp_path / "load.npy", load)
+    subprocess.run([tool, "plan", "--load", str(tmp_path / "load.npy"), "--world-size", "4",
+                    "--slots-per-rank", "3", "--out", str(tmp_path / "table.npy")],
+                   check=True, capture_output=True)
+    expected = np.load(tmp_path / "table.npy")
+    assert np.array_equal(moe_eplb.plan(load, 4, 3).numpy(), expected)
+
+
+PLAN_ERRORS = [
+    # (load, kwargs, message pattern)
+    (np.ones((4, 6)), dict(world_size=2.0), r"plan\(\): world_size must be an int, got float"),
+    (np.ones((4, 6)), dict(world_size=True), r"world_size must be an int, got bool"),
+    (np.ones((3, 6)), dict(), r"plan\(\): load has 3 source ranks.*world_size 4|load.*3"),
+    (np.ones((2, 2, 4, 6)), dict(), r"plan\(\): load must have 1 or 2 or 3 dimensions"),
+    (np.ones(6, dtype=bool), dict(), r"load must hold real counts.*bool"),
+    ([np.ones((4, 6)), np.ones((4, 7))], dict(), r"load\[1\] has shape \(4, 7\) but load\[0\]"),
+    ([], dict(), r"load is an empty list"),
+    ([[1, 2, 3]], dict(), r"load\[0\] must be a CPU tensor or a NumPy array, got list"),
+    ("load.npy", dict(), r"load must be a CPU tensor or a NumPy array, got str"),
+    (torch.ones(6, device="meta"), dict(), r"load must be on the CPU.*meta"),
+    (np.ones((4, 6)), dict(algorithm="eplb"), r"algorithm must be one of"),
+    (np.ones((4, 6)), dict(max_moves=-1), r"max_moves must be at least 0, got -1"),
+    (np.ones((4, 6)), dict(max_moves=2), r"plan\(\): max_moves and move_cost need the previous"),
+    (np.ones((4, 6)), dict(move_cost="high"), r"move_cost must be a number, got str"),
+    (np.ones((4, 6)), dict(slots_per_rank=1), r"plan\(\): .*cannot hold 6 experts"),
+    (np.ones((4, 6)), dict(ranks_per_node=3), r"plan\(\): ranks_per_node must be"),
+    (np.ones((4, 6)), dict(previous=np.ones((6, 3), dtype=np.float32)),
+     r"previous must be int32 \(or int64\), got torch.float32"),
+    (np.ones((4, 6)), dict(previous=np.ones(6, dtype=np.int32)),
+     r"previous must be \(E, F\) or \(L, E, F\), got shape \(6,\)"),
+    (np.ones((4, 6)), dict(previous=np.full((5, 2), 1, dtype=np.int32)), r"plan\(\): previous"),
+    (-np.ones((4, 6)), dict(), r"plan\(\): load has a negative value"),
+]
+
+
+@pytest.mark.parametrize("load, kwargs, pattern", PLAN_ERRORS)
+def test_plan_errors(load, kwargs, pattern):
+    arguments = dict(world_size=4, slots_per_rank=2)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        moe_eplb.plan(load, **arguments)
+
+
+def test_ops_refuse_non_cpu_tensors():
+    # Straight to the op: a tensor on another device gets the op's own error.
+    with pytest.raises(ValueError, match=r"plan\(\): load window 0 must be a CPU tensor"):
+        OPS.plan([torch.ones(4, 6, dtype=torch.float64, device="meta")], 4, 2)
+    table = torch.tensor([[1, 0], [1, 1]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"migration_plan\(\): new_table must be a CPU tensor"):
+        OPS.migration_plan(table, table.to("meta"), 2, 1)
+    with pytest.raises(ValueError, match=r"analyze\(\): load must be float64, got Float"):
+        OPS.analyze(table, torch.ones(2), 2, 1)
+
+
+# ---- analyze ------------------------------------------------------------------
+
+
+def test_analyze_hand_case():
+    # Two ranks, one slot each; expert 0 has 3 tokens from each rank, expert 1 has 1.
+    table = torch.tensor([[1, 0], [1, 1]], dtype=torch.int32)
+    report = moe_eplb.analyze(table, np.array([[3.0, 1.0], [3.0, 1.0]]), 2, 1, ranks_per_node=1)
+    assert report["rank_load"].tolist() == [6.0, 2.0]
+    assert report["slot_load"].tolist() == [6.0, 2.0]
+    assert report["total_load"] == 8.0 and report["mean_rank_load"] == 4.0
+    assert report["max_rank_load"] == 6.0 and report["max_over_mean"] == 1.5
+    assert report["imbalance"] == 0.5
+    assert report["num_replicas"] == 2 and isinstance(report["num_replicas"], int)
+    assert report["dead_replicas"] == report["idle_replicas"] == report["unused_slots"] == 0
+    assert report["local_rank_share"] == 0.5 and report["local_node_share"] == 0.5
+    assert report["balance_mode"] == 0 and report["world_size"] == 2
+    # Global counts spread evenly over the ranks give the same here.
+    assert moe_eplb.analyze(table, np.array([6, 2]), 2, 1)["rank_load"].tolist() == [6.0, 2.0]
+    assert moe_eplb.analyze(table, np.array([6, 2]), 2, 1)["local_node_share"] == -1.0
+
+
+def test_analyze_fields_and_consistency(rng):
+    load = random_load(rng, 4, 10)
+    table = moe_eplb.plan(load, 4, 3)
+    for balance_mode in (0, 1):
+        SCALARS = moe_eplb.planning.ANALYZE_SCALARS
+        report = moe_eplb.analyze(table.numpy(), torch.from_numpy(load), 4, 3,
+                                  balance_mode=balance_mode, ranks_per_node=2)
+        assert set(report) == {"balance_mode", "world_size", "slots_per_rank", "slot_load",
+                               "rank_load"} | {name for name, _ in SCALARS}
+        assert report["slot_load"].shape == (12,) and report["slot_load"].dtype == torch.float64
+        assert torch.allclose(report["rank_load"], report["slot_load"].view(4, 3).sum(1))
+        assert report["total_load"] == pytest.approx(load.sum())
+        assert report["max_over_mean"] == pytest.approx(
+            float(report["rank_load"].max()) / float(report["rank_load"].mean()))
+        assert 0.0 <= report["local_rank_share"] <= report["local_node_share"] <= 1.0
+
+
+@pytest.mark.parametrize("table, load, pattern", [
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), np.ones((2, 2, 2)),
+     r"analyze\(\): load must have 1 or 2 dimensions"),
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), np.ones(3),
+     r"analyze\(\): load has 3 experts but table has 2"),
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), np.ones((3, 2)),
+     r"analyze\(\): load has 3 source ranks, expected world_size 2"),
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.float32), np.ones(2), r"table must be int32"),
+    (torch.tensor([[1, 0], [1, 5]], dtype=torch.int32), np.ones(2),
+     r"(?s)analyze_load\(\): .*slot 5 is outside"),
+    ([[1, 0], [1, 1]], np.ones(2), r"table must be a CPU tensor or a NumPy array, got list"),
+])
+def test_analyze_errors(table, load, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        moe_eplb.analyze(table, load, 2, 1)
+
+
+# ---- migration_plan -----------------------------------------------------------
+
+
+def simulate(plan, old_table, world_size, slots_per_rank):
+    """Executes `plan` on slots whose content is the old expert id."""
+    num_slots = world_size * slots_per_rank
+    old = slot_experts(old_table, num_slots)
+    new = list(old)
+    actions = plan.action.tolist()
+    for p in range(num_slots):
+        rank = p // slots_per_rank
+        source = plan.source_rank[p].item() * slots_per_rank + plan.source_slot[p].item()
+        if actions[p] == MigrationAction.COPY_LOCAL:
+            assert plan.source_rank[p] == rank
+            new[p] = old[source]
+        elif actions[p] == MigrationAction.RECEIVE:
+            assert plan.source_rank[p] != rank
+            new[p] = old[source]
+    for p in range(num_slots):
+        if actions[p] == MigrationAction.COPY_RECEIVED:
+            source = (p // slots_per_rank) * slots_per_rank + plan.source_slot[p].item()
+            assert actions[source] == MigrationAction.RECEIVE
+            new[p] = new[source]
+    return new
+
+
+def test_migration_plan_hand_case():
+    # Old slots: e0 e1 | e0 e2; new: e1 e0 | e2 e1 (F differs).
+    old = torch.tensor([[2, 0, 2], [1, 1, -1], [1, 3, -1]], dtype=torch.int32)
+    new = np.array([[1, 1, -1, -1], [2, 0, 3, -1], [1, 2, -1, -1]], dtype=np.int32)
+    plan = moe_eplb.migration_plan(old, new, 2, 2, ranks_per_node=1, expert_bytes=1000)
+    assert isinstance(plan, moe_eplb.MigrationPlan)
+    assert plan.action.tolist() == [MigrationAction.COPY_LOCAL, MigrationAction.COPY_LOCAL,
+                                    MigrationAction.COPY_LOCAL, MigrationAction.RECEIVE]
+    assert plan.action.dtype == plan.source_rank.dtype == plan.source_slot.dtype == torch.int64
+    assert plan.source_rank.tolist() == [0, 0, 1, 0]
+    assert plan.source_slot.tolist() == [1, 0, 1, 1]
+    assert (plan.kept, plan.local_copies, plan.received, plan.cross_node) == (0, 3, 1, 1)
+    assert plan.received_per_rank == [0, 1] and plan.sent_per_rank == [1, 0]
+    assert plan.bytes_received == 1000
+    assert simulate(plan, old, 2, 2) == slot_experts(torch.from_numpy(new), 4)
+    assert int(MigrationAction.COPY_RECEIVED) == 3
+
+
+@pytest.mark.parametrize("world_size, slots_per_rank, num_experts, ranks_per_node",
+                         [(2, 3, 5, 0), (4, 3, 10, 2), (6, 4, 16, 3)])
+def test_migration_plan_between_plans(rng, world_size, slots_per_rank, num_experts, ranks_per_node):
+    num_slots = world_size * slots_per_rank
+    for _ in range(3):
+        old = moe_eplb.plan(random_load(rng, world_size, num_experts), world_size, slots_per_rank)
+        new = moe_eplb.plan(random_load(rng, world_size, num_experts), world_size, slots_per_rank)
+        plan = moe_eplb.migration_plan(old, new, world_size, slots_per_rank,
+                                       ranks_per_node=ranks_per_node, expert_bytes=3)
+        assert simulate(plan, old, world_size, slots_per_rank) == slot_experts(new, num_slots)
+        before, after = slot_experts(old, num_slots), slot_experts(new, num_slots)
+        new_to_rank = [
+            len(set(after[r * slots_per_rank:(r + 1) * slots_per_rank])
+                - set(before[r * slots_per_rank:(r + 1) * slots_per_rank]))
+            for r in range(world_size)]
+        assert plan.received_per_rank == new_to_rank
+        assert plan.received == sum(new_to_rank) == sum(plan.sent_per_rank)
+        assert plan.bytes_received == 3 * plan.received
+        assert plan.kept + plan.local_copies + plan.received == num_slots
+
+
+@pytest.mark.parametrize("old, new, kwargs, pattern", [
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32),
+     torch.tensor([[1, 0], [1, 1], [1, 2]], dtype=torch.int32), {},
+     r"migration_plan\(\): old_table has 2 experts but new_table has 3"),
+    (torch.tensor([[1, 0], [1, 9]], dtype=torch.int32),
+     torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), {},
+     r"migration_plan\(\): old_table is not valid"),
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32),
+     torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), dict(expert_bytes=-1),
+     r"expert_bytes must be at least 0, got -1"),
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32),
+     torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), dict(ranks_per_node=3),
+     r"migration_plan\(\): ranks_per_node must be 0"),
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.int64) + 2**32,
+     torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), {}, r"old_table has values outside int32"),
+    (torch.tensor([[[1, 0], [1, 1]]], dtype=torch.int32),
+     torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), {},
+     r"old_table must be \(E, F\), got shape \(1, 2, 2\)"),
+    (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32),
+     torch.tensor([[1.0, 0], [1, 1]]), {},
+     r"new_table must be int32 \(or int64\), got torch.float32"),
+])
+def test_migration_plan_errors(old, new, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        moe_eplb.migration_plan(old, new, 2, 2, **kwargs)
+
+
+def test_int64_tables_are_accepted():
+    old = torch.tensor([[1, 0], [1, 1]])
+    plan = moe_eplb.migration_plan(old, old.flip(0), 2, 1)
+    assert plan.received == 2 and plan.sent_per_rank == [1, 1]
+
+
+# ---- align_to_previous --------------------------------------------------------
+
+
+def test_align_to_previous_keeps_rank_sets_and_saves_moves(rng):
+    world_size, slots_per_rank, num_experts = 4, 4, 12
+    num_slots = world_size * slots_per_rank
+    old = moe_eplb.plan(random_load(rng, world_size, num_experts), world_size, slots_per_rank)
+    load = random_load(rng, world_size, num_experts)
+    new = moe_eplb.plan(load, world_size, slots_per_rank)
+    aligned = moe_eplb.align_to_previous(new, old.numpy(), world_size, slots_per_rank)
+    assert aligned.dtype == torch.int32 and aligned.shape == new.shape
+    before, after = slot_experts(new, num_slots), slot_experts(aligned, num_slots)
+    for r in range(world_size):
+        span = slice(r * slots_per_rank, (r + 1) * slots_per_rank)
+        assert sorted(before[span]) == sorted(after[span])
+    assert torch.equal(aligned[:, 0], new[:, 0])
+    assert torch.equal(moe_eplb.analyze(aligned, load, world_size, slots_per_rank)["rank_load"],
+                       moe_eplb.analyze(new, load, world_size, slots_per_rank)["rank_load"])
+    old_experts = slot_experts(old, num_slots)
+
+    def changed(table):
+        return sum(a != b for a, b in zip(old_experts, slot_experts(table, num_slots)))
+
+    assert changed(aligned) <= changed(new)
+    # Aligning to itself changes nothing.
+    assert torch.equal(moe_eplb.align_to_previous(old, old, world_size, slots_per_rank), old)
+
+
+def test_align_to_previous_errors():
+    table = torch.tensor([[1, 0], [1, 1]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"align_to_previous\(\): .*old_table"):
+        moe_eplb.align_to_previous(table, table[:1], 2, 1)
+    with pytest.raises(ValueError, match=r"align_to_previous\(\): slots_per_rank must be an int"):
+        moe_eplb.align_to_previous(table, table, 2, "1")
+    with pytest.raises(ValueError, match=r"align_to_previous\(\): world_size must be in 1"):
+        moe_eplb.align_to_previous(table, table, 0, 1)
