@@ -212,8 +212,13 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
             shared-expert row.
         handle: a DispatchHandle for combine().
 
-    The physical slot of choice (b, k) is update_expert(topk_ids, table,
-    local_rank_id, M, balance_mode)[b, k]; it lives on rank n + p // S.
+    Ranks: of the group's W ranks the first n host the shared expert, the
+    other M = W - n are MoE ranks. The physical slot of choice (b, k) is
+    p = update_expert(topk_ids, table, local_rank_id, M, balance_mode)[b, k]
+    and lives on group rank n + p // S, as local slot p % S. local_rank_id
+    is a MoE rank's index (rank - n); a shared-expert rank, which has no
+    slots, routes as MoE rank (rank mod M). With n > 0 every token also
+    goes, once, to shared-expert rank (rank mod n), arriving with slot -1.
     Raises ValueError (bad argument, or ranks that disagree), IndexError (an
     id the table cannot map, on any rank), RuntimeError (no process group).
     """
@@ -263,7 +268,8 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
                                                      rounding_mode="floor"),
                               torch.zeros_like(flat_physical))
     slot = torch.remainder(flat_physical, slots_per_rank)
-    source_token = torch.arange(num_tokens, device=device).repeat_interleave(top_k)
+    source_token = torch.arange(num_tokens, device=device).unsqueeze(1).expand(
+        num_tokens, top_k).reshape(-1)  # not repeat_interleave, which may read the host
     num_shared_rows = num_tokens if num_shared > 0 else 0
     if num_shared_rows:
         shared_rank = rank % num_shared
