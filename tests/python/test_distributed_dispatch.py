@@ -1,7 +1,7 @@
 """moe_eplb.distributed.dispatch / combine on gloo ranks against a dense
 single-process reference (float64, bitwise).
 
-Each world size is one multi-process run that goes through many cases (both
+One 4-rank run goes through groups of 2, 3 and 4 ranks and many cases (both
 balance modes, shared-expert ranks, int32 and int64 ids, raw and prepared
 tables, ranks with zero tokens, subgroups, bad arguments): spawning ranks
 costs seconds, a case costs milliseconds. Every rank builds every rank's
@@ -201,7 +201,7 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
         failures.append("%s: combine %s, expected %s" % (context, out.tolist(), expected.tolist()))
 
 
-def sweep(rank, world_size, seed, failures):
+def sweep(rank, world_size, group, seed, failures):
     """Random cases: both modes, every shared-expert count this size allows
     (up to 2), id dtypes, token patterns, raw and prepared tables."""
     index = 0
@@ -213,15 +213,15 @@ def sweep(rank, world_size, seed, failures):
                 id_dtype = (torch.int32, torch.int64)[index % 2]
                 case = make_case(seed + index, world_size, num_shared, balance_mode, id_dtype,
                                  tokens)
-                name = "case %d (mode %d, shared %d, %s, %s)" % (
-                    index, balance_mode, num_shared, tokens, id_dtype)
-                check_case(case, rank, None, failures, name, prepared=index % 3 == 1,
+                name = "%d ranks, case %d (mode %d, shared %d, %s, %s)" % (
+                    world_size, index, balance_mode, num_shared, tokens, id_dtype)
+                check_case(case, rank, group, failures, name, prepared=index % 3 == 1,
                            load_dtype=(torch.int64, torch.int32)[index % 4 // 2])
                 index += 1
     return index
 
 
-def check_hand_worked(rank, failures):
+def check_hand_worked(rank, group, failures):
     # Two ranks, two slots each; expert 0 in slot 3, expert 1 in slots 0 and 2.
     # Rank mode: rank r uses replica 1 + r // 1, so rank 0 -> slot 0, rank 1 -> slot 2.
     # Rank 0: ids [[0, 1], [1, 0]] -> [[3, 0], [0, 3]]; rank 1: [[1, 1]] -> [[2, 2]].
@@ -230,7 +230,7 @@ def check_hand_worked(rank, failures):
     hidden = [torch.tensor([[1.0], [2.0]]), torch.tensor([[10.0]])][rank]
     ids = [torch.tensor([[0, 1], [1, 0]]), torch.tensor([[1, 1]])][rank]
     weights = [torch.tensor([[0.5, 0.25], [1.0, 2.0]]), torch.tensor([[1.0, 1.0]])][rank]
-    recv_hidden, recv_slot, handle = dispatch(hidden, ids, table, slots_per_rank=2)
+    recv_hidden, recv_slot, handle = dispatch(hidden, ids, table, slots_per_rank=2, group=group)
     expected_rows = [[[1.0], [2.0]], [[1.0], [2.0], [10.0], [10.0]]][rank]
     expected_slots = [[0, 0], [1, 1, 0, 0]][rank]
     if recv_hidden.tolist() != expected_rows or recv_slot.tolist() != expected_slots:
@@ -295,17 +295,18 @@ def expect_value_error(failures, context, pattern, call):
         failures.append("%s: no ValueError" % context)
 
 
-def check_errors(rank, world_size, seed, failures):
+def check_errors(rank, world_size, group, seed, failures):
     """Bad arguments raise ValueError on every rank before communicating
     (the collectives that follow would hang or mismatch otherwise); ranks
     that disagree, or an id one rank cannot map, raise on every rank."""
     case = make_case(seed, world_size, 0, 0, torch.int64)
     inputs = case["ranks"][rank]
     arguments = dict(hidden=inputs["hidden"], topk_ids=inputs["topk_ids"], table=case["table"],
-                     slots_per_rank=case["slots_per_rank"])
+                     slots_per_rank=case["slots_per_rank"], group=group)
     for overrides, pattern in dispatch_error_inputs(case, rank):
         bad = dict(arguments, **overrides)
-        expect_value_error(failures, "dispatch(%s), rank %d" % (sorted(overrides), rank),
+        expect_value_error(failures, "%d ranks, dispatch(%s), rank %d" % (
+                               world_size, sorted(overrides), rank),
                            r"^dispatch\(\): " + pattern, lambda: dispatch(**bad))
 
     # combine: a valid dispatch, then bad arguments, then the valid combine
@@ -328,8 +329,8 @@ def check_errors(rank, world_size, seed, failures):
          r"topk_weights must be floating point"),
         ("handle", lambda: combine(recv_hidden, None, weights), r"handle must be the DispatchHandle"),
     ]:
-        expect_value_error(failures, "combine %s, rank %d" % (name, rank), r"^combine\(\): " + pattern,
-                           call)
+        expect_value_error(failures, "%d ranks, combine %s, rank %d" % (world_size, name, rank),
+                           r"^combine\(\): " + pattern, call)
     combine(recv_hidden, handle, weights)
 
     # what only the ranks together see: every rank raises, then all are still in step
@@ -349,17 +350,17 @@ def check_errors(rank, world_size, seed, failures):
     ]:
         try:
             dispatch(**dict(arguments, **overrides))
-            failures.append("%s, rank %d: no error" % (name, rank))
+            failures.append("%d ranks, %s, rank %d: no error" % (world_size, name, rank))
         except error_type as error:
             if not re.search(pattern, str(error)):
-                failures.append("%s, rank %d: %r does not match %r" % (name, rank, str(error),
-                                                                        pattern))
-    check_case(case, rank, None, failures, "after the errors")
+                failures.append("%d ranks, %s, rank %d: %r does not match %r" % (
+                    world_size, name, rank, str(error), pattern))
+    check_case(case, rank, group, failures, "%d ranks, after the errors" % world_size)
 
 
 def check_groups(rank, world_size, seed, failures):
     """Single-rank groups (each rank alone: everything stays local, bad input
-    still raises) and, from 3 ranks, a subgroup without rank 0."""
+    still raises) and a subgroup without rank 0."""
     singles = [dist.new_group([member]) for member in range(world_size)]
     single_case = make_case(seed, 1, 0, 1, torch.int32)  # each rank is group rank 0 of its own
     check_case(single_case, 0, singles[rank], failures, "single-rank group")
@@ -369,35 +370,38 @@ def check_groups(rank, world_size, seed, failures):
                                         single_case["table"],
                                         slots_per_rank=single_case["slots_per_rank"],
                                         group=singles[rank]))
-    if world_size >= 3:
-        subgroup = dist.new_group(list(range(1, world_size)))
-        sub_case = make_case(seed + 1, world_size - 1, 1, 0, torch.int64)
-        if rank == 0:
-            expect_value_error(failures, "non-member", r"group: this process \(global rank 0\) "
-                               "is not a member", lambda: dispatch(
-                                   torch.zeros(1, HIDDEN_SIZE), torch.zeros(1, 1, dtype=torch.int64),
-                                   sub_case["table"], slots_per_rank=sub_case["slots_per_rank"],
-                                   group=subgroup))
-        else:
-            check_case(sub_case, rank - 1, subgroup, failures, "subgroup")
+    subgroup = dist.new_group(list(range(1, world_size)))
+    sub_case = make_case(seed + 1, world_size - 1, 1, 0, torch.int64)
+    if rank == 0:
+        expect_value_error(failures, "non-member", r"group: this process \(global rank 0\) "
+                           "is not a member", lambda: dispatch(
+                               torch.zeros(1, HIDDEN_SIZE), torch.zeros(1, 1, dtype=torch.int64),
+                               sub_case["table"], slots_per_rank=sub_case["slots_per_rank"],
+                               group=subgroup))
+    else:
+        check_case(sub_case, rank - 1, subgroup, failures, "subgroup without rank 0")
 
 
 def rank_main(rank, world_size, seed):
-    failures = []
-    if world_size == 2:
-        check_hand_worked(rank, failures)
-    num_cases = sweep(rank, world_size, seed, failures)
-    check_errors(rank, world_size, seed + 1000, failures)
-    check_groups(rank, world_size, seed + 2000, failures)
+    """Groups of 2 and 3 ranks (the first ones) and the world of 4: one spawn."""
+    groups = {2: dist.new_group([0, 1]), 3: dist.new_group([0, 1, 2]), 4: None}
+    failures, num_cases = [], 0
+    for size, group in groups.items():
+        if rank >= size:
+            continue
+        if size == 2:
+            check_hand_worked(rank, group, failures)
+        num_cases += sweep(rank, size, group, seed + 100 * size, failures)
+        check_errors(rank, size, group, seed + 100 * size + 50, failures)
+    check_groups(rank, world_size, seed + 1000, failures)
     return num_cases, failures
 
 
-@pytest.mark.parametrize("world_size", [2, 3, 4])
-def test_dispatch_combine_equal_dense_reference(world_size, rng):
+def test_dispatch_combine_equal_dense_reference_on_2_3_and_4_ranks(rng):
     # 2: the hand-worked case; 3: replica counts that do not divide it; 4: up
-    # to two shared-expert ranks. Every case on every rank in one run.
+    # to two shared-expert ranks; 1: each rank alone. All in one 4-rank run.
     seed = int(rng.integers(2**31))
-    results = expect_all_ok(run_ranks(rank_main, world_size, args=(seed,), timeout_s=120))
+    results = expect_all_ok(run_ranks(rank_main, 4, args=(seed,), timeout_s=120))
     failures = [failure for _, rank_failures in results for failure in rank_failures]
     assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures[:20]))
-    assert results[0][0] >= 10  # the sweep ran
+    assert [num_cases for num_cases, _ in results] == [13 + 19 + 19, 13 + 19 + 19, 19 + 19, 19]
