@@ -12,7 +12,6 @@ step through the collectives and the test reports all of them.
 import re
 
 import numpy as np
-import pytest
 import torch
 import torch.distributed as dist
 
@@ -33,7 +32,9 @@ def random_table(rng, num_experts, moe_world_size, slots_per_rank, fill_all):
     otherwise a random number of slots stays empty."""
     num_slots = moe_world_size * slots_per_rank
     counts = np.ones(num_experts, dtype=np.int64)
-    spare = num_slots - num_experts if fill_all else int(rng.integers(0, num_slots - num_experts + 1))
+    spare = num_slots - num_experts
+    if not fill_all:
+        spare = int(rng.integers(0, spare + 1))
     for _ in range(spare):
         growable = np.flatnonzero(counts < moe_world_size)
         if len(growable) == 0:
@@ -69,7 +70,8 @@ def make_case(seed, world_size, num_shared, balance_mode, id_dtype, tokens="rand
     for count in num_tokens.tolist():
         ranks.append(dict(
             hidden=torch.from_numpy(rng.standard_normal((count, HIDDEN_SIZE))),
-            topk_ids=torch.from_numpy(rng.integers(0, num_experts, size=(count, top_k))).to(id_dtype),
+            topk_ids=torch.from_numpy(
+                rng.integers(0, num_experts, size=(count, top_k))).to(id_dtype),
             topk_weights=torch.from_numpy(rng.random((count, top_k))),
         ))
     return dict(
@@ -179,6 +181,8 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
         shared_expert_rank_num=case["num_shared"])
     expected_hidden, expected_slot = reference_received(case, rank)
     context = "%s, rank %d" % (name, rank)
+    if not isinstance(handle, DispatchHandle) or handle.num_received != len(recv_hidden):
+        failures.append("%s: handle %r" % (context, handle))
     if not (recv_slot.dtype == torch.int64 and torch.equal(recv_slot, expected_slot)):
         failures.append("%s: recv_slot %s, expected %s" % (context, recv_slot.tolist(),
                                                           expected_slot.tolist()))
@@ -327,7 +331,8 @@ def check_errors(rank, world_size, group, seed, failures):
          r"topk_weights must be \(T, K\) = \(%d, %d\), got shape" % tuple(weights.shape)),
         ("weights dtype", lambda: combine(recv_hidden, handle, weights.long()),
          r"topk_weights must be floating point"),
-        ("handle", lambda: combine(recv_hidden, None, weights), r"handle must be the DispatchHandle"),
+        ("handle", lambda: combine(recv_hidden, None, weights),
+         r"handle must be the DispatchHandle"),
     ]:
         expect_value_error(failures, "%d ranks, combine %s, rank %d" % (world_size, name, rank),
                            r"^combine\(\): " + pattern, call)
@@ -338,7 +343,8 @@ def check_errors(rank, world_size, group, seed, failures):
         ("hidden size", dict(hidden=torch.zeros(len(inputs["hidden"]), 1 + (rank == 0),
                                                 dtype=torch.float64)),
          ValueError, r"ranks disagree on hidden size \(by rank: \[2, 1"),
-        ("hidden dtype", dict(hidden=inputs["hidden"].to((torch.float64, torch.float32)[rank == 1])),
+        ("hidden dtype",
+         dict(hidden=inputs["hidden"].to((torch.float64, torch.float32)[rank == 1])),
          ValueError, r"ranks disagree on hidden dtype"),
         ("slots_per_rank", dict(slots_per_rank=case["slots_per_rank"] + (rank == 1),
                                 table=case["table"][:1],
