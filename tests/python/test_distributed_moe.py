@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from moe_eplb.distributed import ExpertParallelMoE, combine, dispatch
-from moe_eplb.distributed.moe import slot_experts
+from moe_eplb.distributed.moe import slot_experts, slots_from_dense
 from dist_harness import expect_all_ok, run_ranks
 from reference import make_table
 
@@ -218,3 +218,13 @@ def test_slot_experts_names_each_slots_expert():
     with pytest.raises(ValueError, match=r"row 1 names slot 3, which is outside 0\.\.3 or "
                                          r"already taken"):
         slot_experts(torch.tensor([[1, 3, -1], [2, 0, 3]], dtype=torch.int32), 4)
+
+
+def test_slots_from_dense_fills_each_ranks_slots():
+    # 2 ranks, 2 slots each: expert 0 in slot 3; expert 1 in slots 0 and 2; slot 1 empty
+    table = torch.tensor([[1, 3, -1], [2, 0, 2]], dtype=torch.int32)
+    dense = torch.tensor([[10.0, 11.0], [20.0, 21.0]])
+    assert slots_from_dense(dense, table, 0, 2, 2).tolist() == [[20.0, 21.0], [0.0, 0.0]]
+    assert slots_from_dense(dense, table, 1, 2, 2).tolist() == [[20.0, 21.0], [10.0, 11.0]]
+    with pytest.raises(ValueError, match=r"dense must be \(E, \.\.\.\) with E = 2"):
+        slots_from_dense(dense[:1], table, 0, 2, 2)

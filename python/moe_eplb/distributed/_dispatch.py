@@ -220,7 +220,9 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
     slots, routes as MoE rank (rank mod M). With n > 0 every token also
     goes, once, to shared-expert rank (rank mod n), arriving with slot -1.
     Raises ValueError (bad argument, or ranks that disagree), IndexError (an
-    id the table cannot map, on any rank), RuntimeError (no process group).
+    id the table cannot map, on any rank; load_counts is then unchanged on
+    the CPU, and on CUDA holds the choices that did map), RuntimeError (no
+    process group). Forward only: no gradient flows through the exchange.
     """
     rank, world_size = _group_ranks("dispatch", group)
     _check_int("dispatch", "shared_expert_rank_num", shared_expert_rank_num, 0, world_size - 1)

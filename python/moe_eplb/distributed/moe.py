@@ -30,6 +30,22 @@ def slot_experts(table, num_slots):
     return experts
 
 
+def slots_from_dense(dense, table, rank, world_size, slots_per_rank):
+    """MoE rank `rank`'s (S, ...) slot tensor from a per-logical-expert
+    (E, ...) tensor: slot s holds dense[e] for the expert e that the table
+    places at physical slot rank * S + s, zeros where no expert is placed."""
+    if not isinstance(dense, torch.Tensor) or dense.dim() < 1 or dense.shape[0] != table.shape[0]:
+        raise ValueError("slots_from_dense(): dense must be (E, ...) with E = %d (the table's "
+                         "rows), got %s" % (table.shape[0], tuple(getattr(dense, "shape", ()))))
+    experts = slot_experts(table.cpu(), world_size * slots_per_rank)
+    out = dense.new_zeros((slots_per_rank,) + tuple(dense.shape[1:]))
+    for slot in range(slots_per_rank):
+        expert = experts[rank * slots_per_rank + slot]
+        if expert >= 0:
+            out[slot] = dense[expert]
+    return out
+
+
 class ExpertParallelMoE(nn.Module):
     """A Mixture-of-Experts layer whose experts are spread over the ranks of a
     process group and replicated as an EPLB table says.
@@ -162,15 +178,11 @@ class ExpertParallelMoE(nn.Module):
                                  % (name, shape, tuple(getattr(value, "shape", ()))
                                     or type(value).__name__))
         rank, world_size = self._moe_rank()
-        experts = slot_experts(self.table().cpu(), world_size * self.slots_per_rank)
+        table = self.table().cpu()
         self.gate.weight.copy_(gate_weight)
         for slot_tensor, dense in zip(self.slot_tensors(), (w_gate, w_up, w_down)):
-            for slot in range(self.slots_per_rank):
-                expert = experts[rank * self.slots_per_rank + slot]
-                if expert < 0:
-                    slot_tensor[slot].zero_()
-                else:
-                    slot_tensor[slot].copy_(dense[expert])
+            slot_tensor.copy_(slots_from_dense(dense, table, rank, world_size,
+                                               self.slots_per_rank))
 
     @classmethod
     def from_dense(cls, gate_weight, w_gate, w_up, w_down, top_k, slots_per_rank, **kwargs):
@@ -195,7 +207,9 @@ class ExpertParallelMoE(nn.Module):
         """Each received row through its slot's SwiGLU FFN: (N, H), (N,) -> (N, H).
         One host read (the rows per slot); then one matmul chain per slot in use."""
         out = torch.zeros_like(recv_hidden)
-        rows_per_slot = torch.bincount(recv_slot, minlength=self.slots_per_rank).tolist()
+        rows_per_slot = torch.zeros(self.slots_per_rank, dtype=torch.int64,
+                                    device=recv_slot.device).scatter_add_(
+            0, recv_slot, torch.ones_like(recv_slot)).tolist()
         order = torch.sort(recv_slot, stable=True).indices
         start = 0
         for slot, count in enumerate(rows_per_slot):
