@@ -203,7 +203,7 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
             device; each of this rank's choices adds 1 at its physical slot
             (recorded by the op itself; int32 goes through an int64 scratch).
         shared_expert_rank_num: n, leading ranks that host the shared expert
-            and no slots (see the module docstring for the routing rules).
+            and no slots (see Ranks below).
 
     Returns:
         recv_hidden: (N, H) the rows routed to this rank, grouped by source
@@ -295,7 +295,7 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
     send_splits = host[:world_size]
     received = [host[world_size + source * _NUM_FIELDS:world_size + (source + 1) * _NUM_FIELDS]
                 for source in range(world_size)]
-    _check_agreement(received, rank, map_error)
+    _check_agreement(received, map_error)
 
     recv_splits = [row[_ROWS] for row in received]
     num_received = sum(recv_splits)
@@ -312,7 +312,7 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
     return recv_hidden, recv_slot, handle
 
 
-def _check_agreement(received, rank, map_error):
+def _check_agreement(received, map_error):
     """Raises on every rank alike from the exchanged headers (one per source rank)."""
     for index, name in enumerate(_AGREED, 2):
         values = [row[index] for row in received]
