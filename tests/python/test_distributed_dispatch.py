@@ -163,10 +163,17 @@ def run_experts(case, rank, recv_hidden, recv_slot):
     return out
 
 
-def check_case(case, rank, group, failures, name, prepared=False, load_dtype=torch.int64):
+def check_case(case, rank, group, failures, name, prepared=False, load_dtype=torch.int64,
+               strided=False):
     """One dispatch -> experts -> combine round on `group` (every member
-    calls it with the same case); appends mismatches to failures."""
+    calls it with the same case); appends mismatches to failures. strided:
+    hidden, topk_ids and topk_weights as non-contiguous views."""
     inputs = case["ranks"][rank]
+    hidden, topk_ids, topk_weights = inputs["hidden"], inputs["topk_ids"], inputs["topk_weights"]
+    if strided:
+        hidden = torch.stack([hidden, -hidden], dim=2)[:, :, 0]
+        topk_ids = topk_ids.t().contiguous().t()
+        topk_weights = topk_weights.t().contiguous().t()
     moe_world_size = case["world_size"] - case["num_shared"]
     num_slots = moe_world_size * case["slots_per_rank"]
     table = case["table"]
@@ -176,7 +183,7 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
                                        num_physical_experts=num_slots)
     load_counts = torch.full((num_slots,), 5, dtype=load_dtype)
     recv_hidden, recv_slot, handle = dispatch(
-        inputs["hidden"], inputs["topk_ids"], table, slots_per_rank=case["slots_per_rank"],
+        hidden, topk_ids, table, slots_per_rank=case["slots_per_rank"],
         balance_mode=case["balance_mode"], group=group, load_counts=load_counts,
         shared_expert_rank_num=case["num_shared"])
     expected_hidden, expected_slot = reference_received(case, rank)
@@ -199,7 +206,7 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
         failures.append("%s: handle.physical_ids %s, expected %s" % (
             context, handle.physical_ids.tolist(), expected_physical.tolist()))
     expert_out = run_experts(case, rank, recv_hidden, recv_slot)
-    out = combine(expert_out, handle, inputs["topk_weights"])
+    out = combine(expert_out, handle, topk_weights)
     expected = reference_output(case, rank)
     if not (out.dtype == torch.float64 and torch.equal(out, expected)):
         failures.append("%s: combine %s, expected %s" % (context, out.tolist(), expected.tolist()))
@@ -220,7 +227,8 @@ def sweep(rank, world_size, group, seed, failures):
                 name = "%d ranks, case %d (mode %d, shared %d, %s, %s)" % (
                     world_size, index, balance_mode, num_shared, tokens, id_dtype)
                 check_case(case, rank, group, failures, name, prepared=index % 3 == 1,
-                           load_dtype=(torch.int64, torch.int32)[index % 4 // 2])
+                           load_dtype=(torch.int64, torch.int32)[index % 4 // 2],
+                           strided=index % 5 == 2)
                 index += 1
     return index
 
