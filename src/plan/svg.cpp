@@ -1,8 +1,10 @@
-// Per-rank load bars as a standalone SVG: one panel per series on a shared
-// scale, so "before" and "after" compare at a glance without a legend.
+// Standalone SVGs. Per-rank load bars: one panel per series on a shared
+// scale, so "before" and "after" compare at a glance without a legend. Time
+// series: panels on a shared x axis, one colour per series in all panels.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <sstream>
 
 #include "moe_eplb/plan/svg.hpp"
@@ -19,6 +21,9 @@ constexpr double kPanelGap = 60;  // panel title above each plot area
 constexpr double kBottom = 44;    // x axis caption
 constexpr const char* kColors[] = {"#9a9a9a", "#e08214", "#2166ac", "#35978f", "#8073ac"};
 constexpr const char* kMaxColor = "#c51b1b";
+// Time-series lines: distinct hues, the first one neutral (a "do nothing" policy).
+constexpr const char* kLineColors[] = {"#9a9a9a", "#e08214", "#8073ac", "#2166ac",
+                                       "#1b7837", "#c51b7d", "#35978f"};
 
 std::string escape(const std::string& text) {
   std::string out;
@@ -172,6 +177,124 @@ std::string balance_svg(const std::string& title, const std::vector<PlotSeries>&
   svg << "<text x=\"" << kLeft + plot_width / 2 << "\" y=\"" << height - 10
       << "\" font-size=\"12.5\" fill=\"#444\" text-anchor=\"middle\">EP rank</text>\n"
       << "</svg>\n";
+  return svg.str();
+}
+
+std::string time_series_svg(const std::string& title, const std::string& x_label,
+                            const std::vector<double>& x, const std::vector<TimePanel>& panels) {
+  constexpr double kLegendRow = 20;
+  std::size_t num_series = 0;
+  for (const TimePanel& panel : panels) num_series = std::max(num_series, panel.series.size());
+  const std::size_t legend_per_row = 4;
+  const double legend_height =
+      kLegendRow * static_cast<double>((num_series + legend_per_row - 1) / legend_per_row);
+  const double plot_width = kWidth - kLeft - kRight;
+  const double first_top = kTop + legend_height;
+  const double height =
+      first_top + static_cast<double>(panels.size()) * (kPanelGap + kPanelHeight) + kBottom;
+
+  double x_min = 0.0, x_max = 1.0;
+  if (!x.empty()) {
+    x_min = *std::min_element(x.begin(), x.end());
+    x_max = *std::max_element(x.begin(), x.end());
+  }
+  if (x_max <= x_min) x_max = x_min + 1.0;
+  const auto x_of = [&](double value) {
+    return kLeft + (value - x_min) / (x_max - x_min) * plot_width;
+  };
+  const auto value_at = [](const TimeSeries& s, std::size_t i) {
+    return i < s.values.size() ? s.values[i] : std::nan("");
+  };
+  const auto color_of = [](std::size_t i) {
+    return kLineColors[i % (sizeof(kLineColors) / sizeof(kLineColors[0]))];
+  };
+
+  std::ostringstream svg;
+  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kWidth << "\" height=\"" << height
+      << "\" viewBox=\"0 0 " << kWidth << ' ' << height
+      << "\" font-family=\"Helvetica, Arial, sans-serif\">\n"
+      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      << "<text x=\"" << kLeft << "\" y=\"30\" font-size=\"19\" font-weight=\"bold\" fill=\"#222\">"
+      << escape(title) << "</text>\n";
+  // Legend: the labels of the panel with the most series.
+  for (const TimePanel& panel : panels) {
+    if (panel.series.size() != num_series) continue;
+    for (std::size_t i = 0; i < num_series; ++i) {
+      const double lx = kLeft + static_cast<double>(i % legend_per_row) * (plot_width / 4);
+      const double ly = 50 + kLegendRow * static_cast<double>(i / legend_per_row);
+      svg << "<line x1=\"" << lx << "\" x2=\"" << lx + 22 << "\" y1=\"" << ly - 4 << "\" y2=\""
+          << ly - 4 << "\" stroke=\"" << color_of(i) << "\" stroke-width=\"3\"/>\n"
+          << "<text x=\"" << lx + 28 << "\" y=\"" << ly << "\" font-size=\"12.5\" fill=\"#222\">"
+          << escape(panel.series[i].label) << "</text>\n";
+    }
+    break;
+  }
+
+  for (std::size_t p = 0; p < panels.size(); ++p) {
+    const TimePanel& panel = panels[p];
+    const double top = first_top + static_cast<double>(p) * (kPanelGap + kPanelHeight) + kPanelGap;
+    const double bottom = top + kPanelHeight;
+    // y range: the values' span, padded; a flat series gets a unit range.
+    double low = std::numeric_limits<double>::infinity(), high = -low;
+    for (const TimeSeries& s : panel.series) {
+      for (double value : s.values) {
+        if (!std::isfinite(value)) continue;
+        low = std::min(low, value);
+        high = std::max(high, value);
+      }
+    }
+    if (!std::isfinite(low)) {
+      low = 0.0;
+      high = 1.0;
+    }
+    if (low >= 0 && low < 0.35 * high) low = 0.0;  // counts: from zero
+    const double span = high > low ? high - low : std::max(1.0, std::abs(high));
+    const double step = nice_step(span * 1.1, 4);
+    const double axis_low = std::floor(low / step) * step;
+    const double axis_high =
+        std::max(axis_low + step, std::ceil((high + span * 0.05) / step) * step);
+    const auto y_of = [&](double value) {
+      return bottom - (value - axis_low) / (axis_high - axis_low) * kPanelHeight;
+    };
+    svg << "<text x=\"" << kLeft << "\" y=\"" << top - 14 << "\" font-size=\"15\" fill=\"#222\">"
+        << escape(panel.title) << "</text>\n";
+    const int decimals = step < 0.01 ? 3 : step < 0.1 ? 2 : step < 1 ? 1 : 0;
+    for (double tick = axis_low; tick <= axis_high + step / 2; tick += step) {
+      const double y = y_of(tick);
+      svg << "<line x1=\"" << kLeft << "\" x2=\"" << kWidth - kRight << "\" y1=\"" << number(y, 2)
+          << "\" y2=\"" << number(y, 2) << "\" stroke=\"" << (tick == axis_low ? "#444" : "#e4e4e4")
+          << "\" stroke-width=\"1\"/>\n"
+          << "<text x=\"" << kLeft - 8 << "\" y=\"" << number(y + 4, 2)
+          << "\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">"
+          << (step >= 1000 ? compact(tick) : number(tick, decimals)) << "</text>\n";
+    }
+    for (std::size_t i = 0; i < panel.series.size(); ++i) {
+      const TimeSeries& s = panel.series[i];
+      std::string points;
+      for (std::size_t t = 0; t < x.size(); ++t) {
+        const double value = value_at(s, t);
+        if (!std::isfinite(value)) continue;
+        points += number(x_of(x[t]), 2) + "," + number(y_of(value), 2) + " ";
+        svg << "<circle cx=\"" << number(x_of(x[t]), 2) << "\" cy=\"" << number(y_of(value), 2)
+            << "\" r=\"2.6\" fill=\"" << color_of(i) << "\"><title>" << escape(s.label) << ", "
+            << number(x[t], 0) << ": " << number(value, 3) << "</title></circle>\n";
+      }
+      if (!points.empty()) {
+        svg << "<polyline fill=\"none\" stroke=\"" << color_of(i)
+            << "\" stroke-width=\"1.8\" stroke-opacity=\"0.85\" points=\"" << points << "\"/>\n";
+      }
+    }
+    // x ticks under every panel, thinned to stay legible.
+    const std::size_t every = std::max<std::size_t>(1, (x.size() + 19) / 20);
+    for (std::size_t t = 0; t < x.size(); t += every) {
+      svg << "<text x=\"" << number(x_of(x[t]), 2) << "\" y=\"" << bottom + 13
+          << "\" font-size=\"10\" fill=\"#777\" text-anchor=\"middle\">" << number(x[t], 0)
+          << "</text>\n";
+    }
+  }
+  svg << "<text x=\"" << kLeft + plot_width / 2 << "\" y=\"" << height - 10
+      << "\" font-size=\"12.5\" fill=\"#444\" text-anchor=\"middle\">" << escape(x_label)
+      << "</text>\n</svg>\n";
   return svg.str();
 }
 

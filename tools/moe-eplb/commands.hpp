@@ -15,5 +15,6 @@ void add_simulate_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_demo_command(CLI::App& app);
 void add_diff_command(CLI::App& app);
+void add_replay_command(CLI::App& app);
 
 }  // namespace moe_eplb::cli

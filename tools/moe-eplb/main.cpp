@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   moe_eplb::cli::add_convert_command(app);
   moe_eplb::cli::add_demo_command(app);
   moe_eplb::cli::add_diff_command(app);
+  moe_eplb::cli::add_replay_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
