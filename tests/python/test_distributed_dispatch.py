@@ -12,6 +12,7 @@ step through the collectives and the test reports all of them.
 import re
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -164,24 +165,25 @@ def run_experts(case, rank, recv_hidden, recv_slot):
 
 
 def check_case(case, rank, group, failures, name, prepared=False, load_dtype=torch.int64,
-               strided=False):
+               strided=False, device="cpu"):
     """One dispatch -> experts -> combine round on `group` (every member
     calls it with the same case); appends mismatches to failures. strided:
     hidden, topk_ids and topk_weights as non-contiguous views."""
     inputs = case["ranks"][rank]
-    hidden, topk_ids, topk_weights = inputs["hidden"], inputs["topk_ids"], inputs["topk_weights"]
+    hidden, topk_ids, topk_weights = (inputs[name].to(device)
+                                      for name in ("hidden", "topk_ids", "topk_weights"))
     if strided:
         hidden = torch.stack([hidden, -hidden], dim=2)[:, :, 0]
         topk_ids = topk_ids.t().contiguous().t()
         topk_weights = topk_weights.t().contiguous().t()
     moe_world_size = case["world_size"] - case["num_shared"]
     num_slots = moe_world_size * case["slots_per_rank"]
-    table = case["table"]
+    table = case["table"].to(device)
     if prepared:
         table = moe_eplb.PreparedTable(table, moe_rank_of(rank, case), moe_world_size,
                                        balance_mode=case["balance_mode"],
                                        num_physical_experts=num_slots)
-    load_counts = torch.full((num_slots,), 5, dtype=load_dtype)
+    load_counts = torch.full((num_slots,), 5, dtype=load_dtype, device=device)
     recv_hidden, recv_slot, handle = dispatch(
         hidden, topk_ids, table, slots_per_rank=case["slots_per_rank"],
         balance_mode=case["balance_mode"], group=group, load_counts=load_counts,
@@ -190,6 +192,10 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
     context = "%s, rank %d" % (name, rank)
     if not isinstance(handle, DispatchHandle) or handle.num_received != len(recv_hidden):
         failures.append("%s: handle %r" % (context, handle))
+    if recv_hidden.device != hidden.device or recv_slot.device != hidden.device:
+        failures.append("%s: outputs on %s and %s" % (context, recv_hidden.device,
+                                                      recv_slot.device))
+    recv_hidden, recv_slot = recv_hidden.cpu(), recv_slot.cpu()
     if not (recv_slot.dtype == torch.int64 and torch.equal(recv_slot, expected_slot)):
         failures.append("%s: recv_slot %s, expected %s" % (context, recv_slot.tolist(),
                                                           expected_slot.tolist()))
@@ -197,16 +203,17 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
         failures.append("%s: recv_hidden %s, expected %s" % (context, recv_hidden.tolist(),
                                                             expected_hidden.tolist()))
     expected_load = reference_load(case, rank) + 5
+    load_counts = load_counts.cpu()
     if load_counts.dtype != load_dtype or not torch.equal(load_counts.long(), expected_load):
         failures.append("%s: load_counts %s, expected %s" % (context, load_counts.tolist(),
                                                             expected_load.tolist()))
     expected_physical = torch.tensor(reference_physical(case, rank), dtype=torch.int64)
-    if not torch.equal(handle.physical_ids.long().reshape(expected_physical.shape),
+    if not torch.equal(handle.physical_ids.cpu().long().reshape(expected_physical.shape),
                        expected_physical):
         failures.append("%s: handle.physical_ids %s, expected %s" % (
             context, handle.physical_ids.tolist(), expected_physical.tolist()))
-    expert_out = run_experts(case, rank, recv_hidden, recv_slot)
-    out = combine(expert_out, handle, topk_weights)
+    expert_out = run_experts(case, rank, recv_hidden, recv_slot).to(device)
+    out = combine(expert_out, handle, topk_weights).cpu()
     expected = reference_output(case, rank)
     if not (out.dtype == torch.float64 and torch.equal(out, expected)):
         failures.append("%s: combine %s, expected %s" % (context, out.tolist(), expected.tolist()))
@@ -419,3 +426,43 @@ def test_dispatch_combine_equal_dense_reference_on_2_3_and_4_ranks(rng):
     failures = [failure for _, rank_failures in results for failure in rank_failures]
     assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures[:20]))
     assert [num_cases for num_cases, _ in results] == [13 + 19 + 19, 13 + 19 + 19, 19 + 19, 19]
+
+
+def rank_main_cuda(rank, world_size, seed):
+    """World size 1 on NCCL (a group beside the harness's gloo one), CUDA
+    tensors: the same cases, the counted bad id, a float32 round."""
+    nccl = dist.new_group([0], backend="nccl")
+    failures, index = [], 0
+    for balance_mode in (0, 1):
+        for tokens in ("random", "all_empty"):
+            for id_dtype in (torch.int32, torch.int64):
+                case = make_case(seed + index, 1, 0, balance_mode, id_dtype, tokens)
+                check_case(case, 0, nccl, failures, "cuda case %d" % index, device="cuda",
+                           prepared=index % 2 == 1,
+                           load_dtype=(torch.int64, torch.int32)[index % 4 // 2])
+                index += 1
+    table = torch.tensor([[1, 0]], dtype=torch.int32, device="cuda")
+    try:  # an id outside [0, E): on CUDA the op counts it, and dispatch raises after the header
+        dispatch(torch.zeros(2, 1, device="cuda"), torch.tensor([[0], [1]], device="cuda"),
+                 table, slots_per_rank=1, group=nccl)
+        failures.append("cuda bad id: no error")
+    except IndexError as error:
+        if "rank(s) [0] had topk_ids elements the table cannot map" not in str(error):
+            failures.append("cuda bad id: %s" % error)
+    recv_hidden, recv_slot, handle = dispatch(
+        torch.ones(3, 2, device="cuda"), torch.zeros(3, 2, dtype=torch.int64, device="cuda"),
+        table, slots_per_rank=1, group=nccl)
+    out = combine(recv_hidden * 2, handle, torch.full((3, 2), 0.25, device="cuda"))
+    if out.dtype != torch.float32 or out.device.type != "cuda" or out.tolist() != [[1.0] * 2] * 3:
+        failures.append("cuda float32 round: %s" % out)
+    return index, failures
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not moe_eplb.with_cuda
+                    or not dist.is_nccl_available(), reason="needs CUDA, NCCL and a CUDA build")
+def test_dispatch_combine_on_cuda_nccl_world_size_1(rng):
+    seed = int(rng.integers(2**31))
+    [(num_cases, failures)] = expect_all_ok(run_ranks(rank_main_cuda, 1, args=(seed,),
+                                                      timeout_s=120))
+    assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures[:20]))
+    assert num_cases == 8
