@@ -466,3 +466,11 @@ def test_dispatch_combine_on_cuda_nccl_world_size_1(rng):
                                                       timeout_s=120))
     assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures[:20]))
     assert num_cases == 8
+
+
+@pytest.mark.skipif(dist.is_initialized(), reason="this process already has a process group")
+def test_dispatch_without_a_process_group_raises():
+    # A single process that never called init_process_group: a clear error, not torch's.
+    with pytest.raises(RuntimeError, match=r"^dispatch\(\): torch.distributed is not initialized"):
+        dispatch(torch.zeros(1, 2), torch.zeros(1, 1, dtype=torch.int64),
+                 torch.tensor([[1, 0]], dtype=torch.int32), slots_per_rank=1)
