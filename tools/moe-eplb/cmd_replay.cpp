@@ -54,6 +54,7 @@ struct ReplayOptions {
 struct Windows {
   std::vector<ExpertLoad> loads;
   std::string source;  // for the header: where they came from
+  std::string label;   // a short form, for the plot's title
 };
 
 std::string shape_of(const ExpertLoad& load) {
@@ -91,6 +92,7 @@ Windows read_windows(ReplayOptions& options) {
     windows.loads = generate_windows(spec, 0, options.num_windows);
     windows.source = "scenario " + spec.name + " (" + spec.description + "), " +
                      std::to_string(spec.tokens_per_rank) + " tokens per rank per window";
+    windows.label = spec.name;
     return windows;
   }
   MOE_EPLB_CHECK(options.world_size >= 1, kReplay,
@@ -126,6 +128,7 @@ Windows read_windows(ReplayOptions& options) {
                    "; every window must have the same shape");
   }
   windows.source = std::to_string(paths.size()) + (traces ? " routing traces" : " load files");
+  windows.label = windows.source;
   return windows;
 }
 
@@ -307,8 +310,12 @@ void run_replay(ReplayOptions options) {
       balance.series.push_back({policy.name, policy.balance});
       moves.series.push_back({policy.name, policy.slots_changed});
     }
-    write_text(options.svg_path, time_series_svg("Replay: " + windows.source, "scored window",
-                                                 scored_windows, {balance, moves}));
+    write_text(
+        options.svg_path,
+        time_series_svg("Replay of " + std::to_string(num_windows) + " windows: " + windows.label,
+                        "scored window (rebalance every " + std::to_string(options.every) +
+                            " window(s) on the last " + std::to_string(options.history) + ")",
+                        scored_windows, {balance, moves}));
   }
 
   if (options.json) {
