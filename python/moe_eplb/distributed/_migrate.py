@@ -49,10 +49,10 @@ rounds: batch_isend_irecv rounds the staging budget needed (the same on every
 rank)."""
 
 # Rounds put at most this many slots in flight per rank by default.
-kDefaultMessagesPerRound = 8
+_DEFAULT_MESSAGES_PER_ROUND = 8
 # Each tensor's bytes start at a multiple of this within a packed message, so
 # that the bytes can be viewed as any dtype (complex128 is 16 bytes).
-kAlignment = 16
+_ALIGNMENT = 16
 # The arguments in the order they are checked; a verdict is 1 + the index of
 # the first bad one (0: all good).
 _ARGUMENTS = ("group", "slots_per_rank", "ranks_per_node", "staging_bytes", "slot_tensors",
@@ -168,7 +168,9 @@ def _check_arguments(slot_tensors, old_table, new_table, slots_per_rank, ranks_p
         raise _BadArgument("staging_bytes", "expected None or an int >= 1, got %r"
                            % (staging_bytes,))
     layout = _check_slot_tensors(slot_tensors, slots_per_rank, device)
-    budget = kDefaultMessagesPerRound * layout.slot_bytes if staging_bytes is None else staging_bytes
+    budget = staging_bytes
+    if budget is None:
+        budget = _DEFAULT_MESSAGES_PER_ROUND * layout.slot_bytes
     if budget < layout.slot_bytes:
         raise _BadArgument("staging_bytes", "expected at least one slot's bytes (%d, the sum over "
                            "slot_tensors), got %d" % (layout.slot_bytes, budget))
@@ -220,7 +222,7 @@ def _check_slot_tensors(slot_tensors, slots_per_rank, device):
         size = (tensor.numel() // slots_per_rank) * tensor.element_size()
         offsets.append(record_bytes)
         sizes.append(size)
-        record_bytes += -(-size // kAlignment) * kAlignment
+        record_bytes += -(-size // _ALIGNMENT) * _ALIGNMENT
     return _Layout(offsets, sizes, record_bytes, sum(sizes))
 
 

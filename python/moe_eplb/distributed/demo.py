@@ -1,0 +1,387 @@
+"""The online demo: expert-parallel MoE layers on gloo ranks, rebalanced as traffic drifts.
+
+    python -m moe_eplb.distributed.demo [--world-size 4] [--steps 48] [--svg PATH]
+
+Each of W CPU processes runs a small model of L ExpertParallelMoE layers
+(residual stream, float64) on an EplbRuntime. Every step each rank draws its
+own batch from traffic whose hot experts drift over time and differ by
+source rank; the runtime records the load, replans every few windows and
+moves the experts' weights between ranks while the model keeps running.
+Every step, every rank also runs the same tokens through a dense
+single-process copy of the model and compares.
+
+It prints the max/mean per-rank load of every window (what the ranks
+actually received), each rebalance's predicted max/mean before and after on
+the last window, the experts and bytes moved, whether the output equalled
+the dense reference at every step, and writes an SVG of max/mean per step.
+"""
+import argparse
+import datetime
+import math
+import os
+import socket
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------- traffic
+
+
+def orthogonal_gate(num_experts, hidden_size, seed, scale=2.0):
+    """(E, H) gate weights with orthogonal rows of norm `scale` (H >= E), so
+    that a token along row e's direction routes to expert e first."""
+    generator = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(hidden_size, hidden_size, generator=generator,
+                                           dtype=torch.float64))
+    return scale * basis[:, :num_experts].t().contiguous()
+
+
+def drifting_batch(gate_weight, step, rank, world_size, num_tokens, generator, *, period=32.0,
+                   spread=1.0, strength=6.0, noise=0.3):
+    """(num_tokens, H) float64 tokens of source `rank` at `step`.
+
+    Each token picks a topic expert from a distribution centred on
+    (step / period + rank / world_size) * E / 2 (mod E), so the hot experts
+    drift with time and differ by source rank (which rank mode routes on),
+    with a discretised Gaussian of width `spread` experts around the centre;
+    the token is strength * (gate row of the topic) / |row|^2 plus Gaussian
+    noise: its gate logit for the topic is `strength`, the others are noise,
+    so the gate ranks the topic first and the noise picks the other choices.
+    """
+    num_experts, hidden_size = gate_weight.shape
+    if num_tokens == 0:
+        return torch.zeros((0, hidden_size), dtype=torch.float64)
+    centre = (step / period + rank / world_size) * num_experts / 2.0
+    distance = (torch.arange(num_experts, dtype=torch.float64) - centre) % num_experts
+    distance = torch.minimum(distance, num_experts - distance)
+    weights = torch.exp(-0.5 * (distance / spread) ** 2)
+    topics = torch.multinomial(weights, num_tokens, replacement=True, generator=generator)
+    rows = gate_weight[topics]
+    direction = rows / (rows * rows).sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return strength * direction + noise * torch.randn(
+        num_tokens, hidden_size, generator=generator, dtype=torch.float64)
+
+
+def dense_moe(hidden, gate_weight, w_gate, w_up, w_down, top_k):
+    """One MoE layer on one process (float64): softmax of the gate, top-k,
+    renormalised weights, sum over k of weight * SwiGLU_e(x), in k order."""
+    probabilities = torch.softmax(F.linear(hidden, gate_weight), dim=-1)
+    weights, ids = torch.topk(probabilities, top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    out = torch.zeros_like(hidden)
+    for k in range(top_k):
+        expert = ids[:, k]
+        x = hidden.unsqueeze(1)
+        y = (F.silu(x @ w_gate[expert]) * (x @ w_up[expert])) @ w_down[expert]
+        out += weights[:, k:k + 1] * y.squeeze(1)
+    return out
+
+
+# ---------------------------------------------------------------- the model
+
+
+def dense_layers(num_layers, num_experts, hidden_size, intermediate_size, seed):
+    """Per layer (gate (E, H), w_gate (E, H, I), w_up (E, H, I), w_down (E, I, H)),
+    float64, the same in every process. The gates share one orthogonal set of
+    rows, each layer after the first in its own order, so a token's topic
+    picks a different expert in every layer (and the load drifts in each)."""
+    generator = torch.Generator().manual_seed(seed)
+    basis = orthogonal_gate(num_experts, hidden_size, seed)
+    layers = []
+    for layer in range(num_layers):
+        gate = basis if layer == 0 else basis[torch.randperm(num_experts, generator=generator)]
+        shape = (num_experts, hidden_size, intermediate_size)
+        layers.append((gate,
+                       0.3 * torch.randn(shape, generator=generator, dtype=torch.float64),
+                       0.3 * torch.randn(shape, generator=generator, dtype=torch.float64),
+                       0.3 * torch.randn((num_experts, intermediate_size, hidden_size),
+                                         generator=generator, dtype=torch.float64)))
+    return layers
+
+
+def run_model(layers, hidden):
+    """The residual model: h <- h + layer(h), for every layer."""
+    for layer in layers:
+        hidden = hidden + layer(hidden)
+    return hidden
+
+
+def run_dense(dense, hidden, top_k):
+    for weights in dense:
+        hidden = hidden + dense_moe(hidden, *weights, top_k)
+    return hidden
+
+
+# ---------------------------------------------------------------- one rank
+
+
+def rank_main(rank, world_size, port, options, results):
+    """One rank of the demo: returns (through `results`) rank 0's log."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    try:
+        results.put((rank, run_rank(rank, world_size, options)))
+    except BaseException as error:
+        results.put((rank, "rank %d failed: %s: %s" % (rank, type(error).__name__, error)))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def run_rank(rank, world_size, options):
+    from moe_eplb.distributed import EplbRuntime, ExpertParallelMoE
+
+    dense = dense_layers(options.layers, options.experts, options.hidden, options.intermediate,
+                         options.seed)
+    runtime = EplbRuntime(options.layers, options.experts, options.slots_per_rank,
+                          balance_mode=options.balance_mode, window_steps=options.window_steps,
+                          num_windows=options.num_windows,
+                          rebalance_every=options.rebalance_every,
+                          layers_per_step=options.layers_per_step,
+                          ranks_per_node=options.ranks_per_node)
+    layers = [ExpertParallelMoE.from_dense(*weights, options.top_k, options.slots_per_rank,
+                                           runtime=runtime, layer=idx)
+              for idx, weights in enumerate(dense)]
+    generator = torch.Generator().manual_seed(options.seed * 7919 + rank)
+    counts = []  # rows this rank received in each layer of the current step
+    for layer in layers:
+        _count_received(layer, counts)
+    step_loads = []      # (steps, L, W) rows each rank received, per layer
+    step_seconds = []
+    all_equal = True
+    for step in range(options.steps):
+        num_tokens = options.tokens
+        if rank == world_size - 1 and step % 5 == 4:
+            num_tokens = 0  # a rank with no tokens now and then
+        hidden = drifting_batch(dense[0][0], step, rank, world_size, num_tokens, generator,
+                                period=options.period)
+        counts.clear()
+        started = time.perf_counter()
+        out = run_model(layers, hidden)
+        runtime.step()
+        step_seconds.append(time.perf_counter() - started)
+        expected = run_dense(dense, hidden, options.top_k)
+        all_equal &= bool(torch.allclose(out, expected, rtol=1e-9, atol=1e-9))
+        gathered = [torch.zeros(len(layers), dtype=torch.int64) for _ in range(world_size)]
+        dist.all_gather(gathered, torch.tensor(counts, dtype=torch.int64))
+        step_loads.append(torch.stack(gathered, dim=1))
+    flags = torch.tensor([1 if all_equal else 0])
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    if rank != 0:
+        return None
+    return dict(loads=torch.stack(step_loads).tolist(), seconds=step_seconds,
+                equal=bool(flags.item()), rebalances=[vars(r) for r in runtime.rebalances],
+                num_columns=runtime.num_columns)
+
+
+def _count_received(layer, counts):
+    """Appends to `counts` how many rows `layer` receives on this rank in
+    each forward (the rank's load), through a wrapper on its experts()."""
+    original = layer.experts
+
+    def counting(recv_hidden, recv_slot):
+        counts.append(int(recv_hidden.shape[0]))
+        return original(recv_hidden, recv_slot)
+
+    layer.experts = counting
+
+
+# ---------------------------------------------------------------- report
+
+
+def max_over_mean(loads):
+    mean = sum(loads) / len(loads)
+    return max(loads) / mean if mean > 0 else 1.0
+
+
+def report(log, options, out=sys.stdout):
+    """Prints the per-window balance, the rebalances and the verdict; returns
+    per step, per layer max/mean."""
+    loads = log["loads"]  # (steps, L, W)
+    steps, num_layers = len(loads), len(loads[0])
+    per_step = [[max_over_mean(loads[s][layer]) for layer in range(num_layers)]
+                for s in range(steps)]
+    window = options.window_steps
+    print("online EPLB: %d gloo ranks, %d MoE layers, %d experts top-%d, %d slots per rank, "
+          "%d tokens per rank per step, %s mode" % (
+              options.world_size, num_layers, options.experts, options.top_k,
+              options.slots_per_rank, options.tokens,
+              "rank" if options.balance_mode == 0 else "token"), file=out)
+    print("rebalance every %d steps on the last %d windows of %d steps, %d layer(s) moved per "
+          "step" % (options.rebalance_every, options.num_windows, window,
+                    options.layers_per_step), file=out)
+    rebalances = {r["step"]: r for r in log["rebalances"]}
+    switched = {}
+    for record in log["rebalances"]:
+        if record["done_step"] is not None:
+            switched.setdefault(record["done_step"], []).append(record)
+    print("\nwindow  steps    max/mean per layer (measured: rows each rank received)", file=out)
+    for start in range(0, steps, window):
+        end = min(start + window, steps)
+        totals = [[sum(loads[s][layer][r] for s in range(start, end))
+                   for r in range(options.world_size)] for layer in range(num_layers)]
+        ratios = "  ".join("%.3f" % max_over_mean(t) for t in totals)
+        print("%6d  %3d-%-3d  %s" % (start // window, start + 1, end, ratios), file=out)
+        for step in range(start + 1, end + 1):
+            record = rebalances.get(step)
+            if record is not None:
+                print("        rebalance at step %d: predicted on the last window, per layer: "
+                      "%s; layers %s change, %s experts and %s bytes to move" % (
+                          step, ", ".join("%.3f -> %.3f" % pair for pair in zip(
+                              record["max_over_mean_before"], record["max_over_mean_after"])),
+                          record["layers"] or "none", sum(record["experts_moved"]),
+                          sum(record["bytes_moved"])), file=out)
+            for record in switched.get(step, []):
+                if record["layers"]:
+                    print("        step %d: the last layer of the rebalance at step %d switched "
+                          "(weights and table, every rank)" % (step, record["step"]), file=out)
+    moved = sum(sum(r["experts_moved"]) for r in log["rebalances"])
+    moved_bytes = sum(sum(r["bytes_moved"]) for r in log["rebalances"])
+    effective = sum(1 for r in log["rebalances"] if r["layers"])
+    seconds = sorted(log["seconds"])
+    print("\n%d rebalances (%d with moves), %d experts and %d bytes moved in all" % (
+        len(log["rebalances"]), effective, moved, moved_bytes), file=out)
+    print("median step %.1f ms, slowest %.1f ms (steps that migrate a layer)" % (
+        1e3 * seconds[len(seconds) // 2], 1e3 * seconds[-1]), file=out)
+    first = [sum(row) / num_layers for row in per_step[:window]]
+    last = [sum(row) / num_layers for row in per_step[-window:]]
+    print("max/mean per step, mean over layers: first window %.3f, last window %.3f" % (
+        sum(first) / len(first), sum(last) / len(last)), file=out)
+    print("output equals the dense reference: %s" % ("yes" if log["equal"] else "no"), file=out)
+    return per_step
+
+
+def balance_svg(per_step, rebalances, title):
+    """An SVG line chart of max/mean per step, one line per layer, with a
+    dashed line at each rebalance and a dotted one where it finished."""
+    width, height, left, right, top, bottom = 720, 300, 56, 16, 36, 40
+    steps = len(per_step)
+    num_layers = len(per_step[0])
+    top_value = max(1.5, math.ceil(max(max(row) for row in per_step) * 4) / 4)
+
+    def x(step):
+        return left + (width - left - right) * step / max(steps - 1, 1)
+
+    def y(value):
+        return top + (height - top - bottom) * (top_value - value) / (top_value - 1.0)
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+             'font-family="sans-serif" font-size="12">' % (width, height),
+             '<rect width="100%" height="100%" fill="white"/>',
+             '<text x="%d" y="20" font-size="14">%s</text>' % (left, _escape(title))]
+    value = 1.0
+    while value <= top_value + 1e-9:
+        parts.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/>'
+                     % (left, width - right, y(value), y(value)))
+        parts.append('<text x="%d" y="%.1f" text-anchor="end">%.2f</text>'
+                     % (left - 6, y(value) + 4, value))
+        value += 0.25
+    for record in rebalances:
+        parts.append('<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#888" '
+                     'stroke-dasharray="4,3"/>' % (x(record["step"] - 1), x(record["step"] - 1),
+                                                    top, height - bottom))
+        if record["done_step"] is not None and record["layers"]:
+            parts.append('<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#888" '
+                         'stroke-dasharray="1,3"/>' % (x(record["done_step"] - 1),
+                                                        x(record["done_step"] - 1), top,
+                                                        height - bottom))
+    for layer in range(num_layers):
+        points = " ".join("%.1f,%.1f" % (x(s), y(row[layer])) for s, row in enumerate(per_step))
+        color = colors[layer % len(colors)]
+        parts.append('<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>'
+                     % (color, points))
+        parts.append('<text x="%d" y="%d" fill="%s">layer %d</text>'
+                     % (left + 70 * layer, height - 8, color, layer))
+    parts.append('<text x="%d" y="%d" text-anchor="end">step (dashed: rebalance planned; '
+                 'dotted: last layer switched)</text>' % (width - right, height - 8))
+    parts.append('<text x="12" y="%d" transform="rotate(-90 12 %d)" text-anchor="middle">'
+                 'max/mean rank load</text>' % (height // 2, height // 2))
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--world-size", type=int, default=4, help="gloo ranks (processes)")
+    add("--ranks-per-node", type=int, default=2, help="ranks per node (0: one node)")
+    add("--layers", type=int, default=2)
+    add("--experts", type=int, default=16)
+    add("--slots-per-rank", type=int, default=5)
+    add("--top-k", type=int, default=2)
+    add("--hidden", type=int, default=16)
+    add("--intermediate", type=int, default=8)
+    add("--tokens", type=int, default=128, help="tokens per rank per step")
+    add("--steps", type=int, default=48)
+    add("--window-steps", type=int, default=4)
+    add("--num-windows", type=int, default=2)
+    add("--rebalance-every", type=int, default=8)
+    add("--layers-per-step", type=int, default=1)
+    add("--balance-mode", type=int, default=0, choices=(0, 1))
+    add("--period", type=float, default=160.0, help="steps for the hot experts to drift by E/2")
+    add("--seed", type=int, default=1)
+    add("--svg", default="moe-eplb-online.svg", help="where to write the SVG ('' for none)")
+    return parser.parse_args(argv)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(argv=None):
+    options = parse_args(argv)
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    processes = [context.Process(target=rank_main, args=(rank, options.world_size, port, options,
+                                                         results))
+                 for rank in range(options.world_size)]
+    for process in processes:
+        process.start()
+    logs = {}
+    deadline = time.monotonic() + 600
+    while len(logs) < options.world_size and time.monotonic() < deadline:
+        try:
+            rank, value = results.get(timeout=1.0)
+        except Exception:
+            if not any(process.is_alive() for process in processes):
+                break
+            continue
+        logs[rank] = value
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+    failures = [value for value in logs.values() if isinstance(value, str)]
+    if failures or 0 not in logs:
+        print("\n".join(failures) or "the demo's ranks did not finish", file=sys.stderr)
+        return 1
+    log = logs[0]
+    per_step = report(log, options)
+    if options.svg:
+        with open(options.svg, "w") as svg:
+            svg.write(balance_svg(per_step, log["rebalances"],
+                                  "online EPLB: max/mean rank load per step, %d ranks"
+                                  % options.world_size))
+        print("wrote %s" % options.svg)
+    return 0 if log["equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
