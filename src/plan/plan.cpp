@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/table.hpp"
 #include "planners.hpp"
 
@@ -89,6 +90,10 @@ void check_migration_options(const ExpertLoad& load, const PlanOptions& options)
                    ": max_moves and move_cost need the previous table (--previous)");
     return;
   }
+  MOE_EPLB_CHECK(
+      options.algorithm == PlanAlgorithm::kRuleAware ||
+          (options.max_moves == -1 && options.move_cost == 0.0),
+      kPlan, ": max_moves and move_cost are only honoured by the moe-eplb (rule-aware) algorithm");
   const LayeredTable& previous = *options.previous;
   MOE_EPLB_CHECK(previous.num_layers == load.num_layers && previous.num_experts == load.num_experts,
                  kPlan, ": previous table has ", previous.num_layers, " layers of ",
@@ -222,6 +227,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
   layers.reserve(static_cast<std::size_t>(input.num_layers));
   for (std::int64_t layer_idx = 0; layer_idx < input.num_layers; ++layer_idx) {
     request.counts = input.layer(layer_idx);
+    request.layer_idx = layer_idx;
     request.windows.clear();
     for (const ExpertLoad& window : window_input)
       request.windows.push_back(window.layer(layer_idx));
@@ -250,7 +256,19 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
                      " ", replicas.size(), " replicas; use num_columns 0 (fit)");
     }
   }
-  return make_layered_table(layers, options.num_columns);
+  LayeredTable table = make_layered_table(layers, options.num_columns);
+  if (report != nullptr && options.previous != nullptr) {
+    TopologyOptions topology;
+    topology.world_size = options.world_size;
+    topology.slots_per_rank = options.slots_per_rank;
+    topology.ranks_per_node = options.ranks_per_node;
+    for (std::int64_t layer_idx = 0; layer_idx < table.num_layers; ++layer_idx) {
+      report->layers[static_cast<std::size_t>(layer_idx)].slots_changed =
+          diff_tables(options.previous->layer(layer_idx), table.layer(layer_idx), topology)
+              .slots_changed;
+    }
+  }
+  return table;
 }
 
 }  // namespace moe_eplb

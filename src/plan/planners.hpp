@@ -25,6 +25,7 @@ struct LayerRequest {
   std::vector<const double*> windows;
   // The table in force for this layer (num_experts rows), or data == nullptr.
   TableView previous;
+  std::int64_t layer_idx = 0;   // for messages
   std::int64_t max_moves = -1;  // -1 = no cap
   double move_cost = 0.0;
 };

@@ -92,6 +92,7 @@ class RankPacker {
         slots_per_rank_(request.slots_per_rank),
         rank_replicas_(static_cast<std::size_t>(request.world_size)),
         rank_load_(static_cast<std::size_t>(request.world_size)),
+        rank_cost_(static_cast<std::size_t>(request.world_size), 0.0),
         holds_(static_cast<std::size_t>(request.num_experts * request.world_size), 0) {
     double total = 0.0;
     for (std::int64_t e = 0; e < request.num_experts; ++e) {
@@ -147,7 +148,7 @@ class RankPacker {
   double locality(std::int64_t item, std::int64_t rank) const {
     return locality_[item * world_size_ + rank];
   }
-  double rank_cost(std::int64_t rank) const { return cost(rank_load_[rank]); }
+  double rank_cost(std::int64_t rank) const { return rank_cost_[rank]; }
   // The rank's cost with `added` replicas' load added and `removed`'s taken.
   double cost_after(std::int64_t rank, const Load& added, const Load& removed) const {
     return cost(rank_load_[rank].mean + added.mean - removed.mean,
@@ -200,10 +201,12 @@ class RankPacker {
   std::vector<std::int64_t> rank_of_;
   std::vector<std::vector<std::int64_t>> rank_replicas_;
   std::vector<Load> rank_load_;
+  std::vector<double> rank_cost_;    // cost(rank_load_), kept in step
   std::vector<std::uint8_t> holds_;  // (expert, rank)
   std::vector<double> locality_;     // (replica, rank): traffic kept local there
   double total_load_ = 0.0;
   double epsilon_ = 0.0;
+  mutable std::vector<double> light_means_;  // best_swap() scratch
 };
 
 void RankPacker::put(std::int64_t item, std::int64_t rank) {
@@ -211,6 +214,7 @@ void RankPacker::put(std::int64_t item, std::int64_t rank) {
   rank_replicas_[rank].push_back(item);
   rank_load_[rank].mean += replicas_[item].load.mean;
   rank_load_[rank].variance += replicas_[item].load.variance;
+  rank_cost_[rank] = cost(rank_load_[rank]);
   holds_[replicas_[item].expert * world_size_ + rank] = 1;
 }
 
@@ -220,6 +224,7 @@ void RankPacker::take(std::int64_t item) {
   list.erase(std::find(list.begin(), list.end(), item));
   rank_load_[rank].mean -= replicas_[item].load.mean;
   rank_load_[rank].variance -= replicas_[item].load.variance;
+  rank_cost_[rank] = cost(rank_load_[rank]);
   holds_[replicas_[item].expert * world_size_ + rank] = 0;
   rank_of_[item] = -1;
 }
@@ -236,6 +241,10 @@ void RankPacker::pack_greedy() {
     double best_cost = 0.0, best_locality = 0.0;
     for (std::int64_t rank = 0; rank < world_size_; ++rank) {
       if (slots_free(rank) == 0 || holds(rank, replicas_[item].expert)) continue;
+      // The mean alone bounds the cost from below.
+      if (best >= 0 && rank_load_[rank].mean + replicas_[item].load.mean > best_cost + epsilon_) {
+        continue;
+      }
       const double after = cost_after(rank, replicas_[item].load, none);
       if (best >= 0 && after > best_cost + epsilon_) continue;
       const double local = locality(item, rank);
@@ -289,11 +298,25 @@ void RankPacker::place_by_moving(std::int64_t item) {
 std::pair<std::int64_t, std::int64_t> RankPacker::best_swap(std::int64_t heavy, std::int64_t light,
                                                             double& bound) const {
   std::pair<std::int64_t, std::int64_t> best{-1, -1};
+  // Costs are mean + a non-negative noise term, so the new means bound the
+  // new costs from below: a pair must move a mean in (low, high), and most
+  // pairs are ruled out on their means alone.
+  const double heavy_mean = rank_load_[heavy].mean, light_mean = rank_load_[light].mean;
+  const std::vector<std::int64_t>& light_items = rank_replicas_[light];
+  light_means_.resize(light_items.size());
+  for (std::size_t i = 0; i < light_items.size(); ++i) {
+    light_means_[i] = replicas_[light_items[i]].load.mean;
+  }
   for (std::int64_t x : rank_replicas_[heavy]) {
     const Load& load_x = replicas_[x].load;
-    for (std::int64_t y : rank_replicas_[light]) {
+    for (std::size_t i = 0; i < light_items.size(); ++i) {
+      const double moved = load_x.mean - light_means_[i];
+      if (light_mean + moved >= bound - epsilon_ || heavy_mean - moved >= bound - epsilon_) {
+        continue;
+      }
+      const std::int64_t y = light_items[i];
       const Load& load_y = replicas_[y].load;
-      if (load_x.mean - load_y.mean <= epsilon_ && load_x.variance <= load_y.variance) continue;
+      if (moved <= epsilon_ && load_x.variance <= load_y.variance) continue;
       const double costlier =
           std::max(cost_after(heavy, load_y, load_x), cost_after(light, load_x, load_y));
       if (costlier < bound - epsilon_ && can_swap(x, heavy, y, light)) {
@@ -313,10 +336,15 @@ bool RankPacker::lower_heaviest_rank() {
     const std::int64_t heavy = costliest_rank();
     double bound = rank_cost(heavy);
     std::pair<std::int64_t, std::int64_t> best{-1, -1};
-    for (std::int64_t light = 0; light < world_size_; ++light) {
-      if (light == heavy) continue;
-      const auto candidate = best_swap(heavy, light, bound);
-      if (candidate.first >= 0) best = candidate;
+    // Ranks below the mean first (they leave the most room); the others
+    // only when none of those has a swap.
+    const double mean = mean_cost();
+    for (int pass = 0; pass < 2 && best.first < 0; ++pass) {
+      for (std::int64_t light = 0; light < world_size_; ++light) {
+        if (light == heavy || (rank_cost(light) < mean) != (pass == 0)) continue;
+        const auto candidate = best_swap(heavy, light, bound);
+        if (candidate.first >= 0) best = candidate;
+      }
     }
     if (best.first < 0) break;
     swap(best.first, best.second);
@@ -327,10 +355,14 @@ bool RankPacker::lower_heaviest_rank() {
 
 bool RankPacker::narrow_pairs() {
   bool improved = false;
+  // Only pairs across the mean: narrowing two ranks on one side of it does
+  // not bring any rank closer to the mean.
+  const double mean = mean_cost();
   for (std::int64_t a = 0; a < world_size_; ++a) {
     for (std::int64_t b = a + 1; b < world_size_; ++b) {
       const std::int64_t heavy = rank_cost(a) >= rank_cost(b) ? a : b;
       const std::int64_t light = heavy == a ? b : a;
+      if (rank_cost(heavy) <= mean || rank_cost(light) >= mean) continue;
       double bound = rank_cost(heavy);
       const auto best = best_swap(heavy, light, bound);
       if (best.first < 0) continue;
@@ -358,6 +390,8 @@ void RankPacker::improve_locality() {
         const double low = std::min(cost_x, cost_y) - epsilon_;
         const double high = std::max(cost_x, cost_y) + epsilon_;
         const double gain_x = locality(x, rank_y) - locality(x, rank_x);
+        // A swap where x gains nothing is found from y's side, if it helps.
+        if (gain_x <= 0.0) continue;
         for (std::int64_t y : rank_replicas_[rank_y]) {
           const double gain = gain_x + locality(y, rank_x) - locality(y, rank_y);
           if (gain <= best_gain || !can_swap(x, rank_x, y, rank_y)) continue;
@@ -400,12 +434,17 @@ ReplicaSlots RankPacker::slots() const {
   return slots;
 }
 
+// Packs closer than this to the mean cost are done (sampling noise is larger).
+constexpr double kTight = 1.0005;
+
 RankPacker pack(const LayerRequest& request, const ShareModel& shares,
                 std::vector<std::int64_t> counts) {
   RankPacker packer(request, shares, std::move(counts));
   packer.pack_greedy();
   for (int round = 0; round < 8; ++round) {
     const bool lowered = packer.lower_heaviest_rank();
+    // Within kTight of the mean, narrowing pairs can no longer matter.
+    if (packer.max_cost() <= kTight * packer.mean_cost()) break;
     if (!packer.narrow_pairs() && !lowered) break;
   }
   return packer;
@@ -448,7 +487,11 @@ void try_every_split(const LayerRequest& request, const ShareModel& shares,
   if (experts_left == 0) {
     if (slots_left != 0) return;
     RankPacker candidate = pack(request, shares, counts);
-    if (candidate.better_than(best)) best = std::move(candidate);
+    // Few splits: compare by the expected busiest rank itself.
+    if (forecast_balance(candidate.rank_loads()).expected <
+        forecast_balance(best.rank_loads()).expected - 1e-9) {
+      best = std::move(candidate);
+    }
     return;
   }
   for (std::int64_t count : ladder.counts()) {
@@ -572,14 +615,18 @@ ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* repor
   RankPacker packer = refine_counts(request, shares, ladder,
                                     pack(request, shares, choose_counts(request, shares, ladder)));
   packer.improve_locality();
+  Placement placement{packer.slots(), packer.rank_loads()};
+  if (request.previous.data != nullptr) {
+    placement = replan(request, shares, ladder, std::move(placement));
+  }
   if (report != nullptr) {
     report->persistence = forecast.persistence;
-    const BalanceForecast balance = forecast_balance(packer.rank_loads());
+    const BalanceForecast balance = forecast_balance(placement.rank_loads);
     report->predicted_max_over_mean = balance.expected;
     report->predicted_low = balance.low;
     report->predicted_high = balance.high;
   }
-  return packer.slots();
+  return std::move(placement.slots);
 }
 
 }  // namespace moe_eplb::plan_detail

@@ -161,6 +161,9 @@ class CountLadder {
     const auto it = std::lower_bound(counts_.begin(), counts_.end(), count);
     return it == counts_.begin() ? 0 : *(it - 1);
   }
+  bool allows(std::int64_t count) const {
+    return std::binary_search(counts_.begin(), counts_.end(), count);
+  }
   const std::vector<std::int64_t>& counts() const { return counts_; }
 
  private:
@@ -176,5 +179,16 @@ struct BalanceForecast {
   double expected = 1.0, low = 1.0, high = 1.0;
 };
 BalanceForecast forecast_balance(const std::vector<Load>& ranks);
+
+// A layer's placement with the predicted load of every rank.
+struct Placement {
+  ReplicaSlots slots;
+  std::vector<Load> rank_loads;  // (W,)
+};
+
+// Migration-aware replanning against request.previous (replan.cpp): returns
+// the placement to use, given the plan from scratch.
+Placement replan(const LayerRequest& request, const ShareModel& shares, const CountLadder& ladder,
+                 Placement scratch);
 
 }  // namespace moe_eplb::plan_detail

@@ -1,0 +1,560 @@
+// Design note: migration-aware replanning.
+//
+// A slot is changed (a move) when its logical expert differs from the table
+// in force. Two candidates are built and the cheaper one under
+// "predicted max/mean + move_cost * moves" is kept, subject to max_moves:
+//
+//  A. Local search from the previous placement. First a repair, forced and
+//     counted: replicas that rank mode could never select (a count that is
+//     not live, or above the column cap), second replicas of an expert on
+//     one rank, and unused slots are freed, and each freed slot is given to
+//     the expert that lowers the predicted balance most. Then greedy steps
+//     around the costliest rank (cost = mean + std, as the planner), each
+//     the best gain per move:
+//       - reorder two replicas of one expert (which source group a replica
+//         serves is its position in the row): free;
+//       - swap two slots' experts between the costliest rank and another:
+//         two moves;
+//       - replace a replica of a cooler expert on another rank by a new
+//         replica of an expert on the costliest rank (its count goes up one,
+//         the other's down one; both must stay usable counts): one move.
+//     A step's gain is how much it lowers the costliest rank (or, on a
+//     plateau of equal ranks, the squared excess over the mean of the ranks
+//     it touches, scaled to the same units); steps stop when no step gains
+//     move_cost of max/mean per move, or the cap is reached.
+//  B. The plan from scratch, with its ranks relabelled to the old ranks of
+//     largest overlap (Hungarian assignment), so that a rank keeps the
+//     experts it already holds; only when it fits the cap.
+//
+// Within a rank an expert that stays keeps its slot: A edits slots in place,
+// B goes through align_to_previous(). Deterministic: ties go to the lower
+// index.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "flashlb.hpp"
+#include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/migration.hpp"
+#include "rule_model.hpp"
+
+namespace moe_eplb::plan_detail {
+namespace {
+
+constexpr const char* kPlan = "plan()";
+
+// The load changes of one candidate step, by rank (a handful of ranks).
+class RankChanges {
+ public:
+  void clear() { changes_.clear(); }
+  void add(std::int64_t rank, double mean, double variance) {
+    for (auto& change : changes_) {
+      if (change.first == rank) {
+        change.second.mean += mean;
+        change.second.variance += variance;
+        return;
+      }
+    }
+    changes_.push_back({rank, Load{mean, variance}});
+  }
+  void add(std::int64_t rank, const Load& load, double sign) {
+    add(rank, sign * load.mean, sign * load.variance);
+  }
+  const std::vector<std::pair<std::int64_t, Load>>& list() const { return changes_; }
+
+ private:
+  std::vector<std::pair<std::int64_t, Load>> changes_;
+};
+
+// The placement being edited from the previous table.
+class Editor {
+ public:
+  Editor(const LayerRequest& request, const ShareModel& shares, const CountLadder& ladder)
+      : request_(request),
+        shares_(shares),
+        ladder_(ladder),
+        world_size_(request.world_size),
+        slots_per_rank_(request.slots_per_rank),
+        num_experts_(request.num_experts),
+        previous_(static_cast<std::size_t>(world_size_ * slots_per_rank_), -1),
+        rows_(static_cast<std::size_t>(num_experts_)),
+        rank_load_(static_cast<std::size_t>(world_size_)),
+        holds_(static_cast<std::size_t>(num_experts_ * world_size_), 0),
+        stamp_(static_cast<std::size_t>(world_size_), 0) {
+    const TableView& table = request.previous;
+    for (std::int64_t e = 0; e < num_experts_; ++e) {
+      const std::int64_t count = table.at(e, 0);
+      for (std::int64_t j = 1; j <= count; ++j) {
+        const std::int32_t slot = table.at(e, j);
+        previous_[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(e);
+        rows_[e].push_back(slot);
+      }
+    }
+    slot_expert_ = previous_;
+  }
+
+  // Frees the slots the previous table cannot keep and fills them; returns
+  // the number of slots that had to change.
+  std::int64_t repair();
+  // Greedy improving steps; `budget` moves at most (-1: no cap).
+  void improve(std::int64_t budget, double move_cost);
+
+  std::int64_t moves() const {
+    std::int64_t changed = 0;
+    for (std::size_t p = 0; p < slot_expert_.size(); ++p)
+      changed += slot_expert_[p] != previous_[p];
+    return changed;
+  }
+  Placement placement() const {
+    Placement result;
+    result.slots.resize(rows_.size());
+    for (std::size_t e = 0; e < rows_.size(); ++e) result.slots[e] = rows_[e];
+    result.rank_loads = rank_load_;
+    return result;
+  }
+
+ private:
+  std::int64_t rank_of(std::int64_t slot) const { return slot / slots_per_rank_; }
+  std::int64_t count(std::int64_t e) const { return static_cast<std::int64_t>(rows_[e].size()); }
+  bool holds(std::int64_t rank, std::int64_t e) const { return holds_[e * world_size_ + rank] > 0; }
+  double rank_cost(std::int64_t rank) const { return cost(rank_load_[rank]); }
+
+  void recompute_loads() {
+    std::fill(rank_load_.begin(), rank_load_.end(), Load{});
+    std::fill(holds_.begin(), holds_.end(), 0);
+    for (std::int64_t e = 0; e < num_experts_; ++e) {
+      for (std::int64_t j = 0; j < count(e); ++j) {
+        const std::int64_t rank = rank_of(rows_[e][j]);
+        const Load load = shares_.share(e, count(e), j);
+        rank_load_[rank].mean += load.mean;
+        rank_load_[rank].variance += load.variance;
+        ++holds_[e * world_size_ + rank];
+      }
+    }
+  }
+  // Adds to `changes` the loads of expert e's replicas laid out as `row`
+  // (sign +1) or as they are (sign -1).
+  void add_row(RankChanges& changes, std::int64_t e, const std::vector<std::int32_t>& row,
+               double sign) const {
+    const auto c = static_cast<std::int64_t>(row.size());
+    for (std::int64_t j = 0; j < c; ++j) {
+      changes.add(rank_of(row[j]), shares_.share(e, c, j), sign);
+    }
+  }
+  void apply_row(std::int64_t e, std::vector<std::int32_t> row) {
+    RankChanges changes;
+    add_row(changes, e, rows_[e], -1.0);
+    add_row(changes, e, row, 1.0);
+    for (const std::int32_t slot : rows_[e]) --holds_[e * world_size_ + rank_of(slot)];
+    for (const std::int32_t slot : row) ++holds_[e * world_size_ + rank_of(slot)];
+    for (const auto& [rank, delta] : changes.list()) {
+      rank_load_[rank].mean += delta.mean;
+      rank_load_[rank].variance += delta.variance;
+    }
+    rows_[e] = std::move(row);
+  }
+
+  // Ranks by cost, costliest first (refreshed each step).
+  void sort_ranks() {
+    order_.resize(static_cast<std::size_t>(world_size_));
+    costs_.resize(order_.size());
+    double sum = 0.0;
+    for (std::int64_t rank = 0; rank < world_size_; ++rank) {
+      order_[rank] = rank;
+      costs_[rank] = rank_cost(rank);
+      sum += rank_load_[rank].mean;
+    }
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](std::int64_t a, std::int64_t b) { return costs_[a] > costs_[b]; });
+    mean_load_ = sum / static_cast<double>(world_size_);
+    mean_cost_ = 0.0;
+    for (double c : costs_) mean_cost_ += c / static_cast<double>(world_size_);
+  }
+
+  // Gain of a step in cost units (see the design note); negative when the
+  // costliest rank gets costlier.
+  double gain(const RankChanges& changes) {
+    ++epoch_;
+    double changed_max = 0.0, old_excess = 0.0, new_excess = 0.0;
+    for (const auto& [rank, delta] : changes.list()) {
+      stamp_[rank] = epoch_;
+      const double after =
+          cost(rank_load_[rank].mean + delta.mean, rank_load_[rank].variance + delta.variance);
+      changed_max = std::max(changed_max, after);
+      const double before_excess = std::max(0.0, costs_[rank] - mean_cost_);
+      const double after_excess = std::max(0.0, after - mean_cost_);
+      old_excess += before_excess * before_excess;
+      new_excess += after_excess * after_excess;
+    }
+    double unchanged_max = 0.0;
+    for (std::int64_t rank : order_) {
+      if (stamp_[rank] != epoch_) {
+        unchanged_max = costs_[rank];
+        break;
+      }
+    }
+    const double current = costs_[order_[0]];
+    const double lowered = current - std::max(changed_max, unchanged_max);
+    if (lowered < -epsilon()) return lowered;
+    const double top_excess = current - mean_cost_;
+    const double smoothed = top_excess > 0.0 ? (old_excess - new_excess) / (2.0 * top_excess) : 0.0;
+    return std::max(lowered, smoothed);
+  }
+  double epsilon() const { return 1e-9 * (mean_cost_ + 1.0); }
+
+  // Candidate steps around the costliest rank; the best is kept in best_.
+  struct Step {
+    double gain = 0.0;
+    std::int64_t moves = 0;
+    // Rows to write: up to two experts.
+    std::int64_t expert_a = -1, expert_b = -1;
+    std::vector<std::int32_t> row_a, row_b;
+  };
+  void consider(Step& best, const Step& step, double min_gain_per_move) const {
+    if (step.gain <= epsilon()) return;
+    const double moves = static_cast<double>(std::max<std::int64_t>(step.moves, 0));
+    if (step.moves > 0 && step.gain < min_gain_per_move * moves) return;
+    // Free steps first, then the most gain per move.
+    const auto per_move = [](const Step& s) {
+      return s.moves <= 0 ? std::numeric_limits<double>::infinity()
+                          : s.gain / static_cast<double>(s.moves);
+    };
+    const double mine = per_move(step), theirs = per_move(best);
+    if (best.expert_a < 0 || mine > theirs ||
+        (mine == theirs && step.gain > best.gain + epsilon())) {
+      best = step;
+    }
+  }
+  std::int64_t slot_moves(std::int32_t slot, std::int32_t expert) const {
+    return (expert != previous_[static_cast<std::size_t>(slot)]) -
+           (slot_expert_[static_cast<std::size_t>(slot)] !=
+            previous_[static_cast<std::size_t>(slot)]);
+  }
+  void apply(const Step& step) {
+    if (step.expert_a >= 0) apply_row(step.expert_a, step.row_a);
+    if (step.expert_b >= 0) apply_row(step.expert_b, step.row_b);
+    for (std::int64_t e : {step.expert_a, step.expert_b}) {
+      if (e < 0) continue;
+      for (const std::int32_t slot : rows_[e])
+        slot_expert_[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(e);
+    }
+  }
+  Step best_step(std::int64_t budget, double min_gain_per_move);
+  // Gives free slot `slot` to the best expert; false when none may take it.
+  bool fill(std::int32_t slot);
+
+  const LayerRequest& request_;
+  const ShareModel& shares_;
+  const CountLadder& ladder_;
+  std::int64_t world_size_, slots_per_rank_, num_experts_;
+  std::vector<std::int32_t> previous_;     // (W * S) expert of each slot in the old table
+  std::vector<std::int32_t> slot_expert_;  // (W * S) now; -1 = free
+  std::vector<std::vector<std::int32_t>> rows_;
+  std::vector<Load> rank_load_;
+  std::vector<std::int32_t> holds_;  // (E, W) replicas of e on the rank
+  std::vector<std::int64_t> stamp_;
+  std::int64_t epoch_ = 0;
+  std::vector<std::int64_t> order_;
+  std::vector<double> costs_;
+  double mean_load_ = 0.0, mean_cost_ = 0.0;
+};
+
+std::int64_t Editor::repair() {
+  std::vector<std::int32_t> freed;
+  for (std::int64_t e = 0; e < num_experts_; ++e) {
+    std::vector<std::int32_t> kept;
+    std::vector<std::int64_t> ranks;
+    for (const std::int32_t slot : rows_[e]) {
+      const std::int64_t rank = rank_of(slot);
+      if (std::find(ranks.begin(), ranks.end(), rank) != ranks.end()) {
+        freed.push_back(slot);
+        continue;
+      }
+      ranks.push_back(rank);
+      kept.push_back(slot);
+    }
+    auto target = static_cast<std::int64_t>(kept.size());
+    if (!ladder_.allows(target)) target = ladder_.below(target);
+    while (static_cast<std::int64_t>(kept.size()) > target) {
+      freed.push_back(kept.back());
+      kept.pop_back();
+    }
+    rows_[e] = std::move(kept);
+  }
+  for (std::size_t p = 0; p < slot_expert_.size(); ++p) {
+    if (slot_expert_[p] < 0) freed.push_back(static_cast<std::int32_t>(p));
+  }
+  for (const std::int32_t slot : freed) slot_expert_[static_cast<std::size_t>(slot)] = -1;
+  std::sort(freed.begin(), freed.end());
+  recompute_loads();
+  for (const std::int32_t slot : freed) {
+    MOE_EPLB_CHECK(fill(slot), kPlan, ": previous table, layer ", request_.layer_idx,
+                   ": no expert can take its slot ", slot,
+                   " without a dead replica or two replicas on one rank; plan without --previous");
+  }
+  return static_cast<std::int64_t>(freed.size());
+}
+
+bool Editor::fill(std::int32_t slot) {
+  sort_ranks();
+  const std::int64_t rank = rank_of(slot);
+  Step best;
+  RankChanges changes;
+  for (std::int64_t b = 0; b < num_experts_; ++b) {
+    if (holds(rank, b) || count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) continue;
+    // The new replica may serve any source group: try every position.
+    const std::int64_t last = request_.balance_mode == BalanceMode::kByRank ? 0 : count(b);
+    for (std::int64_t position = count(b); position >= last; --position) {
+      std::vector<std::int32_t> row = rows_[b];
+      row.insert(row.begin() + position, slot);
+      changes.clear();
+      add_row(changes, b, rows_[b], -1.0);
+      add_row(changes, b, row, 1.0);
+      Step step;
+      step.gain = gain(changes);
+      step.expert_a = b;
+      step.row_a = std::move(row);
+      if (best.expert_a < 0 || step.gain > best.gain + epsilon()) best = std::move(step);
+    }
+  }
+  if (best.expert_a < 0) return false;
+  apply(best);
+  return true;
+}
+
+Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
+  sort_ranks();
+  const std::int64_t heavy = order_[0];
+  const bool by_rank = request_.balance_mode == BalanceMode::kByRank;
+  Step best;
+  RankChanges changes;
+  std::vector<std::int64_t> heavy_experts;
+  for (std::int64_t e = 0; e < num_experts_; ++e) {
+    if (holds(heavy, e)) heavy_experts.push_back(e);
+  }
+  // Reorders (free): a replica on the costliest rank trades its source group
+  // with another replica of the same expert.
+  if (by_rank) {
+    for (const std::int64_t a : heavy_experts) {
+      const std::vector<std::int32_t>& row = rows_[a];
+      const auto here = std::find_if(row.begin(), row.end(),
+                                     [&](std::int32_t slot) { return rank_of(slot) == heavy; }) -
+                        row.begin();
+      for (std::int64_t j = 0; j < count(a); ++j) {
+        if (j == here) continue;
+        std::vector<std::int32_t> reordered = row;
+        std::swap(reordered[here], reordered[j]);
+        changes.clear();
+        add_row(changes, a, row, -1.0);
+        add_row(changes, a, reordered, 1.0);
+        Step step;
+        step.gain = gain(changes);
+        step.moves = 0;
+        step.expert_a = a;
+        step.row_a = std::move(reordered);
+        consider(best, step, min_gain_per_move);
+      }
+    }
+    if (best.expert_a >= 0) return best;
+  }
+  // Swaps (two moves) between the costliest rank and any other.
+  if (budget < 0 || budget >= 2) {
+    for (const std::int64_t a : heavy_experts) {
+      const std::vector<std::int32_t>& row_a = rows_[a];
+      const auto index_a = std::find_if(row_a.begin(), row_a.end(),
+                                        [&](std::int32_t slot) { return rank_of(slot) == heavy; }) -
+                           row_a.begin();
+      const std::int32_t slot_a = row_a[index_a];
+      for (std::int32_t slot_b = 0; slot_b < static_cast<std::int32_t>(slot_expert_.size());
+           ++slot_b) {
+        const std::int64_t b = slot_expert_[static_cast<std::size_t>(slot_b)];
+        const std::int64_t rank_b = rank_of(slot_b);
+        if (rank_b == heavy || b == a || holds(rank_b, a) || holds(heavy, b)) continue;
+        const std::int64_t moves = slot_moves(slot_a, static_cast<std::int32_t>(b)) +
+                                   slot_moves(slot_b, static_cast<std::int32_t>(a));
+        if (budget >= 0 && moves > budget) continue;
+        const std::vector<std::int32_t>& row_b = rows_[b];
+        const auto index_b = std::find(row_b.begin(), row_b.end(), slot_b) - row_b.begin();
+        changes.clear();
+        changes.add(heavy, shares_.share(a, count(a), index_a), -1.0);
+        changes.add(rank_b, shares_.share(a, count(a), index_a), 1.0);
+        changes.add(rank_b, shares_.share(b, count(b), index_b), -1.0);
+        changes.add(heavy, shares_.share(b, count(b), index_b), 1.0);
+        Step step;
+        step.gain = gain(changes);
+        step.moves = moves;
+        if (step.gain <= epsilon()) continue;
+        step.expert_a = a;
+        step.row_a = row_a;
+        step.row_a[index_a] = slot_b;
+        step.expert_b = b;
+        step.row_b = row_b;
+        step.row_b[index_b] = slot_a;
+        consider(best, step, min_gain_per_move);
+      }
+    }
+  }
+  // Replacements (one move): a replica of expert a elsewhere becomes a new
+  // replica of expert b from the costliest rank.
+  if (budget < 0 || budget >= 1) {
+    for (const std::int64_t b : heavy_experts) {
+      if (count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) continue;
+      for (std::int32_t slot = 0; slot < static_cast<std::int32_t>(slot_expert_.size()); ++slot) {
+        const std::int64_t a = slot_expert_[static_cast<std::size_t>(slot)];
+        const std::int64_t rank = rank_of(slot);
+        if (a == b || holds(rank, b) || count(a) < 2 || !ladder_.allows(count(a) - 1)) continue;
+        const std::int64_t moves = slot_moves(slot, static_cast<std::int32_t>(b));
+        if (budget >= 0 && moves > budget) continue;
+        std::vector<std::int32_t> row_a = rows_[a];
+        row_a.erase(std::find(row_a.begin(), row_a.end(), slot));
+        const std::int64_t last = by_rank ? 0 : count(b);
+        for (std::int64_t position = count(b); position >= last; --position) {
+          std::vector<std::int32_t> row_b = rows_[b];
+          row_b.insert(row_b.begin() + position, slot);
+          changes.clear();
+          add_row(changes, a, rows_[a], -1.0);
+          add_row(changes, a, row_a, 1.0);
+          add_row(changes, b, rows_[b], -1.0);
+          add_row(changes, b, row_b, 1.0);
+          Step step;
+          step.gain = gain(changes);
+          step.moves = moves;
+          if (step.gain <= epsilon()) continue;
+          step.expert_a = a;
+          step.row_a = row_a;
+          step.expert_b = b;
+          step.row_b = std::move(row_b);
+          consider(best, step, min_gain_per_move);
+        }
+      }
+    }
+  }
+  return best;
+}
+
+void Editor::improve(std::int64_t budget, double move_cost) {
+  // Each step lowers the costliest rank or the excess of the ranks it
+  // touches; the cap guards against plateaus.
+  for (std::int64_t iteration = 0; iteration < 8 * world_size_ * slots_per_rank_; ++iteration) {
+    const std::int64_t used = moves();
+    const std::int64_t left = budget < 0 ? -1 : std::max<std::int64_t>(0, budget - used);
+    sort_ranks();
+    const Step step = best_step(left, move_cost * mean_load_);
+    if (step.expert_a < 0) break;
+    apply(step);
+  }
+}
+
+// (E, F) row-major table of a placement, F = largest count + 1.
+std::vector<std::int32_t> to_table(const ReplicaSlots& slots, std::int64_t& num_columns) {
+  num_columns = 2;
+  for (const auto& row : slots) {
+    num_columns = std::max<std::int64_t>(num_columns, static_cast<std::int64_t>(row.size()) + 1);
+  }
+  std::vector<std::int32_t> table(slots.size() * static_cast<std::size_t>(num_columns), -1);
+  for (std::size_t e = 0; e < slots.size(); ++e) {
+    std::int32_t* row = table.data() + e * static_cast<std::size_t>(num_columns);
+    row[0] = static_cast<std::int32_t>(slots[e].size());
+    std::copy(slots[e].begin(), slots[e].end(), row + 1);
+  }
+  return table;
+}
+
+// Candidate B: the plan from scratch on the old ranks of most overlap, each
+// staying expert in its old slot.
+Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
+  const std::int64_t world_size = request.world_size, slots_per_rank = request.slots_per_rank;
+  TopologyOptions topology;
+  topology.world_size = world_size;
+  topology.slots_per_rank = slots_per_rank;
+  topology.ranks_per_node = request.ranks_per_node;
+  const std::vector<std::int32_t> old_experts = slot_experts(request.previous, topology);
+  // overlap(new rank i, old rank r) = experts on both; minimise its negative.
+  std::vector<std::int32_t> on_old_rank(static_cast<std::size_t>(request.num_experts * world_size),
+                                        0);
+  for (std::size_t p = 0; p < old_experts.size(); ++p) {
+    if (old_experts[p] >= 0) {
+      on_old_rank[old_experts[p] * world_size + static_cast<std::int64_t>(p) / slots_per_rank] = 1;
+    }
+  }
+  std::vector<double> negative_overlap(static_cast<std::size_t>(world_size * world_size), 0.0);
+  for (std::size_t e = 0; e < scratch.slots.size(); ++e) {
+    for (const std::int32_t slot : scratch.slots[e]) {
+      const std::int64_t rank = slot / slots_per_rank;
+      for (std::int64_t old_rank = 0; old_rank < world_size; ++old_rank) {
+        negative_overlap[rank * world_size + old_rank] -=
+            on_old_rank[static_cast<std::int64_t>(e) * world_size + old_rank];
+      }
+    }
+  }
+  const std::vector<std::int64_t> new_rank = min_cost_assignment(negative_overlap, world_size);
+  std::vector<Load> loads(scratch.rank_loads.size());
+  for (std::int64_t rank = 0; rank < world_size; ++rank) {
+    loads[new_rank[rank]] = scratch.rank_loads[rank];
+  }
+  for (auto& row : scratch.slots) {
+    for (std::int32_t& slot : row) {
+      const std::int64_t rank = slot / slots_per_rank;
+      slot = static_cast<std::int32_t>(new_rank[rank] * slots_per_rank + slot % slots_per_rank);
+    }
+  }
+  std::int64_t num_columns = 0;
+  const std::vector<std::int32_t> table = to_table(scratch.slots, num_columns);
+  const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};
+  const std::vector<std::int32_t> aligned = align_to_previous(view, request.previous, topology);
+  Placement result;
+  result.rank_loads = std::move(loads);
+  result.slots.resize(scratch.slots.size());
+  for (std::size_t e = 0; e < scratch.slots.size(); ++e) {
+    const std::int32_t* row = aligned.data() + e * static_cast<std::size_t>(num_columns);
+    result.slots[e].assign(row + 1, row + 1 + row[0]);
+  }
+  return result;
+}
+
+std::int64_t count_moves(const LayerRequest& request, const Placement& placement) {
+  TopologyOptions topology;
+  topology.world_size = request.world_size;
+  topology.slots_per_rank = request.slots_per_rank;
+  std::int64_t num_columns = 0;
+  const std::vector<std::int32_t> table = to_table(placement.slots, num_columns);
+  const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};
+  return diff_tables(request.previous, view, topology).slots_changed;
+}
+
+double max_over_mean(const Placement& placement) {
+  double max_cost = 0.0, total = 0.0;
+  for (const Load& load : placement.rank_loads) {
+    max_cost = std::max(max_cost, cost(load));
+    total += load.mean;
+  }
+  const double mean = total / static_cast<double>(placement.rank_loads.size());
+  return mean > 0.0 ? max_cost / mean : 1.0;
+}
+
+}  // namespace
+
+Placement replan(const LayerRequest& request, const ShareModel& shares, const CountLadder& ladder,
+                 Placement scratch) {
+  Editor editor(request, shares, ladder);
+  const std::int64_t forced = editor.repair();
+  MOE_EPLB_CHECK(request.max_moves < 0 || forced <= request.max_moves, kPlan,
+                 ": previous table, layer ", request.layer_idx, ", needs ", forced,
+                 " changed slots before any rebalancing (replicas rank mode never selects, two "
+                 "replicas of an expert on one rank, or unused slots), more than max_moves ",
+                 request.max_moves);
+  editor.improve(request.max_moves, request.move_cost);
+  Placement local = editor.placement();
+  const std::int64_t local_moves = count_moves(request, local);
+
+  Placement relabelled = relabel_to_previous(request, std::move(scratch));
+  const std::int64_t relabelled_moves = count_moves(request, relabelled);
+  if (request.max_moves >= 0 && relabelled_moves > request.max_moves) return local;
+  const double local_value =
+      max_over_mean(local) + request.move_cost * static_cast<double>(local_moves);
+  const double relabelled_value =
+      max_over_mean(relabelled) + request.move_cost * static_cast<double>(relabelled_moves);
+  return relabelled_value < local_value - 1e-12 ? relabelled : local;
+}
+
+}  // namespace moe_eplb::plan_detail
