@@ -82,7 +82,6 @@ def test_plan_windows_and_report(rng):
     assert torch.equal(moe_eplb.plan(tuple(windows), world_size, slots_per_rank), table)
 
 
-@pytest.mark.xfail(reason="the planner does not yet honour previous / max_moves (issue 10)")
 def test_plan_against_previous(rng):
     world_size, slots_per_rank, num_experts = 4, 3, 10
     windows = [random_load(rng, world_size, num_experts) for _ in range(3)]
@@ -95,6 +94,19 @@ def test_plan_against_previous(rng):
     assert report.slots_changed == [changed]
     capped = moe_eplb.plan(windows, world_size, slots_per_rank, previous=previous, max_moves=0)
     assert slot_experts(capped, 12) == slot_experts(previous, 12)
+
+    # Per layer: an (L, E, F) previous for (L, W, E) windows, one report entry per layer.
+    layered_windows = [np.stack([window, window[::-1]]) for window in windows]
+    layered_previous = moe_eplb.plan(layered_windows[0], world_size, slots_per_rank)
+    layered, report = moe_eplb.plan(layered_windows, world_size, slots_per_rank,
+                                    previous=layered_previous, max_moves=2, return_report=True)
+    assert layered.shape[:2] == (2, num_experts) and len(report.slots_changed) == 2
+    for layer in range(2):
+        changed = sum(a != b for a, b in zip(slot_experts(layered_previous[layer], 12),
+                                              slot_experts(layered[layer], 12)))
+        assert report.slots_changed[layer] == changed <= 2
+    with pytest.raises(ValueError, match=r"plan\(\): previous table has 2 layers"):
+        moe_eplb.plan(windows, world_size, slots_per_rank, previous=layered_previous)
 
 
 @pytest.mark.parametrize("algorithm", ["moe-eplb", "deepseek"])
