@@ -160,6 +160,97 @@ case $case_name in
       "$tool" convert --from log2phy --to ascend --in t.npy --out x.npy
     ;;
 
+  windows)
+    # Several windows, oldest first: identical windows persist fully.
+    run "$tool" demo --scenario qwen3-ep16-lognormal --tokens-per-rank 256 --svg '' --save-dir .
+    run "$tool" plan --load load.npy --load load.npy --load load.npy --world-size 16 \
+      --slots-per-rank 9 --out table.npy
+    expect "planned 1 layer on 3 windows" out.txt
+    expect "persistence of per-rank deviations from the global share: 1.00" out.txt
+    expect "predicted max/mean per-rank load on the next window, rank mode: " out.txt
+    expect "about 68% between" out.txt
+    run "$tool" validate --table table.npy --world-size 16 --num-physical 144
+    expect "valid (0 errors, 0 warnings)" out.txt
+    # One window: the documented conservative default, said as such.
+    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --out one.npy
+    expect "one window: a conservative default" out.txt
+    # Windows that swap two ranks' preferences every window do not persist.
+    npy_int32 a.npy "(2, 4)" 90 10 50 50 10 90 50 50
+    npy_int32 b.npy "(2, 4)" 10 90 50 50 90 10 50 50
+    run "$tool" plan --load a.npy --load b.npy --load a.npy --load b.npy --world-size 2 \
+      --slots-per-rank 3 --out t.npy
+    expect "persistence of per-rank deviations from the global share: 0.00" out.txt
+    # Global counts per window: no per-rank persistence to report.
+    npy_int32 g0.npy "(4,)" 9 1 1 1
+    npy_int32 g1.npy "(4,)" 8 2 1 1
+    run "$tool" plan --load g0.npy --load g1.npy --world-size 2 --slots-per-rank 3 --out g.npy
+    expect "planned 1 layer on 2 windows" out.txt
+    expect "predicted max/mean" out.txt
+    ;;
+
+  replan)
+    run "$tool" demo --scenario qwen3-ep16-lognormal --tokens-per-rank 256 --svg '' --save-dir .
+    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --out old.npy
+    # A cap of 0 keeps every slot's expert.
+    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --previous old.npy \
+      --max-moves 0 --out same.npy
+    expect "slots changed against old.npy: 0 of 144 (0.0%)" out.txt
+    # Token-mode statistics on a rank-mode table: at most 5 slots change.
+    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --balance-mode 1 \
+      --previous old.npy --max-moves 5 --out capped.npy
+    grep -Eq "slots changed against old.npy: [0-5] of 144" out.txt ||
+      { cat out.txt >&2; fail "more than 5 slots changed"; }
+    run "$tool" validate --table capped.npy --world-size 16 --num-physical 144
+    expect "valid (0 errors" out.txt
+    # A high move cost buys no moves.
+    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --balance-mode 1 \
+      --previous old.npy --move-cost 100 --out costly.npy
+    expect "slots changed against old.npy: 0 of 144" out.txt
+    ;;
+
+  replan_errors)
+    # Every bad input: exit 1, a message naming it, and no output file.
+    npy_int32 load.npy "(2, 4)" 5 1 1 1 1 1 1 1
+    npy_int32 global.npy "(4,)" 5 1 1 1
+    run "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --out old.npy
+    no_output() { [[ ! -e t.npy ]] || fail "t.npy was written after an error"; }
+    run_fails "every window must have the same shape" \
+      "$tool" plan --load load.npy --load global.npy --world-size 2 --slots-per-rank 3 --out t.npy
+    no_output
+    run_fails "plan(): --max-moves must be -1 (no cap) or at least 0, got -2" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
+      --max-moves -2 --out t.npy
+    no_output
+    run_fails "plan(): --max-moves needs --previous" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --max-moves 3 --out t.npy
+    no_output
+    run_fails "plan(): --move-cost needs --previous" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --move-cost 0.1 --out t.npy
+    no_output
+    run_fails "plan(): move_cost must be a finite number >= 0, got -1" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
+      --move-cost -1 --out t.npy
+    no_output
+    npy_int32 three.npy "(3, 2)" 1 0 1 1 1 2
+    run_fails "plan(): previous table has 1 layers of 3 experts, but the load has 1 layers of 4" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous three.npy \
+      --out t.npy
+    no_output
+    npy_int32 bad.npy "(4, 2)" 1 0 1 1 1 2 1 9
+    run_fails "plan(): previous table, layer 0, is not valid for 2 ranks x 3 slots" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous bad.npy \
+      --out t.npy
+    no_output
+    run_fails "--previous" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous missing.npy \
+      --out t.npy
+    no_output
+    run_fails "max_moves and move_cost are only honoured by the moe-eplb" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
+      --max-moves 1 --algorithm deepseek --out t.npy
+    no_output
+    ;;
+
   *)
     fail "unknown case"
     ;;

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "commands.hpp"
 #include "moe_eplb/error.hpp"
@@ -16,7 +17,8 @@ namespace moe_eplb::cli {
 namespace {
 
 struct PlanCommandOptions {
-  std::string load_path;
+  std::vector<std::string> load_paths;  // windows, oldest first
+  std::string previous_path;
   std::string out_path;
   PlanOptions plan;
   std::int64_t balance_mode = 0;
@@ -47,38 +49,117 @@ std::string describe_balance(std::pair<double, double> balance, std::int64_t num
   return text;
 }
 
+// "a (b .. c)" for one layer's value and interval, or the mean over layers.
+std::string describe_prediction(const PlanReport& report) {
+  double expected = 0.0, low = 0.0, high = 0.0, worst = 0.0;
+  for (const LayerPlanReport& layer : report.layers) {
+    expected += layer.predicted_max_over_mean;
+    low += layer.predicted_low;
+    high += layer.predicted_high;
+    worst = std::max(worst, layer.predicted_max_over_mean);
+  }
+  const auto num_layers = static_cast<double>(report.layers.size());
+  char text[128];
+  std::snprintf(text, sizeof(text), "%.3f (about 68%% between %.3f and %.3f)",
+                expected / num_layers, low / num_layers, high / num_layers);
+  std::string result = text;
+  if (report.layers.size() > 1) {
+    std::snprintf(text, sizeof(text), ", mean over layers; worst layer %.3f", worst);
+    result += text;
+  }
+  return result;
+}
+
 void run_plan(PlanCommandOptions options) {
   MOE_EPLB_CHECK(options.balance_mode == 0 || options.balance_mode == 1,
                  "plan(): --balance-mode must be 0 (by rank) or 1 (by token), got ",
                  options.balance_mode);
+  MOE_EPLB_CHECK(options.plan.max_moves >= -1,
+                 "plan(): --max-moves must be -1 (no cap) or at least 0, got ",
+                 options.plan.max_moves);
+  MOE_EPLB_CHECK(!options.previous_path.empty() || options.plan.max_moves == -1,
+                 "plan(): --max-moves needs --previous (the table in force)");
+  MOE_EPLB_CHECK(!options.previous_path.empty() || options.plan.move_cost == 0.0,
+                 "plan(): --move-cost needs --previous (the table in force)");
   options.plan.balance_mode = static_cast<BalanceMode>(options.balance_mode);
   options.plan.algorithm =
       options.algorithm == "deepseek" ? PlanAlgorithm::kDeepSeek : PlanAlgorithm::kRuleAware;
-  const LoadedLoad loaded =
-      load_expert_load("--load", options.load_path, options.plan.world_size, "plan()");
-  const ExpertLoad& load = loaded.load;
+  std::vector<ExpertLoad> windows;
+  bool per_layer_file = false;
+  for (std::size_t i = 0; i < options.load_paths.size(); ++i) {
+    LoadedLoad loaded =
+        load_expert_load("--load", options.load_paths[i], options.plan.world_size, "plan()");
+    if (i == 0) {
+      per_layer_file = loaded.per_layer_file;
+    } else {
+      const ExpertLoad& first = windows.front();
+      MOE_EPLB_CHECK(loaded.per_layer_file == per_layer_file &&
+                         loaded.load.num_layers == first.num_layers &&
+                         loaded.load.num_source_ranks == first.num_source_ranks &&
+                         loaded.load.num_experts == first.num_experts,
+                     "plan(): --load ", options.load_paths[i], " is (", loaded.load.num_layers,
+                     " layers, ", loaded.load.num_source_ranks, " source ranks, ",
+                     loaded.load.num_experts, " experts), but --load ", options.load_paths[0],
+                     " is (", first.num_layers, ", ", first.num_source_ranks, ", ",
+                     first.num_experts, "); every window must have the same shape");
+    }
+    windows.push_back(std::move(loaded.load));
+  }
+  LoadedTables previous;
+  if (!options.previous_path.empty()) {
+    previous = load_layered_table("--previous", options.previous_path);
+    options.plan.previous = &previous.table;
+  }
+  const ExpertLoad& load = windows.back();
 
   const auto start = std::chrono::steady_clock::now();
-  const LayeredTable table = plan(load, options.plan);
+  PlanReport report;
+  const LayeredTable table = plan(windows, options.plan, &report);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  save_layered_table(options.out_path, table, !loaded.per_layer_file);
+  save_layered_table(options.out_path, table, !per_layer_file);
 
   const std::int64_t num_physical = options.plan.world_size * options.plan.slots_per_rank;
   const char* mode = options.balance_mode == 0 ? "rank" : "token";
   std::printf(
-      "planned %lld layer%s in %.1f ms (%s, %s mode): %lld experts on %lld ranks x %lld "
-      "slots = %lld physical (%lld redundant), %s statistics\n",
-      static_cast<long long>(load.num_layers), load.num_layers == 1 ? "" : "s", seconds * 1e3,
-      options.algorithm.c_str(), mode, static_cast<long long>(load.num_experts),
-      static_cast<long long>(options.plan.world_size),
+      "planned %lld layer%s on %zu window%s in %.1f ms (%s, %s mode): %lld experts on %lld ranks "
+      "x %lld slots = %lld physical (%lld redundant), %s statistics\n",
+      static_cast<long long>(load.num_layers), load.num_layers == 1 ? "" : "s", windows.size(),
+      windows.size() == 1 ? "" : "s", seconds * 1e3, options.algorithm.c_str(), mode,
+      static_cast<long long>(load.num_experts), static_cast<long long>(options.plan.world_size),
       static_cast<long long>(options.plan.slots_per_rank), static_cast<long long>(num_physical),
       static_cast<long long>(num_physical - load.num_experts),
       load.per_rank() ? "per-source-rank" : "global (even split over ranks assumed)");
   std::string shape = std::to_string(table.num_experts) + ", " + std::to_string(table.num_columns);
-  if (loaded.per_layer_file) shape = std::to_string(table.num_layers) + ", " + shape;
+  if (per_layer_file) shape = std::to_string(table.num_layers) + ", " + shape;
   std::printf("wrote %s: int32 (%s), up to %lld replicas per expert\n", options.out_path.c_str(),
               shape.c_str(), static_cast<long long>(table.num_columns - 1));
+  if (options.plan.algorithm == PlanAlgorithm::kRuleAware) {
+    if (load.per_rank()) {
+      double persistence = 0.0;
+      for (const LayerPlanReport& layer : report.layers) persistence += layer.persistence;
+      std::printf("persistence of per-rank deviations from the global share: %.2f%s (%s)\n",
+                  persistence / static_cast<double>(report.layers.size()),
+                  report.layers.size() > 1 ? " (mean over layers)" : "",
+                  windows.size() == 1
+                      ? "one window: a conservative default, give several --load windows"
+                      : "lag-1 correlation between consecutive windows");
+    }
+    std::printf("predicted max/mean per-rank load on the next window, %s mode: %s\n",
+                options.balance_mode == 0 ? "rank" : "token", describe_prediction(report).c_str());
+  }
+  if (options.plan.previous != nullptr) {
+    std::int64_t changed = 0, worst = 0;
+    for (const LayerPlanReport& layer : report.layers) {
+      changed += layer.slots_changed;
+      worst = std::max(worst, layer.slots_changed);
+    }
+    std::printf(
+        "slots changed against %s: %lld of %lld (%.1f%%)%s\n", options.previous_path.c_str(),
+        static_cast<long long>(changed), static_cast<long long>(num_physical * table.num_layers),
+        100.0 * static_cast<double>(changed) / static_cast<double>(num_physical * table.num_layers),
+        table.num_layers > 1 ? (", at most " + std::to_string(worst) + " in a layer").c_str() : "");
+  }
 
   // Replica counts, as "count x experts".
   std::map<std::int64_t, std::int64_t> histogram;
@@ -104,15 +185,17 @@ void run_plan(PlanCommandOptions options) {
   other.algorithm = options.plan.algorithm == PlanAlgorithm::kDeepSeek ? PlanAlgorithm::kRuleAware
                                                                        : PlanAlgorithm::kDeepSeek;
   other.num_columns = 0;
-  const LayeredTable alternative = plan(load, other);
+  other.previous = nullptr;
+  other.max_moves = -1;
+  other.move_cost = 0.0;
+  const LayeredTable alternative = plan(windows, other);
   std::printf(
-      "max/mean per-rank load on these statistics, %s mode: this plan %s, %s %s\n", mode,
+      "max/mean per-rank load on the newest window, %s mode: this plan %s, %s %s\n", mode,
       describe_balance(predicted_balance(table, load, analyze), load.num_layers).c_str(),
       other.algorithm == PlanAlgorithm::kDeepSeek ? "DeepSeek EPLB" : "moe-eplb",
       describe_balance(predicted_balance(alternative, load, analyze), load.num_layers).c_str());
   std::printf(
-      "(statistics from the window it was planned on; `moe-eplb simulate` scores a table "
-      "on other traffic)\n");
+      "(statistics it was planned on; `moe-eplb simulate` scores a table on other traffic)\n");
 }
 
 }  // namespace
@@ -122,9 +205,10 @@ void add_plan_command(CLI::App& app) {
   CLI::App* command = app.add_subcommand(
       "plan", "Plan replica counts and placement from load statistics; write the eplb_table");
   command
-      ->add_option("--load", options->load_path,
+      ->add_option("--load", options->load_paths,
                    ".npy load statistics: (W, E) tokens per source rank and expert, (E,) global, "
-                   "or (L, W|1, E) per layer")
+                   "or (L, W|1, E) per layer; repeat for several windows, oldest first, all of "
+                   "one shape")
       ->required();
   command->add_option("--world-size", options->plan.world_size, "EP group size W")->required();
   command
@@ -151,6 +235,18 @@ void add_plan_command(CLI::App& app) {
   command
       ->add_option("--num-groups", options->plan.num_groups,
                    "expert groups, for deepseek's hierarchical policy")
+      ->capture_default_str();
+  command->add_option(
+      "--previous", options->previous_path,
+      "the eplb_table in force (.npy, (E, F) or (L, E, F)): replan migration-aware, "
+      "keeping replicas where they are wherever balance allows");
+  command
+      ->add_option("--max-moves", options->plan.max_moves,
+                   "with --previous: at most this many changed slots per layer (-1 = no cap)")
+      ->capture_default_str();
+  command
+      ->add_option("--move-cost", options->plan.move_cost,
+                   "with --previous: the predicted max/mean a changed slot must buy (>= 0)")
       ->capture_default_str();
   command->add_option("--out", options->out_path, "write the eplb_table here (.npy, int32)")
       ->required();
