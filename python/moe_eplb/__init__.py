@@ -13,7 +13,10 @@ CUDA, eager, under torch.compile and inside CUDA graphs.
 Functions: update_expert, update_expert_pruned, PreparedTable, error_counter,
 read_error_counter, programmatic_dependent_launch; torch_npu drop-ins
 npu_moe_eplb_update_expert and npu_moe_update_expert (also in
-moe_eplb.compat). Operators, usable directly and from TorchScript /
+moe_eplb.compat). Planning (C++ underneath, CPU tensors or NumPy arrays):
+plan, analyze, migration_plan, align_to_previous. Expert parallelism on
+torch.distributed (dispatch, combine, migrate_experts, EplbRuntime,
+ExpertParallelMoE): moe_eplb.distributed. Operators, usable directly and from TorchScript /
 torch.compile: torch.ops.moe_eplb.{update_expert, update_expert_pruned,
 update_expert_counted, prepare_table, update_expert_prepared,
 update_expert_prepared_counted}.
@@ -61,10 +64,17 @@ __doc__ += FORMULA
 __version__ = "0.1.0"
 
 __all__ = [
+    "MigrationAction",
+    "MigrationPlan",
+    "PlanReport",
     "PreparedTable",
+    "align_to_previous",
+    "analyze",
     "error_counter",
+    "migration_plan",
     "npu_moe_eplb_update_expert",
     "npu_moe_update_expert",
+    "plan",
     "programmatic_dependent_launch",
     "read_error_counter",
     "update_expert",
