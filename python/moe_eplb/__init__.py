@@ -16,8 +16,10 @@ npu_moe_eplb_update_expert and npu_moe_update_expert (also in
 moe_eplb.compat). Planning (C++ underneath, CPU tensors or NumPy arrays):
 plan, analyze, migration_plan, align_to_previous. Expert parallelism on
 torch.distributed (dispatch, combine, migrate_experts, EplbRuntime,
-ExpertParallelMoE): moe_eplb.distributed. Operators, usable directly and from TorchScript /
-torch.compile: torch.ops.moe_eplb.{update_expert, update_expert_pruned,
+ExpertParallelMoE): moe_eplb.distributed.
+
+Operators, usable directly and from TorchScript / torch.compile:
+torch.ops.moe_eplb.{update_expert, update_expert_pruned,
 update_expert_counted, prepare_table, update_expert_prepared,
 update_expert_prepared_counted}.
 
