@@ -28,7 +28,8 @@ cmake --build --preset asan
 ctest --preset asan -j "$(nproc)"
 
 stage "PyTorch extension and pytest"
-MOE_EPLB_MODULES_LOG=$PWD/build-python/loaded-files.txt bash scripts/python_tests.sh
+MOE_EPLB_TOOL=$PWD/build-ci/tools/moe-eplb MOE_EPLB_MODULES_LOG=$PWD/build-python/loaded-files.txt \
+  bash scripts/python_tests.sh
 
 stage "dependency check"
 bash scripts/check_deps.sh --self-test --files build-python/loaded-files.txt \
