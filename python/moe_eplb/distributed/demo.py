@@ -19,6 +19,7 @@ import argparse
 import datetime
 import math
 import os
+import queue
 import socket
 import sys
 import time
@@ -40,25 +41,31 @@ def orthogonal_gate(num_experts, hidden_size, seed, scale=2.0):
     return scale * basis[:, :num_experts].t().contiguous()
 
 
+def drifting_expert_weights(num_experts, step, rank, world_size, *, period=32.0, spread=1.0):
+    """(E,) unnormalised probabilities of source `rank`'s tokens at `step`: a
+    discretised Gaussian of width `spread` experts around the centre
+    (step / period + rank / world_size) * E / 2 (mod E), so the hot experts
+    drift with time and differ by source rank (which rank mode routes on)."""
+    centre = (step / period + rank / world_size) * num_experts / 2.0
+    distance = (torch.arange(num_experts, dtype=torch.float64) - centre) % num_experts
+    distance = torch.minimum(distance, num_experts - distance)
+    return torch.exp(-0.5 * (distance / spread) ** 2)
+
+
 def drifting_batch(gate_weight, step, rank, world_size, num_tokens, generator, *, period=32.0,
                    spread=1.0, strength=6.0, noise=0.3):
     """(num_tokens, H) float64 tokens of source `rank` at `step`.
 
-    Each token picks a topic expert from a distribution centred on
-    (step / period + rank / world_size) * E / 2 (mod E), so the hot experts
-    drift with time and differ by source rank (which rank mode routes on),
-    with a discretised Gaussian of width `spread` experts around the centre;
-    the token is strength * (gate row of the topic) / |row|^2 plus Gaussian
+    Each token picks a topic expert from drifting_expert_weights(); the
+    token is strength * (gate row of the topic) / |row|^2 plus Gaussian
     noise: its gate logit for the topic is `strength`, the others are noise,
     so the gate ranks the topic first and the noise picks the other choices.
     """
     num_experts, hidden_size = gate_weight.shape
     if num_tokens == 0:
         return torch.zeros((0, hidden_size), dtype=torch.float64)
-    centre = (step / period + rank / world_size) * num_experts / 2.0
-    distance = (torch.arange(num_experts, dtype=torch.float64) - centre) % num_experts
-    distance = torch.minimum(distance, num_experts - distance)
-    weights = torch.exp(-0.5 * (distance / spread) ** 2)
+    weights = drifting_expert_weights(num_experts, step, rank, world_size, period=period,
+                                      spread=spread)
     topics = torch.multinomial(weights, num_tokens, replacement=True, generator=generator)
     rows = gate_weight[topics]
     direction = rows / (rows * rows).sum(dim=1, keepdim=True).clamp_min(1e-12)
@@ -119,17 +126,51 @@ def run_dense(dense, hidden, top_k):
 # ---------------------------------------------------------------- one rank
 
 
-def rank_main(rank, world_size, port, options, results):
-    """One rank of the demo: returns (through `results`) rank 0's log."""
+def run_gloo_ranks(fn, world_size, args=(), timeout_s=600.0):
+    """Runs fn(rank, world_size, *args) in world_size spawned processes that
+    form one gloo group on 127.0.0.1; returns the results by rank. Raises
+    RuntimeError naming each rank that failed or did not finish. fn must be
+    a module-level function (it is pickled by name)."""
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    processes = [context.Process(target=_rank_main,
+                                 args=(fn, rank, world_size, port, args, timeout_s, results))
+                 for rank in range(world_size)]
+    for process in processes:
+        process.start()
+    outcomes = {}
+    deadline = time.monotonic() + timeout_s
+    while len(outcomes) < world_size and time.monotonic() < deadline:
+        try:
+            rank, failed, value = results.get(timeout=1.0)
+        except queue.Empty:
+            if not any(process.is_alive() for process in processes):
+                break
+            continue
+        outcomes[rank] = (failed, value)
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+    problems = ["rank %d did not finish" % rank for rank in range(world_size)
+                if rank not in outcomes]
+    problems += [value for failed, value in outcomes.values() if failed]
+    if problems:
+        raise RuntimeError("\n".join(problems))
+    return [outcomes[rank][1] for rank in range(world_size)]
+
+
+def _rank_main(fn, rank, world_size, port, args, timeout_s, results):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=60))
+                            world_size=world_size,
+                            timeout=datetime.timedelta(seconds=min(timeout_s, 120.0)))
     try:
-        results.put((rank, run_rank(rank, world_size, options)))
-    except BaseException as error:
-        results.put((rank, "rank %d failed: %s: %s" % (rank, type(error).__name__, error)))
-        raise
+        results.put((rank, False, fn(rank, world_size, *args)))
+    except BaseException as error:  # reported to the parent, which raises
+        results.put((rank, True, "rank %d failed: %s: %s" % (rank, type(error).__name__, error)))
     finally:
         dist.destroy_process_group()
 
@@ -346,33 +387,11 @@ def free_port():
 
 def main(argv=None):
     options = parse_args(argv)
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = free_port()
-    processes = [context.Process(target=rank_main, args=(rank, options.world_size, port, options,
-                                                         results))
-                 for rank in range(options.world_size)]
-    for process in processes:
-        process.start()
-    logs = {}
-    deadline = time.monotonic() + 600
-    while len(logs) < options.world_size and time.monotonic() < deadline:
-        try:
-            rank, value = results.get(timeout=1.0)
-        except Exception:
-            if not any(process.is_alive() for process in processes):
-                break
-            continue
-        logs[rank] = value
-    for process in processes:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.kill()
-    failures = [value for value in logs.values() if isinstance(value, str)]
-    if failures or 0 not in logs:
-        print("\n".join(failures) or "the demo's ranks did not finish", file=sys.stderr)
+    try:
+        log = run_gloo_ranks(run_rank, options.world_size, (options,))[0]
+    except RuntimeError as error:
+        print("the online demo failed:\n%s" % error, file=sys.stderr)
         return 1
-    log = logs[0]
     per_step = report(log, options)
     if options.svg:
         with open(options.svg, "w") as svg:
