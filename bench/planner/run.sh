@@ -3,8 +3,8 @@
 #   1. the multi-window suite (4 families), rank and token mode, moe-eplb vs
 #      DeepSeek vs FlashLB, planned on windows 0-3 and scored on window 4;
 #   2. real DeepSeek-V3 statistics: plan on one SGLang run, score on the next;
-#   3. drifting replays: `moe-eplb replay` on the drifting family, moves per
-#      rebalance and time-averaged balance, migration-aware vs from scratch;
+#   3. replays: `moe-eplb replay` on every suite scenario, moves per rebalance
+#      and time-averaged balance per family, migration-aware vs from scratch;
 #   4. planning time next to DeepSeek's algorithm in PyTorch, timed in this run.
 #
 #   bash bench/planner/run.sh [BUILD_DIR] [DATA_DIR] [--quick]
@@ -33,47 +33,20 @@ echo
 
 "$build/bench/planner/moe_eplb_bench_windows" --data "$data" --section suite --section real ${quick:+--quick}
 
-echo "## Drifting traffic: replay of $windows windows, rebalance after every window on the last 4"
+echo "## Replays: $windows windows of every suite scenario, rebalancing after every window on the last 4"
 echo
-echo "Rank mode; each policy scored on the next window; moe-eplb-capped plans against the table"
-echo "in force with --max-moves = 10% of the slots. Slots changed: per rebalance, of W x S."
+echo "\`moe-eplb replay --scenario NAME --windows $windows --json\`, rank mode: each policy is scored on the"
+echo "next window; moe-eplb-capped plans against the table in force with --max-moves = 10% of the slots."
+echo "Time-averaged max/mean over windows 1..$((windows - 1)); slots changed per rebalance, of W x S."
 echo
-scenarios="drifting-deepseek-v3-ep32 drifting-deepseek-v3-ep64 drifting-qwen3-ep16 drifting-mixtral-ep6
-  drifting-deepseek-v3-ep48"  # window_suite()'s drifting family
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+scenarios=$("$build/bench/planner/moe_eplb_bench_windows" --list)
 for scenario in $scenarios; do
   "$build/tools/moe-eplb" replay --scenario "$scenario" --windows "$windows" --json \
-    >"$tmp/$scenario.json"
+    >"$tmp/$scenario.json" 2>/dev/null
 done
-python3 - "$tmp" $scenarios <<'EOF'
-import json, math, sys
-folder, names = sys.argv[1], sys.argv[2:]
-print("| scenario | policy | time-avg max/mean | vs moe-eplb from scratch | slots changed per "
-      "rebalance (mean) | max | bytes: experts received |")
-print("|---|---|---:|---:|---:|---:|---:|")
-ratios, shares, worst_share = [], [], 0.0
-for name in names:
-    replay = json.load(open(f"{folder}/{name}.json"))
-    slots = replay["world_size"] * replay["slots_per_rank"] * replay["layers"]
-    policies = {p["name"]: p for p in replay["policies"]}
-    scratch = policies["moe-eplb"]["mean_max_over_mean"]
-    for p in replay["policies"]:
-        changed = p["mean_slots_changed"]
-        moved = "-" if changed is None else f"{changed:.1f} ({100 * changed / slots:.1f}%)"
-        most = "-" if p["max_slots_changed"] is None else f"{p['max_slots_changed']:.0f}"
-        print(f"| {name.removeprefix('drifting-')} | {p['name']} | {p['mean_max_over_mean']:.4f} | "
-              f"{100 * (p['mean_max_over_mean'] / scratch - 1):+.1f}% | {moved} | {most} | "
-              f"{p['experts_received']:.0f} |")
-    capped = policies["moe-eplb-capped"]
-    ratios.append(capped["mean_max_over_mean"] / scratch)
-    shares.append(capped["mean_slots_changed"] / slots)
-    worst_share = max(worst_share, capped["max_slots_changed"] / slots)
-print(f"\nmoe-eplb-capped over moe-eplb from scratch, time-averaged max/mean: "
-      f"{100 * (math.prod(ratios) ** (1 / len(ratios)) - 1):+.2f}% geometric mean, worst "
-      f"{100 * (max(ratios) - 1):+.2f}%; slots changed per rebalance: mean "
-      f"{100 * sum(shares) / len(shares):.1f}%, at most {100 * worst_share:.1f}%\n")
-EOF
+python3 bench/planner/summarize_replays.py "$tmp" $scenarios
 
 "$build/bench/planner/moe_eplb_bench_windows" --data "$data" --section timing ${quick:+--quick}
 /usr/bin/python3 bench/planner/deepseek_reference.py --data "$data" --repetitions "$([[ $quick == --quick ]] && echo 3 || echo 11)"

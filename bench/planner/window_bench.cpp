@@ -1,6 +1,7 @@
 // Planner benchmarks for issue 10: several windows in, a later window scored.
 //
 //   moe_eplb_bench_windows [--data DIR] [--quick] [--section suite|real|timing]...
+//   moe_eplb_bench_windows --list        (the suite's scenario names)
 //
 // suite   the multi-window suite (window_suite(): transient, persistent, mixed
 //         and drifting families): every planner plans on windows 0-3 and is
@@ -410,10 +411,14 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (std::strcmp(argv[i], "--data") == 0 && i + 1 < argc) {
       data_dir = argv[++i];
+    } else if (std::strcmp(argv[i], "--list") == 0) {  // the suite's names, for run.sh
+      for (const ScenarioSpec& spec : window_suite()) std::printf("%s\n", spec.name.c_str());
+      return 0;
     } else if (std::strcmp(argv[i], "--section") == 0 && i + 1 < argc) {
       sections.push_back(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--data DIR] [--quick] [--section suite|real|timing]...\n",
+      std::fprintf(stderr,
+                   "usage: %s [--data DIR] [--quick] [--section suite|real|timing]... | --list\n",
                    argv[0]);
       return 2;
     }
