@@ -36,17 +36,20 @@ WindowSums window_sums(const double* counts, std::int64_t num_ranks, std::int64_
   return sums;
 }
 
-// Sum over (w, e) of a * b for two windows' deviations from their global share.
+// Sum over (w, e) of weight * a * b for two windows' deviations from their
+// global share. weight = 1 / expected count makes sampling noise count the
+// same for every pair (a Pearson residual), so that no few hot experts
+// decide the estimate.
 double deviation_product(const double* a, const WindowSums& sums_a, const double* b,
-                         const WindowSums& sums_b, std::int64_t num_ranks,
-                         std::int64_t num_experts) {
+                         const WindowSums& sums_b, const std::vector<double>& weight,
+                         std::int64_t num_ranks, std::int64_t num_experts) {
   double sum = 0.0;
   for (std::int64_t w = 0; w < num_ranks; ++w) {
     for (std::int64_t e = 0; e < num_experts; ++e) {
       const std::int64_t i = w * num_experts + e;
       const double dev_a = a[i] - sums_a.expert_total[e] * sums_a.rank_share[w];
       const double dev_b = b[i] - sums_b.expert_total[e] * sums_b.rank_share[w];
-      sum += dev_a * dev_b;
+      sum += weight[i] * dev_a * dev_b;
     }
   }
   return sum;
@@ -82,42 +85,50 @@ LayerForecast forecast_layer(const LayerRequest& request) {
   forecast.num_experts = num_experts;
 
   // Persistence of the per-rank deviations, and the variance that does not
-  // persist, relative to the squared expected counts (kappa).
+  // persist, relative to the squared expected counts (kappa). Sums are
+  // weighted by 1 / expected count, under which a count's sampling noise
+  // (Poisson: variance = count) adds the count / expected.
   double kappa = 0.0;
   if (num_ranks > 1) {
-    double mean_deviation_sq = 0.0;
+    std::vector<double> weight(static_cast<std::size_t>(num_ranks * num_experts), 0.0);
+    double expected_sum = 0.0;
+    for (std::int64_t w = 0; w < num_ranks; ++w) {
+      for (std::int64_t e = 0; e < num_experts; ++e) {
+        const double expected = mean_expert[e] * mean_share[w];
+        if (expected <= 0.0) continue;
+        weight[w * num_experts + e] = 1.0 / expected;
+        expected_sum += expected;
+      }
+    }
+    double mean_deviation_sq = 0.0, mean_noise = 0.0;
     std::vector<double> deviation_sq(windows.size());
     for (std::int64_t t = 0; t < num_windows; ++t) {
-      deviation_sq[t] =
-          deviation_product(windows[t], sums[t], windows[t], sums[t], num_ranks, num_experts);
+      deviation_sq[t] = deviation_product(windows[t], sums[t], windows[t], sums[t], weight,
+                                          num_ranks, num_experts);
       mean_deviation_sq += deviation_sq[t] * inv_windows;
+      for (std::size_t i = 0; i < weight.size(); ++i) {
+        mean_noise += weight[i] * windows[t][i] * inv_windows;
+      }
     }
     if (num_windows >= 2) {
       double cross = 0.0, scale = 0.0;
       for (std::int64_t t = 1; t < num_windows; ++t) {
-        cross += deviation_product(windows[t - 1], sums[t - 1], windows[t], sums[t], num_ranks,
-                                   num_experts);
+        cross += deviation_product(windows[t - 1], sums[t - 1], windows[t], sums[t], weight,
+                                   num_ranks, num_experts);
         scale += 0.5 * (deviation_sq[t - 1] + deviation_sq[t]);
       }
       forecast.persistence = scale > 0.0 ? clip01(cross / scale) : 1.0;
       const double p = forecast.persistence;
       forecast.shrink = p > 0.0 ? p / (p + (1.0 - p) * inv_windows) : 0.0;
     } else {
-      // Sampling noise alone gives a count's deviation the count as variance.
       const double signal =
-          mean_deviation_sq > 0.0 ? clip01(1.0 - mean_total / mean_deviation_sq) : 0.0;
+          mean_deviation_sq > 0.0 ? clip01(1.0 - mean_noise / mean_deviation_sq) : 0.0;
       forecast.persistence = kSingleWindowPersistence * signal;
       forecast.shrink = forecast.persistence;
     }
-    double expected_sq = 0.0;
-    for (std::int64_t w = 0; w < num_ranks; ++w) {
-      for (std::int64_t e = 0; e < num_experts; ++e) {
-        const double expected = mean_expert[e] * mean_share[w];
-        expected_sq += expected * expected;
-      }
-    }
-    const double transient = (1.0 - forecast.persistence) * mean_deviation_sq - mean_total;
-    kappa = expected_sq > 0.0 ? std::max(0.0, transient / expected_sq) : 0.0;
+    // Weighted, a variance kappa * expected^2 adds kappa * expected.
+    const double transient = (1.0 - forecast.persistence) * mean_deviation_sq - mean_noise;
+    kappa = expected_sum > 0.0 ? std::max(0.0, transient / expected_sum) : 0.0;
   }
 
   // Each expert's level: a local-level Kalman filter over its totals (scaled

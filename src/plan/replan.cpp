@@ -26,8 +26,9 @@
 //     largest overlap (Hungarian assignment), so that a rank keeps the
 //     experts it already holds; only when it fits the cap.
 //
-// Within a rank an expert that stays keeps its slot: A edits slots in place,
-// B goes through align_to_previous(). Deterministic: ties go to the lower
+// Within a rank an expert that stays keeps its slot: both candidates go
+// through align_to_previous() (A edits slots in place, but an expert swapped
+// away and back may land in another slot). Deterministic: ties go to the lower
 // index.
 #include <algorithm>
 #include <cmath>
@@ -290,9 +291,9 @@ std::int64_t Editor::repair() {
   for (const std::int32_t slot : freed) {
     MOE_EPLB_CHECK(fill(slot), kPlan, ": previous table, layer ", request_.layer_idx,
                    ": no expert can take its slot ", slot,
-                   " without a dead replica or two replicas on one rank; plan without --previous");
+                   " without two replicas on one rank; plan without --previous");
   }
-  return static_cast<std::int64_t>(freed.size());
+  return moves();
 }
 
 bool Editor::fill(std::int32_t slot) {
@@ -316,6 +317,14 @@ bool Editor::fill(std::int32_t slot) {
       step.row_a = std::move(row);
       if (best.expert_a < 0 || step.gain > best.gain + epsilon()) best = std::move(step);
     }
+  }
+  // No usable count can grow: a replica appended where it leaves the live
+  // groups as they are, as the planner itself places unavoidable leftovers.
+  for (std::int64_t b = 0; b < num_experts_ && best.expert_a < 0; ++b) {
+    if (holds(rank, b) || count(b) >= request_.max_count) continue;
+    best.expert_a = b;
+    best.row_a = rows_[b];
+    best.row_a.push_back(slot);
   }
   if (best.expert_a < 0) return false;
   apply(best);
@@ -460,8 +469,7 @@ std::vector<std::int32_t> to_table(const ReplicaSlots& slots, std::int64_t& num_
   return table;
 }
 
-// Candidate B: the plan from scratch on the old ranks of most overlap, each
-// staying expert in its old slot.
+// Candidate B: the plan from scratch on the old ranks of most overlap.
 Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
   const std::int64_t world_size = request.world_size, slots_per_rank = request.slots_per_rank;
   TopologyOptions topology;
@@ -498,18 +506,24 @@ Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
       slot = static_cast<std::int32_t>(new_rank[rank] * slots_per_rank + slot % slots_per_rank);
     }
   }
+  scratch.rank_loads = std::move(loads);
+  return scratch;
+}
+
+// Each expert that stays on a rank back in its old slot there.
+Placement align(const LayerRequest& request, Placement placement) {
+  TopologyOptions topology;
+  topology.world_size = request.world_size;
+  topology.slots_per_rank = request.slots_per_rank;
   std::int64_t num_columns = 0;
-  const std::vector<std::int32_t> table = to_table(scratch.slots, num_columns);
+  const std::vector<std::int32_t> table = to_table(placement.slots, num_columns);
   const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};
   const std::vector<std::int32_t> aligned = align_to_previous(view, request.previous, topology);
-  Placement result;
-  result.rank_loads = std::move(loads);
-  result.slots.resize(scratch.slots.size());
-  for (std::size_t e = 0; e < scratch.slots.size(); ++e) {
+  for (std::size_t e = 0; e < placement.slots.size(); ++e) {
     const std::int32_t* row = aligned.data() + e * static_cast<std::size_t>(num_columns);
-    result.slots[e].assign(row + 1, row + 1 + row[0]);
+    placement.slots[e].assign(row + 1, row + 1 + row[0]);
   }
-  return result;
+  return placement;
 }
 
 std::int64_t count_moves(const LayerRequest& request, const Placement& placement) {
@@ -544,10 +558,10 @@ Placement replan(const LayerRequest& request, const ShareModel& shares, const Co
                  "replicas of an expert on one rank, or unused slots), more than max_moves ",
                  request.max_moves);
   editor.improve(request.max_moves, request.move_cost);
-  Placement local = editor.placement();
+  Placement local = align(request, editor.placement());
   const std::int64_t local_moves = count_moves(request, local);
 
-  Placement relabelled = relabel_to_previous(request, std::move(scratch));
+  Placement relabelled = align(request, relabel_to_previous(request, std::move(scratch)));
   const std::int64_t relabelled_moves = count_moves(request, relabelled);
   if (request.max_moves >= 0 && relabelled_moves > request.max_moves) return local;
   const double local_value =
