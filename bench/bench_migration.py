@@ -38,11 +38,11 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 import moe_eplb
+from moe_eplb import PreparedTable
 from moe_eplb.distributed import EplbRuntime, ExpertParallelMoE
 from moe_eplb.distributed import demo
 from moe_eplb.distributed.moe import slot_experts
@@ -68,6 +68,7 @@ DEEPSEEK_EXPERT_BYTES = 3 * 7168 * 2048 + 3 * (7168 // 128) * (2048 // 128) * 4
 def drifting_windows(rng, num_experts, top_k, world_size, popularity, skew, drift, num_windows,
                      rank_variation=0.3, persistence=0.5):
     """num_windows (W, E) float64 count arrays, oldest first."""
+    import numpy as np  # only this part needs NumPy
     if popularity == "zipf":
         log_weight = -skew * np.log1p(rng.permutation(num_experts))
     else:
@@ -120,6 +121,7 @@ def planned_moves(old, new, world_size, slots_per_rank, ranks_per_node, node_awa
 
 def run_moves(shape, num_rebalances, seed):
     name, experts, top_k, world_size, slots, per_node, popularity, skew, drift = shape
+    import numpy as np
     rng = np.random.default_rng(seed)
     windows = drifting_windows(rng, experts, top_k, world_size, popularity, skew, drift,
                                num_rebalances + 3)
@@ -173,45 +175,65 @@ def print_moves(shapes, num_rebalances, seed, out):
 # ---------------------------------------------------------------- part 2
 
 
-def stall_rank(rank, world_size, options):
+def stall_rank(rank, world_size, options, device=None):
+    """The timed run on one rank: per step its kind (normal, migrate, plan)
+    and the slowest rank's forward + step() time. With one rank (S = E)
+    the planner cannot change the placement, so each rebalance rotates the
+    slots instead (every move a local copy)."""
+    device = torch.device("cpu") if device is None else device
     dense = demo.dense_layers(2, options.experts, options.hidden, options.intermediate, 3)
-    dense = [tuple(w.float() for w in weights) for weights in dense]
+    dense = [tuple(w.float().to(device) for w in weights) for weights in dense]
     runtime = EplbRuntime(2, options.experts, options.slots_per_rank, window_steps=4,
                           num_windows=2, rebalance_every=options.rebalance_every,
-                          layers_per_step=1, ranks_per_node=2)
+                          layers_per_step=1, ranks_per_node=2 if world_size % 2 == 0 else 0,
+                          device=device)
+    if world_size == 1:
+        runtime._plan = lambda windows, old: torch.cat(
+            [old[:, :, :1], torch.where(old[:, :, 1:] >= 0, (old[:, :, 1:] + 1) % options.experts,
+                                        old[:, :, 1:])], dim=2)
     layers = [ExpertParallelMoE.from_dense(*weights, 2, options.slots_per_rank, runtime=runtime,
                                            layer=idx) for idx, weights in enumerate(dense)]
     generator = torch.Generator().manual_seed(rank)
+    gate = dense[0][0].double().cpu()
     kinds, seconds = [], []
     for step in range(options.steps):
-        hidden = demo.drifting_batch(dense[0][0].double(), step, rank, world_size,
-                                     options.tokens, generator, period=40.0).float()
+        hidden = demo.drifting_batch(gate, step, rank, world_size, options.tokens, generator,
+                                     period=40.0).float().to(device)
         kind = "migrate" if runtime.migrating else "normal"
         dist.barrier()
+        _synchronize(device)
         started = time.perf_counter()
         demo.run_model(layers, hidden)
         if runtime.step() is not None:
             kind = "plan"
-        elapsed = torch.tensor([time.perf_counter() - started], dtype=torch.float64)
+        _synchronize(device)
+        elapsed = torch.tensor([time.perf_counter() - started], dtype=torch.float64,
+                               device=device)
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
         kinds.append(kind)
         seconds.append(elapsed.item())
     slot_bytes = sum(t[0].numel() * t.element_size() for t in layers[0].slot_tensors())
     moved = sum(sum(r.experts_moved) for r in runtime.rebalances if r.done_step is not None)
+    copies = sum(r.this_rank_received for r in runtime.rebalances)
     return dict(kinds=kinds, seconds=seconds, slot_bytes=slot_bytes, moved=moved,
-                rebalances=len(runtime.rebalances))
+                rebalances=len(runtime.rebalances), world_size=world_size, copies=copies)
 
 
-def print_stall(options, out):
-    log = demo.run_gloo_ranks(stall_rank, options.world_size, (options,), timeout_s=900)[0]
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def print_stall(log, options, where, out):
     warm = options.rebalance_every  # the first steps warm up
     by_kind = {}
     for kind, seconds in list(zip(log["kinds"], log["seconds"]))[warm:]:
         by_kind.setdefault(kind, []).append(seconds)
     normal = statistics.median(by_kind["normal"])
-    print("\n## stall while migrating (gloo, %d CPU processes)\n" % options.world_size, file=out)
+    print("\n## stall while migrating (%s)\n" % where, file=out)
     print("%d experts of %.1f MiB per slot (float32 SwiGLU, H %d, I %d), %d slots per rank, "
-          "2 layers, %d tokens per rank per step; %d rebalances, %d experts moved.\n" % (
+          "2 layers, %d tokens per rank per step; %d rebalances, %d experts received over "
+          "all ranks.\n" % (
               options.experts, log["slot_bytes"] / 2**20, options.hidden, options.intermediate,
               options.slots_per_rank, options.tokens, log["rebalances"], log["moved"]), file=out)
     print("| step | count | median ms | max ms | median / normal step |", file=out)
@@ -227,6 +249,154 @@ def print_stall(options, out):
     out.flush()
 
 
+def device_check(device_type, options, out):
+    """World size 1 on NCCL (CUDA) or gloo (CPU, to test this check itself):
+    dispatch and combine, migrate_experts, the runtime with a CUDA graph
+    captured around the routing, and the cost of step() with nothing due.
+    Prints PASS/FAIL lines; returns the number of failures."""
+    import datetime
+    from moe_eplb.distributed import combine, dispatch, migrate_experts
+
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method="tcp://127.0.0.1:%d" % demo.free_port(),
+                            rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
+    failures = []
+
+    def check(name, ok, detail=""):
+        print("%s %s%s" % ("PASS" if ok else "FAIL", name, (": " + detail) if detail else ""),
+              file=out)
+        if not ok:
+            failures.append(name)
+
+    def sync():
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+
+    generator = torch.Generator().manual_seed(0)
+    num_experts, top_k, tokens, hidden_size = 8, 2, 64, 32
+    try:
+        # dispatch / combine against the rows they must carry
+        table = torch.tensor([[1, (e + 3) % num_experts] for e in range(num_experts)],
+                             dtype=torch.int32)
+        hidden = torch.randn(tokens, hidden_size, generator=generator)
+        ids = torch.randint(0, num_experts, (tokens, top_k), generator=generator)
+        weights = torch.rand(tokens, top_k, generator=generator)
+        recv, slots, handle = dispatch(hidden.to(device), ids.to(device), table.to(device),
+                                       slots_per_rank=num_experts)
+        expected_slots = table[ids, 1].reshape(-1).long()
+        check("dispatch rows and slots", torch.equal(recv.cpu(), hidden.repeat_interleave(
+            top_k, dim=0)) and torch.equal(slots.cpu(), expected_slots))
+        out_rows = combine(recv * (slots + 1).unsqueeze(1).to(recv.dtype), handle,
+                           weights.to(device))
+        reference = sum(weights[:, k:k + 1] * hidden * (table[ids[:, k], 1] + 1).unsqueeze(1)
+                        for k in range(top_k))
+        check("combine", torch.allclose(out_rows.cpu(), reference, rtol=1e-5, atol=1e-5))
+
+        # migrate_experts: a cycle of every slot, three dtypes, bitwise
+        slots_per_rank = num_experts
+        contents = [torch.randn(num_experts, 4, 4, generator=generator),
+                    torch.randint(-128, 128, (num_experts, 3), generator=generator,
+                                  dtype=torch.int8),
+                    torch.randn(num_experts, 2, generator=generator).to(torch.bfloat16)]
+        old = torch.tensor([[1, e] for e in range(num_experts)], dtype=torch.int32)
+        new = torch.tensor([[1, (e + 1) % num_experts] for e in range(num_experts)],
+                           dtype=torch.int32)
+        tensors = [c.clone().to(device) for c in contents]
+        stats = migrate_experts(tensors, old, new, slots_per_rank=slots_per_rank)
+        moved = all(torch.equal(t.cpu()[(e + 1) % num_experts], c[e])
+                    for t, c in zip(tensors, contents) for e in range(num_experts))
+        check("migrate_experts", moved and stats.local_copies == num_experts, str(stats))
+
+        # the runtime: two layers, a rebalance that permutes the slots (with one
+        # rank the planner cannot change the placement, as S = E), outputs
+        # against the dense model, and a CUDA graph around the routing
+        dense = demo.dense_layers(2, num_experts, 16, 8, 5)
+        runtime = EplbRuntime(2, num_experts, num_experts, balance_mode=1, window_steps=2,
+                              num_windows=1, rebalance_every=4, device=device)
+
+        def roll_slots(windows, old_tables):
+            rolled = old_tables.clone()
+            counts = rolled[:, :, 0]
+            slots_used = rolled[:, :, 1:]
+            rolled[:, :, 1:] = torch.where(slots_used >= 0, (slots_used + 3) % num_experts,
+                                           slots_used)
+            return rolled if counts.min() > 0 else old_tables
+        runtime._plan = roll_slots
+        layers = [ExpertParallelMoE.from_dense(*(w.to(device) for w in weights), top_k,
+                                               num_experts, runtime=runtime, layer=idx)
+                  for idx, weights in enumerate(dense)]
+        prepared = runtime.prepared_table(0)
+        static_ids = ids.to(device)
+        graph = None
+        if device_type == "cuda":
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                prepared.map(static_ids)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = prepared.map(static_ids)
+        equal, swaps = True, 0
+        for step in range(12):
+            x = demo.drifting_batch(dense[0][0], step, 0, 1, 32, generator).to(device)
+            equal &= bool(torch.allclose(demo.run_model(layers, x).cpu(),
+                                         demo.run_dense(dense, x.cpu(), top_k), rtol=1e-9,
+                                         atol=1e-9))
+            before = runtime.table(0)
+            runtime.step()
+            if not torch.equal(before, runtime.table(0)):
+                swaps += 1
+                if graph is not None:
+                    graph.replay()
+                    sync()
+                    check("CUDA graph replay sees the swap at step %d" % (step + 1),
+                          torch.equal(static_out, prepared.map(static_ids)) and not torch.equal(
+                              static_out.cpu(), PreparedTable(before, -1, -1, balance_mode=1)
+                              .map(static_ids.cpu())))
+        check("runtime output equals the dense model at every step", equal)
+        check("runtime swapped tables", swaps >= 2, "%d swaps" % swaps)
+
+        # step() with nothing due: no host synchronisation, and its cost
+        idle = EplbRuntime(1, num_experts, num_experts, window_steps=4, num_windows=2,
+                           rebalance_every=10**9, device=device)
+        for _ in range(10):
+            idle.step()
+        sync()
+        if device_type == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            started = time.perf_counter()
+            for _ in range(1000):
+                idle.step()
+            host_us = (time.perf_counter() - started) * 1e3
+            no_sync = True
+        except RuntimeError as error:
+            no_sync, host_us = False, float("nan")
+            print(error, file=out)
+        finally:
+            if device_type == "cuda":
+                torch.cuda.set_sync_debug_mode(0)
+        sync()
+        check("step() with nothing due does not synchronise", no_sync,
+              "%.1f us per call on the host (a window closes every 4th)" % host_us)
+
+        # the stall at world size 1 (every move a local copy)
+        options.slots_per_rank = options.experts
+        log = stall_rank(0, 1, options, device)
+        print_stall(log, options, "%s, world size 1" % backend, out)
+    except Exception as error:  # reported as a failure; the stage goes on
+        import traceback
+        traceback.print_exc(file=out)
+        check("device check ran to the end", False, "%s: %s" % (type(error).__name__, error))
+    finally:
+        dist.destroy_process_group()
+    return len(failures)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rebalances and steps")
@@ -240,7 +410,14 @@ def main(argv=None):
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rebalance-every", type=int, default=8)
     parser.add_argument("--steps", type=int, default=56)
+    parser.add_argument("--device-check", choices=("cuda", "cpu"),
+                        help="only run the world-size-1 check on this device (NCCL for cuda)")
     options = parser.parse_args(argv)
+    if options.device_check:
+        if options.device_check == "cuda" and not torch.cuda.is_available():
+            print("SKIP device check: no CUDA device")
+            return 0
+        return 1 if device_check(options.device_check, options, sys.stdout) else 0
     if options.quick:
         options.steps = 24
     print("machine: %s, %d CPUs, torch %s; %s" % (platform.processor() or platform.machine(),
@@ -248,7 +425,8 @@ def main(argv=None):
                                                   time.strftime("%Y-%m-%d")))
     print_moves(SHAPES, 3 if options.quick else 10, options.seed, sys.stdout)
     if not options.skip_stall:
-        print_stall(options, sys.stdout)
+        log = demo.run_gloo_ranks(stall_rank, options.world_size, (options,), timeout_s=900)[0]
+        print_stall(log, options, "gloo, %d CPU processes" % options.world_size, sys.stdout)
     return 0
 
 

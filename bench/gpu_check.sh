@@ -191,3 +191,34 @@ fi
   fi
 } | tee "$OUT/summary.txt"
 [ $TEST_RC -eq 0 ] && [ $BENCH_RC -le 1 ]
+
+# ---- 6. distributed (issue 11): world size 1 on NCCL ------------------------------
+# dispatch, combine, migrate_experts and an EplbRuntime on CUDA tensors; a CUDA
+# graph captured around the routing must replay a rebalance's in-place table
+# swap; step() with nothing due must not synchronise (under
+# torch.cuda.set_sync_debug_mode("error")), and its host cost per call; the
+# stall of steps that migrate a layer against a normal step (with one rank
+# every move is a local copy). About 30 s. DIST=0 skips it. Appended after the
+# summary above: it adds its own line to summary.txt, and the exit status
+# covers both.
+CHECKS_RC=$?
+if [ "${DIST:-1}" != 1 ]; then
+  DIST_STATUS=SKIP DIST_DETAIL="DIST=0" DIST_RC=0
+else
+  echo "=== distributed: bench/bench_migration.py --device-check cuda"
+  timeout 300 "$PYTHON" bench/bench_migration.py --device-check cuda --steps 40 \
+    >"$OUT/distributed.log" 2>&1
+  DIST_RC=$?
+  cat "$OUT/distributed.log"
+  DIST_PASS=$(grep -c "^PASS " "$OUT/distributed.log")
+  DIST_FAIL=$(grep -c "^FAIL " "$OUT/distributed.log")
+  if grep -q "^SKIP " "$OUT/distributed.log"; then
+    DIST_STATUS=SKIP DIST_DETAIL=$(grep "^SKIP " "$OUT/distributed.log" | head -1)
+  elif [ $DIST_RC -eq 0 ]; then
+    DIST_STATUS=PASS DIST_DETAIL="$DIST_PASS checks, see distributed.log"
+  else
+    DIST_STATUS=FAIL DIST_DETAIL="rc=$DIST_RC, $DIST_FAIL of $((DIST_PASS + DIST_FAIL)) checks failed, see distributed.log"
+  fi
+fi
+printf '%-12s %-5s %s\n' distributed "$DIST_STATUS" "$DIST_DETAIL" | tee -a "$OUT/summary.txt"
+[ $CHECKS_RC -eq 0 ] && [ $DIST_RC -eq 0 ]
