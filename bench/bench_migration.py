@@ -407,9 +407,9 @@ def main(argv=None):
     parser.add_argument("--slots-per-rank", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--intermediate", type=int, default=512)
-    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rebalance-every", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=56)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--device-check", choices=("cuda", "cpu"),
                         help="only run the world-size-1 check on this device (NCCL for cuda)")
     options = parser.parse_args(argv)
