@@ -287,9 +287,10 @@ class EplbRuntime:
         return tables.contiguous()
 
     def _prepare(self, table):
-        return PreparedTable(table.to(self.device), self.rank, self.world_size,
-                             balance_mode=self.balance_mode,
-                             num_physical_experts=self.world_size * self.slots_per_rank)
+        # Validated on the host; the routes live on self.device.
+        return PreparedTable(table, self.rank, self.world_size, balance_mode=self.balance_mode,
+                             num_physical_experts=self.world_size * self.slots_per_rank,
+                             device=self.device)
 
     def _check_same_on_all_ranks(self, tables, what):
         """Raises on every rank unless every rank holds the same tables."""
@@ -408,7 +409,7 @@ class EplbRuntime:
                 raise
             # Counts so far were routed by the old table: fold them under it.
             self._fold()
-            self._prepared[layer].update(new.to(self.device))
+            self._prepared[layer].update(new)  # validated on the host, copied in place
             self._tables[layer] = new
             self._set_fold_index(layer)
         if not self._pending:
