@@ -3,7 +3,7 @@
 // Slot p lives on rank p / slots_per_rank. A plan uses every
 // one of the world_size * slots_per_rank slots exactly once, never puts two
 // replicas of one logical expert on the same rank, and always passes
-// validate_table(). Two algorithms:
+// validate_table(). Three algorithms:
 //
 //   kRuleAware  (default) plans for the operator's real replica rule. In rank
 //               mode replica j of an expert with c replicas receives exactly
@@ -16,6 +16,62 @@
 //               load / count, balanced packing; hierarchical when expert
 //               groups divide evenly over nodes), on global counts. The
 //               baseline: it assumes an even split over replicas.
+//   kFlashLB    see below.
+//
+// How several windows are used (kRuleAware)
+// -----------------------------------------
+// plan() takes T >= 1 windows of counts, oldest first; it plans for the next
+// window. Counts are routed (token, top-k) choices, so a count's sampling
+// noise is Poisson (variance = count). Per layer:
+//
+//  1. Persistence. Each window's deviation from the global share is
+//     D_t[w,e] = x_t[w,e] - g_t[e] * s_t[w] (g_t: expert totals, s_t: each
+//     source rank's share of all tokens). With T >= 2 the persistence rho is
+//     the lag-1 correlation of consecutive windows' deviations, weighted by
+//     1 / expected count (Pearson residuals), clipped to [0, 1]. With one
+//     window it cannot be measured: rho = 0.5 * (the share of the deviation
+//     above sampling noise), a conservative default. Global counts: rho = 1.
+//  2. Shrinkage. The windows' mean deviation keeps the weight
+//     lambda = rho / (rho + (1 - rho) / T) (the best linear predictor when
+//     the non-persistent part is independent between windows; lambda = rho
+//     for T = 1): expected[w,e] = level[e] * (s[w] + lambda * (mean_x[w,e] /
+//     mean_g[e] - s[w])), s the mean rank shares.
+//  3. Level and drift. level[e] is a local-level Kalman filter over the
+//     expert's totals (scaled to the mean window size); the drift variance
+//     of a step is estimated from E[(g_t - g_{t-2})^2] - E[(g_t - g_{t-1})^2]
+//     pooled over experts (three or more windows; none assumed below). No
+//     drift gives the plain mean.
+//  4. Noise. Each (rank, expert) count of the next window has variance
+//     expected + kappa * expected^2: Poisson plus the deviation that does not
+//     persist (kappa from (1 - rho) times the windows' deviation beyond
+//     sampling noise); each expert's total also carries the level's error and
+//     one drift step, shared by its ranks in proportion.
+//
+// The rank-mode (and token-mode) objective
+// ----------------------------------------
+// A replica's load on the next window has the mean and variance of its
+// source group's counts (token mode: 1/c of the expert's); a rank's are the
+// sums over its replicas. Counts, groups and placement minimise the largest
+// mean + 1.0 * std over ranks (not the largest mean): a replica fed by a
+// small group of ranks carries that group's noise. Small layers that need a
+// count search compare candidates by the expected busiest rank itself.
+// The report's predicted_max_over_mean is E[max_r L_r] / mean for
+// independent normal rank loads L_r, with its 16% / 84% quantiles.
+//
+// Migration-aware replanning (options.previous)
+// ---------------------------------------------
+// A slot is changed when its logical expert differs from the previous table
+// (the output format does not change). The planner keeps each replica on a
+// rank that already holds the expert wherever balance allows, and within a
+// rank a staying expert keeps its slot (align_to_previous). It compares a
+// local search from the previous placement (forced repairs first, then the
+// moves that buy the most balance per changed slot: free reorders of an
+// expert's replicas, swaps, and count changes that turn a cool expert's
+// replica into a hot one's) with the fresh plan relabelled to the old ranks
+// of largest overlap, and keeps the lower predicted max/mean + move_cost *
+// slots changed. max_moves caps slots changed per layer exactly; a previous
+// table whose forced repairs (replicas rank mode never selects, two replicas
+// of an expert on a rank, unused slots) exceed the cap is refused.
 #pragma once
 
 #include <cstdint>
@@ -62,9 +118,10 @@ struct PlanOptions {
   // hierarchical policy runs when groups divide evenly over > 1 nodes.
   std::int64_t num_groups = 1;
 
-  // Migration-aware replanning. `previous` is the table in force, (L, E, F')
-  // with the plan's L and E (any F'), valid for world_size * slots_per_rank
-  // slots; null plans from scratch. Not owned; must outlive the call.
+  // Migration-aware replanning (kRuleAware only; see above). `previous` is
+  // the table in force, (L, E, F') with the plan's L and E (any F'), valid
+  // for world_size * slots_per_rank slots; null plans from scratch. Not
+  // owned; must outlive the call.
   const LayeredTable* previous = nullptr;
   // Per layer, at most this many slots whose logical expert differs from
   // `previous` (a "move"); -1 = no cap. Needs `previous`.
@@ -74,34 +131,39 @@ struct PlanOptions {
   double move_cost = 0.0;
 };
 
-// What plan() estimated, per layer (filled when a report is asked for).
+// What plan() estimated, per layer (filled when a report is asked for;
+// the estimates by kRuleAware only, slots_changed by every algorithm).
 struct LayerPlanReport {
   // Estimated share of each source rank's deviation from the global share
   // that persists from window to window, in [0, 1] (1 with global counts).
   double persistence = 1.0;
-  // Predicted max/mean per-rank load on the next window, and an interval
-  // (about one standard deviation either side) from the windows' noise.
+  // Predicted max/mean per-rank load on the next window (its expectation),
+  // and the 16% and 84% quantiles (about one standard deviation either side).
   double predicted_max_over_mean = 1.0;
   double predicted_low = 1.0;
   double predicted_high = 1.0;
-  std::int64_t slots_changed = 0;  // against `previous`; 0 without it
+  std::int64_t slots_changed = 0;  // against `previous` (diff_tables()); 0 without it
 };
 struct PlanReport {
   std::vector<LayerPlanReport> layers;
 };
-// Plans every layer of `load` independently. Throws moe_eplb::Error
-// (kInvalidArgument) starting with "plan():" for impossible requests: fewer
-// slots than experts, slots_per_rank above E, num_columns that cannot hold
-// the slots, ranks_per_node not dividing world_size, a load whose per-rank
-// rows differ from world_size. Deterministic (no randomness, no threads,
-// same output on every platform); allocates per layer O(E * W) scratch;
-// thread-safe (no shared state). Takes a few ms per layer of 256 experts on
-// EP 64 (the bench plans 61 such layers in well under a second).
+// Plans every layer of `load` independently (one window). Throws
+// moe_eplb::Error (kInvalidArgument) starting with "plan():" for impossible
+// requests: fewer slots than experts, slots_per_rank above E, num_columns
+// that cannot hold the slots, ranks_per_node not dividing world_size, a load
+// whose per-rank rows differ from world_size. Deterministic (no randomness,
+// no threads, same output on every platform); allocates per layer O(E * W)
+// scratch; thread-safe (no shared state). Takes a few ms per layer of 256
+// experts on EP 64 (61 such layers with 4 windows in well under a second).
 LayeredTable plan(const ExpertLoad& load, const PlanOptions& options);
 
 // Plans on several windows of statistics, oldest first, all of one shape
 // (the same layers, source ranks and experts; a mismatch throws naming the
 // window). `report`, when not null, receives the per-layer estimates.
+// Also throws for: a previous table of another L or E, or not valid for
+// world_size * slots_per_rank slots; max_moves below -1; move_cost negative
+// or not finite; max_moves / move_cost without `previous` or with another
+// algorithm; forced repairs of `previous` above max_moves.
 LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& options,
                   PlanReport* report = nullptr);
 
