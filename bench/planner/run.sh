@@ -8,6 +8,8 @@
 #   4. planning time next to DeepSeek's algorithm in PyTorch, timed in this run.
 #
 #   bash bench/planner/run.sh [BUILD_DIR] [DATA_DIR] [--quick]
+#   MOE_EPLB_BASELINE=COMMIT bash bench/planner/run.sh ...   (also: the suite and the
+#       real runs with the rule-aware planner of COMMIT, see baseline_planner.sh)
 #
 # BUILD_DIR (default build-bench) is configured and built here (Release, CPU
 # only); DATA_DIR defaults to ../shared/data/sglang-deepseek-v3, read in place.
@@ -28,10 +30,26 @@ echo "# moe-eplb planner benchmarks (issue 10)"
 echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src include || echo ' (+ uncommitted changes)')"
 echo "- machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs, $(uname -sr)"
-echo "- command: bash bench/planner/run.sh $* "
+echo "- command: ${MOE_EPLB_BASELINE:+MOE_EPLB_BASELINE=$MOE_EPLB_BASELINE }bash bench/planner/run.sh $*"
 echo
 
 "$build/bench/planner/moe_eplb_bench_windows" --data "$data" --section suite --section real ${quick:+--quick}
+
+if [[ -n ${MOE_EPLB_BASELINE:-} ]]; then
+  bash bench/planner/baseline_planner.sh "$MOE_EPLB_BASELINE" "$build/baseline" \
+    "$build/src/libmoe_eplb.a" >/dev/null
+  echo "## The same with the rule-aware planner of $MOE_EPLB_BASELINE (before issue 10)"
+  echo
+  echo "Only its moe-eplb columns differ from the tables above."
+  echo
+  "$build/baseline/window_bench_baseline" --data "$data" --section suite --section real \
+    ${quick:+--quick} | awk '
+      /^Geometric means/ {on = 1}
+      /^## Real/ {on = 0; print "Real runs:\n"}
+      /^EP [0-9]+ x/ {print; print ""; next}
+      on || /geometric mean|range:|^\| plan on|^\|---\|---\|---:/ {print}'
+  echo
+fi
 
 echo "## Replays: $windows windows of every suite scenario, rebalancing after every window on the last 4"
 echo
