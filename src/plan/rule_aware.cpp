@@ -374,7 +374,7 @@ bool RankPacker::narrow_pairs() {
 }
 
 void RankPacker::improve_locality() {
-  for (int pass = 0; pass < 4; ++pass) {
+  for (int pass = 0; pass < 2; ++pass) {
     bool improved = false;
     for (std::size_t xi = 0; xi < replicas_.size(); ++xi) {
       const auto x = static_cast<std::int64_t>(xi);
