@@ -3,31 +3,38 @@
 // Rank mode sends every token that source rank w routes to expert e (with c
 // replicas) to replica 1 + w / ceil(W / c). With per-source-rank statistics
 // each replica's load is therefore known, not assumed: the tokens of its
-// group of ranks. The planner balances those real shares in four steps.
+// group of ranks. The forecast (forecast.cpp) turns the windows into the
+// next window's expected count and variance per (rank, expert); a replica
+// carries its group's mean and variance, a rank the sums over its replicas,
+// and ranks compare by cost = mean + std (rule_model.hpp): a rank of
+// replicas fed by small, noisy groups is costlier than its mean says. The
+// planner balances those costs in four steps.
 //
-//  1. Counts. Water-filling on the heaviest replica: while slots remain, the
-//     expert whose heaviest replica is heaviest moves to its next *live*
-//     count, one where every replica serves at least one rank (ceil(W / g)
-//     for some group size g; for W = 32 that skips 9, 10, 12..15, 17..31).
-//     Slots no live count can take become dead replicas appended to a row
-//     whose group size they leave unchanged, so they cost nothing. In token
-//     mode every count is live and each replica gets load / c.
-//  2. Packing. Heaviest replica first into the lightest rank that has a free
-//     slot and no replica of that expert yet, then improving swaps: first
-//     between the heaviest rank and any other, then between any two ranks
-//     whose difference a swap narrows, until neither helps.
+//  1. Counts. Water-filling on the costliest replica: while slots remain,
+//     the expert whose costliest replica is costliest moves to its next
+//     *live* count, one where every replica serves at least one rank
+//     (ceil(W / g) for some group size g; for W = 32 that skips 9, 10,
+//     12..15, 17..31). Slots no live count can take become dead replicas
+//     appended to a row whose group size they leave unchanged, so they cost
+//     nothing. In token mode every count is live and each replica gets 1 / c.
+//  2. Packing. Costliest replica first onto the rank where it ends cheapest
+//     (a free slot, no replica of that expert yet), then improving swaps:
+//     first between the costliest rank and any other (ranks below the mean
+//     first), then between pairs across the mean whose difference a swap
+//     narrows, until neither helps or the ranks are within 0.05% of the mean.
 //  3. Count search, only when step 2 ends more than 0.5% above the mean
-//     (few slots per rank: replicas must pair up to the mean): every split
-//     of the slots into live counts for small layers, else a hill-climb that
-//     moves count steps between experts, repacking each candidate.
+//     cost (few slots per rank: replicas must pair up to the mean): every
+//     split of the slots into live counts for small layers, compared by the
+//     expected busiest rank, else a hill-climb that moves count steps
+//     between experts, repacking each candidate.
 //  4. Locality. Swaps that move replicas onto ranks that send them traffic
 //     (replica j onto a rank of its source group j, or at least its node),
-//     accepted only when the two ranks end no further apart than they were.
+//     accepted only when the two ranks' costs stay between their old ones.
 //
+// With a previous table, replan.cpp then trades this plan against moves.
 // Deterministic: ties go to the lower expert, replica and rank index.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <queue>
 #include <tuple>
 
