@@ -46,7 +46,7 @@ if [[ -n ${MOE_EPLB_BASELINE:-} ]]; then
     ${quick:+--quick} | awk '
       /^Geometric means/ {on = 1}
       /^## Real/ {on = 0; print "Real runs:\n"}
-      /^EP [0-9]+ x/ {print; print ""; next}
+      /^EP [0-9]+ x/ {print ""; print; print ""; next}
       on || /geometric mean|range:|^\| plan on|^\|---\|---\|---:/ {print}'
   echo
 fi
