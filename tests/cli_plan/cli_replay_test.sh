@@ -122,7 +122,14 @@ case $case_name in
       rows.txt | grep -q ok || { cat out.txt >&2; fail "window 1 should be 2.000 for every policy"; }
     awk '$1 == 2 {for (i = 2; i <= NF; ++i) if ($i ~ /\./ && $i != "1.000") exit 1; print "ok"}' \
       rows.txt | grep -q ok || { cat out.txt >&2; fail "window 2 should be 1.000 for every policy"; }
-    # Per-rank (W, E) windows from the tool's own demo, and a per-layer file.
+    # Per-layer (L, 1, E) windows: layer 1 repeats the hand-worked case, layer 0 stays
+    # uniform (1.000), so window 1 scores (1 + 2) / 2 = 1.500 for every policy.
+    npy_int32 l0.npy "(2, 1, 4)" 100 100 100 100 100 100 100 100
+    npy_int32 l1.npy "(2, 1, 4)" 100 100 100 100 400 0 0 0
+    run "$tool" replay --load l0.npy --load l1.npy --world-size 2 --slots-per-rank 2 --json
+    expect '"layers": 2' out.txt
+    [[ $(grep -c '"max_over_mean": 1.5,' out.txt) -eq 5 ]] || { cat out.txt >&2; fail "expected 1.5 for all 5"; }
+    # Per-rank (W, E) windows from the tool's own demo.
     demo_windows 1 2 3
     run "$tool" replay --load w1/load.npy --load w2/load.npy --load w3/load.npy --world-size 4 \
       --slots-per-rank 3 --balance-mode 1 --history 1
