@@ -199,6 +199,7 @@ def runtime_faults(rank, world_size, seed):
         balance_mode=dict(balance_mode=2),
         initial_tables=dict(initial_tables=torch.zeros(NUM_EXPERTS, 3, dtype=torch.int64)),
         max_moves=dict(max_moves=-1),
+        move_cost=dict(move_cost=-0.5),
     )
     for name, change in bad.items():
         args = dict(num_layers=1, num_experts=NUM_EXPERTS, slots_per_rank=slots_per_rank,

@@ -185,7 +185,8 @@ def run_rank(rank, world_size, options):
                           num_windows=options.num_windows,
                           rebalance_every=options.rebalance_every,
                           layers_per_step=options.layers_per_step,
-                          ranks_per_node=options.ranks_per_node)
+                          ranks_per_node=options.ranks_per_node, max_moves=options.max_moves,
+                          move_cost=options.move_cost)
     layers = [ExpertParallelMoE.from_dense(*weights, options.top_k, options.slots_per_rank,
                                            runtime=runtime, layer=idx)
               for idx, weights in enumerate(dense)]
@@ -255,8 +256,10 @@ def report(log, options, out=sys.stdout):
               options.slots_per_rank, options.tokens,
               "rank" if options.balance_mode == 0 else "token"), file=out)
     print("rebalance every %d steps on the last %d windows of %d steps, %d layer(s) moved per "
-          "step" % (options.rebalance_every, options.num_windows, window,
-                    options.layers_per_step), file=out)
+          "step, move cost %g, max moves %s" % (
+              options.rebalance_every, options.num_windows, window, options.layers_per_step,
+              options.move_cost, "none" if options.max_moves is None else options.max_moves),
+          file=out)
     rebalances = {r["step"]: r for r in log["rebalances"]}
     switched = {}
     for record in log["rebalances"]:
@@ -373,6 +376,9 @@ def parse_args(argv=None):
     add("--rebalance-every", type=int, default=8)
     add("--layers-per-step", type=int, default=1)
     add("--balance-mode", type=int, default=0, choices=(0, 1))
+    add("--max-moves", type=int, default=None, help="per layer and rebalance (default: no cap)")
+    add("--move-cost", type=float, default=0.02,
+        help="max/mean a move must buy (the planner's option; 0: balance first)")
     add("--period", type=float, default=160.0, help="steps for the hot experts to drift by E/2")
     add("--seed", type=int, default=1)
     add("--svg", default="moe-eplb-online.svg", help="where to write the SVG ('' for none)")

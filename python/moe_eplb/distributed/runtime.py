@@ -101,6 +101,8 @@ class EplbRuntime:
             migration's source choice.
         max_moves: per layer and rebalance, at most this many slots change
             expert (None: no cap).
+        move_cost: >= 0, the predicted max/mean a move must buy to be made
+            (the planner's option; 0: balance first).
         device: where tables, counts and expert tensors live (default: the
             current CUDA device for NCCL, else the CPU).
 
@@ -111,7 +113,8 @@ class EplbRuntime:
 
     def __init__(self, num_layers, num_experts, slots_per_rank, *, group=None, balance_mode=0,
                  initial_tables=None, window_steps, num_windows, rebalance_every,
-                 layers_per_step=1, ranks_per_node=0, max_moves=None, device=None):
+                 layers_per_step=1, ranks_per_node=0, max_moves=None, move_cost=0.0,
+                 device=None):
         if not dist.is_initialized():
             raise ValueError("EplbRuntime(): torch.distributed is not initialized (call "
                              "torch.distributed.init_process_group first)")
@@ -132,6 +135,10 @@ class EplbRuntime:
             raise ValueError("EplbRuntime(): balance_mode must be 0 or 1, got %r" % (balance_mode,))
         if max_moves is not None:
             _check_int("max_moves", max_moves, 0)
+        if isinstance(move_cost, bool) or not isinstance(move_cost, (int, float)) or \
+                not move_cost >= 0:
+            raise ValueError("EplbRuntime(): move_cost must be a number >= 0, got %r"
+                             % (move_cost,))
         num_slots = self.world_size * slots_per_rank
         if not slots_per_rank <= num_experts <= num_slots:
             raise ValueError("EplbRuntime(): expected slots_per_rank <= num_experts <= world_size "
@@ -150,6 +157,7 @@ class EplbRuntime:
         self.layers_per_step = layers_per_step
         self.ranks_per_node = ranks_per_node
         self.max_moves = max_moves
+        self.move_cost = float(move_cost)
         self.device = _default_device(group) if device is None else torch.device(device)
         self.steps = 0
         self.rebalances = []
@@ -385,7 +393,7 @@ class EplbRuntime:
         new = moe_eplb.plan(windows, self.world_size, self.slots_per_rank,
                             balance_mode=self.balance_mode, ranks_per_node=self.ranks_per_node,
                             num_columns=self.num_columns, previous=old,
-                            max_moves=self.max_moves)
+                            max_moves=self.max_moves, move_cost=self.move_cost)
         new = new.reshape(self.num_layers, self.num_experts, self.num_columns)
         return torch.stack([
             moe_eplb.align_to_previous(new[layer], old[layer], self.world_size,
