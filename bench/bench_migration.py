@@ -15,7 +15,8 @@ the next window (max/mean rank load, rank mode, analyze()):
               rearrange_expert_weights_inplace rule);
   moe-eplb    plan with the table in force as `previous`, align, then
               migration_plan (same node first, spread over holders);
-  capped      moe-eplb with max_moves = 10% of the slots.
+  capped      moe-eplb with max_moves = 10% of the slots;
+  cost        moe-eplb with move_cost 0.02 (a move must buy 0.02 of max/mean).
 Traffic: the shapes and parameters of the planner's multi-window
 "drifting" family (src/plan/scenario.cpp), generated here with NumPy (the
 C++ generator is not exposed to Python, so the draws differ): Zipf or
@@ -128,7 +129,7 @@ def run_moves(shape, num_rebalances, seed):
     options = dict(balance_mode=0, ranks_per_node=per_node)
     first = moe_eplb.plan(windows[:2], world_size, slots, **options)
     width = first.shape[1]
-    tables = dict(naive=first, vllm=first, **{"moe-eplb": first, "capped": first})
+    tables = dict(naive=first, vllm=first, cost=first, **{"moe-eplb": first, "capped": first})
     cap = (world_size * slots) // 10
     rows = {strategy: [] for strategy in tables}
     for step in range(1, num_rebalances + 1):
@@ -136,9 +137,11 @@ def run_moves(shape, num_rebalances, seed):
         scratch = moe_eplb.plan(history, world_size, slots, num_columns=width, **options)
         new = dict(naive=scratch,
                    vllm=moe_eplb.align_to_previous(scratch, tables["vllm"], world_size, slots))
-        for strategy, max_moves in (("moe-eplb", None), ("capped", cap)):
+        for strategy, max_moves, move_cost in (("moe-eplb", None, 0.0), ("capped", cap, 0.0),
+                                               ("cost", None, 0.02)):
             planned = moe_eplb.plan(history, world_size, slots, num_columns=width,
-                                    previous=tables[strategy], max_moves=max_moves, **options)
+                                    previous=tables[strategy], max_moves=max_moves,
+                                    move_cost=move_cost, **options)
             new[strategy] = moe_eplb.align_to_previous(planned, tables[strategy], world_size,
                                                        slots)
         for strategy, table in new.items():
