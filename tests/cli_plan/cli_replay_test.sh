@@ -106,6 +106,11 @@ case $case_name in
     expect '"every": 3' out.txt
     [[ $(grep -c '"rebalanced_before": true' out.txt) -eq 1 ]] || fail "expected 1 rebalance"
     expect '"rebalances": 1' out.txt
+    run "$tool" replay --list
+    for family in transient persistent mixed drifting; do
+      expect "  $family-deepseek-v3-ep32 " out.txt
+    done
+    expect "  mixtral-ep8-hot " out.txt
     ;;
 
   loads)

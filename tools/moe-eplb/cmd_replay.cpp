@@ -48,7 +48,21 @@ struct ReplayOptions {
   double expert_bytes = 0.0;
   bool json = false;
   std::string svg_path;
+  bool list = false;
 };
+
+// The scenarios --scenario takes: the multi-window suite first.
+void list_scenarios() {
+  std::printf("multi-window suite (per-rank persistence p, popularity drift d per window):\n");
+  for (const ScenarioSpec& spec : window_suite()) {
+    std::printf("  %-28s %s, p %.1f, d %.2f\n", spec.name.c_str(), spec.description.c_str(),
+                spec.rank_persistence, spec.drift);
+  }
+  std::printf("single-window suite (fixed per-rank preferences, no drift):\n");
+  for (const ScenarioSpec& spec : scenario_suite()) {
+    std::printf("  %-28s %s\n", spec.name.c_str(), spec.description.c_str());
+  }
+}
 
 // The windows to replay, oldest first, all of one shape.
 struct Windows {
@@ -203,6 +217,10 @@ std::string human_bytes(double bytes) {
 }
 
 void run_replay(ReplayOptions options) {
+  if (options.list) {
+    list_scenarios();
+    return;
+  }
   MOE_EPLB_CHECK(options.balance_mode == 0 || options.balance_mode == 1, kReplay,
                  ": --balance-mode must be 0 (by rank) or 1 (by token), got ",
                  options.balance_mode);
@@ -438,9 +456,9 @@ void add_replay_command(CLI::App& app) {
                       "counted as `moe-eplb record` does; repeat, oldest first");
   command->add_option("--num-experts", options->num_experts, "E, with --trace");
   command->add_option("--scenario", options->scenario,
-                      "generate the windows from a built-in scenario (`moe-eplb demo --list`, or "
-                      "the multi-window suite: transient-*, persistent-*, mixed-*, drifting-*)");
+                      "generate the windows from a built-in scenario (see --list)");
   command->add_option("--windows", options->num_windows, "windows to generate, with --scenario");
+  command->add_flag("--list", options->list, "list the scenarios --scenario takes");
   command
       ->add_option("--tokens-per-rank", options->tokens_per_rank,
                    "tokens per rank per generated window (0 = the scenario's)")
