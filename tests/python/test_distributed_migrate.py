@@ -324,6 +324,12 @@ def check_faults(rank, world_size, seed):
             error = attempt(args["slot_tensors"], args["old"], args["new"],
                             args["slots_per_rank"], **options)
             results[case] = (argument, error)
+        # Something unexpected while checking on one rank: told to all alike.
+        original_plan = moe_eplb.migration_plan
+        if rank == bad_rank:
+            moe_eplb.migration_plan = lambda *args, **kwargs: 1 / 0
+        results["unexpected error"] = ("arguments", attempt(tensors, old, new, slots_per_rank))
+        moe_eplb.migration_plan = original_plan
         # Tables that differ between ranks.
         results["new_table differs"] = ("new_table", attempt(
             tensors, old, other_new if rank == 2 else new, slots_per_rank))

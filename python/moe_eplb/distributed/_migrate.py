@@ -54,9 +54,10 @@ _DEFAULT_MESSAGES_PER_ROUND = 8
 # that the bytes can be viewed as any dtype (complex128 is 16 bytes).
 _ALIGNMENT = 16
 # The arguments in the order they are checked; a verdict is 1 + the index of
-# the first bad one (0: all good).
-_ARGUMENTS = ("group", "slots_per_rank", "ranks_per_node", "staging_bytes", "slot_tensors",
-              "old_table", "new_table")
+# the first bad one (0: all good). "arguments": checking them raised
+# something unexpected (told to every rank like a bad argument).
+_ARGUMENTS = ("slots_per_rank", "ranks_per_node", "staging_bytes", "slot_tensors", "old_table",
+              "new_table", "arguments")
 _KEEP, _COPY_LOCAL, _RECEIVE, _COPY_RECEIVED = 0, 1, 2, 3
 
 # Test seam: when set, called as _before_round(round_idx) on every rank
@@ -129,6 +130,10 @@ def _migrate(slot_tensors, old_table, new_table, slots_per_rank, group, ranks_pe
                                         ranks_per_node, staging_bytes, world_size, device, local)
     except _BadArgument as error:
         local.error = error
+    except Exception as error:  # no rank may be left waiting in the agreement
+        local.error = _BadArgument("arguments", "checking them raised %s: %s"
+                                   % (type(error).__name__, error))
+        local.error.__cause__ = error
     _agree_on_arguments(local, rank, world_size, device, group)
 
     rounds = _rounds(plan, world_size, slots_per_rank, local.messages_per_round)
