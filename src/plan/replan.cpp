@@ -16,8 +16,9 @@
 //       - swap two slots' experts between the costliest rank and another:
 //         two moves;
 //       - replace a replica of a cooler expert on another rank by a new
-//         replica of an expert on the costliest rank (its count goes up one,
-//         the other's down one; both must stay usable counts): one move.
+//         replica of an expert on the costliest rank, or a replica on the
+//         costliest rank by a new replica of any other expert (one count up
+//         one, the other down one; both must stay usable counts): one move.
 //     A step's gain is how much it lowers the costliest rank (or, on a
 //     plateau of equal ranks, the squared excess over the mean of the ranks
 //     it touches, scaled to the same units); steps stop when no step gains
@@ -403,38 +404,50 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
       }
     }
   }
-  // Replacements (one move): a replica of expert a elsewhere becomes a new
-  // replica of expert b from the costliest rank.
+  // Replacements (one move): the replica of expert a at `slot` becomes a new
+  // replica of expert b (a's count goes down one, b's up one).
+  const auto consider_replacement = [&](std::int32_t slot, std::int64_t a, std::int64_t b) {
+    if (a == b || holds(rank_of(slot), b) || count(a) < 2 || !ladder_.allows(count(a) - 1) ||
+        count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) {
+      return;
+    }
+    const std::int64_t moves = slot_moves(slot, static_cast<std::int32_t>(b));
+    if (budget >= 0 && moves > budget) return;
+    std::vector<std::int32_t> row_a = rows_[a];
+    row_a.erase(std::find(row_a.begin(), row_a.end(), slot));
+    // The new replica may serve any source group: try every position.
+    const std::int64_t last = by_rank ? 0 : count(b);
+    for (std::int64_t position = count(b); position >= last; --position) {
+      std::vector<std::int32_t> row_b = rows_[b];
+      row_b.insert(row_b.begin() + position, slot);
+      changes.clear();
+      add_row(changes, a, rows_[a], -1.0);
+      add_row(changes, a, row_a, 1.0);
+      add_row(changes, b, rows_[b], -1.0);
+      add_row(changes, b, row_b, 1.0);
+      Step step;
+      step.gain = gain(changes);
+      step.moves = moves;
+      if (step.gain <= epsilon()) continue;
+      step.expert_a = a;
+      step.row_a = row_a;
+      step.expert_b = b;
+      step.row_b = std::move(row_b);
+      consider(best, step, min_gain_per_move);
+    }
+  };
   if (budget < 0 || budget >= 1) {
+    // A hot expert of the costliest rank gains a replica elsewhere ...
     for (const std::int64_t b : heavy_experts) {
-      if (count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) continue;
       for (std::int32_t slot = 0; slot < static_cast<std::int32_t>(slot_expert_.size()); ++slot) {
-        const std::int64_t a = slot_expert_[static_cast<std::size_t>(slot)];
-        const std::int64_t rank = rank_of(slot);
-        if (a == b || holds(rank, b) || count(a) < 2 || !ladder_.allows(count(a) - 1)) continue;
-        const std::int64_t moves = slot_moves(slot, static_cast<std::int32_t>(b));
-        if (budget >= 0 && moves > budget) continue;
-        std::vector<std::int32_t> row_a = rows_[a];
-        row_a.erase(std::find(row_a.begin(), row_a.end(), slot));
-        const std::int64_t last = by_rank ? 0 : count(b);
-        for (std::int64_t position = count(b); position >= last; --position) {
-          std::vector<std::int32_t> row_b = rows_[b];
-          row_b.insert(row_b.begin() + position, slot);
-          changes.clear();
-          add_row(changes, a, rows_[a], -1.0);
-          add_row(changes, a, row_a, 1.0);
-          add_row(changes, b, rows_[b], -1.0);
-          add_row(changes, b, row_b, 1.0);
-          Step step;
-          step.gain = gain(changes);
-          step.moves = moves;
-          if (step.gain <= epsilon()) continue;
-          step.expert_a = a;
-          step.row_a = row_a;
-          step.expert_b = b;
-          step.row_b = std::move(row_b);
-          consider(best, step, min_gain_per_move);
-        }
+        consider_replacement(slot, slot_expert_[static_cast<std::size_t>(slot)], b);
+      }
+    }
+    // ... or a replica on the costliest rank gives its slot to another expert.
+    for (std::int32_t slot = static_cast<std::int32_t>(heavy * slots_per_rank_);
+         slot < static_cast<std::int32_t>((heavy + 1) * slots_per_rank_); ++slot) {
+      for (std::int64_t b = 0; b < num_experts_; ++b) {
+        consider_replacement(slot, slot_expert_[static_cast<std::size_t>(slot)], b);
       }
     }
   }
