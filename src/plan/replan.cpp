@@ -406,6 +406,7 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
   }
   // Replacements (one move): the replica of expert a at `slot` becomes a new
   // replica of expert b (a's count goes down one, b's up one).
+  std::vector<std::int32_t> row_a, row_b;  // reused: no allocation per candidate
   const auto consider_replacement = [&](std::int32_t slot, std::int64_t a, std::int64_t b) {
     if (a == b || holds(rank_of(slot), b) || count(a) < 2 || !ladder_.allows(count(a) - 1) ||
         count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) {
@@ -413,26 +414,27 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
     }
     const std::int64_t moves = slot_moves(slot, static_cast<std::int32_t>(b));
     if (budget >= 0 && moves > budget) return;
-    std::vector<std::int32_t> row_a = rows_[a];
+    row_a.assign(rows_[a].begin(), rows_[a].end());
     row_a.erase(std::find(row_a.begin(), row_a.end(), slot));
     // The new replica may serve any source group: try every position.
     const std::int64_t last = by_rank ? 0 : count(b);
     for (std::int64_t position = count(b); position >= last; --position) {
-      std::vector<std::int32_t> row_b = rows_[b];
+      row_b.assign(rows_[b].begin(), rows_[b].end());
       row_b.insert(row_b.begin() + position, slot);
       changes.clear();
       add_row(changes, a, rows_[a], -1.0);
       add_row(changes, a, row_a, 1.0);
       add_row(changes, b, rows_[b], -1.0);
       add_row(changes, b, row_b, 1.0);
+      const double step_gain = gain(changes);
+      if (step_gain <= epsilon()) continue;
       Step step;
-      step.gain = gain(changes);
+      step.gain = step_gain;
       step.moves = moves;
-      if (step.gain <= epsilon()) continue;
       step.expert_a = a;
       step.row_a = row_a;
       step.expert_b = b;
-      step.row_b = std::move(row_b);
+      step.row_b = row_b;
       consider(best, step, min_gain_per_move);
     }
   };

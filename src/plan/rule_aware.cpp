@@ -489,15 +489,17 @@ std::int64_t count_splits(const LayerRequest& request, const CountLadder& ladder
 
 void try_every_split(const LayerRequest& request, const ShareModel& shares,
                      const CountLadder& ladder, std::vector<std::int64_t>& counts,
-                     std::int64_t expert, std::int64_t slots_left, RankPacker& best) {
+                     std::int64_t expert, std::int64_t slots_left, RankPacker& best,
+                     double& best_expected) {
   const std::int64_t experts_left = request.num_experts - expert;
   if (experts_left == 0) {
     if (slots_left != 0) return;
     RankPacker candidate = pack(request, shares, counts);
     // Few splits: compare by the expected busiest rank itself.
-    if (forecast_balance(candidate.rank_loads()).expected <
-        forecast_balance(best.rank_loads()).expected - 1e-9) {
+    const double expected = forecast_balance(candidate.rank_loads()).expected;
+    if (expected < best_expected - 1e-9) {
       best = std::move(candidate);
+      best_expected = expected;
     }
     return;
   }
@@ -507,7 +509,7 @@ void try_every_split(const LayerRequest& request, const ShareModel& shares,
     if (rest < experts_left - 1) break;
     if (rest > (experts_left - 1) * request.max_count) continue;
     counts[expert] = count;
-    try_every_split(request, shares, ladder, counts, expert + 1, rest, best);
+    try_every_split(request, shares, ladder, counts, expert + 1, rest, best, best_expected);
   }
 }
 
@@ -553,8 +555,9 @@ RankPacker refine_counts(const LayerRequest& request, const ShareModel& shares,
   if (best.max_cost() <= kGoodEnough * best.mean_cost()) return best;
   if (count_splits(request, ladder) <= kMaxSplits) {
     std::vector<std::int64_t> counts(static_cast<std::size_t>(request.num_experts));
+    double best_expected = forecast_balance(best.rank_loads()).expected;
     try_every_split(request, shares, ladder, counts, 0, request.world_size * request.slots_per_rank,
-                    best);
+                    best, best_expected);
     return best;
   }
   return hill_climb_counts(request, shares, ladder, std::move(best));
