@@ -19,10 +19,10 @@
 //         replica of an expert on the costliest rank, or a replica on the
 //         costliest rank by a new replica of any other expert (one count up
 //         one, the other down one; both must stay usable counts): one move.
-//     A step's gain is how much it lowers the costliest rank (or, on a
-//     plateau of equal ranks, the squared excess over the mean of the ranks
-//     it touches, scaled to the same units); steps stop when no step gains
-//     move_cost of max/mean per move, or the cap is reached.
+//     A step's gain is how much it lowers the squared excess over the mean
+//     of the ranks it touches, scaled to max/mean units at the costliest
+//     rank (no step may raise the costliest rank); steps stop when no step
+//     gains move_cost of max/mean per move, or the cap is reached.
 //  B. The plan from scratch, with its ranks relabelled to the old ranks of
 //     largest overlap (Hungarian assignment), so that a rank keeps the
 //     experts it already holds; only when it fits the cap.
@@ -173,8 +173,12 @@ class Editor {
     for (double c : costs_) mean_cost_ += c / static_cast<double>(world_size_);
   }
 
-  // Gain of a step in cost units (see the design note); negative when the
-  // costliest rank gets costlier.
+  // Gain of a step in cost units (see the design note): how much it lowers
+  // the squared excess over the mean cost of the ranks it touches, divided
+  // by twice the costliest rank's excess (so that lowering that rank alone
+  // by d gains about d); negative when the costliest rank gets costlier.
+  // Spreading the excess this way, rather than only lowering the maximum,
+  // leaves later steps (and the next rebalance) more to work with.
   double gain(const RankChanges& changes) {
     ++epoch_;
     double changed_max = 0.0, old_excess = 0.0, new_excess = 0.0;
@@ -199,8 +203,7 @@ class Editor {
     const double lowered = current - std::max(changed_max, unchanged_max);
     if (lowered < -epsilon()) return lowered;
     const double top_excess = current - mean_cost_;
-    const double smoothed = top_excess > 0.0 ? (old_excess - new_excess) / (2.0 * top_excess) : 0.0;
-    return std::max(lowered, smoothed);
+    return top_excess > 0.0 ? (old_excess - new_excess) / (2.0 * top_excess) : 0.0;
   }
   double epsilon() const { return 1e-9 * (mean_cost_ + 1.0); }
 
