@@ -129,7 +129,7 @@ def run_moves(shape, num_rebalances, seed):
     options = dict(balance_mode=0, ranks_per_node=per_node)
     first = moe_eplb.plan(windows[:2], world_size, slots, **options)
     width = first.shape[1]
-    tables = dict(naive=first, vllm=first, cost=first, **{"moe-eplb": first, "capped": first})
+    tables = {"naive": first, "vllm": first, "moe-eplb": first, "capped": first, "cost": first}
     cap = (world_size * slots) // 10
     rows = {strategy: [] for strategy in tables}
     for step in range(1, num_rebalances + 1):
