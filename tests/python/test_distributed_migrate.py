@@ -387,9 +387,10 @@ def check_fault_outcomes(outcomes):
 
 
 def check_peer_gone(rank, world_size, seed, how, hang_s):
-    """Rank 1 dies (how="exit") or hangs for hang_s, past the group timeout
-    (how="hang"), in the second round; the others must raise with their
-    slots unchanged."""
+    """In the third round rank 1 dies before the round's vote (how="exit"),
+    dies after it, with its peers' messages posted (how="exit in transfer"),
+    or hangs for hang_s, past the group timeout (how="hang"); the others must
+    raise with their slots unchanged."""
     from moe_eplb.distributed import _migrate
 
     slots_per_rank = 2
@@ -401,13 +402,19 @@ def check_peer_gone(rank, world_size, seed, how, hang_s):
     started = []
 
     def fault(round_idx):
-        if round_idx == 1:
-            started.append(time.monotonic())
-            if rank == 1 and how == "exit":
-                os._exit(3)
-            if rank == 1 and how == "hang":
-                time.sleep(hang_s)
-    _migrate._before_round = fault
+        # Round 3 of the rotation's six (one message per rank per round):
+        # rank 0 sends to rank 1 in it.
+        if round_idx != 2:
+            return
+        started.append(time.monotonic())
+        if rank == 1 and how in ("exit", "exit in transfer"):
+            os._exit(3)
+        if rank == 1 and how == "hang":
+            time.sleep(hang_s)
+    if how == "exit in transfer":
+        _migrate._before_transfer = fault
+    else:
+        _migrate._before_round = fault
     error = attempt(tensors, old, new, slots_per_rank, staging_bytes=slot_bytes(contents))
     seconds = time.monotonic() - started[0] if started else None
     unchanged = all(bitwise_equal(t, b) for t, b in zip(tensors, before))
@@ -418,12 +425,13 @@ def check_peer_gone(rank, world_size, seed, how, hang_s):
 # (a long group timeout keeps a slow machine from failing them earlier); a
 # hung one is only noticed at the group timeout, kept short.
 @pytest.mark.parametrize("how, world_size, group_timeout_s", [("exit", 3, 10.0),
+                                                              ("exit in transfer", 3, 10.0),
                                                               ("hang", 2, 2.5)])
 def test_migrate_peer_gone_makes_every_survivor_raise(how, world_size, group_timeout_s):
     outcomes = run_ranks(check_peer_gone, world_size, args=(7, how, group_timeout_s + 1.5),
                          timeout_s=60.0, group_timeout_s=group_timeout_s)
     survivors = [r for r in range(world_size) if how == "hang" or r != 1]
-    if how == "exit":
+    if how != "hang":
         assert outcomes[1][0] in (TIMEOUT, ERROR), outcomes[1]
     for rank in survivors:
         status, value = outcomes[rank]
@@ -433,5 +441,7 @@ def test_migrate_peer_gone_makes_every_survivor_raise(how, world_size, group_tim
         assert value["error"][0] == "RuntimeError", value["error"]
         assert "no slot on this rank was changed" in value["error"][1], value["error"]
         if rank != 1:
-            limit = 4.0 if how == "exit" else group_timeout_s + 4.0
+            limit = 4.0 if how != "hang" else group_timeout_s + 4.0
             assert value["seconds"] is not None and value["seconds"] < limit, value
+    if how == "exit in transfer":  # rank 0 was waiting for its message to rank 1
+        assert "the transfers of round 3 of 6 failed" in outcomes[0][1]["error"][1], outcomes[0]

@@ -60,9 +60,12 @@ _ARGUMENTS = ("slots_per_rank", "ranks_per_node", "staging_bytes", "slot_tensors
               "new_table", "arguments")
 _KEEP, _COPY_LOCAL, _RECEIVE, _COPY_RECEIVED = 0, 1, 2, 3
 
-# Test seam: when set, called as _before_round(round_idx) on every rank
-# before each round's vote, so tests can make one rank fail mid-migration.
+# Test seams: when set, called as _before_round(round_idx) on every rank
+# before each round's vote, and _before_transfer(round_idx) after it, just
+# before the round's messages are posted, so tests can make one rank fail
+# mid-migration at either point.
 _before_round = None
+_before_transfer = None
 
 
 class _BadArgument(ValueError):
@@ -318,6 +321,8 @@ def _transfer_and_commit(slot_tensors, layout, plan, rounds, rank, world_size, s
                          "before round %d of %d" % (round_idx + 1, len(rounds)), rank,
                          world_size, device, group)
         num_sent += sum(1 for op in ops if op.op == dist.isend)
+        if _before_transfer is not None:
+            _before_transfer(round_idx)
         try:
             for work in dist.batch_isend_irecv(ops) if ops else []:
                 work.wait()
