@@ -209,6 +209,29 @@ def runtime_faults(rank, world_size, seed):
             args.pop("num_layers"), args.pop("num_experts"), args.pop("slots_per_rank"),
             **args)))
     results["bad layer"] = ("layer", raises(lambda: runtime.table(1)))
+    # step() with nothing due communicates with no one (on CUDA: no host
+    # sync either; bench/gpu_check.sh checks that).
+    idle = distributed.EplbRuntime(1, NUM_EXPERTS, slots_per_rank, window_steps=2,
+                                   num_windows=2, rebalance_every=10**6)
+    calls = []
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
+        return call
+    originals = {name: getattr(dist, name) for name in
+                 ("all_gather", "all_reduce", "broadcast", "batch_isend_irecv", "barrier")}
+    for name, function in originals.items():
+        setattr(dist, name, counted(name, function))
+    try:
+        for _ in range(9):
+            idle.step()
+    finally:
+        for name, function in originals.items():
+            setattr(dist, name, function)
+    results["idle collectives"] = calls
+    results["idle windows"] = len(idle.windows())
     results["bad tensors"] = ("tensors[0]", raises(lambda: runtime.register_expert_tensors(
         0, [torch.zeros(slots_per_rank + 1, 2)])))
     return results
@@ -264,6 +287,7 @@ def check_runtime_faults(outcomes):
         assert not results["migrating_after"]
         assert results["rebalances"] >= 2
         assert results["windows"] == [True, True, 2], results["windows"]
+        assert results["idle collectives"] == [] and results["idle windows"] == 2, results
         kind, message = results["differ"]
         assert kind == "ValueError" and "differ between ranks" in message, message
         for key, value in results.items():
