@@ -320,13 +320,12 @@ def device_check(device_type, options, out):
         runtime = EplbRuntime(2, num_experts, num_experts, balance_mode=1, window_steps=2,
                               num_windows=1, rebalance_every=4, device=device)
 
-        def roll_slots(windows, old_tables):
+        def roll_slots(windows, old_tables):  # every expert 3 slots further
             rolled = old_tables.clone()
-            counts = rolled[:, :, 0]
             slots_used = rolled[:, :, 1:]
             rolled[:, :, 1:] = torch.where(slots_used >= 0, (slots_used + 3) % num_experts,
                                            slots_used)
-            return rolled if counts.min() > 0 else old_tables
+            return rolled
         runtime._plan = roll_slots
         layers = [ExpertParallelMoE.from_dense(*(w.to(device) for w in weights), top_k,
                                                num_experts, runtime=runtime, layer=idx)
