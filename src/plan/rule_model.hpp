@@ -98,23 +98,27 @@ class ShareModel {
     return heaviest;
   }
 
-  // Traffic of that replica that would start on `rank` itself plus the part
-  // that would start on rank's node: what placing it on `rank` keeps local.
-  double locality(std::int64_t e, std::int64_t count, std::int64_t replica,
-                  std::int64_t rank) const {
+  // For every rank: the traffic of that replica that would start on the
+  // rank itself plus the part that would start on the rank's node, i.e.
+  // what placing it there keeps local. Writes world_size values to `out`.
+  void locality(std::int64_t e, std::int64_t count, std::int64_t replica, double* out) const {
     std::int64_t begin = 0, end = world_size_;
     double fraction = 1.0 / static_cast<double>(count);  // token mode: an even part of each rank
     if (!by_token_) {
       std::tie(begin, end) = source_group(count, replica, world_size_);
       fraction = 1.0;
     }
-    double local = rank >= begin && rank < end ? from_ranks(e, rank, rank + 1) : 0.0;
+    std::fill(out, out + world_size_, 0.0);
     if (ranks_per_node_ > 0) {
-      const std::int64_t node_begin = rank / ranks_per_node_ * ranks_per_node_;
-      local +=
-          from_ranks(e, std::max(begin, node_begin), std::min(end, node_begin + ranks_per_node_));
+      // One value per node: the part of the group on that node.
+      for (std::int64_t node_begin = 0; node_begin < world_size_; node_begin += ranks_per_node_) {
+        const double on_node =
+            from_ranks(e, std::max(begin, node_begin), std::min(end, node_begin + ranks_per_node_));
+        std::fill(out + node_begin, out + node_begin + ranks_per_node_, on_node);
+      }
     }
-    return local * fraction;
+    for (std::int64_t rank = begin; rank < end; ++rank) out[rank] += from_ranks(e, rank, rank + 1);
+    for (std::int64_t rank = 0; rank < world_size_; ++rank) out[rank] *= fraction;
   }
 
  private:
