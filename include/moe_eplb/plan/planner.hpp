@@ -1,9 +1,13 @@
 // The EPLB planner: from expert load statistics to the Ascend eplb_table.
 //
-// Slot p lives on rank p / slots_per_rank. A plan uses every
-// one of the world_size * slots_per_rank slots exactly once, never puts two
-// replicas of one logical expert on the same rank, and always passes
-// validate_table(). Three algorithms:
+// Slot p lives on rank p / slots_per_rank. Every plan uses each of the
+// world_size * slots_per_rank slots exactly once. Only kRuleAware also
+// guarantees that no rank holds two replicas of one logical expert, that no
+// expert has more replicas than ranks (or than num_columns - 1) and that
+// the table passes validate_table(); the baselines kDeepSeek and
+// kFlashLB follow their published algorithms and may break those (two
+// replicas of a hot expert on one rank, more replicas than ranks). Three
+// algorithms:
 //
 //   kRuleAware  (default) plans for the operator's real replica rule. In rank
 //               mode replica j of an expert with c replicas receives exactly
