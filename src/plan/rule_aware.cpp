@@ -250,15 +250,15 @@ void RankPacker::pack_greedy() {
                    [&](std::int64_t a, std::int64_t b) { return item_cost[a] > item_cost[b]; });
   const Load none;
   for (std::int64_t item : order) {
-    const Load& load = replicas_[item].load;
-    const std::uint8_t* held = holds_.data() + replicas_[item].expert * world_size_;
     std::int64_t best = -1;
     double best_cost = 0.0, best_locality = 0.0;
     for (std::int64_t rank = 0; rank < world_size_; ++rank) {
-      // The mean alone bounds the cost from below (checked first: cheapest).
-      if (best >= 0 && rank_load_[rank].mean + load.mean > best_cost + epsilon_) continue;
-      if (held[rank] != 0 || slots_free(rank) == 0) continue;
-      const double after = cost_after(rank, load, none);
+      if (slots_free(rank) == 0 || holds(rank, replicas_[item].expert)) continue;
+      // The mean alone bounds the cost from below.
+      if (best >= 0 && rank_load_[rank].mean + replicas_[item].load.mean > best_cost + epsilon_) {
+        continue;
+      }
+      const double after = cost_after(rank, replicas_[item].load, none);
       if (best >= 0 && after > best_cost + epsilon_) continue;
       const double local = locality(item, rank);
       // Lower cost wins; on a tie (within epsilon) the rank keeping more local.
@@ -413,11 +413,6 @@ void RankPacker::improve_locality() {
         for (std::int64_t y : rank_replicas_[rank_y]) {
           const double gain = gain_x + locality(y, rank_x) - locality(y, rank_y);
           if (gain <= best_gain || !can_swap(x, rank_x, y, rank_y)) continue;
-          // A cost is at least its mean: most pairs fail on the means alone.
-          const double moved = replicas_[y].load.mean - replicas_[x].load.mean;
-          if (rank_load_[rank_x].mean + moved > high || rank_load_[rank_y].mean - moved > high) {
-            continue;
-          }
           const double new_x = cost_after(rank_x, replicas_[y].load, replicas_[x].load);
           const double new_y = cost_after(rank_y, replicas_[x].load, replicas_[y].load);
           if (new_x < low || new_x > high || new_y < low || new_y > high) continue;
