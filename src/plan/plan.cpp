@@ -131,6 +131,27 @@ ExpertLoad mean_load(const std::vector<ExpertLoad>& windows) {
 
 }  // namespace
 
+const char* plan_algorithm_name(PlanAlgorithm algorithm) {
+  switch (algorithm) {
+    case PlanAlgorithm::kDeepSeek:
+      return "deepseek";
+    case PlanAlgorithm::kFlashLB:
+      return "flashlb";
+    default:
+      return "moe-eplb";
+  }
+}
+
+PlanAlgorithm parse_plan_algorithm(const std::string& name, const char* operation) {
+  for (const PlanAlgorithm algorithm :
+       {PlanAlgorithm::kRuleAware, PlanAlgorithm::kDeepSeek, PlanAlgorithm::kFlashLB}) {
+    if (name == plan_algorithm_name(algorithm)) return algorithm;
+  }
+  MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, operation,
+                ": algorithm must be \"moe-eplb\", \"deepseek\" or \"flashlb\", got \"", name,
+                "\"");
+}
+
 std::vector<std::int64_t> live_replica_counts(std::int64_t world_size) {
   std::vector<std::int64_t> counts;
   for (std::int64_t group = world_size; group >= 1; --group) {

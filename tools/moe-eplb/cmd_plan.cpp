@@ -82,8 +82,7 @@ void run_plan(PlanCommandOptions options) {
   MOE_EPLB_CHECK(!options.previous_path.empty() || options.plan.move_cost == 0.0,
                  "plan(): --move-cost needs --previous (the table in force)");
   options.plan.balance_mode = static_cast<BalanceMode>(options.balance_mode);
-  options.plan.algorithm =
-      options.algorithm == "deepseek" ? PlanAlgorithm::kDeepSeek : PlanAlgorithm::kRuleAware;
+  options.plan.algorithm = parse_plan_algorithm(options.algorithm);
   std::vector<ExpertLoad> windows;
   bool per_layer_file = false;
   for (std::size_t i = 0; i < options.load_paths.size(); ++i) {
@@ -182,8 +181,9 @@ void run_plan(PlanCommandOptions options) {
   analyze.ranks_per_node = options.plan.ranks_per_node;
   analyze.balance_mode = options.plan.balance_mode;
   PlanOptions other = options.plan;
-  other.algorithm = options.plan.algorithm == PlanAlgorithm::kDeepSeek ? PlanAlgorithm::kRuleAware
-                                                                       : PlanAlgorithm::kDeepSeek;
+  // A baseline's plan is compared with moe-eplb's, moe-eplb's with DeepSeek's.
+  other.algorithm = options.plan.algorithm == PlanAlgorithm::kRuleAware ? PlanAlgorithm::kDeepSeek
+                                                                        : PlanAlgorithm::kRuleAware;
   other.num_columns = 0;
   other.previous = nullptr;
   other.max_moves = -1;
@@ -229,8 +229,8 @@ void add_plan_command(CLI::App& app) {
       ->capture_default_str();
   command
       ->add_option("--algorithm", options->algorithm,
-                   "moe-eplb (rule-aware) or deepseek (the published baseline)")
-      ->check(CLI::IsMember({"moe-eplb", "deepseek"}))
+                   "moe-eplb (rule-aware), deepseek or flashlb (the published baselines)")
+      ->check(CLI::IsMember({"moe-eplb", "deepseek", "flashlb"}))
       ->capture_default_str();
   command
       ->add_option("--num-groups", options->plan.num_groups,

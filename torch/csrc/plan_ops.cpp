@@ -69,15 +69,6 @@ LayeredTable host_layered_table(const char* operation, const char* name, const a
   return layered;
 }
 
-PlanAlgorithm parse_algorithm(c10::string_view name) {
-  if (name == "moe-eplb") return PlanAlgorithm::kRuleAware;
-  if (name == "deepseek") return PlanAlgorithm::kDeepSeek;
-  if (name == "flashlb") return PlanAlgorithm::kFlashLB;
-  MOE_EPLB_FAIL(ErrorCode::kInvalidArgument,
-                "plan(): algorithm must be \"moe-eplb\", \"deepseek\" or \"flashlb\", got \"",
-                std::string(name.data(), name.size()), "\"");
-}
-
 // (table (L, E, F) int32, report (L, 5) float64: persistence, predicted
 // max/mean, low, high, slots_changed).
 std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t world_size,
@@ -101,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t 
     options.ranks_per_node = ranks_per_node;
     options.num_columns = num_columns;
     options.balance_mode = static_cast<BalanceMode>(balance_mode);
-    options.algorithm = parse_algorithm(algorithm);
+    options.algorithm = parse_plan_algorithm(std::string(algorithm.data(), algorithm.size()));
     options.num_groups = num_groups;
     options.max_moves = max_moves;
     options.move_cost = move_cost;

@@ -79,6 +79,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "moe_eplb/plan/load.hpp"
@@ -106,6 +107,12 @@ struct LayeredTable {
 // mean + z std, Hungarian slot matching against the previous table. A
 // baseline; it does not know the operator's rank rule.
 enum class PlanAlgorithm : std::uint8_t { kRuleAware, kDeepSeek, kFlashLB };
+
+// The names the CLI and Python use: "moe-eplb", "deepseek", "flashlb".
+const char* plan_algorithm_name(PlanAlgorithm algorithm);
+// The algorithm of a name; throws moe_eplb::Error (kInvalidArgument) starting
+// with `operation` and listing the names otherwise.
+PlanAlgorithm parse_plan_algorithm(const std::string& name, const char* operation = "plan()");
 
 struct PlanOptions {
   std::int64_t world_size = 0;      // W >= 1
