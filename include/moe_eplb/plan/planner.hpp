@@ -4,10 +4,11 @@
 // world_size * slots_per_rank slots exactly once. Only kRuleAware also
 // guarantees that no rank holds two replicas of one logical expert, that no
 // expert has more replicas than ranks (or than num_columns - 1) and that
-// the table passes validate_table(); the baselines kDeepSeek and
-// kFlashLB follow their published algorithms and may break those (two
-// replicas of a hot expert on one rank, more replicas than ranks). Three
-// algorithms:
+// the table passes validate_table(). The baselines follow their published
+// algorithms: kDeepSeek may put two replicas of a hot expert on one rank and
+// give an expert more replicas than ranks; kFlashLB keeps one replica of an
+// expert per rank and uses every slot, but may leave replicas that rank mode
+// never selects (it does not know the rank rule). Three algorithms:
 //
 //   kRuleAware  (default) plans for the operator's real replica rule. In rank
 //               mode replica j of an expert with c replicas receives exactly
@@ -102,10 +103,12 @@ struct LayeredTable {
 };
 
 // kFlashLB: Huawei's FlashLB as its public description states it (vllm-ascend
-// PR #3042): replicas by the largest mean + 0.674 std per replica over the
-// windows, covariance-aware placement on the device with the lowest
-// mean + z std, Hungarian slot matching against the previous table. A
-// baseline; it does not know the operator's rank rule.
+// PR #3042), on global counts: replicas by the largest mean + z std per
+// replica over the windows, covariance-aware placement on the device with the
+// lowest mean + z std, z = 0.674 in both (std is 0 with one window). With a
+// previous table it keeps that table unless it is more than 5% worse than a
+// fresh plan by its own measure; otherwise Hungarian matching of the new
+// devices to the old ranks, and staying experts keep their slots. No move cap.
 enum class PlanAlgorithm : std::uint8_t { kRuleAware, kDeepSeek, kFlashLB };
 
 // The names the CLI and Python use: "moe-eplb", "deepseek", "flashlb".
