@@ -1,11 +1,13 @@
-// moe-eplb demo: the whole job on a built-in scenario. Draw two windows of
-// routing traffic, record per-rank loads from the first with the operator's
-// load counters, plan (DeepSeek's EPLB and moe-eplb), route every rank's
-// tokens of the second window through update_expert(), and show the balance.
+// moe-eplb demo: the whole job on a built-in scenario. Draw four windows of
+// routing traffic, record per-rank loads of the first three with the
+// operator's load counters, plan on them (DeepSeek's EPLB and moe-eplb, which
+// estimates from several windows what persists), route every rank's tokens
+// of the fourth window through update_expert(), and show the balance.
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "balance_report.hpp"
 #include "commands.hpp"
@@ -99,7 +101,8 @@ void save_inputs(const std::string& dir, const ScenarioSpec& spec, const ExpertL
   save_layered_table(dir + "/table.npy", ours, true);
   save_layered_table(dir + "/table_deepseek.npy", deepseek, true);
   std::printf(
-      "\nsaved load.npy (window 1 statistics), expert_ids.npy (window 2 trace), table.npy "
+      "\nsaved load.npy (the newest planning window's statistics), expert_ids.npy (the scored "
+      "window's trace), table.npy "
       "(moe-eplb) and table_deepseek.npy in %s/; for example:\n"
       "  moe-eplb simulate --table %s/table.npy --expert-ids %s/expert_ids.npy%s "
       "--world-size %lld --slots-per-rank %lld --ranks-per-node %lld\n",
@@ -119,23 +122,33 @@ void run_demo(const DemoOptions& options) {
   const std::int64_t num_physical = spec.world_size * spec.slots_per_rank;
   Progress progress(4);
 
-  progress.start("drawing 2 windows of routing: " + std::to_string(spec.world_size) + " ranks x " +
+  constexpr std::int64_t kPlanWindows = 3;
+  progress.start("drawing " + std::to_string(kPlanWindows + 1) +
+                 " windows of routing: " + std::to_string(spec.world_size) + " ranks x " +
                  std::to_string(spec.tokens_per_rank) + " tokens x top-" +
                  std::to_string(spec.top_k));
-  const RoutingTrace plan_window = generate_trace(spec, 0);
-  const RoutingTrace score_window = generate_trace(spec, 1);
+  std::vector<RoutingTrace> plan_traces;
+  for (std::int64_t window = 0; window < kPlanWindows; ++window) {
+    plan_traces.push_back(generate_trace(spec, window));
+  }
+  const RoutingTrace score_window = generate_trace(spec, kPlanWindows);
   progress.done();
 
-  progress.start("recording per-rank expert loads of window 1 (operator load counters)");
-  LoadRecorder recorder(1, spec.world_size, spec.num_experts);
-  recorder.record(0, plan_window);
+  progress.start("recording per-rank expert loads of windows 1-" + std::to_string(kPlanWindows) +
+                 " (operator load counters)");
+  std::vector<ExpertLoad> windows;
+  for (const RoutingTrace& trace : plan_traces) {
+    LoadRecorder recorder(1, spec.world_size, spec.num_experts);
+    recorder.record(0, trace);
+    windows.push_back(recorder.load());
+  }
   progress.done();
 
   progress.start("planning: DeepSeek EPLB, moe-eplb for rank mode and for token mode");
   double ours_seconds = 0.0, token_seconds = 0.0, deepseek_seconds = 0.0;
   const auto timed_plan = [&](BalanceMode mode, PlanAlgorithm algorithm, double& seconds) {
     const auto start = std::chrono::steady_clock::now();
-    LayeredTable table = plan(recorder.load(), scenario_plan_options(spec, mode, algorithm));
+    LayeredTable table = plan(windows, scenario_plan_options(spec, mode, algorithm));
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return table;
   };
@@ -147,7 +160,8 @@ void run_demo(const DemoOptions& options) {
       timed_plan(BalanceMode::kByRank, PlanAlgorithm::kDeepSeek, deepseek_seconds);
   progress.done();
 
-  progress.start("routing every rank's window-2 tokens through update_expert(), 5 placements");
+  progress.start("routing every rank's window-" + std::to_string(kPlanWindows + 1) +
+                 " tokens through update_expert(), 5 placements");
   const AnalyzeOptions analyze = scenario_analyze_options(spec, BalanceMode::kByRank);
   const AnalyzeOptions token = scenario_analyze_options(spec, BalanceMode::kByToken);
   AnalyzeOptions none_options = analyze;
@@ -177,8 +191,9 @@ void run_demo(const DemoOptions& options) {
               static_cast<long long>(num_physical - spec.num_experts));
   std::printf("  traffic: %s\n", describe_traffic(spec).c_str());
   std::printf(
-      "  planned on window 1's statistics, scored on window 2 (same distribution, new "
-      "seed)\n\n");
+      "  planned on windows 1-%lld's statistics, scored on window %lld (same distribution, new "
+      "seeds)\n\n",
+      static_cast<long long>(kPlanWindows), static_cast<long long>(kPlanWindows + 1));
   print_comparison(rows);
   std::printf(
       "\n  max/mean: busiest rank's tokens over the mean (1.00 = perfect; the step waits "
@@ -199,7 +214,7 @@ void run_demo(const DemoOptions& options) {
     std::printf("  wrote %s (per-rank load bars, before vs after)\n", options.svg_path.c_str());
   }
   if (!options.save_dir.empty()) {
-    save_inputs(options.save_dir, spec, recorder.load(), score_window, ours, deepseek);
+    save_inputs(options.save_dir, spec, windows.back(), score_window, ours, deepseek);
   }
 }
 
