@@ -4,6 +4,7 @@
 # first unexpected result. No Python needed: inputs come from bash and the
 # tool itself.
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 case_name=$1
 tool=$2
 work=$3
@@ -11,53 +12,14 @@ rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
 
-fail() {
-  echo "FAIL [$case_name]: $*" >&2
-  exit 1
-}
+source "$here/cli_lib.sh"
 
-# run CMD...: must succeed; its stdout lands in out.txt, stderr in err.txt.
+# run CMD...: as cli_lib.sh's, but stderr (replay's progress) lands in err.txt.
 run() {
   if ! "$@" >out.txt 2>err.txt; then
     cat out.txt err.txt >&2
     fail "command failed: $*"
   fi
-}
-
-# run_fails PATTERN CMD...: must exit 1 and print PATTERN (fixed string).
-run_fails() {
-  local pattern=$1
-  shift
-  local status=0
-  "$@" >out.txt 2>&1 || status=$?
-  [[ $status -eq 1 ]] || { cat out.txt >&2; fail "expected exit 1, got $status: $*"; }
-  grep -qF -- "$pattern" out.txt || { cat out.txt >&2; fail "expected '$pattern' from: $*"; }
-}
-
-expect() {  # expect PATTERN FILE
-  grep -qF -- "$1" "$2" || { cat "$2" >&2; fail "expected '$1' in $2"; }
-}
-
-# npy_int32 FILE SHAPE VALUES...: writes an int32 .npy (format 1.0) with bash only.
-npy_int32() {
-  local file=$1 shape=$2
-  shift 2
-  local header="{'descr': '<i4', 'fortran_order': False, 'shape': $shape, }"
-  local total=$((10 + ${#header} + 1))
-  local pad=$(((64 - total % 64) % 64))
-  header="$header$(printf '%*s' "$pad" '')"
-  local length=$((${#header} + 1))
-  {
-    printf '\x93NUMPY\x01\x00'
-    printf "\\x$(printf '%02x' $((length & 255)))\\x$(printf '%02x' $((length >> 8)))"
-    printf '%s\n' "$header"
-    local value
-    for value in "$@"; do
-      value=$((value & 0xffffffff))
-      printf "\\x$(printf '%02x' $((value & 255)))\\x$(printf '%02x' $(((value >> 8) & 255)))"
-      printf "\\x$(printf '%02x' $(((value >> 16) & 255)))\\x$(printf '%02x' $((value >> 24)))"
-    done
-  } >"$file"
 }
 
 # The per-window table of a replay's text output (the lines that start with
