@@ -346,45 +346,40 @@ void run_timing(const std::vector<RealRun>& runs, bool quick) {
       "## Planning time (median of %d, after a warm-up), %s\n\n| input | moe-eplb | DeepSeek "
       "(C++) | FlashLB |\n|---|---:|---:|---:|\n",
       repetitions, run.name.c_str());
+  // Median time of every planner on `windows`, one table row; the first
+  // planner's (moe-eplb's) plan is checked.
+  const auto time_planners = [&](const std::vector<ExpertLoad>& windows, const PlanOptions& options,
+                                 const char* label) {
+    double seconds[kNumPlanners];
+    for (std::size_t p = 0; p < kNumPlanners; ++p) {
+      PlanOptions o = options;
+      o.algorithm = kPlanners[p].algorithm;
+      LayeredTable table;
+      seconds[p] = median_seconds(repetitions, [&] { table = plan(windows, o); });
+      if (p == 0) check_plan(table, options.world_size, options.slots_per_rank, true, label);
+    }
+    std::printf("| %s | %.1f ms | %.1f ms | %.1f ms |\n", label, seconds[0] * 1e3, seconds[1] * 1e3,
+                seconds[2] * 1e3);
+  };
+  PlanOptions options;
+  options.ranks_per_node = 8;
+  options.num_groups = 8;
   {
     // 61 layers (0-2 dense: all zero) x 256, EP 64 x 5 slots, 4 noisy windows.
     std::vector<ExpertLoad> windows;
     for (std::uint64_t w = 0; w < 4; ++w) {
       windows.push_back(real_load(run, 0, 61, 64, kNoiseSeed + 100 * (w + 1)));
     }
-    PlanOptions options;
     options.world_size = 64;
     options.slots_per_rank = 5;
-    options.ranks_per_node = 8;
-    options.num_groups = 8;
-    double seconds[3];
-    for (std::size_t p = 0; p < kNumPlanners; ++p) {
-      PlanOptions o = options;
-      o.algorithm = kPlanners[p].algorithm;
-      LayeredTable table;
-      seconds[p] = median_seconds(repetitions, [&] { table = plan(windows, o); });
-      if (p == 0) check_plan(table, 64, 5, true, "timing 61 layers");
-    }
-    std::printf(
-        "| 61 layers x 256, EP 64 x 5, 4 windows of per-rank counts | %.1f ms | %.1f ms | "
-        "%.1f ms |\n",
-        seconds[0] * 1e3, seconds[1] * 1e3, seconds[2] * 1e3);
+    time_planners(windows, options, "61 layers x 256, EP 64 x 5, 4 windows of per-rank counts");
   }
   {
     const ExpertLoad global = real_load(run, 3, 61, 0, 0);
-    PlanOptions options;
     options.world_size = 32;
     options.slots_per_rank = 9;
-    options.ranks_per_node = 8;
-    options.num_groups = 8;
-    double seconds[3];
-    for (std::size_t p = 0; p < kNumPlanners; ++p) {
-      PlanOptions o = options;
-      o.algorithm = kPlanners[p].algorithm;
-      seconds[p] = median_seconds(repetitions, [&] { plan(global, o); });
-    }
-    std::printf("| 58 layers x 256, EP 32 x 9, global counts | %.1f ms | %.1f ms | %.1f ms |\n\n",
-                seconds[0] * 1e3, seconds[1] * 1e3, seconds[2] * 1e3);
+    time_planners({global}, options, "58 layers x 256, EP 32 x 9, global counts");
+    std::printf("\n");
     // The even-split balance DeepSeek's own model predicts, to check this
     // implementation against the Python reference (same number there).
     PlanOptions deepseek = options;
