@@ -91,8 +91,13 @@ def _fail(operation, message, *values):
     raise ValueError("%s(): %s" % (operation, message % values))
 
 
-def _check_int(operation, name, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+def _check_int(operation, name, value, low, high=None):
+    """An int (not a bool) in low..high, or >= low when high is None."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if high is None:
+        if not (is_int and value >= low):
+            _fail(operation, "%s must be an integer >= %d, got %r", name, low, value)
+    elif not (is_int and low <= value <= high):
         _fail(operation, "%s must be an integer in %d..%d, got %r", name, low, high, value)
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._ops import PreparedTable
-from ._dispatch import combine, dispatch
+from ._dispatch import _check_int, combine, dispatch
 
 
 def slot_experts(table, num_slots):
@@ -92,9 +92,7 @@ class ExpertParallelMoE(nn.Module):
                                  ("intermediate_size", intermediate_size, 1),
                                  ("num_experts", num_experts, 1), ("top_k", top_k, 1),
                                  ("slots_per_rank", slots_per_rank, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError("ExpertParallelMoE(): %s must be an integer >= %d, got %r"
-                                 % (name, low, value))
+            _check_int("ExpertParallelMoE", name, value, low)
         if top_k > num_experts:
             raise ValueError("ExpertParallelMoE(): top_k must be <= num_experts = %d, got %d"
                              % (num_experts, top_k))

@@ -48,7 +48,7 @@ import torch.distributed as dist
 import moe_eplb
 
 from .._ops import PreparedTable
-from ._dispatch import combine, dispatch
+from ._dispatch import _check_int, combine, dispatch
 from ._migrate import migrate_experts
 from .moe import slot_experts
 
@@ -130,11 +130,11 @@ class EplbRuntime:
                                  ("rebalance_every", rebalance_every, 1),
                                  ("layers_per_step", layers_per_step, 1),
                                  ("ranks_per_node", ranks_per_node, 0)):
-            _check_int(name, value, low)
+            _check_int("EplbRuntime", name, value, low)
         if balance_mode not in (0, 1) or isinstance(balance_mode, bool):
             raise ValueError("EplbRuntime(): balance_mode must be 0 or 1, got %r" % (balance_mode,))
         if max_moves is not None:
-            _check_int("max_moves", max_moves, 0)
+            _check_int("EplbRuntime", "max_moves", max_moves, 0)
         if isinstance(move_cost, bool) or not isinstance(move_cost, (int, float)) or \
                 not move_cost >= 0:
             raise ValueError("EplbRuntime(): move_cost must be a number >= 0, got %r"
@@ -432,11 +432,6 @@ class EplbRuntime:
                 not 0 <= layer < self.num_layers:
             raise ValueError("EplbRuntime.%s(): layer must be an int in 0..%d, got %r"
                              % (method, self.num_layers - 1, layer))
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError("EplbRuntime(): %s must be an int >= %d, got %r" % (name, low, value))
 
 
 def _default_device(group):
