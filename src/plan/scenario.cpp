@@ -175,13 +175,36 @@ void draw_distinct(const AliasTable& alias, const std::vector<double>& weights, 
   }
 }
 
-// One row of the built-in scenarios; tokens_per_rank is 4096 for all.
+// The shape both tables of built-in scenarios give in braces.
+struct ShapeRow {
+  std::int64_t num_experts, top_k, world_size, slots_per_rank, ranks_per_node;
+  Popularity popularity;
+  double skew, rank_variation;
+};
+
+// A spec of the given shape; tokens_per_rank is 4096 for every built-in one.
+ScenarioSpec spec_of_shape(const ShapeRow& shape, double hot_expert, std::uint64_t seed) {
+  ScenarioSpec spec;
+  spec.num_experts = shape.num_experts;
+  spec.top_k = shape.top_k;
+  spec.world_size = shape.world_size;
+  spec.slots_per_rank = shape.slots_per_rank;
+  spec.ranks_per_node = shape.ranks_per_node;
+  spec.tokens_per_rank = 4096;
+  spec.popularity = shape.popularity;
+  spec.skew = shape.skew;
+  spec.rank_variation = shape.rank_variation;
+  spec.hot_expert = hot_expert;
+  spec.seed = seed;
+  return spec;
+}
+
+// One row of the built-in scenarios.
 struct ScenarioRow {
   const char* name;
   const char* description;
-  std::int64_t num_experts, top_k, world_size, slots_per_rank, ranks_per_node;
-  Popularity popularity;
-  double skew, rank_variation, token_variation, hot_expert;
+  ShapeRow shape;
+  double token_variation, hot_expert;
   std::uint64_t seed;
 };
 
@@ -190,37 +213,26 @@ constexpr Popularity kLogNormal = Popularity::kLogNormal;
 
 // clang-format off
 constexpr ScenarioRow kScenarios[] = {
-  // name, description,                                                E,   K, W,  S, node, popularity, skew, rank, tokens, hot, seed
-  {"deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",                 256, 8, 32, 9, 8, kZipf,      0.9, 0.5, 0.0, 0.0, 20250807},
-  {"deepseek-v3-ep32-lognormal", "DeepSeek-V3, EP 32, log-normal 1.0", 256, 8, 32, 9, 8, kLogNormal, 1.0, 0.3, 0.3, 0.0, 11},
-  {"deepseek-v3-ep64-zipf", "DeepSeek-V3, EP 64, Zipf 1.0",            256, 8, 64, 5, 8, kZipf,      1.0, 0.3, 0.0, 0.0, 12},
-  {"deepseek-v3-ep64-hot", "DeepSeek-V3, EP 64, log-normal + hot",     256, 8, 64, 5, 8, kLogNormal, 0.6, 0.3, 0.0, 0.5, 13},
-  {"qwen3-ep16-lognormal", "Qwen3-MoE, EP 16, log-normal 0.8",         128, 8, 16, 9, 8, kLogNormal, 0.8, 0.6, 0.0, 0.0, 14},
-  {"qwen3-ep32-hot", "Qwen3-MoE, EP 32, Zipf 0.8 + hot",               128, 8, 32, 5, 8, kZipf,      0.8, 0.3, 0.0, 0.4, 15},
-  {"kimi-k2-ep64-zipf", "Kimi-K2, EP 64, Zipf 0.9",                    384, 8, 64, 7, 8, kZipf,      0.9, 0.3, 0.0, 0.0, 16},
-  {"kimi-k2-ep48-lognormal", "Kimi-K2, EP 48, log-normal 1.0",         384, 8, 48, 9, 8, kLogNormal, 1.0, 0.5, 0.3, 0.0, 17},
-  {"mixtral-ep4-zipf", "Mixtral, EP 4, Zipf 1.0",                      8,   2, 4,  3, 4, kZipf,      1.0, 0.3, 0.0, 0.0, 18},
-  {"mixtral-ep6-lognormal", "Mixtral, EP 6, log-normal 0.8",           8,   2, 6,  2, 0, kLogNormal, 0.8, 0.3, 0.0, 0.0, 19},
-  {"mixtral-ep8-hot", "Mixtral, EP 8, Zipf 0.5 + hot",                 8,   2, 8,  2, 8, kZipf,      0.5, 0.3, 0.0, 0.4, 20},
+  // name, description,                                                {E,   K, W,  S, node, popularity, skew, rank}, tokens, hot, seed
+  {"deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",                 {256, 8, 32, 9, 8, kZipf,      0.9, 0.5}, 0.0, 0.0, 20250807},
+  {"deepseek-v3-ep32-lognormal", "DeepSeek-V3, EP 32, log-normal 1.0", {256, 8, 32, 9, 8, kLogNormal, 1.0, 0.3}, 0.3, 0.0, 11},
+  {"deepseek-v3-ep64-zipf", "DeepSeek-V3, EP 64, Zipf 1.0",            {256, 8, 64, 5, 8, kZipf,      1.0, 0.3}, 0.0, 0.0, 12},
+  {"deepseek-v3-ep64-hot", "DeepSeek-V3, EP 64, log-normal + hot",     {256, 8, 64, 5, 8, kLogNormal, 0.6, 0.3}, 0.0, 0.5, 13},
+  {"qwen3-ep16-lognormal", "Qwen3-MoE, EP 16, log-normal 0.8",         {128, 8, 16, 9, 8, kLogNormal, 0.8, 0.6}, 0.0, 0.0, 14},
+  {"qwen3-ep32-hot", "Qwen3-MoE, EP 32, Zipf 0.8 + hot",               {128, 8, 32, 5, 8, kZipf,      0.8, 0.3}, 0.0, 0.4, 15},
+  {"kimi-k2-ep64-zipf", "Kimi-K2, EP 64, Zipf 0.9",                    {384, 8, 64, 7, 8, kZipf,      0.9, 0.3}, 0.0, 0.0, 16},
+  {"kimi-k2-ep48-lognormal", "Kimi-K2, EP 48, log-normal 1.0",         {384, 8, 48, 9, 8, kLogNormal, 1.0, 0.5}, 0.3, 0.0, 17},
+  {"mixtral-ep4-zipf", "Mixtral, EP 4, Zipf 1.0",                      {8,   2, 4,  3, 4, kZipf,      1.0, 0.3}, 0.0, 0.0, 18},
+  {"mixtral-ep6-lognormal", "Mixtral, EP 6, log-normal 0.8",           {8,   2, 6,  2, 0, kLogNormal, 0.8, 0.3}, 0.0, 0.0, 19},
+  {"mixtral-ep8-hot", "Mixtral, EP 8, Zipf 0.5 + hot",                 {8,   2, 8,  2, 8, kZipf,      0.5, 0.3}, 0.0, 0.4, 20},
 };
 // clang-format on
 
 ScenarioSpec make_spec(const ScenarioRow& row) {
-  ScenarioSpec spec;
+  ScenarioSpec spec = spec_of_shape(row.shape, row.hot_expert, row.seed);
   spec.name = row.name;
   spec.description = row.description;
-  spec.num_experts = row.num_experts;
-  spec.top_k = row.top_k;
-  spec.world_size = row.world_size;
-  spec.slots_per_rank = row.slots_per_rank;
-  spec.ranks_per_node = row.ranks_per_node;
-  spec.tokens_per_rank = 4096;
-  spec.popularity = row.popularity;
-  spec.skew = row.skew;
-  spec.rank_variation = row.rank_variation;
   spec.token_variation = row.token_variation;
-  spec.hot_expert = row.hot_expert;
-  spec.seed = row.seed;
   return spec;
 }
 
@@ -228,58 +240,46 @@ ScenarioSpec make_spec(const ScenarioRow& row) {
 // with its family's window-to-window change.
 struct WindowScenarioRow {
   const char* family;
-  const char* shape;
+  const char* shape_name;
   const char* description;
-  std::int64_t num_experts, top_k, world_size, slots_per_rank, ranks_per_node;
-  Popularity popularity;
-  double skew, rank_variation, hot_expert, rank_persistence, drift;
+  ShapeRow shape;
+  double hot_expert, rank_persistence, drift;
   std::uint64_t seed;
 };
 
 // clang-format off
 constexpr WindowScenarioRow kWindowScenarios[] = {
-  // family, shape, description,                                                 E,  K, W,  S, node, popularity, skew, rank, hot, persist, drift, seed
-  {"transient", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",              256, 8, 32, 9, 8, kZipf,      0.9, 0.5, 0.0, 0.0, 0.0,  101},
-  {"transient", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",        256, 8, 64, 5, 8, kLogNormal, 0.8, 0.5, 0.0, 0.0, 0.0,  102},
-  {"transient", "qwen3-ep16", "Qwen3-MoE, EP 16, Zipf 1.0",                      128, 8, 16, 9, 8, kZipf,      1.0, 0.6, 0.0, 0.0, 0.0,  103},
-  {"transient", "mixtral-ep6", "Mixtral, EP 6, log-normal 0.8",                  8,   2, 6,  2, 0, kLogNormal, 0.8, 0.4, 0.0, 0.0, 0.0,  104},
-  {"transient", "deepseek-v3-ep24", "DeepSeek-V3, EP 24, Zipf 0.9 + hot",        256, 8, 24, 12, 8, kZipf,     0.9, 0.5, 0.3, 0.0, 0.0,  105},
-  {"persistent", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",             256, 8, 32, 9, 8, kZipf,      0.9, 0.5, 0.0, 1.0, 0.0,  106},
-  {"persistent", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",       256, 8, 64, 5, 8, kLogNormal, 0.8, 0.5, 0.0, 1.0, 0.0,  107},
-  {"persistent", "qwen3-ep32", "Qwen3-MoE, EP 32, Zipf 0.8 + hot",               128, 8, 32, 5, 8, kZipf,      0.8, 0.5, 0.3, 1.0, 0.0,  108},
-  {"persistent", "mixtral-ep4", "Mixtral, EP 4, Zipf 1.0",                       8,   2, 4,  3, 4, kZipf,      1.0, 0.4, 0.0, 1.0, 0.0,  109},
-  {"persistent", "kimi-k2-ep48", "Kimi-K2, EP 48, log-normal 1.0",               384, 8, 48, 9, 8, kLogNormal, 1.0, 0.5, 0.0, 1.0, 0.0,  110},
-  {"mixed", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",                  256, 8, 32, 9, 8, kZipf,      0.9, 0.5, 0.0, 0.5, 0.0,  111},
-  {"mixed", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, Zipf 1.0",                  256, 8, 64, 5, 8, kZipf,      1.0, 0.5, 0.0, 0.3, 0.0,  112},
-  {"mixed", "qwen3-ep12", "Qwen3-MoE, EP 12, log-normal 0.8",                    128, 8, 12, 12, 4, kLogNormal, 0.8, 0.6, 0.0, 0.7, 0.0, 113},
-  {"mixed", "mixtral-ep6", "Mixtral, EP 6, Zipf 0.8",                            8,   2, 6,  2, 0, kZipf,      0.8, 0.4, 0.0, 0.5, 0.0,  114},
-  {"mixed", "kimi-k2-ep48", "Kimi-K2, EP 48, Zipf 0.9 + hot",                    384, 8, 48, 9, 8, kZipf,      0.9, 0.5, 0.3, 0.7, 0.0,  115},
-  {"drifting", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",               256, 8, 32, 9, 8, kZipf,      0.9, 0.3, 0.0, 0.5, 0.15, 116},
-  {"drifting", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",         256, 8, 64, 5, 8, kLogNormal, 0.8, 0.3, 0.0, 0.5, 0.1,  117},
-  {"drifting", "qwen3-ep16", "Qwen3-MoE, EP 16, Zipf 1.0",                       128, 8, 16, 9, 8, kZipf,      1.0, 0.3, 0.0, 0.5, 0.2,  118},
-  {"drifting", "mixtral-ep6", "Mixtral, EP 6, log-normal 0.8",                   8,   2, 6,  2, 0, kLogNormal, 0.8, 0.3, 0.0, 0.5, 0.25, 119},
-  {"drifting", "deepseek-v3-ep48", "DeepSeek-V3, EP 48, Zipf 0.9",               256, 8, 48, 6, 8, kZipf,      0.9, 0.3, 0.0, 0.5, 0.15, 120},
+  // family, shape, description,                                                 {E,  K, W,  S, node, popularity, skew, rank}, hot, persist, drift, seed
+  {"transient", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",              {256, 8, 32, 9, 8, kZipf,      0.9, 0.5}, 0.0, 0.0, 0.0,  101},
+  {"transient", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",        {256, 8, 64, 5, 8, kLogNormal, 0.8, 0.5}, 0.0, 0.0, 0.0,  102},
+  {"transient", "qwen3-ep16", "Qwen3-MoE, EP 16, Zipf 1.0",                      {128, 8, 16, 9, 8, kZipf,      1.0, 0.6}, 0.0, 0.0, 0.0,  103},
+  {"transient", "mixtral-ep6", "Mixtral, EP 6, log-normal 0.8",                  {8,   2, 6,  2, 0, kLogNormal, 0.8, 0.4}, 0.0, 0.0, 0.0,  104},
+  {"transient", "deepseek-v3-ep24", "DeepSeek-V3, EP 24, Zipf 0.9 + hot",        {256, 8, 24, 12, 8, kZipf,     0.9, 0.5}, 0.3, 0.0, 0.0,  105},
+  {"persistent", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",             {256, 8, 32, 9, 8, kZipf,      0.9, 0.5}, 0.0, 1.0, 0.0,  106},
+  {"persistent", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",       {256, 8, 64, 5, 8, kLogNormal, 0.8, 0.5}, 0.0, 1.0, 0.0,  107},
+  {"persistent", "qwen3-ep32", "Qwen3-MoE, EP 32, Zipf 0.8 + hot",               {128, 8, 32, 5, 8, kZipf,      0.8, 0.5}, 0.3, 1.0, 0.0,  108},
+  {"persistent", "mixtral-ep4", "Mixtral, EP 4, Zipf 1.0",                       {8,   2, 4,  3, 4, kZipf,      1.0, 0.4}, 0.0, 1.0, 0.0,  109},
+  {"persistent", "kimi-k2-ep48", "Kimi-K2, EP 48, log-normal 1.0",               {384, 8, 48, 9, 8, kLogNormal, 1.0, 0.5}, 0.0, 1.0, 0.0,  110},
+  {"mixed", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",                  {256, 8, 32, 9, 8, kZipf,      0.9, 0.5}, 0.0, 0.5, 0.0,  111},
+  {"mixed", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, Zipf 1.0",                  {256, 8, 64, 5, 8, kZipf,      1.0, 0.5}, 0.0, 0.3, 0.0,  112},
+  {"mixed", "qwen3-ep12", "Qwen3-MoE, EP 12, log-normal 0.8",                    {128, 8, 12, 12, 4, kLogNormal, 0.8, 0.6}, 0.0, 0.7, 0.0, 113},
+  {"mixed", "mixtral-ep6", "Mixtral, EP 6, Zipf 0.8",                            {8,   2, 6,  2, 0, kZipf,      0.8, 0.4}, 0.0, 0.5, 0.0,  114},
+  {"mixed", "kimi-k2-ep48", "Kimi-K2, EP 48, Zipf 0.9 + hot",                    {384, 8, 48, 9, 8, kZipf,      0.9, 0.5}, 0.3, 0.7, 0.0,  115},
+  {"drifting", "deepseek-v3-ep32", "DeepSeek-V3, EP 32, Zipf 0.9",               {256, 8, 32, 9, 8, kZipf,      0.9, 0.3}, 0.0, 0.5, 0.15, 116},
+  {"drifting", "deepseek-v3-ep64", "DeepSeek-V3, EP 64, log-normal 0.8",         {256, 8, 64, 5, 8, kLogNormal, 0.8, 0.3}, 0.0, 0.5, 0.1,  117},
+  {"drifting", "qwen3-ep16", "Qwen3-MoE, EP 16, Zipf 1.0",                       {128, 8, 16, 9, 8, kZipf,      1.0, 0.3}, 0.0, 0.5, 0.2,  118},
+  {"drifting", "mixtral-ep6", "Mixtral, EP 6, log-normal 0.8",                   {8,   2, 6,  2, 0, kLogNormal, 0.8, 0.3}, 0.0, 0.5, 0.25, 119},
+  {"drifting", "deepseek-v3-ep48", "DeepSeek-V3, EP 48, Zipf 0.9",               {256, 8, 48, 6, 8, kZipf,      0.9, 0.3}, 0.0, 0.5, 0.15, 120},
 };
 // clang-format on
 
 ScenarioSpec make_window_spec(const WindowScenarioRow& row) {
-  ScenarioSpec spec;
+  ScenarioSpec spec = spec_of_shape(row.shape, row.hot_expert, row.seed);
   spec.family = row.family;
-  spec.name = std::string(row.family) + "-" + row.shape;
+  spec.name = std::string(row.family) + "-" + row.shape_name;
   spec.description = std::string(row.description) + ", " + row.family;
-  spec.num_experts = row.num_experts;
-  spec.top_k = row.top_k;
-  spec.world_size = row.world_size;
-  spec.slots_per_rank = row.slots_per_rank;
-  spec.ranks_per_node = row.ranks_per_node;
-  spec.tokens_per_rank = 4096;
-  spec.popularity = row.popularity;
-  spec.skew = row.skew;
-  spec.rank_variation = row.rank_variation;
-  spec.hot_expert = row.hot_expert;
   spec.rank_persistence = row.rank_persistence;
   spec.drift = row.drift;
-  spec.seed = row.seed;
   return spec;
 }
 
