@@ -150,11 +150,15 @@ LayerForecast forecast_layer(const LayerRequest& request) {
   };
   // Drift: a step's variance is E[(x_t - x_{t-2})^2] - E[(x_t - x_{t-1})^2]
   // when steps are independent (the sampling noise cancels); pooled over the
-  // experts, relative to their squared levels. Needs three windows.
+  // experts, relative to their squared levels. Needs three windows. Only
+  // what exceeds the estimate's standard error (from its spread over the
+  // experts) counts: with few experts the estimate is mostly noise, and a
+  // spurious drift trades the windows' mean for the noisier latest ones.
   double drift = 0.0;  // variance of a window-to-window step, relative to level^2
-  if (num_windows >= 3 && mean_expert_sq > 0.0) {
-    double lag1 = 0.0, lag2 = 0.0;
+  if (num_windows >= 3 && num_experts > 1 && mean_expert_sq > 0.0) {
+    double sum = 0.0, sum_sq = 0.0;
     for (std::int64_t e = 0; e < num_experts; ++e) {
+      double lag1 = 0.0, lag2 = 0.0;
       for (std::int64_t t = 1; t < num_windows; ++t) {
         const double step = scaled_total(t, e) - scaled_total(t - 1, e);
         lag1 += step * step / static_cast<double>(num_windows - 1);
@@ -163,8 +167,13 @@ LayerForecast forecast_layer(const LayerRequest& request) {
         const double step = scaled_total(t, e) - scaled_total(t - 2, e);
         lag2 += step * step / static_cast<double>(num_windows - 2);
       }
+      const double share = (lag2 - lag1) / mean_expert_sq;
+      sum += share;
+      sum_sq += share * share;
     }
-    drift = std::max(0.0, (lag2 - lag1) / mean_expert_sq);
+    const auto n = static_cast<double>(num_experts);
+    const double standard_error = std::sqrt(std::max(0.0, sum_sq - sum * sum / n) * n / (n - 1.0));
+    drift = std::max(0.0, sum - kDriftStandardErrors * standard_error);
   }
   std::vector<double> level(static_cast<std::size_t>(num_experts));
   forecast.coherent_variance.assign(static_cast<std::size_t>(num_experts), 0.0);

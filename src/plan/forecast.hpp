@@ -14,6 +14,8 @@ namespace moe_eplb::plan_detail {
 // measured; this fraction of the deviation that exceeds sampling noise is
 // assumed to.
 constexpr double kSingleWindowPersistence = 0.5;
+// The drift estimate counts only beyond this many of its standard errors.
+constexpr double kDriftStandardErrors = 1.0;
 
 struct LayerForecast {
   std::int64_t num_source_ranks = 1;  // R: world_size, or 1 for global counts

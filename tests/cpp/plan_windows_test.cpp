@@ -194,6 +194,44 @@ TEST(PlanWindows, ForecastFollowsDrift) {
   for (int e = 0; e < 3; ++e) EXPECT_NEAR(steady.mean[e], 100.0 * (e + 1), 1e-9);
 }
 
+// Totals that only jitter (8 experts, 4 windows, 15% noise, no drift): the
+// pooled drift estimate is then noise, and without its standard error
+// subtracted it is positive in 60% of the draws (one expert carries most of
+// it), trading the plain mean for the noisier latest windows; with it, fewer.
+TEST(PlanWindows, JitterWithoutDriftKeepsThePlainMean) {
+  std::mt19937_64 rng(23);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  int drifting = 0;
+  constexpr int kDraws = 200;
+  for (int draw = 0; draw < kDraws; ++draw) {
+    std::vector<ExpertLoad> windows;
+    for (int t = 0; t < 4; ++t) {
+      ExpertLoad load{1, 1, 8, {}};
+      for (int e = 0; e < 8; ++e) load.counts.push_back(1e5 / (e + 1) * (1.0 + 0.15 * normal(rng)));
+      windows.push_back(std::move(load));
+    }
+    std::vector<double> mean;
+    const plan_detail::LayerForecast forecast =
+        plan_detail::forecast_layer(request_for(windows, mean));
+    // The plain mean of the windows, each scaled to the mean window size.
+    double mean_total = 0.0;
+    for (double count : mean) mean_total += count;
+    bool plain_mean = true;
+    for (int e = 0; e < 8; ++e) {
+      double level = 0.0;
+      for (const ExpertLoad& window : windows) {
+        double total = 0.0;
+        for (double count : window.counts) total += count;
+        level += window.counts[e] * mean_total / total / 4.0;
+      }
+      plain_mean = plain_mean && std::abs(forecast.mean[e] - level) <= 1e-9 * level;
+    }
+    if (!plain_mean) ++drifting;
+  }
+  EXPECT_LE(drifting, kDraws * 2 / 5)
+      << drifting << " of " << kDraws << " draws read noise as drift";
+}
+
 // forecast_balance() against a Monte Carlo reference of the busiest of
 // independent normal ranks.
 TEST(PlanWindows, PredictedMaxMatchesMonteCarlo) {
