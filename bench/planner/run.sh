@@ -3,8 +3,9 @@
 #   1. the multi-window suite (4 families), rank and token mode, moe-eplb vs
 #      DeepSeek vs FlashLB, planned on windows 0-3 and scored on window 4;
 #   2. real DeepSeek-V3 statistics: plan on one SGLang run, score on the next;
-#   3. replays: `moe-eplb replay` on every suite scenario, moves per rebalance
-#      and time-averaged balance per family, migration-aware vs from scratch;
+#   3. replays: `moe-eplb replay` on every suite scenario (several draws),
+#      moves per rebalance and time-averaged balance per family,
+#      migration-aware vs from scratch;
 #   4. planning time next to DeepSeek's algorithm in PyTorch, timed in this run.
 #
 #   bash bench/planner/run.sh [BUILD_DIR] [DATA_DIR] [--quick]
@@ -51,18 +52,23 @@ if [[ -n ${MOE_EPLB_BASELINE:-} ]]; then
   echo
 fi
 
-echo "## Replays: $windows windows of every suite scenario, rebalancing after every window on the last 4"
+draws=8
+[[ $quick == --quick ]] && draws=2
+echo "## Replays: $windows windows of every suite scenario, $draws draws each, rebalancing after every window on the last 4"
 echo
-echo "\`moe-eplb replay --scenario NAME --windows $windows --json\`, rank mode: each policy is scored on the"
-echo "next window; moe-eplb-capped plans against the table in force with --max-moves = 10% of the slots."
-echo "Time-averaged max/mean over windows 1..$((windows - 1)); slots changed per rebalance, of W x S."
+echo "\`moe-eplb replay --scenario NAME --draw K --windows $windows --json\` for K = 0..$((draws - 1)), rank mode:"
+echo "each policy is scored on the next window; moe-eplb-capped plans against the table in force with"
+echo "--max-moves = 10% of the slots. Time-averaged max/mean over windows 1..$((windows - 1)), geometric mean"
+echo "over the draws; slots changed per rebalance, of W x S, mean over the draws (max: the largest)."
 echo
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 scenarios=$("$build/bench/planner/moe_eplb_bench_windows" --list)
 for scenario in $scenarios; do
-  "$build/tools/moe-eplb" replay --scenario "$scenario" --windows "$windows" --json \
-    >"$tmp/$scenario.json" 2>/dev/null
+  for ((draw = 0; draw < draws; ++draw)); do
+    "$build/tools/moe-eplb" replay --scenario "$scenario" --draw "$draw" --windows "$windows" \
+      --json >"$tmp/$scenario.$draw.json" 2>/dev/null
+  done
 done
 python3 bench/planner/summarize_replays.py "$tmp" $scenarios
 

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Summarises `moe-eplb replay --json` outputs as Markdown (bench/planner/run.sh).
 
-    summarize_replays.py FOLDER NAME...   (FOLDER/NAME.json for each suite scenario NAME)
+    summarize_replays.py FOLDER NAME...   (FOLDER/NAME.K.json, draw K, for each suite scenario NAME)
 
-Prints, per family (the name's prefix: transient, persistent, mixed, drifting),
+Each scenario's draws are merged first: a policy's time-averaged max/mean is
+the geometric mean over the draws, its slots changed and experts received
+the arithmetic means, its largest change the largest of any draw. Prints, per family (the name's prefix: transient, persistent, mixed, drifting),
 the geometric mean over its scenarios of each policy's time-averaged max/mean
 and the mean share of slots changed per rebalance; then the drifting family
 in detail, and how the capped migration-aware policy compares with replanning
 from scratch.
 """
 
+import glob
 import json
 import math
 import sys
@@ -21,14 +24,37 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def merge_draws(draws):
+    """One policy record from the same policy's records of several draws."""
+    def mean(values):
+        return None if values[0] is None else sum(values) / len(values)
+    return {
+        "mean_max_over_mean": geomean([d["mean_max_over_mean"] for d in draws]),
+        "mean_slots_changed": mean([d["mean_slots_changed"] for d in draws]),
+        "max_slots_changed": None if draws[0]["max_slots_changed"] is None
+        else max(d["max_slots_changed"] for d in draws),
+        "experts_received": mean([d["experts_received"] for d in draws]),
+    }
+
+
 def main() -> None:
     folder, names = sys.argv[1], sys.argv[2:]
     replays = {}
     for name in names:
-        with open(f"{folder}/{name}.json") as file:
-            replay = json.load(file)
+        paths = sorted(glob.glob(f"{folder}/{glob.escape(name)}.*.json"))
+        if not paths:
+            sys.exit(f"summarize_replays.py: no {folder}/{name}.K.json files")
+        runs = []
+        for path in paths:
+            with open(path) as file:
+                runs.append(json.load(file))
+        replay = runs[0]
         slots = replay["world_size"] * replay["slots_per_rank"] * replay["layers"]
-        replays[name] = (slots, {p["name"]: p for p in replay["policies"]})
+        policies = [p["name"] for p in replay["policies"]]
+        replays[name] = (slots, {
+            policy: merge_draws([next(p for p in run["policies"] if p["name"] == policy)
+                                 for run in runs])
+            for policy in policies})
     policies = list(next(iter(replays.values()))[1])
 
     print("Per family: geometric mean of the time-averaged max/mean, and the mean share of "

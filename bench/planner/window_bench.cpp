@@ -1,12 +1,13 @@
 // Planner benchmarks for issue 10: several windows in, a later window scored.
 //
-//   moe_eplb_bench_windows [--data DIR] [--quick] [--section suite|real|timing]...
+//   moe_eplb_bench_windows [--data DIR] [--quick] [--draws N] [--section suite|real|timing]...
 //   moe_eplb_bench_windows --list        (the suite's scenario names)
 //
 // suite   the multi-window suite (window_suite(): transient, persistent, mixed
 //         and drifting families): every planner plans on windows 0-3 and is
 //         scored on window 4's tokens routed through update_expert(), rank
-//         mode and token mode; per-family geometric means.
+//         mode and token mode, over N independent draws of each scenario
+//         (--draws, default 32; 4 with --quick); per-family geometric means.
 // real    DeepSeek-V3 expert loads from SGLang (DIR: the folder of
 //         prefill_*.json, {"logical_count": [61][256]}, MoE layers 3..60):
 //         plan on run i, score on run i + 1, with per-rank noise (below).
@@ -118,53 +119,85 @@ std::string cells(const double* values, std::size_t n) {
   return out;
 }
 
-void run_suite(bool quick) {
+// One scenario of the suite is a generator; a single draw of an 8-expert
+// scenario decides a comparison by luck (one draw's max/mean moves by 5-10%).
+// Every scenario is therefore drawn `draws` times (scenario_draw(), draw 0
+// being the scenario's own seed) and each column reports the geometric mean
+// over the draws; the rank-mode comparison with DeepSeek is paired, per
+// draw, with the standard error of the mean log ratio.
+void run_suite(bool quick, int draws) {
   std::printf(
       "## Multi-window suite: planned on windows 0-3, scored on window 4\n\n"
-      "max/mean per-rank load of window 4's tokens routed through update_expert(); moe-eplb is "
-      "planned for the mode it is scored in, DeepSeek and FlashLB plan once (global counts).%s\n\n",
-      quick ? " (--quick: 1024 tokens per rank)" : "");
+      "max/mean per-rank load of window 4's tokens routed through update_expert(), geometric "
+      "mean over %d independent draws of each scenario (scenario_draw() k = 0..%d); "
+      "moe-eplb is planned for the mode it is scored in, DeepSeek and FlashLB plan once (global "
+      "counts). The last column compares rank mode with DeepSeek draw by draw: the draws where "
+      "moe-eplb is worse, and the mean max/mean ratio moe-eplb / DeepSeek +- one standard "
+      "error.%s\n\n",
+      draws, draws - 1, quick ? " (--quick: 1024 tokens per rank)" : "");
   std::printf(
       "| family | scenario | E/K | EP x S | persist | drift | rank: moe-eplb | rank: DeepSeek | "
-      "rank: FlashLB | token: moe-eplb | token: DeepSeek | token: FlashLB |\n"
-      "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+      "rank: FlashLB | token: moe-eplb | token: DeepSeek | token: FlashLB | rank vs DeepSeek |\n"
+      "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   std::map<std::string, std::vector<std::vector<double>>> by_family;  // family -> column -> values
   std::vector<std::vector<double>> all(2 * kNumPlanners);
-  std::vector<std::string> rank_losses;
-  for (ScenarioSpec spec : window_suite()) {
-    if (quick) spec.tokens_per_rank = 1024;
-    const std::vector<ExpertLoad> windows = generate_windows(spec, 0, kPlanWindows);
-    const RoutingTrace scored = generate_trace(spec, kPlanWindows);
-    double balance[2 * kNumPlanners];
-    for (std::size_t m = 0; m < 2; ++m) {
-      for (std::size_t p = 0; p < kNumPlanners; ++p) {
-        const LayeredTable table =
-            plan(windows, scenario_plan_options(spec, kModes[m], kPlanners[p].algorithm));
-        if (kPlanners[p].algorithm != PlanAlgorithm::kDeepSeek) {
-          check_plan(table, spec.world_size, spec.slots_per_rank,
-                     kPlanners[p].algorithm == PlanAlgorithm::kRuleAware &&
-                         kModes[m] == BalanceMode::kByRank,
-                     spec.name + " " + kPlanners[p].label);
+  std::vector<std::string> rank_losses, first_draw_losses;
+  for (const ScenarioSpec& scenario : window_suite()) {
+    double log_sum[2 * kNumPlanners] = {};
+    double ratio_sum = 0.0, ratio_sq = 0.0;
+    int worse_draws = 0;
+    for (int draw = 0; draw < draws; ++draw) {
+      ScenarioSpec spec = scenario_draw(scenario, draw);
+      if (quick) spec.tokens_per_rank = 1024;
+      const std::vector<ExpertLoad> windows = generate_windows(spec, 0, kPlanWindows);
+      const RoutingTrace scored = generate_trace(spec, kPlanWindows);
+      double balance[2 * kNumPlanners];
+      for (std::size_t m = 0; m < 2; ++m) {
+        for (std::size_t p = 0; p < kNumPlanners; ++p) {
+          const LayeredTable table =
+              plan(windows, scenario_plan_options(spec, kModes[m], kPlanners[p].algorithm));
+          if (kPlanners[p].algorithm != PlanAlgorithm::kDeepSeek) {
+            check_plan(table, spec.world_size, spec.slots_per_rank,
+                       kPlanners[p].algorithm == PlanAlgorithm::kRuleAware &&
+                           kModes[m] == BalanceMode::kByRank,
+                       spec.name + " " + kPlanners[p].label);
+          }
+          balance[m * kNumPlanners + p] =
+              analyze_trace(table.layer(0), scored, scenario_analyze_options(spec, kModes[m]))
+                  .max_over_mean;
+          log_sum[m * kNumPlanners + p] += std::log(balance[m * kNumPlanners + p]);
         }
-        balance[m * kNumPlanners + p] =
-            analyze_trace(table.layer(0), scored, scenario_analyze_options(spec, kModes[m]))
-                .max_over_mean;
+      }
+      const double log_ratio = std::log(balance[0] / balance[1]);
+      ratio_sum += log_ratio;
+      ratio_sq += log_ratio * log_ratio;
+      if (balance[0] > balance[1] + 5e-4) {
+        ++worse_draws;
+        if (draw == 0) first_draw_losses.push_back(scenario.name);
       }
     }
-    auto& family = by_family[spec.family];
+    double balance[2 * kNumPlanners];
+    for (std::size_t c = 0; c < 2 * kNumPlanners; ++c) balance[c] = std::exp(log_sum[c] / draws);
+    auto& family = by_family[scenario.family];
     family.resize(2 * kNumPlanners);
     for (std::size_t c = 0; c < 2 * kNumPlanners; ++c) {
       family[c].push_back(balance[c]);
       all[c].push_back(balance[c]);
     }
-    if (balance[0] > balance[1] + 5e-4) rank_losses.push_back(spec.name);
-    const std::string shape = spec.name.substr(spec.family.size() + 1);
-    std::printf("| %s | %s | %lld/%lld | %lld x %lld | %.1f | %.2f |%s%s\n", spec.family.c_str(),
-                shape.c_str(), static_cast<long long>(spec.num_experts),
-                static_cast<long long>(spec.top_k), static_cast<long long>(spec.world_size),
-                static_cast<long long>(spec.slots_per_rank), spec.rank_persistence, spec.drift,
-                cells(balance, kNumPlanners).c_str(),
-                cells(balance + kNumPlanners, kNumPlanners).c_str());
+    const double mean_log_ratio = ratio_sum / draws;
+    const double standard_error =
+        draws > 1 ? std::sqrt(std::max(0.0, ratio_sq / draws - mean_log_ratio * mean_log_ratio) /
+                              (draws - 1))
+                  : 0.0;
+    if (balance[0] > balance[1] + 5e-4) rank_losses.push_back(scenario.name);
+    const std::string shape = scenario.name.substr(scenario.family.size() + 1);
+    std::printf(
+        "| %s | %s | %lld/%lld | %lld x %lld | %.1f | %.2f |%s%s %d/%d, %.3f +- %.3f |\n",
+        scenario.family.c_str(), shape.c_str(), static_cast<long long>(scenario.num_experts),
+        static_cast<long long>(scenario.top_k), static_cast<long long>(scenario.world_size),
+        static_cast<long long>(scenario.slots_per_rank), scenario.rank_persistence, scenario.drift,
+        cells(balance, kNumPlanners).c_str(), cells(balance + kNumPlanners, kNumPlanners).c_str(),
+        worse_draws, draws, std::exp(mean_log_ratio), std::exp(mean_log_ratio) * standard_error);
     std::fflush(stdout);
   }
   std::printf(
@@ -181,12 +214,15 @@ void run_suite(bool quick) {
     print_means(family, by_family[family]);
   }
   print_means("**all 20**", all);
-  std::printf("\nrank mode, moe-eplb worse than DeepSeek on: %s\n\n",
-              rank_losses.empty() ? "none" : [&] {
-                std::string names;
-                for (const std::string& name : rank_losses) names += name + " ";
-                return names;
-              }().c_str());
+  const auto names = [](const std::vector<std::string>& list) {
+    std::string text;
+    for (const std::string& name : list) text += (text.empty() ? "" : ", ") + name;
+    return list.empty() ? std::string("none") : text;
+  };
+  std::printf(
+      "\nrank mode, moe-eplb worse than DeepSeek over the %d draws: %s\n"
+      "(on draw k = 0 alone, the single draw of earlier runs: %s)\n\n",
+      draws, names(rank_losses).c_str(), names(first_draw_losses).c_str());
 }
 
 // ---------------------------------------------------------------- real data
@@ -400,10 +436,17 @@ void run_timing(const std::vector<RealRun>& runs, bool quick) {
 int main(int argc, char** argv) {
   std::string data_dir;
   bool quick = false;
+  int draws = 0;  // per suite scenario; 0 = 32 (4 with --quick)
   std::vector<std::string> sections;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--draws") == 0 && i + 1 < argc) {
+      draws = std::atoi(argv[++i]);
+      if (draws < 1) {
+        std::fprintf(stderr, "--draws must be >= 1, got %s\n", argv[i]);
+        return 1;
+      }
     } else if (std::strcmp(argv[i], "--data") == 0 && i + 1 < argc) {
       data_dir = argv[++i];
     } else if (std::strcmp(argv[i], "--list") == 0) {  // the suite's names, for run.sh
@@ -413,7 +456,8 @@ int main(int argc, char** argv) {
       sections.push_back(argv[++i]);
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--data DIR] [--quick] [--section suite|real|timing]... | --list\n",
+                   "usage: %s [--data DIR] [--quick] [--draws N] [--section suite|real|timing]... "
+                   "| --list\n",
                    argv[0]);
       return 2;
     }
@@ -423,7 +467,7 @@ int main(int argc, char** argv) {
     return std::find(sections.begin(), sections.end(), name) != sections.end();
   };
   try {
-    if (wants("suite")) run_suite(quick);
+    if (wants("suite")) run_suite(quick, draws > 0 ? draws : (quick ? 4 : 32));
     if (wants("real") || wants("timing")) {
       if (data_dir.empty()) {
         std::printf("(real data and timing skipped: no --data DIR)\n");

@@ -431,4 +431,11 @@ ScenarioSpec find_scenario(const std::string& name) {
                 "', expected one of ", names);
 }
 
+ScenarioSpec scenario_draw(ScenarioSpec spec, std::int64_t draw) {
+  MOE_EPLB_CHECK(draw >= 0, "scenario_draw(): draw must be >= 0, got ", draw);
+  constexpr std::uint64_t kDrawStride = 1000003;  // a prime: draws never share a seed
+  spec.seed += kDrawStride * static_cast<std::uint64_t>(draw);
+  return spec;
+}
+
 }  // namespace moe_eplb

@@ -47,6 +47,7 @@ case $case_name in
       expect "  $policy " out.txt
     done
     expect "replay of 7 windows: scenario drifting-mixtral-ep6" out.txt
+    window_rows out.txt >draw0.txt
     expect "6 ranks x 2 slots, rank mode" out.txt
     expect "capped at 1 moves per layer" out.txt  # 10% of 12 slots
     expect "wrote replay.svg" out.txt
@@ -73,6 +74,14 @@ case $case_name in
       expect "  $family-deepseek-v3-ep32 " out.txt
     done
     expect "  mixtral-ep8-hot " out.txt
+    # --draw 0 is the scenario's own windows; another draw is other traffic.
+    run "$tool" replay --scenario drifting-mixtral-ep6 --windows 7 --expert-bytes 1000 --draw 0 \
+      --svg ''
+    window_rows out.txt | cmp -s - draw0.txt || fail "--draw 0 differs from the default windows"
+    run "$tool" replay --scenario drifting-mixtral-ep6 --windows 7 --expert-bytes 1000 --draw 1 \
+      --svg ''
+    expect "tokens per rank per window, draw 1;" out.txt
+    ! window_rows out.txt | cmp -s - draw0.txt || fail "--draw 1 replays the same windows as draw 0"
     ;;
 
   loads)
@@ -161,6 +170,11 @@ case $case_name in
       "$tool" replay --scenario mixed-mixtral-ep6 --windows 1 --svg out.svg
     run_fails "find_scenario(): unknown scenario 'nope'" \
       "$tool" replay --scenario nope --windows 3 --svg out.svg
+    run_fails "replay(): --draw must be >= 0 (0 = the scenario's own windows), got -1" \
+      "$tool" replay --scenario mixed-mixtral-ep6 --windows 3 --draw -1 --svg out.svg
+    run_fails "replay(): --draw goes with --scenario" \
+      "$tool" replay --load e4.npy --load e4.npy --draw 2 "${local_args[@]}"
+    [[ ! -e out.svg ]] || fail "a refused replay wrote out.svg"
     run_fails "replay(): --world-size 8 differs from scenario mixed-mixtral-ep6's 6" \
       "$tool" replay --scenario mixed-mixtral-ep6 --windows 3 --world-size 8
     run_fails "replay(): --num-experts E goes with --trace (and --trace needs it)" \

@@ -74,6 +74,33 @@ TEST(Scenario, DeterministicAndWindowsDiffer) {
   EXPECT_NE(generate_trace(spec, 0).expert_ids, first.expert_ids);
 }
 
+// Draw 0 is the scenario itself; other draws are other traffic of the same
+// shape, each with its own seed; a negative draw is refused.
+TEST(Scenario, DrawsAreIndependentWindowsOfTheSameShape) {
+  const ScenarioSpec spec = find_scenario("drifting-mixtral-ep6");
+  const ScenarioSpec same = scenario_draw(spec, 0);
+  EXPECT_EQ(same.seed, spec.seed);
+  EXPECT_EQ(generate_windows(same, 0, 2)[1].counts, generate_windows(spec, 0, 2)[1].counts);
+  std::vector<std::uint64_t> seeds{spec.seed};
+  for (std::int64_t draw = 1; draw < 6; ++draw) {
+    const ScenarioSpec other = scenario_draw(spec, draw);
+    EXPECT_EQ(other.name, spec.name);
+    EXPECT_EQ(other.num_experts, spec.num_experts);
+    EXPECT_EQ(other.drift, spec.drift);
+    EXPECT_EQ(std::count(seeds.begin(), seeds.end(), other.seed), 0) << "draw " << draw;
+    seeds.push_back(other.seed);
+    EXPECT_NE(generate_windows(other, 0, 2)[1].counts, generate_windows(spec, 0, 2)[1].counts);
+  }
+  try {
+    scenario_draw(spec, -1);
+    ADD_FAILURE() << "no error for draw -1";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("scenario_draw(): draw must be >= 0, got -1"),
+              std::string::npos)
+        << error.what();
+  }
+}
+
 TEST(Scenario, TokensChooseDistinctExpertsAndPaddingIsMasked) {
   for (ScenarioSpec spec : scenario_suite()) {
     SCOPED_TRACE(spec.name);

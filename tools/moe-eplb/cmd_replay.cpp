@@ -38,6 +38,7 @@ struct ReplayOptions {
   std::string scenario;
   std::int64_t num_windows = 0;      // with --scenario
   std::int64_t tokens_per_rank = 0;  // with --scenario; 0 = the scenario's
+  std::int64_t draw = 0;             // with --scenario: scenario_draw()
   std::int64_t world_size = 0;
   std::int64_t slots_per_rank = 0;
   std::int64_t ranks_per_node = 0;
@@ -87,12 +88,16 @@ Windows read_windows(ReplayOptions& options) {
                  ": --windows N goes with --scenario (and --scenario needs it)");
   MOE_EPLB_CHECK(options.trace_paths.empty() == (options.num_experts == 0), kReplay,
                  ": --num-experts E goes with --trace (and --trace needs it)");
+  MOE_EPLB_CHECK(!options.scenario.empty() || options.draw == 0, kReplay,
+                 ": --draw goes with --scenario");
+  MOE_EPLB_CHECK(options.scenario.empty() || options.draw >= 0, kReplay,
+                 ": --draw must be >= 0 (0 = the scenario's own windows), got ", options.draw);
   MOE_EPLB_CHECK(options.scenario.empty() || options.tokens_per_rank >= 0, kReplay,
                  ": --tokens-per-rank must be >= 0 (0 = the scenario's), got ",
                  options.tokens_per_rank);
   Windows windows;
   if (!options.scenario.empty()) {
-    ScenarioSpec spec = find_scenario(options.scenario);
+    ScenarioSpec spec = scenario_draw(find_scenario(options.scenario), options.draw);
     MOE_EPLB_CHECK(options.num_windows >= 2, kReplay,
                    ": --windows must be at least 2 (plan on one, score on the next), got ",
                    options.num_windows);
@@ -105,7 +110,8 @@ Windows read_windows(ReplayOptions& options) {
     if (options.tokens_per_rank > 0) spec.tokens_per_rank = options.tokens_per_rank;
     windows.loads = generate_windows(spec, 0, options.num_windows);
     windows.source = "scenario " + spec.name + " (" + spec.description + "), " +
-                     std::to_string(spec.tokens_per_rank) + " tokens per rank per window";
+                     std::to_string(spec.tokens_per_rank) + " tokens per rank per window" +
+                     (options.draw > 0 ? ", draw " + std::to_string(options.draw) : "");
     windows.label = spec.name;
     return windows;
   }
@@ -459,6 +465,10 @@ void add_replay_command(CLI::App& app) {
                       "generate the windows from a built-in scenario (see --list)");
   command->add_option("--windows", options->num_windows, "windows to generate, with --scenario");
   command->add_flag("--list", options->list, "list the scenarios --scenario takes");
+  command
+      ->add_option("--draw", options->draw,
+                   "independent draw K of the scenario (seed + K * 1000003; 0 = its own windows)")
+      ->capture_default_str();
   command
       ->add_option("--tokens-per-rank", options->tokens_per_rank,
                    "tokens per rank per generated window (0 = the scenario's)")

@@ -107,6 +107,12 @@ std::vector<ScenarioSpec> window_suite();
 // moe_eplb::Error (kInvalidArgument) listing the known names otherwise.
 ScenarioSpec find_scenario(const std::string& name);
 
+// Draw `draw` of a scenario: the same spec with seed + draw * 1000003, so
+// that benchmarks can average a comparison over independent draws (one draw
+// of an 8-expert scenario decides it by luck). Draw 0 is the spec itself.
+// Throws moe_eplb::Error (kInvalidArgument) for a negative draw.
+ScenarioSpec scenario_draw(ScenarioSpec spec, std::int64_t draw);
+
 // The plan() / analyzer options a scenario implies: its world size, slots per
 // rank and node size, with the given mode (and algorithm).
 PlanOptions scenario_plan_options(const ScenarioSpec& spec,
