@@ -151,9 +151,10 @@ LayerForecast forecast_layer(const LayerRequest& request) {
   // Drift: a step's variance is E[(x_t - x_{t-2})^2] - E[(x_t - x_{t-1})^2]
   // when steps are independent (the sampling noise cancels); pooled over the
   // experts, relative to their squared levels. Needs three windows. Only
-  // what exceeds the estimate's standard error (from its spread over the
-  // experts) counts: with few experts the estimate is mostly noise, and a
-  // spurious drift trades the windows' mean for the noisier latest ones.
+  // what exceeds kDriftStandardErrors of the estimate's standard error (from
+  // its spread over the experts) counts: with few experts the estimate is
+  // mostly noise, and a spurious drift trades the windows' mean for the
+  // noisier latest ones.
   double drift = 0.0;  // variance of a window-to-window step, relative to level^2
   if (num_windows >= 3 && num_experts > 1 && mean_expert_sq > 0.0) {
     double sum = 0.0, sum_sq = 0.0;

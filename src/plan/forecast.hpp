@@ -14,8 +14,11 @@ namespace moe_eplb::plan_detail {
 // measured; this fraction of the deviation that exceeds sampling noise is
 // assumed to.
 constexpr double kSingleWindowPersistence = 0.5;
-// The drift estimate counts only beyond this many of its standard errors.
-constexpr double kDriftStandardErrors = 1.0;
+// The drift estimate counts only beyond this many of its standard errors:
+// 0 reads sampling noise as drift in stationary layers of few experts, 1
+// misses a real drift of 0.25 per window there (suite and replays, bench/
+// RESULTS.md section 5).
+constexpr double kDriftStandardErrors = 0.5;
 
 struct LayerForecast {
   std::int64_t num_source_ranks = 1;  // R: world_size, or 1 for global counts

@@ -45,8 +45,8 @@
 //     expert's totals (scaled to the mean window size); the drift variance
 //     of a step is estimated from E[(g_t - g_{t-2})^2] - E[(g_t - g_{t-1})^2]
 //     pooled over experts (three or more windows; none assumed below),
-//     less one standard error of that pooled estimate (its spread over the
-//     experts), so that noise alone does not read as drift. No drift gives
+//     less half the standard error of that pooled estimate (its spread over
+//     the experts), so that noise alone reads as drift less often. No drift gives
 //     the plain mean.
 //  4. Noise. Each (rank, expert) count of the next window has variance
 //     expected + kappa * expected^2: Poisson plus the deviation that does not
