@@ -44,6 +44,8 @@ namespace moe_eplb::plan_detail {
 namespace {
 
 constexpr const char* kPlan = "plan()";
+// Layers of at most this many slots also get refine_expected_max().
+constexpr std::int64_t kExactSlots = 16;
 
 // The load changes of one candidate step, by rank (a handful of ranks).
 class RankChanges {
@@ -100,6 +102,9 @@ class Editor {
   std::int64_t repair();
   // Greedy improving steps; `budget` moves at most (-1: no cap).
   void improve(std::int64_t budget, double move_cost);
+  // Small layers: every reorder, replacement and swap judged by the
+  // expected busiest rank itself; `budget` moves at most (-1: no cap).
+  void refine_expected_max(std::int64_t budget, double move_cost);
 
   std::int64_t moves() const {
     std::int64_t changed = 0;
@@ -472,6 +477,102 @@ void Editor::improve(std::int64_t budget, double move_cost) {
   }
 }
 
+// With a handful of slots every step counts (a 10% cap on 12 slots is one
+// move), and there are few enough steps to try them all by the expected
+// busiest rank (forecast_balance()) rather than by the proxy around the
+// costliest rank that improve() uses on large layers. A step may also undo
+// an earlier move (it then frees one).
+void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
+  const bool by_rank = request_.balance_mode == BalanceMode::kByRank;
+  const auto num_slots = static_cast<std::int32_t>(slot_expert_.size());
+  std::vector<Load> trial;
+  RankChanges changes;
+  Step best;
+  double best_value = 0.0;
+  std::int64_t used = 0;
+  // Keeps `step` when it lowers E[max] / mean + move_cost * moves.
+  const auto try_step = [&](Step& step) {
+    const std::int64_t after = used + step.moves;
+    if (budget >= 0 && after > budget) return;
+    changes.clear();
+    add_row(changes, step.expert_a, rows_[step.expert_a], -1.0);
+    add_row(changes, step.expert_a, step.row_a, 1.0);
+    if (step.expert_b >= 0) {
+      add_row(changes, step.expert_b, rows_[step.expert_b], -1.0);
+      add_row(changes, step.expert_b, step.row_b, 1.0);
+    }
+    trial = rank_load_;
+    for (const auto& [rank, delta] : changes.list()) {
+      trial[rank].mean += delta.mean;
+      trial[rank].variance += delta.variance;
+    }
+    const double value = forecast_balance(trial).expected + move_cost * static_cast<double>(after);
+    if (value < best_value - 1e-9) {
+      best_value = value;
+      best = step;
+    }
+  };
+  for (std::int64_t iteration = 0; iteration < 4 * num_slots; ++iteration) {
+    used = moves();
+    best = Step{};
+    best_value = forecast_balance(rank_load_).expected + move_cost * static_cast<double>(used);
+    Step step;
+    // Reorders (free): two replicas of an expert trade source groups.
+    for (std::int64_t a = 0; by_rank && a < num_experts_; ++a) {
+      for (std::int64_t i = 0; i < count(a); ++i) {
+        for (std::int64_t j = i + 1; j < count(a); ++j) {
+          step = Step{};
+          step.expert_a = a;
+          step.row_a = rows_[a];
+          std::swap(step.row_a[i], step.row_a[j]);
+          try_step(step);
+        }
+      }
+    }
+    for (std::int32_t slot = 0; slot < num_slots; ++slot) {
+      const std::int64_t a = slot_expert_[static_cast<std::size_t>(slot)];
+      const std::int64_t rank = rank_of(slot);
+      // Replacements (one move): the replica of a at `slot` becomes b's.
+      for (std::int64_t b = 0; b < num_experts_; ++b) {
+        if (a == b || holds(rank, b) || count(a) < 2 || !ladder_.allows(count(a) - 1) ||
+            count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) {
+          continue;
+        }
+        const std::int64_t last = by_rank ? 0 : count(b);
+        for (std::int64_t position = count(b); position >= last; --position) {
+          step = Step{};
+          step.moves = slot_moves(slot, static_cast<std::int32_t>(b));
+          step.expert_a = a;
+          step.row_a = rows_[a];
+          step.row_a.erase(std::find(step.row_a.begin(), step.row_a.end(), slot));
+          step.expert_b = b;
+          step.row_b = rows_[b];
+          step.row_b.insert(step.row_b.begin() + position, slot);
+          try_step(step);
+        }
+      }
+      // Swaps: the experts of `slot` and a later slot on another rank trade.
+      for (std::int32_t other = slot + 1; other < num_slots; ++other) {
+        const std::int64_t b = slot_expert_[static_cast<std::size_t>(other)];
+        const std::int64_t other_rank = rank_of(other);
+        if (other_rank == rank || a == b || holds(other_rank, a) || holds(rank, b)) continue;
+        step = Step{};
+        step.moves = slot_moves(slot, static_cast<std::int32_t>(b)) +
+                     slot_moves(other, static_cast<std::int32_t>(a));
+        step.expert_a = a;
+        step.row_a = rows_[a];
+        *std::find(step.row_a.begin(), step.row_a.end(), slot) = other;
+        step.expert_b = b;
+        step.row_b = rows_[b];
+        *std::find(step.row_b.begin(), step.row_b.end(), other) = slot;
+        try_step(step);
+      }
+    }
+    if (best.expert_a < 0) break;
+    apply(best);
+  }
+}
+
 // (E, F) row-major table of a placement, F = largest count + 1.
 std::vector<std::int32_t> to_table(const ReplicaSlots& slots, std::int64_t& num_columns) {
   num_columns = 2;
@@ -576,6 +677,9 @@ Placement replan(const LayerRequest& request, const ShareModel& shares, const Co
                  "replicas of an expert on one rank, or unused slots), more than max_moves ",
                  request.max_moves);
   editor.improve(request.max_moves, request.move_cost);
+  if (request.world_size * request.slots_per_rank <= kExactSlots) {
+    editor.refine_expected_max(request.max_moves, request.move_cost);
+  }
   Placement local = align(request, editor.placement());
   const std::int64_t local_moves = count_moves(request, local);
 
