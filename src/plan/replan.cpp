@@ -22,7 +22,9 @@
 //     A step's gain is how much it lowers the squared excess over the mean
 //     of the ranks it touches, scaled to max/mean units at the costliest
 //     rank (no step may raise the costliest rank); steps stop when no step
-//     gains move_cost of max/mean per move, or the cap is reached.
+//     gains move_cost of max/mean per move, or the cap is reached. Layers
+//     of at most 16 slots then try every reorder, replacement and swap by
+//     the expected busiest rank itself (refine_expected_max()).
 //  B. The plan from scratch, with its ranks relabelled to the old ranks of
 //     largest overlap (Hungarian assignment), so that a rank keeps the
 //     experts it already holds; only when it fits the cap.

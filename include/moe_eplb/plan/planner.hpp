@@ -74,9 +74,10 @@
 // local search from the previous placement (forced repairs first, then the
 // moves that buy the most balance per changed slot: free reorders of an
 // expert's replicas, swaps, and count changes that turn a cool expert's
-// replica into a hot one's) with the fresh plan relabelled to the old ranks
-// of largest overlap, and keeps the lower predicted max/mean + move_cost *
-// slots changed. max_moves caps slots changed per layer exactly; a previous
+// replica into a hot one's; layers of at most 16 slots then try every such
+// step by the expected busiest rank) with the fresh plan relabelled to the
+// old ranks of largest overlap, and keeps the lower predicted max/mean +
+// move_cost * slots changed. max_moves caps slots changed per layer exactly; a previous
 // table whose forced repairs (replicas rank mode never selects, two replicas
 // of an expert on a rank, unused slots) exceed the cap is refused.
 #pragma once
