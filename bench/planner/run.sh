@@ -34,7 +34,10 @@ echo "- machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs, $(uname
 echo "- command: ${MOE_EPLB_BASELINE:+MOE_EPLB_BASELINE=$MOE_EPLB_BASELINE }bash bench/planner/run.sh $*"
 echo
 
-"$build/bench/planner/moe_eplb_bench_windows" --data "$data" --section suite --section real ${quick:+--quick}
+pairs=$(mktemp -d)
+trap 'rm -rf "$pairs"' EXIT
+"$build/bench/planner/moe_eplb_bench_windows" --data "$data" --section suite --section real ${quick:+--quick} \
+  --per-draw "$pairs/new.csv"
 
 if [[ -n ${MOE_EPLB_BASELINE:-} ]]; then
   bash bench/planner/baseline_planner.sh "$MOE_EPLB_BASELINE" "$build/baseline" \
@@ -44,12 +47,16 @@ if [[ -n ${MOE_EPLB_BASELINE:-} ]]; then
   echo "Only its moe-eplb columns differ from the tables above."
   echo
   "$build/baseline/window_bench_baseline" --data "$data" --section suite --section real \
-    ${quick:+--quick} | awk '
+    ${quick:+--quick} --per-draw "$pairs/old.csv" | awk '
       /^Geometric means/ {on = 1}
       /^## Real/ {on = 0; print "Real runs:\n"}
       /^EP [0-9]+ x/ {print ""; print; print ""; next}
       on || /geometric mean|range:|^\| plan on|^\|---\|---\|---:/ {print}'
   echo
+  echo "moe-eplb against the planner of $MOE_EPLB_BASELINE on the same draws (pair_draws.py): the"
+  echo "geometric mean of new / old max/mean, one standard error, and the draws where new is worse."
+  echo
+  python3 bench/planner/pair_draws.py "$pairs/new.csv" "$pairs/old.csv"
 fi
 
 draws=8
@@ -62,7 +69,7 @@ echo "--max-moves = 10% of the slots. Time-averaged max/mean over windows 1..$((
 echo "over the draws; slots changed per rebalance, of W x S, mean over the draws (max: the largest)."
 echo
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp" "$pairs"' EXIT
 scenarios=$("$build/bench/planner/moe_eplb_bench_windows" --list)
 for scenario in $scenarios; do
   for ((draw = 0; draw < draws; ++draw)); do

@@ -1,13 +1,15 @@
 // Planner benchmarks for issue 10: several windows in, a later window scored.
 //
-//   moe_eplb_bench_windows [--data DIR] [--quick] [--draws N] [--section suite|real|timing]...
-//   moe_eplb_bench_windows --list        (the suite's scenario names)
+//   moe_eplb_bench_windows [--data DIR] [--quick] [--draws N] [--per-draw CSV] [--section
+//   suite|real|timing]... moe_eplb_bench_windows --list        (the suite's scenario names)
 //
 // suite   the multi-window suite (window_suite(): transient, persistent, mixed
 //         and drifting families): every planner plans on windows 0-3 and is
 //         scored on window 4's tokens routed through update_expert(), rank
 //         mode and token mode, over N independent draws of each scenario
 //         (--draws, default 32; 4 with --quick); per-family geometric means.
+//         --per-draw CSV also writes every draw's max/mean (scenario, draw,
+//         mode, planner), which pair_draws.py pairs between two builds.
 // real    DeepSeek-V3 expert loads from SGLang (DIR: the folder of
 //         prefill_*.json, {"logical_count": [61][256]}, MoE layers 3..60):
 //         plan on run i, score on run i + 1, with per-rank noise (below).
@@ -125,7 +127,7 @@ std::string cells(const double* values, std::size_t n) {
 // being the scenario's own seed) and each column reports the geometric mean
 // over the draws; the rank-mode comparison with DeepSeek is paired, per
 // draw, with the standard error of the mean log ratio.
-void run_suite(bool quick, int draws) {
+void run_suite(bool quick, int draws, std::FILE* per_draw) {
   std::printf(
       "## Multi-window suite: planned on windows 0-3, scored on window 4\n\n"
       "max/mean per-rank load of window 4's tokens routed through update_expert(), geometric "
@@ -166,6 +168,11 @@ void run_suite(bool quick, int draws) {
               analyze_trace(table.layer(0), scored, scenario_analyze_options(spec, kModes[m]))
                   .max_over_mean;
           log_sum[m * kNumPlanners + p] += std::log(balance[m * kNumPlanners + p]);
+          if (per_draw != nullptr) {
+            std::fprintf(per_draw, "%s,%d,%s,%s,%.9f\n", scenario.name.c_str(), draw,
+                         m == 0 ? "rank" : "token", kPlanners[p].label,
+                         balance[m * kNumPlanners + p]);
+          }
         }
       }
       const double log_ratio = std::log(balance[0] / balance[1]);
@@ -437,6 +444,7 @@ int main(int argc, char** argv) {
   std::string data_dir;
   bool quick = false;
   int draws = 0;  // per suite scenario; 0 = 32 (4 with --quick)
+  const char* per_draw_path = nullptr;
   std::vector<std::string> sections;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
@@ -447,6 +455,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "--draws must be >= 1, got %s\n", argv[i]);
         return 1;
       }
+    } else if (std::strcmp(argv[i], "--per-draw") == 0 && i + 1 < argc) {
+      per_draw_path = argv[++i];
     } else if (std::strcmp(argv[i], "--data") == 0 && i + 1 < argc) {
       data_dir = argv[++i];
     } else if (std::strcmp(argv[i], "--list") == 0) {  // the suite's names, for run.sh
@@ -456,7 +466,8 @@ int main(int argc, char** argv) {
       sections.push_back(argv[++i]);
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--data DIR] [--quick] [--draws N] [--section suite|real|timing]... "
+                   "usage: %s [--data DIR] [--quick] [--draws N] [--per-draw CSV] [--section "
+                   "suite|real|timing]... "
                    "| --list\n",
                    argv[0]);
       return 2;
@@ -467,7 +478,16 @@ int main(int argc, char** argv) {
     return std::find(sections.begin(), sections.end(), name) != sections.end();
   };
   try {
-    if (wants("suite")) run_suite(quick, draws > 0 ? draws : (quick ? 4 : 32));
+    if (wants("suite")) {
+      std::FILE* per_draw = nullptr;
+      if (per_draw_path != nullptr) {
+        per_draw = std::fopen(per_draw_path, "w");
+        MOE_EPLB_CHECK(per_draw != nullptr, "bench: cannot write ", per_draw_path);
+        std::fprintf(per_draw, "scenario,draw,mode,planner,max_over_mean\n");
+      }
+      run_suite(quick, draws > 0 ? draws : (quick ? 4 : 32), per_draw);
+      if (per_draw != nullptr) std::fclose(per_draw);
+    }
     if (wants("real") || wants("timing")) {
       if (data_dir.empty()) {
         std::printf("(real data and timing skipped: no --data DIR)\n");
