@@ -127,6 +127,16 @@ class Editor {
   std::int64_t count(std::int64_t e) const { return static_cast<std::int64_t>(rows_[e].size()); }
   bool holds(std::int64_t rank, std::int64_t e) const { return holds_[e * world_size_ + rank] > 0; }
   double rank_cost(std::int64_t rank) const { return cost(rank_load_[rank]); }
+  // Whether the replica of expert a at `slot` may become a new replica of b:
+  // a keeps a usable count, b gains one and is not on that rank yet.
+  bool can_replace(std::int32_t slot, std::int64_t a, std::int64_t b) const {
+    return a != b && !holds(rank_of(slot), b) && count(a) >= 2 && ladder_.allows(count(a) - 1) &&
+           count(b) < request_.max_count && ladder_.allows(count(b) + 1);
+  }
+  // Whether expert a on rank_a and expert b on rank_b may trade ranks.
+  bool can_swap(std::int64_t a, std::int64_t rank_a, std::int64_t b, std::int64_t rank_b) const {
+    return rank_a != rank_b && a != b && !holds(rank_b, a) && !holds(rank_a, b);
+  }
 
   void recompute_loads() {
     std::fill(rank_load_.begin(), rank_load_.end(), Load{});
@@ -389,7 +399,7 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
            ++slot_b) {
         const std::int64_t b = slot_expert_[static_cast<std::size_t>(slot_b)];
         const std::int64_t rank_b = rank_of(slot_b);
-        if (rank_b == heavy || b == a || holds(rank_b, a) || holds(heavy, b)) continue;
+        if (!can_swap(a, heavy, b, rank_b)) continue;
         const std::int64_t moves = slot_moves(slot_a, static_cast<std::int32_t>(b)) +
                                    slot_moves(slot_b, static_cast<std::int32_t>(a));
         if (budget >= 0 && moves > budget) continue;
@@ -418,10 +428,7 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
   // replica of expert b (a's count goes down one, b's up one).
   std::vector<std::int32_t> row_a, row_b;  // reused: no allocation per candidate
   const auto consider_replacement = [&](std::int32_t slot, std::int64_t a, std::int64_t b) {
-    if (a == b || holds(rank_of(slot), b) || count(a) < 2 || !ladder_.allows(count(a) - 1) ||
-        count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) {
-      return;
-    }
+    if (!can_replace(slot, a, b)) return;
     const std::int64_t moves = slot_moves(slot, static_cast<std::int32_t>(b));
     if (budget >= 0 && moves > budget) return;
     row_a.assign(rows_[a].begin(), rows_[a].end());
@@ -536,10 +543,7 @@ void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
       const std::int64_t rank = rank_of(slot);
       // Replacements (one move): the replica of a at `slot` becomes b's.
       for (std::int64_t b = 0; b < num_experts_; ++b) {
-        if (a == b || holds(rank, b) || count(a) < 2 || !ladder_.allows(count(a) - 1) ||
-            count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) {
-          continue;
-        }
+        if (!can_replace(slot, a, b)) continue;
         const std::int64_t last = by_rank ? 0 : count(b);
         for (std::int64_t position = count(b); position >= last; --position) {
           step = Step{};
@@ -557,7 +561,7 @@ void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
       for (std::int32_t other = slot + 1; other < num_slots; ++other) {
         const std::int64_t b = slot_expert_[static_cast<std::size_t>(other)];
         const std::int64_t other_rank = rank_of(other);
-        if (other_rank == rank || a == b || holds(other_rank, a) || holds(rank, b)) continue;
+        if (!can_swap(a, rank, b, other_rank)) continue;
         step = Step{};
         step.moves = slot_moves(slot, static_cast<std::int32_t>(b)) +
                      slot_moves(other, static_cast<std::int32_t>(a));
@@ -590,14 +594,19 @@ std::vector<std::int32_t> to_table(const ReplicaSlots& slots, std::int64_t& num_
   return table;
 }
 
+TopologyOptions topology_of(const LayerRequest& request) {
+  TopologyOptions topology;
+  topology.world_size = request.world_size;
+  topology.slots_per_rank = request.slots_per_rank;
+  topology.ranks_per_node = request.ranks_per_node;
+  return topology;
+}
+
 // Candidate B: the plan from scratch on the old ranks of most overlap.
 Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
   const std::int64_t world_size = request.world_size, slots_per_rank = request.slots_per_rank;
-  TopologyOptions topology;
-  topology.world_size = world_size;
-  topology.slots_per_rank = slots_per_rank;
-  topology.ranks_per_node = request.ranks_per_node;
-  const std::vector<std::int32_t> old_experts = slot_experts(request.previous, topology);
+  const std::vector<std::int32_t> old_experts =
+      slot_experts(request.previous, topology_of(request));
   // overlap(new rank i, old rank r) = experts on both; minimise its negative.
   std::vector<std::int32_t> on_old_rank(static_cast<std::size_t>(request.num_experts * world_size),
                                         0);
@@ -631,11 +640,10 @@ Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
   return scratch;
 }
 
-// Each expert that stays on a rank back in its old slot there.
-Placement align(const LayerRequest& request, Placement placement) {
-  TopologyOptions topology;
-  topology.world_size = request.world_size;
-  topology.slots_per_rank = request.slots_per_rank;
+// Each expert that stays on a rank back in its old slot there; `moves`
+// receives the slots whose expert then differs from the previous table.
+Placement align(const LayerRequest& request, Placement placement, std::int64_t& moves) {
+  const TopologyOptions topology = topology_of(request);
   std::int64_t num_columns = 0;
   const std::vector<std::int32_t> table = to_table(placement.slots, num_columns);
   const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};
@@ -644,17 +652,9 @@ Placement align(const LayerRequest& request, Placement placement) {
     const std::int32_t* row = aligned.data() + e * static_cast<std::size_t>(num_columns);
     placement.slots[e].assign(row + 1, row + 1 + row[0]);
   }
+  const TableView aligned_view{aligned.data(), request.num_experts, num_columns, num_columns, 1};
+  moves = diff_tables(request.previous, aligned_view, topology).slots_changed;
   return placement;
-}
-
-std::int64_t count_moves(const LayerRequest& request, const Placement& placement) {
-  TopologyOptions topology;
-  topology.world_size = request.world_size;
-  topology.slots_per_rank = request.slots_per_rank;
-  std::int64_t num_columns = 0;
-  const std::vector<std::int32_t> table = to_table(placement.slots, num_columns);
-  const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};
-  return diff_tables(request.previous, view, topology).slots_changed;
 }
 
 double max_over_mean(const Placement& placement) {
@@ -682,11 +682,10 @@ Placement replan(const LayerRequest& request, const ShareModel& shares, const Co
   if (request.world_size * request.slots_per_rank <= kExactSlots) {
     editor.refine_expected_max(request.max_moves, request.move_cost);
   }
-  Placement local = align(request, editor.placement());
-  const std::int64_t local_moves = count_moves(request, local);
-
-  Placement relabelled = align(request, relabel_to_previous(request, std::move(scratch)));
-  const std::int64_t relabelled_moves = count_moves(request, relabelled);
+  std::int64_t local_moves = 0, relabelled_moves = 0;
+  Placement local = align(request, editor.placement(), local_moves);
+  Placement relabelled =
+      align(request, relabel_to_previous(request, std::move(scratch)), relabelled_moves);
   if (request.max_moves >= 0 && relabelled_moves > request.max_moves) return local;
   const double local_value =
       max_over_mean(local) + request.move_cost * static_cast<double>(local_moves);
