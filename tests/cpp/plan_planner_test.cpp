@@ -15,6 +15,7 @@
 #include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/table.hpp"
+#include "plan_test_util.hpp"
 
 namespace moe_eplb {
 namespace {
@@ -46,14 +47,7 @@ ExpertLoad filled_load(std::int64_t world_size, std::int64_t num_experts, double
   return load;
 }
 
-PlanOptions options_for(std::int64_t world_size, std::int64_t slots_per_rank,
-                        BalanceMode mode = BalanceMode::kByRank) {
-  PlanOptions options;
-  options.world_size = world_size;
-  options.slots_per_rank = slots_per_rank;
-  options.balance_mode = mode;
-  return options;
-}
+using test::options_for;
 
 // Every invariant a plan promises, for every layer.
 void expect_valid_plan(const LayeredTable& table, const ExpertLoad& load,

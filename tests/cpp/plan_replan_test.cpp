@@ -14,6 +14,7 @@
 #include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/table.hpp"
+#include "plan_test_util.hpp"
 
 namespace moe_eplb {
 namespace {
@@ -41,14 +42,7 @@ ExpertLoad skewed_window(std::int64_t world_size, std::int64_t num_experts, std:
   return load;
 }
 
-PlanOptions options_for(std::int64_t world_size, std::int64_t slots_per_rank,
-                        BalanceMode mode = BalanceMode::kByRank) {
-  PlanOptions options;
-  options.world_size = world_size;
-  options.slots_per_rank = slots_per_rank;
-  options.balance_mode = mode;
-  return options;
-}
+using test::options_for;
 
 TopologyOptions topology_of(const PlanOptions& options) {
   TopologyOptions topology;

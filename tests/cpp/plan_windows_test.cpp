@@ -15,6 +15,7 @@
 #include "moe_eplb/table.hpp"
 #include "plan/forecast.hpp"
 #include "plan/rule_model.hpp"
+#include "plan_test_util.hpp"
 
 namespace moe_eplb {
 namespace {
@@ -52,14 +53,7 @@ std::vector<ExpertLoad> preference_windows(std::int64_t world_size, std::int64_t
   return windows;
 }
 
-PlanOptions options_for(std::int64_t world_size, std::int64_t slots_per_rank,
-                        BalanceMode mode = BalanceMode::kByRank) {
-  PlanOptions options;
-  options.world_size = world_size;
-  options.slots_per_rank = slots_per_rank;
-  options.balance_mode = mode;
-  return options;
-}
+using test::options_for;
 
 plan_detail::LayerRequest request_for(const std::vector<ExpertLoad>& windows,
                                       std::vector<double>& mean) {
