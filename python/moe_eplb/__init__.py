@@ -14,7 +14,8 @@ Functions: update_expert, update_expert_pruned, PreparedTable, error_counter,
 read_error_counter, programmatic_dependent_launch; torch_npu drop-ins
 npu_moe_eplb_update_expert and npu_moe_update_expert (also in
 moe_eplb.compat). Planning (C++ underneath, CPU tensors or NumPy arrays):
-plan, analyze, migration_plan, align_to_previous. Expert parallelism on
+plan, analyze, migration_plan, align_to_previous, table_diff, slot_experts,
+widest_plan_columns. Expert parallelism on
 torch.distributed (dispatch, combine, migrate_experts, EplbRuntime,
 ExpertParallelMoE): moe_eplb.distributed.
 
@@ -59,8 +60,9 @@ from ._ops import (  # noqa: E402  (the ops exist once the library is loaded)
     with_cuda,
 )
 from .compat import npu_moe_eplb_update_expert, npu_moe_update_expert  # noqa: E402
-from .planning import MigrationAction, MigrationPlan, PlanReport  # noqa: E402
+from .planning import MigrationAction, MigrationPlan, PlanReport, TableDiff  # noqa: E402
 from .planning import align_to_previous, analyze, migration_plan, plan  # noqa: E402
+from .planning import slot_experts, table_diff, widest_plan_columns  # noqa: E402
 
 __doc__ += FORMULA
 __version__ = "0.1.0"
@@ -70,6 +72,7 @@ __all__ = [
     "MigrationPlan",
     "PlanReport",
     "PreparedTable",
+    "TableDiff",
     "align_to_previous",
     "analyze",
     "error_counter",
@@ -79,7 +82,10 @@ __all__ = [
     "plan",
     "programmatic_dependent_launch",
     "read_error_counter",
+    "slot_experts",
+    "table_diff",
     "update_expert",
     "update_expert_pruned",
+    "widest_plan_columns",
     "with_cuda",
 ]

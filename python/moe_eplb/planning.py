@@ -336,3 +336,55 @@ def align_to_previous(new_table, old_table, world_size, slots_per_rank):
                  _table(operation, "old_table", old_table),
                  _int(operation, "world_size", world_size),
                  _int(operation, "slots_per_rank", slots_per_rank))
+
+
+@dataclasses.dataclass
+class TableDiff:
+    """What changes from one table to the next (C++ diff_tables()).
+
+    slots_changed: slots whose logical expert differs (each needs a copy);
+    rows_changed: rows whose count or replica slots, in order, differ; the
+    order is the routing (replica j serves source-rank group j in rank mode,
+    tokens b with b % c == j - 1 in token mode), so the tables route every
+    token alike exactly when rows_changed == 0; experts_received: summed over
+    ranks, the distinct experts new to a rank; received_per_rank: (W,) list.
+    """
+
+    slots_changed: int
+    rows_changed: int
+    experts_received: int
+    received_per_rank: list
+
+
+def table_diff(old_table, new_table, world_size, slots_per_rank):
+    """TableDiff of two (E, F) int32 tables (any F each, the same E) valid
+    for world_size * slots_per_rank slots."""
+    operation = "table_diff()"
+    slots_changed, rows_changed, received = _call(
+        _OPS.table_diff.default, _table(operation, "old_table", old_table),
+        _table(operation, "new_table", new_table), _int(operation, "world_size", world_size),
+        _int(operation, "slots_per_rank", slots_per_rank))
+    received = received.tolist()
+    return TableDiff(slots_changed=slots_changed, rows_changed=rows_changed,
+                     experts_received=sum(received), received_per_rank=received)
+
+
+def slot_experts(table, world_size, slots_per_rank):
+    """(W * S,) int64 CPU tensor: the logical expert in every physical slot
+    of an (E, F) int32 table valid for world_size * slots_per_rank slots, -1
+    where no row names the slot."""
+    operation = "slot_experts()"
+    return _call(_OPS.slot_experts.default, _table(operation, "table", table),
+                 _int(operation, "world_size", world_size),
+                 _int(operation, "slots_per_rank", slots_per_rank))
+
+
+def widest_plan_columns(num_experts, world_size, slots_per_rank):
+    """The table width F that holds every plan plan() makes for num_experts
+    experts on world_size * slots_per_rank slots: 1 + min(world_size,
+    world_size * slots_per_rank - num_experts + 1). Planning every window
+    with num_columns=F keeps one table shape (PreparedTable.update() needs it)."""
+    operation = "widest_plan_columns()"
+    return _call(_OPS.widest_plan_columns, _int(operation, "num_experts", num_experts),
+                 _int(operation, "world_size", world_size),
+                 _int(operation, "slots_per_rank", slots_per_rank))

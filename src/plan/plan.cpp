@@ -152,6 +152,20 @@ PlanAlgorithm parse_plan_algorithm(const std::string& name, const char* operatio
                 "\"");
 }
 
+std::int64_t widest_plan_columns(std::int64_t num_experts, std::int64_t world_size,
+                                 std::int64_t slots_per_rank, const char* operation) {
+  MOE_EPLB_CHECK(world_size >= 1 && world_size <= INT32_MAX, operation,
+                 ": world_size must be in 1..", INT32_MAX, ", got ", world_size);
+  MOE_EPLB_CHECK(slots_per_rank >= 1 && slots_per_rank <= INT32_MAX / world_size, operation,
+                 ": slots_per_rank must be in 1..", INT32_MAX / world_size, " for world_size ",
+                 world_size, ", got ", slots_per_rank);
+  const std::int64_t num_physical = world_size * slots_per_rank;
+  MOE_EPLB_CHECK(num_experts >= slots_per_rank && num_experts <= num_physical, operation,
+                 ": num_experts must be in slots_per_rank..world_size * slots_per_rank = ",
+                 slots_per_rank, "..", num_physical, ", got ", num_experts);
+  return 1 + std::min(world_size, num_physical - num_experts + 1);
+}
+
 std::vector<std::int64_t> live_replica_counts(std::int64_t world_size) {
   std::vector<std::int64_t> counts;
   for (std::int64_t group = world_size; group >= 1; --group) {

@@ -71,6 +71,12 @@ TableDiff diff_tables(const TableView& from, const TableView& to, const Topology
   for (std::size_t p = 0; p < old_experts.size(); ++p) {
     diff.slots_changed += old_experts[p] != new_experts[p] ? 1 : 0;
   }
+  for (std::int64_t e = 0; e < from.num_experts; ++e) {
+    const std::int32_t count = from.at(e, 0);
+    bool same = count == to.at(e, 0);
+    for (std::int32_t j = 1; same && j <= count; ++j) same = from.at(e, j) == to.at(e, j);
+    diff.rows_changed += same ? 0 : 1;
+  }
   // Distinct experts a rank holds under `to` and not under `from`.
   std::vector<std::int32_t> held, wanted;
   for (std::size_t rank = 0; rank < diff.received_per_rank.size(); ++rank) {

@@ -166,6 +166,42 @@ TEST(PlanPlanner, InvariantsOnRandomShapes) {
   }
 }
 
+// widest_plan_columns() holds every plan: a plan that fits on its own is
+// never wider, and planning with it gives the same table padded to it.
+TEST(PlanPlanner, WidestPlanColumnsHoldsEveryPlan) {
+  for (std::uint64_t seed = 0; seed < 60; ++seed) {
+    std::mt19937_64 rng(seed);
+    const std::int64_t world_size = 1 + static_cast<std::int64_t>(rng() % 9);
+    const std::int64_t num_experts = 1 + static_cast<std::int64_t>(rng() % 30);
+    const std::int64_t min_slots = (num_experts + world_size - 1) / world_size;
+    const std::int64_t slots_per_rank =
+        std::min(num_experts, min_slots + static_cast<std::int64_t>(rng() % 4));
+    PlanOptions options = options_for(world_size, slots_per_rank,
+                                      seed % 2 ? BalanceMode::kByToken : BalanceMode::kByRank);
+    // One very hot expert: it takes as many replicas as the rules allow.
+    ExpertLoad load = filled_load(world_size, num_experts, 1.0);
+    load.counts[static_cast<std::size_t>(seed % num_experts)] = 1e9;
+    SCOPED_TRACE(testing::Message() << "seed=" << seed << " W=" << world_size
+                                    << " S=" << slots_per_rank << " E=" << num_experts);
+    const std::int64_t widest = widest_plan_columns(num_experts, world_size, slots_per_rank);
+    EXPECT_EQ(widest, 1 + std::min(world_size, world_size * slots_per_rank - num_experts + 1));
+    const LayeredTable fitted = plan(load, options);
+    EXPECT_LE(fitted.num_columns, widest);
+    options.num_columns = widest;
+    const LayeredTable padded = plan(load, options);
+    ASSERT_EQ(padded.num_columns, widest);
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      for (std::int64_t j = 0; j < widest; ++j) {
+        const std::int32_t expected = j < fitted.num_columns ? fitted.layer(0).at(e, j) : -1;
+        EXPECT_EQ(padded.layer(0).at(e, j), expected) << "row " << e << " column " << j;
+      }
+    }
+  }
+  EXPECT_THROW(widest_plan_columns(9, 2, 4), Error);  // more experts than slots
+  EXPECT_THROW(widest_plan_columns(3, 2, 4), Error);  // more slots per rank than experts
+  EXPECT_THROW(widest_plan_columns(4, 0, 4), Error);
+}
+
 // No traffic at all: still a complete, valid plan with the spare slots spread.
 TEST(PlanPlanner, AllZeroLoad) {
   const ExpertLoad load = filled_load(8, 32, 0.0);

@@ -87,6 +87,7 @@ TEST(TableDiff, HandWorkedCase) {
   EXPECT_EQ(diff.slots_changed, 4);
   EXPECT_EQ(diff.received_per_rank, (std::vector<std::int64_t>{1, 1}));  // e2 on 0, e0 on 1
   EXPECT_EQ(diff.experts_received, 2);
+  EXPECT_EQ(diff.rows_changed, 3);
   // Aligned: e0 stays in slot 0 on rank 0 and e1 in slot 3 on rank 1.
   const std::vector<std::int32_t> aligned =
       align_to_previous(new_table.view(), old_table.view(), topology);
@@ -130,6 +131,14 @@ TEST(TableDiff, MatchesBruteForceOnRandomTables) {
     }
     EXPECT_EQ(diff.slots_changed, changed);
     EXPECT_EQ(diff.experts_received, received);
+    std::int64_t rows_changed = 0;
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      const std::int32_t* a = old_table.values.data() + e * old_table.num_columns;
+      const std::int32_t* b = new_table.values.data() + e * new_table.num_columns;
+      rows_changed += !std::equal(a, a + a[0] + 1, b, b + b[0] + 1);
+    }
+    EXPECT_EQ(diff.rows_changed, rows_changed);
+    EXPECT_EQ(diff_tables(old_table.view(), old_table.view(), topology).rows_changed, 0);
 
     // Aligned: same per-rank contents, each replica on the same rank in the
     // same column, valid, staying experts in an old slot of theirs, no more
@@ -171,6 +180,20 @@ TEST(TableDiff, MatchesBruteForceOnRandomTables) {
     EXPECT_LE(aligned_changed, changed);
     EXPECT_EQ(align_to_previous(aligned.view(), old_table.view(), topology), aligned.values);
   }
+}
+
+// A reorder within a row moves no expert but changes routing (which replica
+// serves which source group), and padding columns change nothing.
+TEST(TableDiff, CountsReorderedRowsAndIgnoresPadding) {
+  const TopologyOptions topology{2, 2, 0};
+  const Table table = make_table(3, {{0}, {1, 3}, {2}});
+  const Table reordered = make_table(3, {{0}, {3, 1}, {2}});
+  const Table wider = make_table(4, {{0}, {1, 3}, {2}});
+  const TableDiff reorder = diff_tables(table.view(), reordered.view(), topology);
+  EXPECT_EQ(reorder.slots_changed, 0);
+  EXPECT_EQ(reorder.experts_received, 0);
+  EXPECT_EQ(reorder.rows_changed, 1);
+  EXPECT_EQ(diff_tables(table.view(), wider.view(), topology).rows_changed, 0);
 }
 
 TEST(TableDiff, RefusesBadArguments) {

@@ -232,6 +232,40 @@ at::Tensor align_to_previous_op(const at::Tensor& new_table, const at::Tensor& o
   });
 }
 
+// (W * S,) int64: the logical expert in every physical slot, -1 where none.
+at::Tensor slot_experts_op(const at::Tensor& table, std::int64_t world_size,
+                           std::int64_t slots_per_rank) {
+  constexpr const char* kSlotExperts = "slot_experts()";
+  return translate_errors([&] {
+    const std::vector<std::int32_t> experts = slot_experts(
+        host_table(kSlotExperts, "table", table), make_topology(world_size, slots_per_rank, 0));
+    return at::tensor(std::vector<std::int64_t>(experts.begin(), experts.end()),
+                      at::TensorOptions().dtype(at::kLong));
+  });
+}
+
+// (slots_changed, rows_changed, received_per_rank (W,) int64).
+std::tuple<std::int64_t, std::int64_t, at::Tensor> table_diff_op(const at::Tensor& old_table,
+                                                                 const at::Tensor& new_table,
+                                                                 std::int64_t world_size,
+                                                                 std::int64_t slots_per_rank) {
+  constexpr const char* kTableDiff = "table_diff()";
+  return translate_errors([&] {
+    const TableDiff diff = diff_tables(host_table(kTableDiff, "old_table", old_table),
+                                       host_table(kTableDiff, "new_table", new_table),
+                                       make_topology(world_size, slots_per_rank, 0));
+    return std::make_tuple(diff.slots_changed, diff.rows_changed,
+                           int64_vector(diff.received_per_rank));
+  });
+}
+
+std::int64_t widest_plan_columns_op(std::int64_t num_experts, std::int64_t world_size,
+                                    std::int64_t slots_per_rank) {
+  return translate_errors([&] {
+    return widest_plan_columns(num_experts, world_size, slots_per_rank, "widest_plan_columns()");
+  });
+}
+
 }  // namespace
 }  // namespace moe_eplb::torch_adapter
 
@@ -249,6 +283,13 @@ TORCH_LIBRARY_FRAGMENT(moe_eplb, m) {
   m.def(
       "align_to_previous(Tensor new_table, Tensor old_table, int world_size, "
       "int slots_per_rank) -> Tensor");
+  m.def("slot_experts(Tensor table, int world_size, int slots_per_rank) -> Tensor");
+  m.def(
+      "table_diff(Tensor old_table, Tensor new_table, int world_size, int slots_per_rank) "
+      "-> (int, int, Tensor)");
+  // No tensor argument to dispatch on: one catch-all kernel.
+  m.def("widest_plan_columns(int num_experts, int world_size, int slots_per_rank) -> int",
+        TORCH_FN(moe_eplb::torch_adapter::widest_plan_columns_op));
 }
 
 TORCH_LIBRARY_IMPL(moe_eplb, CompositeExplicitAutograd, m) {
@@ -256,11 +297,14 @@ TORCH_LIBRARY_IMPL(moe_eplb, CompositeExplicitAutograd, m) {
   m.impl("analyze", TORCH_FN(moe_eplb::torch_adapter::analyze_op));
   m.impl("migration_plan", TORCH_FN(moe_eplb::torch_adapter::migration_plan_op));
   m.impl("align_to_previous", TORCH_FN(moe_eplb::torch_adapter::align_to_previous_op));
+  m.impl("slot_experts", TORCH_FN(moe_eplb::torch_adapter::slot_experts_op));
+  m.impl("table_diff", TORCH_FN(moe_eplb::torch_adapter::table_diff_op));
 }
 
 // Plans and tables carry no gradient.
 TORCH_LIBRARY_IMPL(moe_eplb, Autograd, m) {
-  for (const char* name : {"plan", "analyze", "migration_plan", "align_to_previous"}) {
+  for (const char* name :
+       {"plan", "analyze", "migration_plan", "align_to_previous", "slot_experts", "table_diff"}) {
     m.impl(name, torch::CppFunction::makeFallthrough());
   }
 }

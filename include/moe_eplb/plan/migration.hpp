@@ -2,8 +2,11 @@
 //
 // A physical slot p lives on rank p / slots_per_rank. A slot is *changed*
 // when the logical expert at p differs between the two tables (a slot that no
-// row names holds no expert). Tables are (E, F) eplb_tables valid for
-// world_size * slots_per_rank slots; the two may differ in F, not in E.
+// row names holds no expert); a row is changed when its count or its replicas'
+// slots, in order, differ (the order is the routing: replica j serves
+// source-rank group j in rank mode and tokens b with b mod c = j - 1 in token
+// mode). Two tables route every token alike exactly when no row changed. Tables are (E, F)
+// eplb_tables valid for world_size * slots_per_rank slots; the two may differ in F, not in E.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +27,8 @@ std::vector<std::int32_t> slot_experts(const TableView& table, const TopologyOpt
 
 struct TableDiff {
   std::int64_t slots_changed = 0;               // slots whose expert differs
+  std::int64_t rows_changed = 0;                // rows whose count or replica list (in order)
+                                                // differs: 0 iff both tables route alike
   std::int64_t experts_received = 0;            // sum over ranks of experts new to the rank
   std::vector<std::int64_t> received_per_rank;  // (W,) distinct experts new to each rank
 };

@@ -148,6 +148,17 @@ struct PlanOptions {
   double move_cost = 0.0;
 };
 
+// The table width F that holds every plan kRuleAware can make for
+// num_experts experts on world_size * slots_per_rank slots: 1 + the most
+// replicas one expert can get, min(world_size, world_size * slots_per_rank -
+// num_experts + 1) (one replica per rank, every other expert keeps one).
+// Planning every window with this num_columns keeps one table shape, so a
+// prepared table can be updated in place. Throws moe_eplb::Error
+// (kInvalidArgument) starting with `operation` for sizes plan() refuses.
+std::int64_t widest_plan_columns(std::int64_t num_experts, std::int64_t world_size,
+                                 std::int64_t slots_per_rank,
+                                 const char* operation = "widest_plan_columns()");
+
 // What plan() estimated, per layer (filled when a report is asked for;
 // the estimates by kRuleAware only, slots_changed by every algorithm).
 struct LayerPlanReport {
