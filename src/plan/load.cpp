@@ -41,6 +41,8 @@ ExpertLoad make_expert_load(const std::vector<std::int64_t>& shape, std::vector<
     MOE_EPLB_CHECK(extent >= 1, operation, ": load has an empty dimension, shape ",
                    shape_string(shape));
   }
+  MOE_EPLB_CHECK(shape.back() <= kMaxLoadExperts, operation, ": load has ", shape.back(),
+                 " experts (last dimension), expected 1..", kMaxLoadExperts);
   load.num_layers = dims == 3 ? shape[0] : 1;
   load.num_source_ranks = dims == 1 ? 1 : shape[dims - 2];
   load.num_experts = shape[dims - 1];
@@ -105,6 +107,8 @@ LoadRecorder::LoadRecorder(std::int64_t num_layers, std::int64_t world_size,
   MOE_EPLB_CHECK(num_layers >= 1 && world_size >= 1 && num_experts >= 1,
                  "LoadRecorder(): num_layers, world_size and num_experts must be positive, got ",
                  num_layers, ", ", world_size, ", ", num_experts);
+  MOE_EPLB_CHECK(num_experts <= kMaxLoadExperts, "LoadRecorder(): num_experts must be in 1..",
+                 kMaxLoadExperts, ", got ", num_experts);
   load_.num_layers = num_layers;
   load_.num_source_ranks = world_size;
   load_.num_experts = num_experts;

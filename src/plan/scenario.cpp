@@ -98,7 +98,8 @@ void check_spec(const ScenarioSpec& spec) {
                  " (distinct experts per token), got ", spec.top_k);
   MOE_EPLB_CHECK(spec.world_size >= 1, "generate_trace(): world_size must be positive, got ",
                  spec.world_size);
-  MOE_EPLB_CHECK(spec.tokens_per_rank >= 0, "generate_trace(): tokens_per_rank must be >= 0, got ",
+  MOE_EPLB_CHECK(spec.tokens_per_rank >= 0 && spec.tokens_per_rank <= kMaxScenarioTokens,
+                 "generate_trace(): tokens_per_rank must be in 0..", kMaxScenarioTokens, ", got ",
                  spec.tokens_per_rank);
   MOE_EPLB_CHECK(spec.skew >= 0 && spec.rank_variation >= 0 && spec.token_variation >= 0 &&
                      spec.token_variation <= 1 && spec.hot_expert >= 0 && spec.hot_expert < 1,

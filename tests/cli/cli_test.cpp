@@ -1,6 +1,8 @@
 // Runs the built moe-eplb tool on .npy files written by NumPy and checks
 // outputs, exit statuses and error lines. Bad input must give one clear line
-// on stderr, a non-zero exit, and no output file.
+// on stderr that starts "moe-eplb: error: ", exit status 1, and no output
+// file. Every file a test writes lives in its own folder under the build
+// tree, removed when the test program ends.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -9,6 +11,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -35,15 +38,32 @@ std::string slurp(const std::string& path) {
   return text.str();
 }
 
-// ctest runs each test in its own process, in parallel: every temporary
-// file name carries the process id.
-std::string unique(const std::string& name) {
-  return ::testing::TempDir() + "/" + std::to_string(::getpid()) + "_" + name;
+// ctest runs each test in its own process, in parallel: each process writes
+// in a folder of its own under the build tree, removed at exit.
+class WorkFolder : public ::testing::Environment {
+ public:
+  static const std::string& path() {
+    static const std::string folder =
+        std::string(MOE_EPLB_CLI_WORK) + "/" + std::to_string(::getpid());
+    return folder;
+  }
+  void SetUp() override { std::filesystem::create_directories(path()); }
+  void TearDown() override { std::filesystem::remove_all(path()); }
+};
+const auto* const kWorkFolder = ::testing::AddGlobalTestEnvironment(new WorkFolder);
+
+std::string unique(const std::string& name) { return WorkFolder::path() + "/" + name; }
+
+// The built tool, or the one MOE_EPLB_CLI_TOOL names (to run these tests
+// against another build, e.g. an older commit's).
+std::string tool() {
+  const char* other = std::getenv("MOE_EPLB_CLI_TOOL");
+  return other != nullptr ? other : MOE_EPLB_TOOL;
 }
 
 Result run(const std::string& args) {
   const std::string out = unique("cli_stdout.txt"), err = unique("cli_stderr.txt");
-  const std::string command = std::string(MOE_EPLB_TOOL) + " " + args + " >" + out + " 2>" + err;
+  const std::string command = tool() + " " + args + " >" + out + " 2>" + err;
   const int raw = std::system(command.c_str());
   Result result;
   result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
@@ -167,8 +187,8 @@ TEST(CliMap, BadValuesAndArguments) {
   EXPECT_THAT(r.err, HasSubstr("outside the slot range 0..7 (num_physical_experts 8)"));
   EXPECT_FALSE(exists(out));
   r = run("map --expert-ids " + ids);
-  EXPECT_NE(r.status, 0);
-  EXPECT_THAT(r.err, HasSubstr("--table is required"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "moe-eplb: error: --table is required (moe-eplb map --help)\n");
 }
 
 TEST(CliValidate, ValidTableExitsZeroWithWarnings) {
@@ -188,6 +208,8 @@ TEST(CliValidate, InvalidTableListsEveryProblemAndExitsOne) {
       r.out,
       HasSubstr("error: physical slot 0 is claimed by row 0 (column 1) and row 5 (column 1)"));
   EXPECT_THAT(r.out, HasSubstr("INVALID (2 errors"));
+  EXPECT_EQ(r.err, "moe-eplb: error: --table " + kData +
+                       "/table_invalid.npy is not a valid eplb_table: 2 errors (listed above)\n");
 }
 
 TEST(CliValidate, AscendProfileAndBadWorldSize) {
@@ -197,16 +219,129 @@ TEST(CliValidate, AscendProfileAndBadWorldSize) {
   EXPECT_THAT(r.out, HasSubstr("world_size 1 is outside 2..768 under the ascend profile"));
   r = run("validate --table " + kExamples + "/eplb_table.npy --world-size 0");
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.err, HasSubstr("world_size must be -1 (unknown) or in 1..2147483647, got 0"));
+  EXPECT_THAT(r.err, HasSubstr("--world-size: must be -1 (unknown) or in 1..2147483647, got 0"));
 }
 
-TEST(CliGeneral, HelpAndUnknownCommand) {
+TEST(CliGeneral, HelpAndVersionExitZero) {
   Result r = run("--help");
   EXPECT_EQ(r.status, 0);
   EXPECT_THAT(r.out, HasSubstr("map"));
   EXPECT_THAT(r.out, HasSubstr("validate"));
-  r = run("frobnicate");
-  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.out, HasSubstr("Exit status 0 on success, 1 on any error"));
+  r = run("plan --help");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_THAT(r.out, HasSubstr("--slots-per-rank"));
+  r = run("--version");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out, "moe-eplb " MOE_EPLB_VERSION "\n");
+}
+
+// Every error, usage errors included, is one prefixed line and exit status 1.
+TEST(CliGeneral, UsageErrorsExitOneWithOnePrefixedLine) {
+  const std::string commands =
+      "expected one of: map, validate, record, plan, simulate, convert, demo, diff, replay "
+      "(moe-eplb --help)";
+  const std::string ids = kData + "/ids_c_int32.npy", table = kExamples + "/eplb_table.npy";
+  const std::string map = "map --expert-ids " + ids + " --table " + table;
+  struct Case {
+    std::string args, message;
+  };
+  const Case cases[] = {
+      {"frobnicate", "unknown command 'frobnicate'; " + commands},
+      {"", "no command given; " + commands},
+      {"--frobnicate", "'--frobnicate' is not a command; " + commands},
+      {map + " --rank 0", "--world-size is required (moe-eplb map --help)"},
+      {map + " --rank 0 --world-size 4 --flip",
+       "The following argument was not expected: --flip (moe-eplb map --help)"},
+      {map + " --rank x --world-size 4", "--rank: must be an integer, got 'x'"},
+      {"validate --table " + table, "--world-size is required (moe-eplb validate --help)"},
+      {"convert --from ascend --to csv --in a --out b", "--to: csv not in {ascend,phy2log"},
+  };
+  for (const Case& c : cases) {
+    const Result r = run(c.args);
+    EXPECT_EQ(r.status, 1) << c.args;
+    EXPECT_EQ(r.err.rfind("moe-eplb: error: ", 0), 0u) << c.args << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.message)) << c.args;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+  }
+}
+
+// Every numeric option has a range, checked while parsing, before any file
+// is read or any work is done (the files named here do not exist).
+TEST(CliGeneral, NumericOptionsOutOfRangeAreRefusedFirst) {
+  const std::string ids = kData + "/ids_c_int32.npy", table = kExamples + "/eplb_table.npy";
+  const std::string map = "map --expert-ids " + ids + " --table " + table + " --world-size 4 ";
+  struct Case {
+    std::string args, message;
+  };
+  const Case cases[] = {
+      {map + "--rank 0 --print-rows -5", "--print-rows: must be 0 or more, got -5"},
+      {map + "--rank -1", "--rank: must be 0 or more, got -1"},
+      {map + "--rank 0 --balance-mode 2", "--balance-mode: must be in 0..1, got 2"},
+      {map + "--rank 0 --num-physical 0",
+       "--num-physical: must be -1 (not checked exactly) or 1 or more, got 0"},
+      {"validate --table " + table + " --world-size 4 --max-issues -1",
+       "--max-issues: must be 0 or more, got -1"},
+      {"validate --table " + table + " --world-size 0",
+       "--world-size: must be -1 (unknown) or in 1..2147483647, got 0"},
+      {"demo --tokens-per-rank -1", "--tokens-per-rank: must be in 0..1048576, got -1"},
+      {"demo --tokens-per-rank 2000000", "--tokens-per-rank: must be in 0..1048576, got 2000000"},
+      {"record --expert-ids none.npy --out none_out.npy --num-experts 3000000000",
+       "--num-experts: must be in 1..65536, got 3000000000"},
+      {"record --expert-ids none.npy --out none_out.npy --num-experts 10000000",
+       "--num-experts: must be in 1..65536, got 10000000"},
+      {"plan --load none.npy --world-size 4 --slots-per-rank 0 --out t.npy",
+       "--slots-per-rank: must be in 1..2147483647, got 0"},
+      {"plan --load none.npy --world-size 4 --slots-per-rank 2 --columns 1 --out t.npy",
+       "--columns: must be 0 (fit) or in 2..2147483647, got 1"},
+      {"plan --load none.npy --world-size 4 --slots-per-rank 2 --max-moves -2 --out t.npy",
+       "--max-moves: must be -1 (no cap) or 0 or more, got -2"},
+      {"plan --load none.npy --world-size 4 --slots-per-rank 2 --move-cost nan --out t.npy",
+       "--move-cost: must be a finite number >= 0, got nan"},
+      {"simulate --table none.npy --load none.npy --world-size 4 --slots-per-rank 2 --layer -2",
+       "--layer: must be -1 (all) or 0 or more, got -2"},
+      {"diff --from a.npy --to b.npy --world-size 4 --slots-per-rank 2 --expert-bytes -1",
+       "--expert-bytes: must be 0 or more, got -1"},
+      {"convert --from ascend --to log2phy --in a.npy --out b.npy --max-replicas -1",
+       "--max-replicas: must be in 0..2147483647, got -1"},
+      {"replay --scenario transient-qwen3-ep16 --windows 1",
+       "--windows: must be in 2..100000, got 1"},
+      {"replay --scenario transient-qwen3-ep16 --windows 3 --every 0",
+       "--every: must be 1 or more, got 0"},
+      {"replay --scenario transient-qwen3-ep16 --windows 3 --expert-bytes -5",
+       "--expert-bytes: must be a finite number >= 0, got -5"},
+  };
+  for (const Case& c : cases) {
+    const Result r = run(c.args);
+    EXPECT_EQ(r.status, 1) << c.args;
+    EXPECT_EQ(r.err.rfind("moe-eplb: error: ", 0), 0u) << c.args << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.message)) << c.args;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+    EXPECT_EQ(r.out, "") << c.args;
+  }
+}
+
+// A bad --save-dir is refused before the demo does its work.
+TEST(CliDemo, SaveDirIsCheckedFirst) {
+  const Result r = run("demo --save-dir " + unique("missing_folder") + " --svg ''");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "moe-eplb: error: --save-dir " + unique("missing_folder") +
+                       ": No such file or directory (give an existing folder)\n");
+  EXPECT_EQ(r.out, "");
+}
+
+// record names the trace position and --num-experts, not the operator's terms.
+TEST(CliRecord, ExpertIdOutOfRangeNamesTheTracePosition) {
+  const std::string trace = unique("trace.npy");
+  const std::int32_t ids[] = {0, 1, 2, 3, 1, 0, 7, 2};  // (2 ranks, 2 tokens, top-2)
+  moe_eplb::npy::save(trace, moe_eplb::npy::make_int32({2, 2, 2}, ids));
+  const std::string out = temp_path("load.npy");
+  const Result r = run("record --expert-ids " + trace + " --num-experts 4 --out " + out);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "moe-eplb: error: --expert-ids " + trace +
+                       ": rank 1, token 1, choice 0: expert id 7 is outside 0..3 "
+                       "(--num-experts 4)\n");
+  EXPECT_FALSE(exists(out));
 }
 
 }  // namespace

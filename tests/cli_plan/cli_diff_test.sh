@@ -76,11 +76,11 @@ run_fails "diff(): --to bad.npy, layer 0, is not a valid table for world_size 4 
 run_fails "slot 12 is outside" "$tool" diff --from old.npy --to bad.npy "${topology[@]}"
 run_fails "diff(): --from old.npy, layer 0, is not a valid table for world_size 2" \
   "$tool" diff --from old.npy --to old.npy --world-size 2 --slots-per-rank 3
-run_fails "diff(): --expert-bytes must be at least 0, got -5" \
+run_fails "moe-eplb: error: --expert-bytes: must be 0 or more, got -5" \
   "$tool" diff --from old.npy --to new.npy "${topology[@]}" --expert-bytes -5
 run_fails "diff(): --ranks-per-node must be 0 (one node) or divide --world-size 4, got 3" \
   "$tool" diff --from old.npy --to new.npy "${topology[@]}" --ranks-per-node 3
-run_fails "diff(): --slots-per-rank must be in 1.." \
+run_fails "moe-eplb: error: --slots-per-rank: must be in 1.." \
   "$tool" diff --from old.npy --to new.npy --world-size 4 --slots-per-rank 0
 run_fails "--from" "$tool" diff --from missing.npy --to new.npy "${topology[@]}"
 npy_int32 flat.npy "(30,)" "${old_rows[@]}"

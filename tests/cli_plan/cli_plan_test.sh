@@ -171,7 +171,7 @@ case $case_name in
     run_fails "every window must have the same shape" \
       "$tool" plan --load load.npy --load global.npy --world-size 2 --slots-per-rank 3 --out t.npy
     no_output
-    run_fails "plan(): --max-moves must be -1 (no cap) or at least 0, got -2" \
+    run_fails "moe-eplb: error: --max-moves: must be -1 (no cap) or 0 or more, got -2" \
       "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
       --max-moves -2 --out t.npy
     no_output
@@ -181,7 +181,7 @@ case $case_name in
     run_fails "plan(): --move-cost needs --previous" \
       "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --move-cost 0.1 --out t.npy
     no_output
-    run_fails "plan(): move_cost must be a finite number >= 0, got -1" \
+    run_fails "moe-eplb: error: --move-cost: must be a finite number >= 0, got -1" \
       "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
       --move-cost -1 --out t.npy
     no_output

@@ -146,15 +146,15 @@ case $case_name in
     run_fails "differs from world_size 2" "$tool" replay --load e4.npy --load w3.npy "${local_args[@]}"
     run_fails "--load garbage.npy" "$tool" replay --load e4.npy --load garbage.npy "${local_args[@]}"
     run_fails "--load missing.npy" "$tool" replay --load e4.npy --load missing.npy "${local_args[@]}"
-    run_fails "replay(): --every must be at least 1 (rebalance every N windows), got 0" \
+    run_fails "moe-eplb: error: --every: must be 1 or more, got 0" \
       "$tool" replay --load e4.npy --load e4.npy --every 0 "${local_args[@]}"
-    run_fails "replay(): --history must be at least 1 (windows to plan on), got 0" \
+    run_fails "moe-eplb: error: --history: must be 1 or more, got 0" \
       "$tool" replay --load e4.npy --load e4.npy --history 0 "${local_args[@]}"
-    run_fails "replay(): --max-moves must be -1 (no cap) or at least 0, got -3" \
+    run_fails "moe-eplb: error: --max-moves: must be -1 (no cap) or 0 or more, got -3" \
       "$tool" replay --load e4.npy --load e4.npy --max-moves -3 "${local_args[@]}"
-    run_fails "replay(): --expert-bytes must be a finite number >= 0, got -1" \
+    run_fails "moe-eplb: error: --expert-bytes: must be a finite number >= 0, got -1" \
       "$tool" replay --load e4.npy --load e4.npy --expert-bytes -1 "${local_args[@]}"
-    run_fails "replay(): --balance-mode must be 0 (by rank) or 1 (by token), got 2" \
+    run_fails "moe-eplb: error: --balance-mode: must be in 0..1, got 2" \
       "$tool" replay --load e4.npy --load e4.npy --balance-mode 2 "${local_args[@]}"
     run_fails "replay(): --world-size is required with --load or --trace and must be positive, got 0" \
       "$tool" replay --load e4.npy --load e4.npy --slots-per-rank 2
@@ -166,11 +166,11 @@ case $case_name in
     run_fails "replay(): give the windows one way" "$tool" replay "${local_args[@]}"
     run_fails "replay(): --windows N goes with --scenario" \
       "$tool" replay --load e4.npy --load e4.npy --windows 3 "${local_args[@]}"
-    run_fails "replay(): --windows must be at least 2 (plan on one, score on the next), got 1" \
+    run_fails "moe-eplb: error: --windows: must be in 2..100000, got 1" \
       "$tool" replay --scenario mixed-mixtral-ep6 --windows 1 --svg out.svg
     run_fails "find_scenario(): unknown scenario 'nope'" \
       "$tool" replay --scenario nope --windows 3 --svg out.svg
-    run_fails "replay(): --draw must be >= 0 (0 = the scenario's own windows), got -1" \
+    run_fails "moe-eplb: error: --draw: must be in 0..2147483647, got -1" \
       "$tool" replay --scenario mixed-mixtral-ep6 --windows 3 --draw -1 --svg out.svg
     run_fails "replay(): --draw goes with --scenario" \
       "$tool" replay --load e4.npy --load e4.npy --draw 2 "${local_args[@]}"

@@ -53,6 +53,10 @@ TEST(PlanLoad, BadStatisticsAreClearErrors) {
        "plan(): load of shape (2, 2, 2) is read as (L, W, E), but W = 2 is neither world_size 3"},
       {{1, 1, 1, 1}, {1}, "plan(): load must be (E,) global counts, (W, E) per-rank counts or"},
       {{0}, {}, "plan(): load has an empty dimension, shape (0,)"},
+      // A bound on what statistics allocate.
+      {{kMaxLoadExperts + 1},
+       std::vector<double>(kMaxLoadExperts + 1, 1.0),
+       "plan(): load has 65537 experts (last dimension), expected 1..65536"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
@@ -69,6 +73,16 @@ TEST(PlanLoad, BadStatisticsAreClearErrors) {
 ExpertIdsView ids_view(const std::vector<std::int32_t>& ids, std::int64_t top_k) {
   return ExpertIdsView{ids.data(), Dtype::kInt32, static_cast<std::int64_t>(ids.size()) / top_k,
                        top_k,      top_k,         1};
+}
+
+// A recorder's size is bounded before it allocates (3e9 experts was bad_alloc).
+TEST(PlanLoad, RecorderRefusesTooManyExperts) {
+  try {
+    LoadRecorder recorder(1, 2, 3000000000);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_STREQ(error.what(), "LoadRecorder(): num_experts must be in 1..65536, got 3000000000");
+  }
 }
 
 TEST(PlanLoad, RecorderCountsPerSourceRank) {

@@ -8,6 +8,7 @@
 #include "commands.hpp"
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/plan/convert.hpp"
+#include "options.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {
@@ -179,15 +180,19 @@ void add_convert_command(CLI::App& app) {
   command
       ->add_option("--num-experts", options->num_experts,
                    "E for --from phy2log (0 = largest id + 1)")
+      ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
   command
       ->add_option("--num-physical", options->num_physical,
                    "slots for --to phy2log (0 = largest slot + 1)")
+      ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
   command->add_option("--columns", options->num_columns, "F for --to ascend (0 = fit)")
+      ->check(in_range_or(0, "fit", 2, INT32_MAX))
       ->capture_default_str();
   command
       ->add_option("--max-replicas", options->max_replicas, "R for --to log2phy/sglang (0 = fit)")
+      ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
   command->callback([options] { run_convert(*options); });
 }

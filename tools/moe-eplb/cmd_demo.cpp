@@ -3,8 +3,13 @@
 // operator's load counters, plan on them (DeepSeek's EPLB and moe-eplb, which
 // estimates from several windows what persists), route every rank's tokens
 // of the fourth window through update_expert(), and show the balance.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,6 +21,7 @@
 #include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/plan/scenario.hpp"
 #include "moe_eplb/plan/svg.hpp"
+#include "options.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {
@@ -111,11 +117,23 @@ void save_inputs(const std::string& dir, const ScenarioSpec& spec, const ExpertL
       static_cast<long long>(spec.ranks_per_node));
 }
 
+// --save-dir must be an existing, writable folder: checked before the work.
+void check_save_dir(const std::string& dir) {
+  struct stat info {};
+  MOE_EPLB_CHECK_CODE(::stat(dir.c_str(), &info) == 0, ErrorCode::kIo, "--save-dir ", dir, ": ",
+                      std::strerror(errno), " (give an existing folder)");
+  MOE_EPLB_CHECK_CODE(S_ISDIR(info.st_mode), ErrorCode::kIo, "--save-dir ", dir,
+                      ": not a folder (give an existing folder)");
+  MOE_EPLB_CHECK_CODE(::access(dir.c_str(), W_OK) == 0, ErrorCode::kIo, "--save-dir ", dir,
+                      ": cannot write there: ", std::strerror(errno));
+}
+
 void run_demo(const DemoOptions& options) {
   if (options.list) {
     list_scenarios();
     return;
   }
+  if (!options.save_dir.empty()) check_save_dir(options.save_dir);
   ScenarioSpec spec = find_scenario(options.scenario);
   if (options.tokens_per_rank > 0) spec.tokens_per_rank = options.tokens_per_rank;
   if (options.seed != 0) spec.seed = options.seed;
@@ -235,6 +253,7 @@ void add_demo_command(CLI::App& app) {
   command
       ->add_option("--tokens-per-rank", options->tokens_per_rank,
                    "tokens per rank per window (0 = the scenario's)")
+      ->check(in_range(0, kMaxScenarioTokens))
       ->capture_default_str();
   command->add_option("--seed", options->seed, "scenario seed (0 = the scenario's)")
       ->capture_default_str();

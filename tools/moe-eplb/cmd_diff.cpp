@@ -13,6 +13,7 @@
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/table.hpp"
+#include "options.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {
@@ -213,18 +214,23 @@ void add_diff_command(CLI::App& app) {
       ->required();
   command->add_option("--to", options->to_path, ".npy new table, same E (and L); F may differ")
       ->required();
-  command->add_option("--world-size", options->topology.world_size, "EP group size W")->required();
+  command->add_option("--world-size", options->topology.world_size, "EP group size W")
+      ->check(in_range(1, INT32_MAX))
+      ->required();
   command
       ->add_option("--slots-per-rank", options->topology.slots_per_rank,
                    "physical expert slots per rank S")
+      ->check(in_range(1, INT32_MAX))
       ->required();
   command
       ->add_option("--ranks-per-node", options->topology.ranks_per_node,
                    "ranks per node, for cross-node receives (0 = one node)")
+      ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
   command
       ->add_option("--expert-bytes", options->expert_bytes,
                    "bytes of one expert's weights, for the bytes moved (0 = not reported)")
+      ->check(in_range(0))
       ->capture_default_str();
   command->add_flag("--json", options->json, "print the report as JSON");
   command->callback([options] { run_diff(*options); });

@@ -9,6 +9,7 @@
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/npy.hpp"
 #include "moe_eplb/update_expert.hpp"
+#include "options.hpp"
 
 namespace moe_eplb::cli {
 namespace {
@@ -92,18 +93,25 @@ void add_map_command(CLI::App& app) {
                   "(BS, K) int32/int64 .npy of logical expert ids")
       ->required();
   map->add_option("--table", options->table_path, "(E, F) int32 .npy EPLB table")->required();
-  map->add_option("--rank", options->local_rank_id, "local_rank_id of this rank")->required();
-  map->add_option("--world-size", options->world_size, "EP group size")->required();
+  map->add_option("--rank", options->local_rank_id, "local_rank_id of this rank")
+      ->required()
+      ->check(in_range(0));
+  map->add_option("--world-size", options->world_size, "EP group size")
+      ->required()
+      ->check(in_range(1));
   map->add_option("--balance-mode", options->balance_mode, "0 = by rank, 1 = by token")
+      ->check(in_range(0, 1))
       ->capture_default_str();
   map->add_option("--num-physical", options->num_physical_experts,
-                  "physical slots (world_size * place_per_rank); -1 = not checked exactly")
+                  "physical slots (world_size * slots_per_rank); -1 = not checked exactly")
+      ->check(in_range_or(-1, "not checked exactly", 1))
       ->capture_default_str();
   map->add_option("--profile", options->profile, "limit profile: native, ascend, ascend_seed")
       ->capture_default_str();
   map->add_option("--out", options->out_path, "write balanced ids here (.npy, same dtype)");
   map->add_option("--print-rows", options->print_rows,
                   "tokens to print (default 16; 0 with --out prints none)")
+      ->check(in_range(0))
       ->capture_default_str();
   map->callback([options] { run_map(*options); });
 }

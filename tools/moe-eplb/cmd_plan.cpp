@@ -11,6 +11,7 @@
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
+#include "options.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {
@@ -71,12 +72,6 @@ std::string describe_prediction(const PlanReport& report) {
 }
 
 void run_plan(PlanCommandOptions options) {
-  MOE_EPLB_CHECK(options.balance_mode == 0 || options.balance_mode == 1,
-                 "plan(): --balance-mode must be 0 (by rank) or 1 (by token), got ",
-                 options.balance_mode);
-  MOE_EPLB_CHECK(options.plan.max_moves >= -1,
-                 "plan(): --max-moves must be -1 (no cap) or at least 0, got ",
-                 options.plan.max_moves);
   MOE_EPLB_CHECK(!options.previous_path.empty() || options.plan.max_moves == -1,
                  "plan(): --max-moves needs --previous (the table in force)");
   MOE_EPLB_CHECK(!options.previous_path.empty() || options.plan.move_cost == 0.0,
@@ -210,22 +205,28 @@ void add_plan_command(CLI::App& app) {
                    "or (L, W|1, E) per layer; repeat for several windows, oldest first, all of "
                    "one shape")
       ->required();
-  command->add_option("--world-size", options->plan.world_size, "EP group size W")->required();
+  command->add_option("--world-size", options->plan.world_size, "EP group size W")
+      ->check(in_range(1, INT32_MAX))
+      ->required();
   command
       ->add_option("--slots-per-rank", options->plan.slots_per_rank,
                    "physical expert slots per rank S (W * S >= E)")
+      ->check(in_range(1, INT32_MAX))
       ->required();
   command
       ->add_option("--ranks-per-node", options->plan.ranks_per_node,
                    "ranks per node, for locality (0 = one node)")
+      ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
   command
       ->add_option("--columns", options->plan.num_columns,
                    "F, columns of the table (0 = largest replica count + 1)")
+      ->check(in_range_or(0, "fit", 2, INT32_MAX))
       ->capture_default_str();
   command
       ->add_option("--balance-mode", options->balance_mode,
                    "the operator's rule to plan for: 0 = by rank, 1 = by token")
+      ->check(in_range(0, 1))
       ->capture_default_str();
   command
       ->add_option("--algorithm", options->algorithm,
@@ -235,6 +236,7 @@ void add_plan_command(CLI::App& app) {
   command
       ->add_option("--num-groups", options->plan.num_groups,
                    "expert groups, for deepseek's hierarchical policy")
+      ->check(in_range(1, kMaxLoadExperts))
       ->capture_default_str();
   command->add_option(
       "--previous", options->previous_path,
@@ -243,10 +245,12 @@ void add_plan_command(CLI::App& app) {
   command
       ->add_option("--max-moves", options->plan.max_moves,
                    "with --previous: at most this many changed slots per layer (-1 = no cap)")
+      ->check(in_range_or(-1, "no cap", 0))
       ->capture_default_str();
   command
       ->add_option("--move-cost", options->plan.move_cost,
                    "with --previous: the predicted max/mean a changed slot must buy (>= 0)")
+      ->check(non_negative_number())
       ->capture_default_str();
   command->add_option("--out", options->out_path, "write the eplb_table here (.npy, int32)")
       ->required();

@@ -7,6 +7,7 @@
 #include "commands.hpp"
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/plan/load.hpp"
+#include "options.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {
@@ -20,11 +21,10 @@ struct RecordOptions {
 };
 
 void run_record(const RecordOptions& options) {
-  MOE_EPLB_CHECK(options.num_experts >= 1,
-                 "record(): --num-experts must be positive (the E the statistics cover), got ",
-                 options.num_experts);
   const RoutingTrace trace =
       load_trace("--expert-ids", options.expert_ids_path, options.active_mask_path);
+  check_trace_experts("--expert-ids", options.expert_ids_path, trace, options.num_experts,
+                      "--num-experts");
   LoadRecorder recorder(1, trace.world_size, options.num_experts);
   recorder.record(0, trace);
   const ExpertLoad& load = recorder.load();
@@ -53,7 +53,9 @@ void add_record_command(CLI::App& app) {
       ->required();
   command->add_option("--active-mask", options->active_mask_path,
                       "(W, BS) bool .npy: tokens to count");
-  command->add_option("--num-experts", options->num_experts, "E, logical experts")->required();
+  command->add_option("--num-experts", options->num_experts, "E, logical experts")
+      ->required()
+      ->check(in_range(1, kMaxLoadExperts));
   command->add_option("--out", options->out_path, "write the (W, E) int64 load .npy here")
       ->required();
   command->callback([options] { run_record(*options); });

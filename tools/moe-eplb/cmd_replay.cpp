@@ -22,6 +22,7 @@
 #include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/plan/scenario.hpp"
 #include "moe_eplb/plan/svg.hpp"
+#include "options.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {
@@ -30,6 +31,8 @@ namespace {
 constexpr const char* kReplay = "replay()";
 // --max-moves not given: 10% of the slots.
 constexpr std::int64_t kDefaultMaxMoves = std::numeric_limits<std::int64_t>::min();
+// --windows: a replay of more than this many generated windows is a mistake.
+constexpr std::int64_t kMaxReplayWindows = 100000;
 
 struct ReplayOptions {
   std::vector<std::string> load_paths;
@@ -90,17 +93,9 @@ Windows read_windows(ReplayOptions& options) {
                  ": --num-experts E goes with --trace (and --trace needs it)");
   MOE_EPLB_CHECK(!options.scenario.empty() || options.draw == 0, kReplay,
                  ": --draw goes with --scenario");
-  MOE_EPLB_CHECK(options.scenario.empty() || options.draw >= 0, kReplay,
-                 ": --draw must be >= 0 (0 = the scenario's own windows), got ", options.draw);
-  MOE_EPLB_CHECK(options.scenario.empty() || options.tokens_per_rank >= 0, kReplay,
-                 ": --tokens-per-rank must be >= 0 (0 = the scenario's), got ",
-                 options.tokens_per_rank);
   Windows windows;
   if (!options.scenario.empty()) {
     ScenarioSpec spec = scenario_draw(find_scenario(options.scenario), options.draw);
-    MOE_EPLB_CHECK(options.num_windows >= 2, kReplay,
-                   ": --windows must be at least 2 (plan on one, score on the next), got ",
-                   options.num_windows);
     MOE_EPLB_CHECK(options.world_size == 0 || options.world_size == spec.world_size, kReplay,
                    ": --world-size ", options.world_size, " differs from scenario ", spec.name,
                    "'s ", spec.world_size, "; leave it out");
@@ -129,6 +124,7 @@ Windows read_windows(ReplayOptions& options) {
   for (std::size_t i = 0; i < paths.size(); ++i) {
     if (traces) {
       const RoutingTrace trace = load_trace(flag, paths[i], "");
+      check_trace_experts(flag, paths[i], trace, options.num_experts, "--num-experts");
       MOE_EPLB_CHECK(trace.world_size == options.world_size, kReplay, ": ", flag, " ", paths[i],
                      " has ", trace.world_size, " source ranks (first dimension), expected ",
                      "--world-size ", options.world_size);
@@ -227,17 +223,6 @@ void run_replay(ReplayOptions options) {
     list_scenarios();
     return;
   }
-  MOE_EPLB_CHECK(options.balance_mode == 0 || options.balance_mode == 1, kReplay,
-                 ": --balance-mode must be 0 (by rank) or 1 (by token), got ",
-                 options.balance_mode);
-  MOE_EPLB_CHECK(options.every >= 1, kReplay,
-                 ": --every must be at least 1 (rebalance every N windows), got ", options.every);
-  MOE_EPLB_CHECK(options.history >= 1, kReplay,
-                 ": --history must be at least 1 (windows to plan on), got ", options.history);
-  MOE_EPLB_CHECK(options.max_moves >= -1 || options.max_moves == kDefaultMaxMoves, kReplay,
-                 ": --max-moves must be -1 (no cap) or at least 0, got ", options.max_moves);
-  MOE_EPLB_CHECK(std::isfinite(options.expert_bytes) && options.expert_bytes >= 0, kReplay,
-                 ": --expert-bytes must be a finite number >= 0, got ", options.expert_bytes);
   const Windows windows = read_windows(options);
   const std::vector<ExpertLoad>& loads = windows.loads;
   const auto num_windows = static_cast<std::int64_t>(loads.size());
@@ -460,41 +445,56 @@ void add_replay_command(CLI::App& app) {
   command->add_option("--trace", options->trace_paths,
                       "a window's routing trace .npy, (W, BS, K) expert ids per source rank, "
                       "counted as `moe-eplb record` does; repeat, oldest first");
-  command->add_option("--num-experts", options->num_experts, "E, with --trace");
+  command->add_option("--num-experts", options->num_experts, "E, with --trace")
+      ->check(in_range(1, kMaxLoadExperts));
   command->add_option("--scenario", options->scenario,
                       "generate the windows from a built-in scenario (see --list)");
-  command->add_option("--windows", options->num_windows, "windows to generate, with --scenario");
+  command->add_option("--windows", options->num_windows, "windows to generate, with --scenario")
+      ->check(in_range(2, kMaxReplayWindows));
   command->add_flag("--list", options->list, "list the scenarios --scenario takes");
   command
       ->add_option("--draw", options->draw,
                    "independent draw K of the scenario (seed + K * 1000003; 0 = its own windows)")
+      ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
   command
       ->add_option("--tokens-per-rank", options->tokens_per_rank,
                    "tokens per rank per generated window (0 = the scenario's)")
+      ->check(in_range(0, kMaxScenarioTokens))
       ->capture_default_str();
-  command->add_option("--world-size", options->world_size,
-                      "EP group size W (with --scenario: the scenario's)");
-  command->add_option("--slots-per-rank", options->slots_per_rank,
-                      "physical slots per rank S (with --scenario: default the scenario's)");
+  command
+      ->add_option("--world-size", options->world_size,
+                   "EP group size W (with --scenario: the scenario's)")
+      ->check(in_range(1, INT32_MAX));
+  command
+      ->add_option("--slots-per-rank", options->slots_per_rank,
+                   "physical slots per rank S (with --scenario: default the scenario's)")
+      ->check(in_range(1, INT32_MAX));
   command
       ->add_option("--ranks-per-node", options->ranks_per_node,
                    "ranks per node (0 = one node; with --scenario: default the scenario's)")
+      ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
   command
       ->add_option("--balance-mode", options->balance_mode,
                    "the operator's rule, to plan for and score with: 0 = by rank, 1 = by token")
+      ->check(in_range(0, 1))
       ->capture_default_str();
   command->add_option("--every", options->every, "rebalance after every N windows")
+      ->check(in_range(1))
       ->capture_default_str();
   command->add_option("--history", options->history, "plan on the last H windows")
+      ->check(in_range(1))
       ->capture_default_str();
-  command->add_option("--max-moves", options->max_moves,
-                      "moves per layer per rebalance for moe-eplb-capped (-1 = no cap; default "
-                      "10% of the slots)");
+  command
+      ->add_option("--max-moves", options->max_moves,
+                   "moves per layer per rebalance for moe-eplb-capped (-1 = no cap; default "
+                   "10% of the slots)")
+      ->check(in_range_or(-1, "no cap", 0));
   command
       ->add_option("--expert-bytes", options->expert_bytes,
                    "bytes of one expert's weights, to report bytes moved")
+      ->check(non_negative_number())
       ->capture_default_str();
   command->add_flag("--json", options->json, "print every window and the summary as JSON");
   command->add_option("--svg", options->svg_path,

@@ -11,6 +11,7 @@
 #include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/plan/svg.hpp"
+#include "options.hpp"
 #include "plan_io.hpp"
 
 namespace moe_eplb::cli {
@@ -76,9 +77,6 @@ void run_simulate(const SimulateOptions& options) {
                  ": give exactly one of --load (statistics) and --expert-ids (traces)");
   MOE_EPLB_CHECK(options.active_mask_path.empty() || !options.expert_ids_path.empty(), kSimulate,
                  ": --active-mask goes with --expert-ids");
-  MOE_EPLB_CHECK(options.balance_mode == 0 || options.balance_mode == 1, kSimulate,
-                 ": --balance-mode must be 0 (by rank) or 1 (by token), got ",
-                 options.balance_mode);
   const LayeredTable table = load_layered_table("--table", options.table_path).table;
   const Traffic traffic(options);
   MOE_EPLB_CHECK(traffic.num_experts() < 0 || traffic.num_experts() == table.num_experts, kSimulate,
@@ -180,8 +178,11 @@ void add_simulate_command(CLI::App& app) {
       "simulate", "Route traffic through a table with the operator and report the balance");
   command->add_option("--table", options->table_path, "(E, F) or (L, E, F) int32 eplb_table .npy")
       ->required();
-  command->add_option("--world-size", options->world_size, "EP group size W")->required();
+  command->add_option("--world-size", options->world_size, "EP group size W")
+      ->check(in_range(1, INT32_MAX))
+      ->required();
   command->add_option("--slots-per-rank", options->slots_per_rank, "physical slots per rank S")
+      ->check(in_range(1, INT32_MAX))
       ->required();
   command->add_option("--load", options->load_path,
                       "load statistics .npy: (W, E), (E,) or (L, W|1, E)");
@@ -190,12 +191,15 @@ void add_simulate_command(CLI::App& app) {
   command->add_option("--active-mask", options->active_mask_path,
                       "(W, BS) bool .npy: tokens to count (with --expert-ids)");
   command->add_option("--balance-mode", options->balance_mode, "0 = by rank, 1 = by token")
+      ->check(in_range(0, 1))
       ->capture_default_str();
   command
       ->add_option("--ranks-per-node", options->ranks_per_node,
                    "ranks per node, to report node locality (0 = unknown)")
+      ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
   command->add_option("--layer", options->layer, "only this layer (-1 = all)")
+      ->check(in_range_or(-1, "all", 0))
       ->capture_default_str();
   command->add_flag("--json", options->json, "print the full report as JSON");
   command->add_option("--svg", options->svg_path, "write a per-rank load plot here");

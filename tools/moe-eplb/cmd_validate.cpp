@@ -7,6 +7,7 @@
 #include "commands.hpp"
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/table.hpp"
+#include "options.hpp"
 
 namespace moe_eplb::cli {
 namespace {
@@ -36,7 +37,9 @@ void run_validate(const ValidateOptions& options) {
       report.num_physical_experts_inferred ? " (inferred)" : "",
       static_cast<long long>(options.world_size), report.ok() ? "valid" : "INVALID",
       static_cast<long long>(report.total_errors), static_cast<long long>(report.total_warnings));
-  if (!report.ok()) throw CLI::RuntimeError(1);
+  MOE_EPLB_CHECK_CODE(report.ok(), ErrorCode::kInvalidTable, "--table ", options.table_path,
+                      " is not a valid eplb_table: ", report.total_errors, " error",
+                      report.total_errors == 1 ? "" : "s", " (listed above)");
 }
 
 }  // namespace
@@ -46,14 +49,20 @@ void add_validate_command(CLI::App& app) {
   CLI::App* validate = app.add_subcommand(
       "validate", "Check an EPLB table; exits 1 when it is invalid (warnings do not fail)");
   validate->add_option("--table", options->table_path, "(E, F) int32 .npy EPLB table")->required();
-  validate->add_option("--world-size", options->world_size, "EP group size")->required();
+  validate
+      ->add_option("--world-size", options->world_size,
+                   "EP group size (-1 = unknown: token mode, the per-rank checks are skipped)")
+      ->required()
+      ->check(in_range_or(-1, "unknown", 1, INT32_MAX));
   validate
       ->add_option("--num-physical", options->num_physical_experts,
                    "physical slots; -1 infers the smallest multiple of world_size")
+      ->check(in_range_or(-1, "infer", 1))
       ->capture_default_str();
   validate->add_option("--profile", options->profile, "limit profile: native, ascend, ascend_seed")
       ->capture_default_str();
   validate->add_option("--max-issues", options->max_issues, "list at most this many issues")
+      ->check(in_range(0))
       ->capture_default_str();
   validate->callback([options] { run_validate(*options); });
 }

@@ -96,6 +96,21 @@ RoutingTrace load_trace(const std::string& flag, const std::string& path,
   return trace;
 }
 
+void check_trace_experts(const std::string& flag, const std::string& path,
+                         const RoutingTrace& trace, std::int64_t num_experts,
+                         const char* experts_flag) {
+  for (std::size_t i = 0; i < trace.expert_ids.size(); ++i) {
+    const std::int32_t expert = trace.expert_ids[i];
+    if (expert >= 0 && expert < num_experts) continue;
+    const auto flat = static_cast<std::int64_t>(i);
+    MOE_EPLB_FAIL(ErrorCode::kIndexOutOfRange, flag, " ", path, ": rank ",
+                  flat / (trace.tokens_per_rank * trace.top_k), ", token ",
+                  flat / trace.top_k % trace.tokens_per_rank, ", choice ", flat % trace.top_k,
+                  ": expert id ", expert, " is outside 0..", num_experts - 1, " (", experts_flag,
+                  " ", num_experts, ")");
+  }
+}
+
 void save_layered_table(const std::string& path, const LayeredTable& table, bool squeeze) {
   std::vector<std::int64_t> shape = {table.num_experts, table.num_columns};
   if (!(squeeze && table.num_layers == 1)) shape.insert(shape.begin(), table.num_layers);

@@ -39,6 +39,12 @@ LoadedTables load_layered_table(const std::string& flag, const std::string& path
 RoutingTrace load_trace(const std::string& flag, const std::string& path,
                         const std::string& mask_path);
 
+// Refuses an expert id of `trace` outside [0, num_experts), naming its
+// (rank, token, choice) in the file and `experts_flag`.
+void check_trace_experts(const std::string& flag, const std::string& path,
+                         const RoutingTrace& trace, std::int64_t num_experts,
+                         const char* experts_flag);
+
 // Writes (E, F) when the table has one layer and `squeeze`, else (L, E, F).
 void save_layered_table(const std::string& path, const LayeredTable& table, bool squeeze);
 

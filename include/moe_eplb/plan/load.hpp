@@ -16,6 +16,11 @@
 
 namespace moe_eplb {
 
+// The most logical experts load statistics may cover: far above any MoE
+// model's (256 to 512 today), and a bound on what a statistics file or a
+// recorder allocates.
+inline constexpr std::int64_t kMaxLoadExperts = 65536;
+
 // (num_layers, num_source_ranks, num_experts) float64 counts, row-major.
 // num_source_ranks is either the EP world_size (per-rank statistics) or 1
 // (global counts only). Values are finite and non-negative.
@@ -41,9 +46,9 @@ struct ExpertLoad {
 //   (W, E)       per-source-rank counts, one layer; W must equal world_size
 //   (L, R, E)    per layer; R is world_size or 1 (global counts per layer)
 // Throws moe_eplb::Error (kInvalidArgument) starting with `operation` for any
-// other shape, an empty dimension, or a negative / non-finite value, naming
-// its (layer, rank, expert) position, e.g.
-// "plan(): load has a negative value -3 at (rank 2, expert 17)".
+// other shape, an empty dimension, more than kMaxLoadExperts experts, or a negative / non-finite
+// value, naming its (layer, rank, expert) position, e.g. "plan(): load has a negative value -3 at
+// (rank 2, expert 17)".
 ExpertLoad make_expert_load(const std::vector<std::int64_t>& shape, std::vector<double> values,
                             std::int64_t world_size, const char* operation = "plan()");
 
@@ -75,7 +80,8 @@ struct RoutingTrace {
 // operator skips them. Not thread-safe; deterministic.
 class LoadRecorder {
  public:
-  // Throws moe_eplb::Error (kInvalidArgument) for a non-positive size.
+  // Throws moe_eplb::Error (kInvalidArgument) for a non-positive size or
+  // more than kMaxLoadExperts experts.
   LoadRecorder(std::int64_t num_layers, std::int64_t world_size, std::int64_t num_experts);
 
   // Adds one batch of `source_rank` in `layer_idx`. `pruning` may be null.

@@ -62,11 +62,16 @@ struct ScenarioSpec {
   std::string family;
 };
 
+// The most tokens per rank a generated window may have (2^20: a window
+// already holds world_size * top_k times as many ids).
+inline constexpr std::int64_t kMaxScenarioTokens = 1 << 20;
+
 // Draws one window of `spec` (window >= 0): every rank's tokens_per_rank
 // tokens, each choosing top_k *distinct* experts by sampling without
 // replacement from that rank's expert weights. Padding tokens (token
 // variation) are marked inactive in active_mask. Throws moe_eplb::Error
-// (kInvalidArgument) for sizes out of range (top_k > num_experts, ...).
+// (kInvalidArgument) for sizes out of range (top_k > num_experts,
+// tokens_per_rank above kMaxScenarioTokens, ...).
 RoutingTrace generate_trace(const ScenarioSpec& spec, std::int64_t window);
 
 // The distribution window `window` samples from, before sampling noise:
