@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "moe_eplb/types.hpp"
@@ -40,6 +41,9 @@ struct Array {
 Array parse(const std::uint8_t* data, std::size_t size, const std::string& name = "<memory>");
 
 // Reads a file; errors as parse(), plus the reason a file cannot be opened.
+// Reads the header first and then never more than the data it promises (a
+// regular file's size is checked before its data is read), so a large or
+// endless wrong input (/dev/zero) fails at once.
 Array load(const std::string& path);
 
 // Serialises as format 1.0 (2.0 when the header needs it), C order unless
@@ -49,6 +53,13 @@ std::vector<std::uint8_t> serialize(const Array& array);
 // Writes atomically: to "<path>.tmp-<pid>" first, then renamed over `path`,
 // so a failed write never leaves a partial file behind. Throws kIo.
 void save(const std::string& path, const Array& array);
+
+// Writes several files (path, contents) so that they appear together or not
+// at all: each goes to "<path>.tmp-<pid>" first, and only when every one is
+// complete are they renamed into place, in order. A failure to open or write
+// any of them removes every temporary and leaves every path as it was. Throws
+// kIo naming the path.
+void write_files(const std::vector<std::pair<std::string, std::vector<std::uint8_t>>>& files);
 
 // Helpers to build arrays.
 Array make_int32(std::vector<std::int64_t> shape, const std::int32_t* values);

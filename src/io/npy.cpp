@@ -1,17 +1,19 @@
 // .npy reader and writer. The header is a Python dict literal; we parse the
 // small subset NumPy writes (strings, True/False, tuples of integers) and
 // reject everything else with a one-line reason. Every size is checked before
-// it is used, so a header that lies cannot cause an out-of-bounds read.
+// it is used, so a header that lies cannot cause an out-of-bounds read, and
+// load() reads the header before the data and never more than it promises.
 #include "moe_eplb/npy.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
+#include <memory>
 
 #include "moe_eplb/error.hpp"
 
@@ -213,49 +215,81 @@ std::vector<std::int64_t> Array::strides() const {
   return strides;
 }
 
-Array parse(const std::uint8_t* data, std::size_t size, const std::string& name) {
-  if (size < kMagicSize + 2 || std::memcmp(data, kMagic, kMagicSize) != 0) {
+namespace {
+
+// The most header bytes a file may claim. NumPy writes about a hundred, and
+// itself refuses headers over 10000 bytes by default.
+constexpr std::size_t kMaxHeaderSize = 1 << 20;
+
+// What the fixed-size prefix and the header dict say, before any data.
+struct Header {
+  Array array;                  // dtype, shape, fortran_order; no bytes yet
+  bool byte_swap = false;       // the file is big-endian
+  std::size_t data_begin = 0;   // offset of the data in the file
+  std::uint64_t num_bytes = 0;  // data bytes the shape promises
+};
+
+// The prefix's size (magic, version, header length) for `prefix`, which
+// holds at least its first 8 bytes; and the header length it claims.
+std::size_t read_prefix(const std::uint8_t* prefix, std::size_t size, const std::string& name,
+                        std::size_t& header_size) {
+  if (size < kMagicSize + 2 || std::memcmp(prefix, kMagic, kMagicSize) != 0) {
     fail(name, "not a .npy file (missing the \\x93NUMPY magic)");
   }
-  const int major = data[6];
+  const int major = prefix[6];
   if (major < 1 || major > 3) {
-    fail(name, detail::concat("unsupported .npy format version ", major, ".", int{data[7]}));
+    fail(name, detail::concat("unsupported .npy format version ", major, ".", int{prefix[7]}));
   }
   const std::size_t length_size = major == 1 ? 2 : 4;
   if (size < 8 + length_size) fail(name, "truncated .npy header");
-  const std::size_t header_size = read_le(data + 8, length_size);
-  const std::size_t header_begin = 8 + length_size;
-  if (header_size > size - header_begin) {
-    fail(name, detail::concat("truncated .npy header: it claims ", header_size,
-                              " bytes but the file has ", size - header_begin, " left"));
+  header_size = read_le(prefix + 8, length_size);
+  if (header_size > kMaxHeaderSize) {
+    fail(name, detail::concat("the .npy header claims ", header_size, " bytes, more than the ",
+                              kMaxHeaderSize, " this reader accepts"));
   }
-  const std::string header(reinterpret_cast<const char*>(data + header_begin), header_size);
+  return 8 + length_size;
+}
 
-  Array array;
+// Parses the header dict and computes the data size it promises.
+Header parse_header(const std::string& text, std::size_t data_begin, const std::string& name) {
+  Header header;
+  Array& array = header.array;
   std::string descr;
-  HeaderParser(header, name).parse(descr, array.fortran_order, array.shape);
-  bool byte_swap = false;
-  array.dtype = parse_descr(descr, name, byte_swap);
-
-  const std::size_t item = element_size(array.dtype);
-  std::uint64_t num_bytes = item;
+  HeaderParser(text, name).parse(descr, array.fortran_order, array.shape);
+  array.dtype = parse_descr(descr, name, header.byte_swap);
+  header.num_bytes = element_size(array.dtype);
   for (std::int64_t dim : array.shape) {
     const auto udim = static_cast<std::uint64_t>(dim);
-    if (udim != 0 && num_bytes > std::numeric_limits<std::uint64_t>::max() / 4 / udim) {
+    if (udim != 0 && header.num_bytes > std::numeric_limits<std::uint64_t>::max() / 4 / udim) {
       fail(name, "the shape in the .npy header is too large to address");
     }
-    num_bytes *= udim;
+    header.num_bytes *= udim;
   }
-  const std::size_t data_begin = header_begin + header_size;
-  const std::size_t available = size - data_begin;
-  if (num_bytes != available) {
-    fail(name,
-         detail::concat("the .npy header promises ", num_bytes, " data bytes (shape ",
-                        array.shape.size(), "-D, ", to_string(array.dtype), ") but the file has ",
-                        available, num_bytes > available ? " (truncated)" : " (trailing bytes)"));
+  header.data_begin = data_begin;
+  return header;
+}
+
+[[noreturn]] void fail_data_size(const Header& header, const std::string& available, bool truncated,
+                                 const std::string& name) {
+  fail(name, detail::concat("the .npy header promises ", header.num_bytes, " data bytes (shape ",
+                            header.array.shape.size(), "-D, ", to_string(header.array.dtype),
+                            ") but the file has ", available,
+                            truncated ? " (truncated)" : " (trailing bytes)"));
+}
+
+// Fails unless the data section has exactly the promised size.
+void check_data_size(const Header& header, std::uint64_t available, const std::string& name) {
+  if (available != header.num_bytes) {
+    fail_data_size(header, std::to_string(available), available < header.num_bytes, name);
   }
-  array.bytes.assign(data + data_begin, data + size);
-  if (byte_swap) {
+}
+
+// Takes the data bytes (host byte order) into the header's array.
+Array finish(Header header, std::vector<std::uint8_t> bytes) {
+  Array array = std::move(header.array);
+  array.bytes = std::move(bytes);
+  if (header.byte_swap) {
+    const std::size_t item = element_size(array.dtype);
     for (std::size_t offset = 0; offset < array.bytes.size(); offset += item) {
       std::reverse(array.bytes.begin() + static_cast<std::ptrdiff_t>(offset),
                    array.bytes.begin() + static_cast<std::ptrdiff_t>(offset + item));
@@ -264,13 +298,76 @@ Array parse(const std::uint8_t* data, std::size_t size, const std::string& name)
   return array;
 }
 
+// Reads up to `count` bytes; fewer only at the end of the file.
+std::size_t read_some(std::FILE* file, std::uint8_t* out, std::size_t count,
+                      const std::string& name) {
+  const std::size_t got = std::fread(out, 1, count, file);
+  if (got < count && std::ferror(file)) fail(name, "read error");
+  return got;
+}
+
+}  // namespace
+
+Array parse(const std::uint8_t* data, std::size_t size, const std::string& name) {
+  std::size_t header_size = 0;
+  const std::size_t header_begin = read_prefix(data, size, name, header_size);
+  if (header_size > size - header_begin) {
+    fail(name, detail::concat("truncated .npy header: it claims ", header_size,
+                              " bytes but the file has ", size - header_begin, " left"));
+  }
+  const std::string text(reinterpret_cast<const char*>(data + header_begin), header_size);
+  Header header = parse_header(text, header_begin + header_size, name);
+  check_data_size(header, size - header.data_begin, name);
+  return finish(std::move(header),
+                std::vector<std::uint8_t>(data + header.data_begin, data + size));
+}
+
+// Reads the prefix and the header first, and then exactly the data they
+// promise: a regular file's size is checked before any data is read, and a
+// stream (a pipe, /dev/zero) is read in chunks that stop at the promise.
 Array load(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"),
+                                                       &std::fclose);
   if (!file) fail(path, detail::concat("cannot open for reading: ", std::strerror(errno)));
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(file)),
-                                  std::istreambuf_iterator<char>());
-  if (file.bad()) fail(path, "read error");
-  return parse(bytes.data(), bytes.size(), path);
+  std::uint8_t prefix[12] = {};
+  const std::size_t prefix_read = read_some(file.get(), prefix, 8, path);
+  std::size_t prefix_size = prefix_read;
+  if (prefix_read == 8 && prefix[6] >= 2 && prefix[6] <= 3) {
+    prefix_size += read_some(file.get(), prefix + 8, 4, path);
+  } else if (prefix_read == 8) {
+    prefix_size += read_some(file.get(), prefix + 8, 2, path);
+  }
+  std::size_t header_size = 0;
+  const std::size_t header_begin = read_prefix(prefix, prefix_size, path, header_size);
+  std::string text(header_size, '\0');
+  const std::size_t header_read =
+      read_some(file.get(), reinterpret_cast<std::uint8_t*>(text.data()), header_size, path);
+  if (header_read < header_size) {
+    fail(path, detail::concat("truncated .npy header: it claims ", header_size,
+                              " bytes but the file has ", header_read, " left"));
+  }
+  Header header = parse_header(text, header_begin + header_size, path);
+
+  struct stat info {};
+  if (::fstat(::fileno(file.get()), &info) == 0 && S_ISREG(info.st_mode)) {
+    const auto file_size = static_cast<std::uint64_t>(info.st_size);
+    check_data_size(header, file_size - std::min<std::uint64_t>(file_size, header.data_begin),
+                    path);
+  }
+  // Chunks of at most 64 MiB: a promise the file does not keep costs at most
+  // what the file holds, plus one chunk.
+  constexpr std::uint64_t kChunk = std::uint64_t{1} << 26;
+  std::vector<std::uint8_t> bytes;
+  while (bytes.size() < header.num_bytes) {
+    const std::size_t offset = bytes.size();
+    const auto want = static_cast<std::size_t>(std::min(kChunk, header.num_bytes - offset));
+    bytes.resize(offset + want);
+    const std::size_t got = read_some(file.get(), bytes.data() + offset, want, path);
+    if (got < want) check_data_size(header, offset + got, path);
+  }
+  std::uint8_t extra = 0;
+  if (read_some(file.get(), &extra, 1, path) != 0) fail_data_size(header, "more", false, path);
+  return finish(std::move(header), std::move(bytes));
 }
 
 std::vector<std::uint8_t> serialize(const Array& array) {
@@ -310,26 +407,38 @@ std::vector<std::uint8_t> serialize(const Array& array) {
   return out;
 }
 
-void save(const std::string& path, const Array& array) {
-  const std::vector<std::uint8_t> bytes = serialize(array);
-  const std::string temporary = path + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-    if (!file) fail(path, detail::concat("cannot open for writing: ", std::strerror(errno)));
-    file.write(reinterpret_cast<const char*>(bytes.data()),
-               static_cast<std::streamsize>(bytes.size()));
-    file.flush();
-    if (!file) {
-      std::remove(temporary.c_str());
+void write_files(const std::vector<std::pair<std::string, std::vector<std::uint8_t>>>& files) {
+  const std::string suffix = ".tmp-" + std::to_string(::getpid());
+  std::size_t written = 0;
+  const auto remove_temporaries = [&] {
+    for (std::size_t i = 0; i < written; ++i) std::remove((files[i].first + suffix).c_str());
+  };
+  for (const auto& [path, bytes] : files) {
+    const std::string temporary = path + suffix;
+    std::FILE* file = std::fopen(temporary.c_str(), "wb");
+    if (file == nullptr) {
+      const std::string reason = std::strerror(errno);
+      remove_temporaries();
+      fail(path, "cannot open for writing: " + reason);
+    }
+    ++written;
+    const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), file) == bytes.size();
+    if (std::fclose(file) != 0 || !ok) {
+      remove_temporaries();
       fail(path, "write failed (disk full?)");
     }
   }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const std::string reason = std::strerror(errno);
-    std::remove(temporary.c_str());
-    fail(path, "cannot rename the finished file into place: " + reason);
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const std::string& path = files[i].first;
+    if (std::rename((path + suffix).c_str(), path.c_str()) != 0) {
+      const std::string reason = std::strerror(errno);
+      for (std::size_t j = i; j < files.size(); ++j) std::remove((files[j].first + suffix).c_str());
+      fail(path, "cannot rename the finished file into place: " + reason);
+    }
   }
 }
+
+void save(const std::string& path, const Array& array) { write_files({{path, serialize(array)}}); }
 
 namespace {
 template <typename T>

@@ -1,11 +1,44 @@
 #include "moe_eplb/plan/convert.hpp"
 
 #include <algorithm>
+#include <unordered_map>
 
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/table.hpp"
 
 namespace moe_eplb {
+namespace {
+
+// Every slot names one replica: distinct within a row and across rows (the
+// operator would route two experts to one slot).
+void check_distinct_slots(const ReplicaSlots& slots, const char* operation) {
+  std::unordered_map<std::int32_t, std::pair<std::size_t, std::size_t>> owner;  // expert, replica
+  for (std::size_t e = 0; e < slots.size(); ++e) {
+    for (std::size_t j = 0; j < slots[e].size(); ++j) {
+      const auto [seen, inserted] = owner.emplace(slots[e][j], std::make_pair(e, j));
+      MOE_EPLB_CHECK(inserted, operation, ": slot ", slots[e][j], " is named twice, by [",
+                     seen->second.first, ", ", seen->second.second, "] and [", e, ", ", j,
+                     "]; a slot holds one replica");
+    }
+  }
+}
+
+}  // namespace
+
+std::int64_t first_unordered_expert(const ReplicaSlots& slots) {
+  for (std::size_t e = 0; e < slots.size(); ++e) {
+    if (!std::is_sorted(slots[e].begin(), slots[e].end())) return static_cast<std::int64_t>(e);
+  }
+  return -1;
+}
+
+std::string describe_replica_order(const ReplicaSlots& slots, std::int64_t expert) {
+  const std::vector<std::int32_t>& replicas = slots[static_cast<std::size_t>(expert)];
+  const auto unsorted = std::is_sorted_until(replicas.begin(), replicas.end());
+  const std::int64_t replica = unsorted - replicas.begin();  // 1-based index of *(unsorted - 1)
+  return detail::concat("expert ", expert, " has replica ", replica, " in slot ", *(unsorted - 1),
+                        " and replica ", replica + 1, " in slot ", *unsorted);
+}
 
 ReplicaSlots slots_from_table(const TableView& table, std::int64_t num_physical) {
   ValidateTableOptions options;
@@ -22,9 +55,15 @@ ReplicaSlots slots_from_table(const TableView& table, std::int64_t num_physical)
   return slots;
 }
 
-std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots, std::int64_t num_physical) {
+std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots, std::int64_t num_physical,
+                                           bool sort_replicas) {
   MOE_EPLB_CHECK(num_physical >= 1, "slots_to_phy2log(): num_physical must be positive, got ",
                  num_physical);
+  const std::int64_t unordered = sort_replicas ? -1 : first_unordered_expert(slots);
+  MOE_EPLB_CHECK(unordered < 0, "slots_to_phy2log(): ", describe_replica_order(slots, unordered),
+                 "; phy2log keeps no replica order (read back, an expert's replicas come in "
+                 "ascending slot order), and the order is the routing: sort_replicas = true "
+                 "accepts the reorder, log2phy keeps the order");
   std::vector<std::int64_t> phy2log(static_cast<std::size_t>(num_physical), -1);
   for (std::size_t e = 0; e < slots.size(); ++e) {
     for (std::int32_t slot : slots[e]) {
@@ -107,6 +146,7 @@ ReplicaSlots slots_from_log2phy(const std::int64_t* log2phy, std::int64_t num_ex
       }
     }
   }
+  check_distinct_slots(slots, operation);
   return slots;
 }
 

@@ -73,10 +73,47 @@ case $case_name in
     run "$tool" convert --from ascend --to sglang --in table.npy --out sglang.npy
     run "$tool" convert --from sglang --to ascend --in sglang.npy --out back2.npy
     cmp table.npy back2.npy || fail "ascend -> sglang -> ascend changed the table"
-    run "$tool" convert --from ascend --to phy2log --in table.npy --out p2l.npy --num-physical 12
+    run "$tool" convert --from ascend --to phy2log --in table.npy --out p2l.npy --num-physical 12 \
+      --sort-replicas
     run "$tool" convert --from phy2log --to ascend --in p2l.npy --out sorted.npy
     run "$tool" convert --from ascend --to phy2log --in sorted.npy --out p2l2.npy --num-physical 12
     cmp p2l.npy p2l2.npy || fail "phy2log -> ascend -> phy2log changed phy2log"
+
+    # phy2log keeps no replica order, and in either mode the order is the
+    # routing: a table whose replicas are not ascending is refused (nothing
+    # written) unless --sort-replicas accepts the reorder, said in the name.
+    npy_int32 order.npy "(2, 3)" 2 3 0 1 1 -1
+    run_fails "moe-eplb: error: convert(): --in order.npy: expert 0 has replica 1 in slot 3 and replica 2 in slot 0; phy2log keeps no replica order" \
+      "$tool" convert --from ascend --to phy2log --in order.npy --out order_p2l.npy
+    [[ ! -e order_p2l.npy ]] || fail "a refused conversion wrote order_p2l.npy"
+    run "$tool" convert --from ascend --to phy2log --in order.npy --out order_p2l.npy --sort-replicas
+    run "$tool" convert --from phy2log --to ascend --in order_p2l.npy --out order_back.npy
+    npy_int32 order_sorted.npy "(2, 3)" 2 0 3 1 1 -1
+    cmp order_back.npy order_sorted.npy || fail "--sort-replicas did not give ascending replicas"
+    # log2phy keeps the order exactly.
+    run "$tool" convert --from ascend --to log2phy --in order.npy --out order_l2p.npy \
+      --logcnt-out order_cnt.npy
+    run "$tool" convert --from log2phy --to ascend --in order_l2p.npy --logcnt order_cnt.npy \
+      --out order_back2.npy
+    cmp order.npy order_back2.npy || fail "ascend -> log2phy -> ascend changed the order"
+
+    # A duplicate slot in SGLang's map is refused, not copied into a table.
+    npy_int32 dup_sglang.npy "(2, 2)" 0 0 1 -1
+    run_fails "moe-eplb: error: slots_from_sglang(): slot 0 is named twice, by [0, 0] and [0, 1]" \
+      "$tool" convert --from sglang --to ascend --in dup_sglang.npy --out dup.npy
+    [[ ! -e dup.npy ]] || fail "an invalid table was written"
+    npy_int32 shared_sglang.npy "(2, 2)" 0 1 1 -1
+    run_fails "slot 1 is named twice, by [0, 1] and [1, 0]" \
+      "$tool" convert --from sglang --to ascend --in shared_sglang.npy --out dup.npy
+    [[ ! -e dup.npy ]] || fail "an invalid table was written"
+
+    # Two outputs appear together or not at all: an unwritable --logcnt-out
+    # leaves no --out behind.
+    run_fails "moe-eplb: error: missing/cnt.npy: cannot open for writing" \
+      "$tool" convert --from ascend --to log2phy --in order.npy --out both_l2p.npy \
+      --logcnt-out missing/cnt.npy
+    [[ ! -e both_l2p.npy ]] || fail "--out was written although --logcnt-out failed"
+    [[ -z $(ls ./*.tmp-* 2>/dev/null) ]] || fail "temporary files left behind"
     ;;
 
   per_layer)

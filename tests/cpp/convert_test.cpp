@@ -31,6 +31,7 @@ ReplicaSlots sorted(ReplicaSlots slots) {
 
 TEST(Convert, RoundTripsOnPlannerOutput) {
   const std::int64_t shapes[][3] = {{4, 3, 8}, {6, 4, 20}, {16, 9, 128}};
+  bool saw_unordered = false;
   for (const auto& shape : shapes) {
     SCOPED_TRACE(testing::Message() << "W=" << shape[0] << " S=" << shape[1] << " E=" << shape[2]);
     PlanOptions options;
@@ -50,18 +51,32 @@ TEST(Convert, RoundTripsOnPlannerOutput) {
     // ... and through SGLang's map (counts implied by the padding).
     EXPECT_EQ(slots_from_log2phy(maps.log2phy.data(), maps.num_experts, maps.max_replicas, nullptr),
               slots);
+    // Ascend -> phy2log would drop the replica order (the routing): refused
+    // unless the rows are already ascending or sort_replicas says so.
+    if (first_unordered_expert(slots) >= 0) {
+      saw_unordered = true;
+      EXPECT_THROW(slots_to_phy2log(slots, num_physical), Error);
+    } else {
+      EXPECT_EQ(slots_to_phy2log(slots, num_physical), slots_to_phy2log(slots, num_physical, true));
+    }
     // phy2log -> Ascend -> phy2log is exact; the rows come back in slot order.
-    const std::vector<std::int64_t> phy2log = slots_to_phy2log(slots, num_physical);
+    const std::vector<std::int64_t> phy2log = slots_to_phy2log(slots, num_physical, true);
     const ReplicaSlots from_phy = slots_from_phy2log(phy2log.data(), num_physical, shape[2]);
     EXPECT_EQ(from_phy, sorted(slots));
+    EXPECT_EQ(first_unordered_expert(from_phy), -1);
     EXPECT_EQ(slots_to_phy2log(from_phy, num_physical), phy2log);
   }
+  EXPECT_TRUE(saw_unordered) << "no planner output exercised the replica-order check";
 }
 
 TEST(Convert, HandMadeMaps) {
   // 3 experts on 6 slots, slot 4 unused: e0 on 5 then 0 (order matters), e1 on 1, e2 on 2, 3.
   const ReplicaSlots slots = {{5, 0}, {1}, {2, 3}};
-  EXPECT_EQ(slots_to_phy2log(slots, 6), (std::vector<std::int64_t>{0, 1, 2, 2, -1, 0}));
+  EXPECT_EQ(first_unordered_expert(slots), 0);
+  EXPECT_EQ(describe_replica_order(slots, 0),
+            "expert 0 has replica 1 in slot 5 and replica 2 in slot 0");
+  EXPECT_THROW(slots_to_phy2log(slots, 6), Error);  // would lose "5 before 0"
+  EXPECT_EQ(slots_to_phy2log(slots, 6, true), (std::vector<std::int64_t>{0, 1, 2, 2, -1, 0}));
   const Log2Phy maps = slots_to_log2phy(slots, 3);
   EXPECT_EQ(maps.log2phy, (std::vector<std::int64_t>{5, 0, -1, 1, -1, -1, 2, 3, -1}));
   EXPECT_EQ(maps.logcnt, (std::vector<std::int64_t>{2, 1, 2}));
@@ -103,6 +118,21 @@ TEST(Convert, MalformedMapsAreClearErrors) {
         slots_to_phy2log({{0}, {0}}, 2);
       },
       "slots_to_phy2log(): slot 0 is claimed by experts 0 and 1");
+  expect_error(
+      [] {
+        slots_to_phy2log({{1, 0}, {2}}, 3);
+      },
+      "slots_to_phy2log(): expert 0 has replica 1 in slot 1 and replica 2 in slot 0; phy2log "
+      "keeps no replica order");
+  // A slot named twice (within a row or across rows) is refused, not copied
+  // into a table the operator would refuse.
+  const std::vector<std::int64_t> twice_in_row = {0, 0, 1, -1};
+  expect_error([&] { slots_from_log2phy(twice_in_row.data(), 2, 2, nullptr); },
+               "slots_from_sglang(): slot 0 is named twice, by [0, 0] and [0, 1]");
+  const std::vector<std::int64_t> shared = {0, 1, 1, -1};
+  const std::vector<std::int64_t> counts = {2, 1};
+  expect_error([&] { slots_from_log2phy(shared.data(), 2, 2, counts.data()); },
+               "slots_from_log2phy(): slot 1 is named twice, by [0, 1] and [1, 0]");
   expect_error(
       [] {
         slots_to_phy2log({{0}, {7}}, 2);

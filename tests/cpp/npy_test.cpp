@@ -3,8 +3,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/npy.hpp"
@@ -201,6 +208,118 @@ TEST(Npy, SaveIsAtomicAndLeavesNothingOnFailure) {
   }
   std::ifstream probe(missing_dir);
   EXPECT_FALSE(probe.good());
+}
+
+// A folder of this test process's own under the system's temporary folder,
+// removed by the test that made it.
+std::string scratch_folder(const std::string& name) {
+  const std::string folder =
+      ::testing::TempDir() + "/moe_eplb_npy_" + std::to_string(::getpid()) + "_" + name;
+  std::filesystem::create_directories(folder);
+  return folder;
+}
+
+std::string load_error(const std::string& path) {
+  try {
+    npy::load(path);
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), ErrorCode::kIo);
+    return error.what();
+  }
+  return "";
+}
+
+// A wrong input is refused from its first bytes, however large: /dev/zero
+// used to be read whole (1.7 GB after 3 s) before the magic was checked.
+TEST(Npy, LoadRefusesAnEndlessWrongInputAtOnce) {
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(load_error("/dev/zero"), "/dev/zero: not a .npy file (missing the \\x93NUMPY magic)");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+// A regular file's size is checked against the header before any data is
+// read, so a header that promises terabytes costs nothing.
+TEST(Npy, LoadChecksTheFileSizeBeforeReadingData) {
+  const std::string folder = scratch_folder("size");
+  const std::vector<std::uint8_t> huge =
+      npy_file("{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776,), }", "abcd");
+  std::ofstream(folder + "/huge.npy", std::ios::binary)
+      .write(reinterpret_cast<const char*>(huge.data()), static_cast<std::streamsize>(huge.size()));
+  EXPECT_THAT(load_error(folder + "/huge.npy"),
+              HasSubstr("promises 8796093022208 data bytes (shape 1-D, int64) but the file has 4 "
+                        "(truncated)"));
+  std::filesystem::remove_all(folder);
+}
+
+// A stream (a pipe) is read no further than the header promises: a header
+// that promises 16 bytes followed by 32 MB stops after the 16 (and one more
+// to see the trailing bytes); the writer is left with most of its data.
+TEST(Npy, LoadReadsAStreamNoFurtherThanThePromise) {
+  ::signal(SIGPIPE, SIG_IGN);  // the writer learns of the closed pipe from write()
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const std::vector<std::uint8_t> head =
+      npy_file("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", "");
+  std::size_t written = 0;
+  std::thread writer([&] {
+    const std::vector<std::uint8_t> zeros(1 << 16, 0);
+    std::size_t offset = 0;
+    while (offset < head.size()) {
+      const ssize_t n = ::write(fds[1], head.data() + offset, head.size() - offset);
+      if (n <= 0) break;
+      offset += static_cast<std::size_t>(n);
+    }
+    written = offset;
+    while (written < head.size() + (std::size_t{32} << 20)) {
+      const ssize_t n = ::write(fds[1], zeros.data(), zeros.size());
+      if (n <= 0) break;
+      written += static_cast<std::size_t>(n);
+    }
+    ::close(fds[1]);
+  });
+  const std::string path = "/proc/self/fd/" + std::to_string(fds[0]);
+  EXPECT_THAT(load_error(path),
+              HasSubstr("promises 16 data bytes (shape 1-D, int64) but the file has more "
+                        "(trailing bytes)"));
+  ::close(fds[0]);  // the writer's next write fails
+  writer.join();
+  EXPECT_LT(written, std::size_t{4} << 20) << "the reader drained the stream";
+}
+
+// A header that promises more than a stream holds fails at the end of the
+// stream, having allocated at most one 64 MiB chunk, not the promise.
+TEST(Npy, LoadOfATruncatedStreamFailsWithoutAllocatingThePromise) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const std::vector<std::uint8_t> file =
+      npy_file("{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776,), }", "12345678");
+  ASSERT_EQ(::write(fds[1], file.data(), file.size()), static_cast<ssize_t>(file.size()));
+  ::close(fds[1]);
+  EXPECT_THAT(load_error("/proc/self/fd/" + std::to_string(fds[0])),
+              HasSubstr("promises 8796093022208 data bytes (shape 1-D, int64) but the file has 8 "
+                        "(truncated)"));
+  ::close(fds[0]);
+}
+
+// Several outputs appear together or not at all: when the second cannot be
+// written, the first is not left behind either.
+TEST(Npy, WriteFilesIsAllOrNothing) {
+  const std::string folder = scratch_folder("write_files");
+  const std::int32_t values[] = {1, 2, 3, 4};
+  const std::vector<std::uint8_t> bytes = npy::serialize(npy::make_int32({4}, values));
+  try {
+    npy::write_files({{folder + "/first.npy", bytes}, {folder + "/missing/second.npy", bytes}});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_THAT(error.what(), HasSubstr(folder + "/missing/second.npy: cannot open for writing"));
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(folder)) << "no output and no temporary left";
+  npy::write_files({{folder + "/first.npy", bytes}, {folder + "/second.npy", bytes}});
+  EXPECT_EQ(npy::load(folder + "/second.npy").data<std::int32_t>()[3], 4);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder),
+                          std::filesystem::directory_iterator()),
+            2);
+  std::filesystem::remove_all(folder);
 }
 
 TEST(Npy, LoadNamesMissingFile) {

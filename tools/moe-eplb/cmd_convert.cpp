@@ -27,6 +27,7 @@ struct ConvertOptions {
   std::int64_t num_physical = 0;
   std::int64_t num_columns = 0;
   std::int64_t max_replicas = 0;
+  bool sort_replicas = false;
 };
 
 // The layers of the input, as replica slots, and whether it had a layer dim.
@@ -109,6 +110,14 @@ void run_convert(const ConvertOptions& options) {
                 options.out_path.c_str(), static_cast<long long>(num_layers),
                 static_cast<long long>(num_experts), static_cast<long long>(table.num_columns));
   } else if (options.to == "phy2log") {
+    for (const ReplicaSlots& slots : layers.slots) {
+      const std::int64_t unordered = options.sort_replicas ? -1 : first_unordered_expert(slots);
+      MOE_EPLB_CHECK(unordered < 0, kConvert, ": --in ", options.in_path, ": ",
+                     describe_replica_order(slots, unordered),
+                     "; phy2log keeps no replica order, and the order is the routing. Pass "
+                     "--sort-replicas to accept ascending order, or convert to log2phy, which "
+                     "keeps it");
+    }
     std::int64_t num_physical = options.num_physical;
     if (num_physical == 0) {  // the largest slot + 1
       for (const ReplicaSlots& slots : layers.slots) {
@@ -120,10 +129,11 @@ void run_convert(const ConvertOptions& options) {
     }
     std::vector<std::int64_t> values;
     for (const ReplicaSlots& slots : layers.slots) {
-      const std::vector<std::int64_t> phy2log = slots_to_phy2log(slots, num_physical);
+      const std::vector<std::int64_t> phy2log =
+          slots_to_phy2log(slots, num_physical, options.sort_replicas);
       values.insert(values.end(), phy2log.begin(), phy2log.end());
     }
-    save_int64(options.out_path, with_layers({num_physical}), values);
+    write_outputs({{options.out_path, int64_file(with_layers({num_physical}), values)}});
     std::printf("wrote %s: phy2log, %lld layer(s) x %lld physical slots (-1 = unused)\n",
                 options.out_path.c_str(), static_cast<long long>(num_layers),
                 static_cast<long long>(num_physical));
@@ -146,8 +156,12 @@ void run_convert(const ConvertOptions& options) {
       maps.insert(maps.end(), layer.log2phy.begin(), layer.log2phy.end());
       counts.insert(counts.end(), layer.logcnt.begin(), layer.logcnt.end());
     }
-    save_int64(options.out_path, with_layers({num_experts, max_replicas}), maps);
-    if (!sglang) save_int64(options.logcnt_out_path, with_layers({num_experts}), counts);
+    OutputFiles outputs = {
+        {options.out_path, int64_file(with_layers({num_experts, max_replicas}), maps)}};
+    if (!sglang) {
+      outputs.emplace_back(options.logcnt_out_path, int64_file(with_layers({num_experts}), counts));
+    }
+    write_outputs(outputs);  // both files or neither
     std::printf("wrote %s%s%s: %s, %lld layer(s) x %lld experts x %lld replicas (-1 padded)\n",
                 options.out_path.c_str(), sglang ? "" : " and ",
                 sglang ? "" : options.logcnt_out_path.c_str(),
@@ -194,6 +208,10 @@ void add_convert_command(CLI::App& app) {
       ->add_option("--max-replicas", options->max_replicas, "R for --to log2phy/sglang (0 = fit)")
       ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
+  command->add_flag("--sort-replicas", options->sort_replicas,
+                    "--to phy2log: accept listing each expert's replicas in ascending slot order "
+                    "(phy2log keeps no order; without this flag a table in another order, whose "
+                    "order is its routing, is refused)");
   command->callback([options] { run_convert(*options); });
 }
 

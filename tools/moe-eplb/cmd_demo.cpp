@@ -94,18 +94,24 @@ std::string describe_traffic(const ScenarioSpec& spec) {
 void save_inputs(const std::string& dir, const ScenarioSpec& spec, const ExpertLoad& load,
                  const RoutingTrace& next_window, const LayeredTable& ours,
                  const LayeredTable& deepseek) {
-  std::vector<std::int64_t> counts(load.counts.begin(), load.counts.end());
-  save_int64(dir + "/load.npy", {spec.world_size, spec.num_experts}, counts);
-  std::vector<std::int64_t> ids(next_window.expert_ids.begin(), next_window.expert_ids.end());
-  save_int64(dir + "/expert_ids.npy", {spec.world_size, spec.tokens_per_rank, spec.top_k}, ids);
+  const std::vector<std::int64_t> counts(load.counts.begin(), load.counts.end());
+  const std::vector<std::int64_t> ids(next_window.expert_ids.begin(), next_window.expert_ids.end());
+  OutputFiles outputs = {
+      {dir + "/load.npy", int64_file({spec.world_size, spec.num_experts}, counts)},
+      {dir + "/expert_ids.npy",
+       int64_file({spec.world_size, spec.tokens_per_rank, spec.top_k}, ids)},
+      {dir + "/table.npy", table_file(dir + "/table.npy", ours, true)},
+      {dir + "/table_deepseek.npy", table_file(dir + "/table_deepseek.npy", deepseek, true)},
+  };
   if (!next_window.active_mask.empty()) {
-    std::vector<std::int64_t> mask(next_window.active_mask.begin(), next_window.active_mask.end());
-    save_int64(dir + "/active_mask.npy", {spec.world_size, spec.tokens_per_rank}, mask);
+    const std::vector<std::int64_t> mask(next_window.active_mask.begin(),
+                                         next_window.active_mask.end());
+    outputs.emplace_back(dir + "/active_mask.npy",
+                         int64_file({spec.world_size, spec.tokens_per_rank}, mask));
   }
+  write_outputs(outputs);  // all of them or none
   const std::string mask_flag =
       next_window.active_mask.empty() ? "" : " --active-mask " + dir + "/active_mask.npy";
-  save_layered_table(dir + "/table.npy", ours, true);
-  save_layered_table(dir + "/table_deepseek.npy", deepseek, true);
   std::printf(
       "\nsaved load.npy (the newest planning window's statistics), expert_ids.npy (the scored "
       "window's trace), table.npy "

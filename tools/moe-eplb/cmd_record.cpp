@@ -29,7 +29,7 @@ void run_record(const RecordOptions& options) {
   recorder.record(0, trace);
   const ExpertLoad& load = recorder.load();
   const std::vector<std::int64_t> counts(load.counts.begin(), load.counts.end());
-  save_int64(options.out_path, {trace.world_size, options.num_experts}, counts);
+  write_outputs({{options.out_path, int64_file({trace.world_size, options.num_experts}, counts)}});
   std::int64_t total = 0;
   for (std::int64_t count : counts) total += count;
   std::printf(

@@ -7,6 +7,7 @@
 #include "arrays.hpp"
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/npy.hpp"
+#include "moe_eplb/table.hpp"
 
 namespace moe_eplb::cli {
 namespace {
@@ -111,22 +112,35 @@ void check_trace_experts(const std::string& flag, const std::string& path,
   }
 }
 
-void save_layered_table(const std::string& path, const LayeredTable& table, bool squeeze) {
+std::vector<std::uint8_t> table_file(const std::string& path, const LayeredTable& table,
+                                     bool squeeze) {
+  ValidateTableOptions options;
+  options.check_rank_mode_reachability = false;
+  options.warn_unused_slots = false;
+  options.max_issues = 5;
+  for (std::int64_t layer = 0; layer < table.num_layers; ++layer) {
+    const TableReport report = validate_table(table.layer(layer), -1, -1, options);
+    MOE_EPLB_CHECK_CODE(report.ok(), ErrorCode::kInvalidTable, "refusing to write ", path,
+                        ": layer ", layer, " is not a valid eplb_table: ", report.to_string());
+  }
   std::vector<std::int64_t> shape = {table.num_experts, table.num_columns};
   if (!(squeeze && table.num_layers == 1)) shape.insert(shape.begin(), table.num_layers);
-  npy::save(path, npy::make_int32(shape, table.values.data()));
+  return npy::serialize(npy::make_int32(shape, table.values.data()));
 }
 
-void save_int64(const std::string& path, std::vector<std::int64_t> shape,
-                const std::vector<std::int64_t>& values) {
-  npy::save(path, npy::make_int64(std::move(shape), values.data()));
+std::vector<std::uint8_t> int64_file(std::vector<std::int64_t> shape,
+                                     const std::vector<std::int64_t>& values) {
+  return npy::serialize(npy::make_int64(std::move(shape), values.data()));
+}
+
+void write_outputs(const OutputFiles& files) { npy::write_files(files); }
+
+void save_layered_table(const std::string& path, const LayeredTable& table, bool squeeze) {
+  write_outputs({{path, table_file(path, table, squeeze)}});
 }
 
 void write_text(const std::string& path, const std::string& text) {
-  std::FILE* file = std::fopen(path.c_str(), "wb");
-  MOE_EPLB_CHECK_CODE(file != nullptr, ErrorCode::kIo, "cannot write ", path);
-  const bool ok = std::fwrite(text.data(), 1, text.size(), file) == text.size();
-  MOE_EPLB_CHECK_CODE(std::fclose(file) == 0 && ok, ErrorCode::kIo, "failed writing ", path);
+  write_outputs({{path, std::vector<std::uint8_t>(text.begin(), text.end())}});
 }
 
 }  // namespace moe_eplb::cli

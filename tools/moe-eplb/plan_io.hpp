@@ -45,14 +45,25 @@ void check_trace_experts(const std::string& flag, const std::string& path,
                          const RoutingTrace& trace, std::int64_t num_experts,
                          const char* experts_flag);
 
-// Writes (E, F) when the table has one layer and `squeeze`, else (L, E, F).
+// The .npy contents of a table to be written to `path`: (E, F) when it has
+// one layer and `squeeze`, else (L, E, F). Every layer is validated first (no
+// table the tool writes is one the operator would refuse): throws
+// kInvalidTable naming the path and the problems.
+std::vector<std::uint8_t> table_file(const std::string& path, const LayeredTable& table,
+                                     bool squeeze);
+
+// The .npy contents of an int64 array.
+std::vector<std::uint8_t> int64_file(std::vector<std::int64_t> shape,
+                                     const std::vector<std::int64_t>& values);
+
+// Writes files so that they appear together or not at all (npy::write_files).
+using OutputFiles = std::vector<std::pair<std::string, std::vector<std::uint8_t>>>;
+void write_outputs(const OutputFiles& files);
+
+// One file: write_outputs({{path, table_file(path, table, squeeze)}}).
 void save_layered_table(const std::string& path, const LayeredTable& table, bool squeeze);
 
-// Writes an int64 array.
-void save_int64(const std::string& path, std::vector<std::int64_t> shape,
-                const std::vector<std::int64_t>& values);
-
-// Writes a text file (the SVG), replacing it. Throws kIo.
+// Writes a text file (the SVG), replacing it atomically. Throws kIo.
 void write_text(const std::string& path, const std::string& text);
 
 }  // namespace moe_eplb::cli

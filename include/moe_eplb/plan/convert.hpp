@@ -9,14 +9,17 @@
 //                -1, the count implied by the leading non-negative entries
 //
 // Replica order matters to the operator (rank mode sends source-rank group j
-// to replica j). log2phy and the SGLang map keep it; phy2log alone cannot, so
-// slots_from_phy2log() lists each expert's slots in ascending order.
+// to replica j; token mode sends token b to replica b % c). log2phy and the
+// SGLang map keep it; phy2log alone cannot, so slots_from_phy2log() lists each
+// expert's slots in ascending order, and slots_to_phy2log() refuses replicas
+// in any other order unless told to sort them.
 //
 // Every function checks its input and throws moe_eplb::Error
 // (kInvalidArgument) naming the position and value of the first problem.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "moe_eplb/plan/planner.hpp"
@@ -29,8 +32,11 @@ namespace moe_eplb {
 ReplicaSlots slots_from_table(const TableView& eplb_table, std::int64_t num_physical = -1);
 
 // (num_physical,) phy2log; -1 marks a slot no expert uses. Throws when a slot
-// is out of range or claimed twice.
-std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots, std::int64_t num_physical);
+// is out of range or claimed twice, and, unless sort_replicas, when an
+// expert's replicas are not in ascending slot order (phy2log would drop that
+// order, and with it the routing).
+std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots, std::int64_t num_physical,
+                                           bool sort_replicas = false);
 
 // (E, max_replicas) log2phy padded with -1, and logcnt (E,). max_replicas = 0
 // means the largest count. This is also SGLang's logical_to_all_physical_map.
@@ -42,6 +48,11 @@ struct Log2Phy {
 };
 Log2Phy slots_to_log2phy(const ReplicaSlots& slots, std::int64_t max_replicas = 0);
 
+// The first expert whose replicas are not in ascending slot order, or -1.
+std::int64_t first_unordered_expert(const ReplicaSlots& slots);
+// "expert 3 has replica 1 in slot 7 and replica 2 in slot 2" for that expert.
+std::string describe_replica_order(const ReplicaSlots& slots, std::int64_t expert);
+
 // From phy2log (num_physical,) with values in [-1, num_experts); every expert
 // needs at least one slot. Replicas come out in ascending slot order.
 ReplicaSlots slots_from_phy2log(const std::int64_t* phy2log, std::int64_t num_physical,
@@ -49,7 +60,8 @@ ReplicaSlots slots_from_phy2log(const std::int64_t* phy2log, std::int64_t num_ph
 
 // From log2phy (num_experts, max_replicas) and logcnt, or with logcnt =
 // nullptr from SGLang's map (count = the leading non-negative entries).
-// Entries past the count must be -1; counts in 1..max_replicas.
+// Entries past the count must be -1; counts in 1..max_replicas; every slot
+// named once (within a row and across rows).
 ReplicaSlots slots_from_log2phy(const std::int64_t* log2phy, std::int64_t num_experts,
                                 std::int64_t max_replicas, const std::int64_t* logcnt);
 
