@@ -61,7 +61,8 @@ class PlanReport:
     predicted_max_over_mean, predicted_low, predicted_high: the predicted
         max/mean per-rank load on the next window, and an interval of about
         one standard deviation either side.
-    slots_changed: slots whose expert differs from `previous` (0 without it).
+    slots_changed: slots whose expert or replica position in its row differs
+        from `previous` (the position is the routing); 0 without it.
     """
 
     persistence: list
@@ -189,8 +190,9 @@ def plan(load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0, 
         num_groups: DeepSeek's expert groups (deepseek only).
         previous: the table in force, (E, F') or (L, E, F') int32, for
             migration-aware replanning (None: from scratch).
-        max_moves: per layer, at most this many slots whose expert differs
-            from `previous` (None: no cap). Needs `previous`.
+        max_moves: per layer, at most this many slots whose expert or
+            replica position differs from `previous` (None: no cap; 0 keeps
+            `previous`'s rows exactly). Needs `previous`.
         move_cost: >= 0, the predicted max/mean a move must buy. Needs `previous`.
         return_report: also return the planner's PlanReport.
 

@@ -300,7 +300,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
     for (std::int64_t layer_idx = 0; layer_idx < table.num_layers; ++layer_idx) {
       report->layers[static_cast<std::size_t>(layer_idx)].slots_changed =
           diff_tables(options.previous->layer(layer_idx), table.layer(layer_idx), topology)
-              .slots_changed;
+              .slots_rerouted;
     }
   }
   return table;

@@ -1,7 +1,11 @@
 // Design note: migration-aware replanning.
 //
-// A slot is changed (a move) when its logical expert differs from the table
-// in force. Two candidates are built and the cheaper one under
+// A slot is changed (a move) when its logical expert or its replica position
+// in the expert's row differs from the table in force (diff_tables()'s
+// slots_rerouted): the
+// position is the routing (replica j serves source-rank group j in rank
+// mode, tokens t % c == j in token mode), so a reorder is a move too. Two
+// candidates are built and the cheaper one under
 // "predicted max/mean + move_cost * moves" is kept, subject to max_moves:
 //
 //  A. Local search from the previous placement. First a repair, forced and
@@ -12,13 +16,14 @@
 //     around the costliest rank (cost = mean + std, as the planner), each
 //     the best gain per move:
 //       - reorder two replicas of one expert (which source group a replica
-//         serves is its position in the row): free;
+//         serves is its position in the row): two moves;
 //       - swap two slots' experts between the costliest rank and another:
 //         two moves;
 //       - replace a replica of a cooler expert on another rank by a new
 //         replica of an expert on the costliest rank, or a replica on the
 //         costliest rank by a new replica of any other expert (one count up
-//         one, the other down one; both must stay usable counts): one move.
+//         one, the other down one; both must stay usable counts): one move,
+//         plus the replicas whose position in their row shifts.
 //     A step's gain is how much it lowers the squared excess over the mean
 //     of the ranks it touches, scaled to max/mean units at the costliest
 //     rank (no step may raise the costliest rank); steps stop when no step
@@ -31,8 +36,9 @@
 //
 // Within a rank an expert that stays keeps its slot: both candidates go
 // through align_to_previous() (A edits slots in place, but an expert swapped
-// away and back may land in another slot). Deterministic: ties go to the lower
-// index.
+// away and back may land in another slot), which keeps every row's order.
+// With max_moves 0 the result is the previous table itself. Deterministic:
+// ties go to the lower index.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -83,6 +89,7 @@ class Editor {
         slots_per_rank_(request.slots_per_rank),
         num_experts_(request.num_experts),
         previous_(static_cast<std::size_t>(world_size_ * slots_per_rank_), -1),
+        previous_position_(previous_.size(), -1),
         rows_(static_cast<std::size_t>(num_experts_)),
         rank_load_(static_cast<std::size_t>(world_size_)),
         holds_(static_cast<std::size_t>(num_experts_ * world_size_), 0),
@@ -93,6 +100,7 @@ class Editor {
       for (std::int64_t j = 1; j <= count; ++j) {
         const std::int32_t slot = table.at(e, j);
         previous_[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(e);
+        previous_position_[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(j - 1);
         rows_[e].push_back(slot);
       }
     }
@@ -108,10 +116,13 @@ class Editor {
   // expected busiest rank itself; `budget` moves at most (-1: no cap).
   void refine_expected_max(std::int64_t budget, double move_cost);
 
+  // Slots whose (expert, position) differs from the previous table; a free
+  // slot differs when it held an expert.
   std::int64_t moves() const {
     std::int64_t changed = 0;
+    for (std::int64_t e = 0; e < num_experts_; ++e) changed += changed_in_row(e, rows_[e]);
     for (std::size_t p = 0; p < slot_expert_.size(); ++p)
-      changed += slot_expert_[p] != previous_[p];
+      changed += slot_expert_[p] < 0 && previous_[p] >= 0;
     return changed;
   }
   Placement placement() const {
@@ -124,6 +135,21 @@ class Editor {
 
  private:
   std::int64_t rank_of(std::int64_t slot) const { return slot / slots_per_rank_; }
+  // Slots of `row`, laid out as expert e's row, whose (expert, position)
+  // differs from the previous table.
+  std::int64_t changed_in_row(std::int64_t e, const std::vector<std::int32_t>& row) const {
+    std::int64_t changed = 0;
+    for (std::size_t j = 0; j < row.size(); ++j) {
+      changed += slot_changed(row[j], e, static_cast<std::int64_t>(j));
+    }
+    return changed;
+  }
+  // Whether `slot` holding replica `position` of expert e differs from the
+  // previous table.
+  std::int64_t slot_changed(std::int32_t slot, std::int64_t e, std::int64_t position) const {
+    const auto p = static_cast<std::size_t>(slot);
+    return previous_[p] != e || previous_position_[p] != position ? 1 : 0;
+  }
   std::int64_t count(std::int64_t e) const { return static_cast<std::int64_t>(rows_[e].size()); }
   bool holds(std::int64_t rank, std::int64_t e) const { return holds_[e * world_size_ + rank] > 0; }
   double rank_cost(std::int64_t rank) const { return cost(rank_load_[rank]); }
@@ -247,10 +273,17 @@ class Editor {
       best = step;
     }
   }
-  std::int64_t slot_moves(std::int32_t slot, std::int32_t expert) const {
-    return (expert != previous_[static_cast<std::size_t>(slot)]) -
-           (slot_expert_[static_cast<std::size_t>(slot)] !=
-            previous_[static_cast<std::size_t>(slot)]);
+  // The change in moves() when `step` is applied; a step keeps the set of
+  // slots its experts' rows hold (a reorder, a swap or a replacement).
+  std::int64_t step_moves(const Step& step) const {
+    std::int64_t delta = 0;
+    if (step.expert_a >= 0)
+      delta += changed_in_row(step.expert_a, step.row_a) -
+               changed_in_row(step.expert_a, rows_[step.expert_a]);
+    if (step.expert_b >= 0)
+      delta += changed_in_row(step.expert_b, step.row_b) -
+               changed_in_row(step.expert_b, rows_[step.expert_b]);
+    return delta;
   }
   void apply(const Step& step) {
     if (step.expert_a >= 0) apply_row(step.expert_a, step.row_a);
@@ -269,8 +302,9 @@ class Editor {
   const ShareModel& shares_;
   const CountLadder& ladder_;
   std::int64_t world_size_, slots_per_rank_, num_experts_;
-  std::vector<std::int32_t> previous_;     // (W * S) expert of each slot in the old table
-  std::vector<std::int32_t> slot_expert_;  // (W * S) now; -1 = free
+  std::vector<std::int32_t> previous_;           // (W * S) expert of each slot in the old table
+  std::vector<std::int32_t> previous_position_;  // (W * S) its position in that expert's row
+  std::vector<std::int32_t> slot_expert_;        // (W * S) now; -1 = free
   std::vector<std::vector<std::int32_t>> rows_;
   std::vector<Load> rank_load_;
   std::vector<std::int32_t> holds_;  // (E, W) replicas of e on the rank
@@ -362,8 +396,9 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
   for (std::int64_t e = 0; e < num_experts_; ++e) {
     if (holds(heavy, e)) heavy_experts.push_back(e);
   }
-  // Reorders (free): a replica on the costliest rank trades its source group
-  // with another replica of the same expert.
+  // Reorders (two moves, fewer when they restore the previous order): a
+  // replica on the costliest rank trades its source group with another
+  // replica of the same expert.
   if (by_rank) {
     for (const std::int64_t a : heavy_experts) {
       const std::vector<std::int32_t>& row = rows_[a];
@@ -372,20 +407,19 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
                         row.begin();
       for (std::int64_t j = 0; j < count(a); ++j) {
         if (j == here) continue;
-        std::vector<std::int32_t> reordered = row;
-        std::swap(reordered[here], reordered[j]);
+        Step step;
+        step.expert_a = a;
+        step.row_a = row;
+        std::swap(step.row_a[here], step.row_a[j]);
+        step.moves = step_moves(step);
+        if (budget >= 0 && step.moves > budget) continue;
         changes.clear();
         add_row(changes, a, row, -1.0);
-        add_row(changes, a, reordered, 1.0);
-        Step step;
+        add_row(changes, a, step.row_a, 1.0);
         step.gain = gain(changes);
-        step.moves = 0;
-        step.expert_a = a;
-        step.row_a = std::move(reordered);
         consider(best, step, min_gain_per_move);
       }
     }
-    if (best.expert_a >= 0) return best;
   }
   // Swaps (two moves) between the costliest rank and any other.
   if (budget < 0 || budget >= 2) {
@@ -400,11 +434,13 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
         const std::int64_t b = slot_expert_[static_cast<std::size_t>(slot_b)];
         const std::int64_t rank_b = rank_of(slot_b);
         if (!can_swap(a, heavy, b, rank_b)) continue;
-        const std::int64_t moves = slot_moves(slot_a, static_cast<std::int32_t>(b)) +
-                                   slot_moves(slot_b, static_cast<std::int32_t>(a));
-        if (budget >= 0 && moves > budget) continue;
         const std::vector<std::int32_t>& row_b = rows_[b];
         const auto index_b = std::find(row_b.begin(), row_b.end(), slot_b) - row_b.begin();
+        // Both replicas keep their positions and trade slots.
+        const std::int64_t moves =
+            slot_changed(slot_a, b, index_b) + slot_changed(slot_b, a, index_a) -
+            slot_changed(slot_a, a, index_a) - slot_changed(slot_b, b, index_b);
+        if (budget >= 0 && moves > budget) continue;
         changes.clear();
         changes.add(heavy, shares_.share(a, count(a), index_a), -1.0);
         changes.add(rank_b, shares_.share(a, count(a), index_a), 1.0);
@@ -424,20 +460,23 @@ Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
       }
     }
   }
-  // Replacements (one move): the replica of expert a at `slot` becomes a new
-  // replica of expert b (a's count goes down one, b's up one).
+  // Replacements (one move, plus the replicas that shift in their rows): the
+  // replica of expert a at `slot` becomes a new replica of expert b (a's
+  // count goes down one, b's up one).
   std::vector<std::int32_t> row_a, row_b;  // reused: no allocation per candidate
   const auto consider_replacement = [&](std::int32_t slot, std::int64_t a, std::int64_t b) {
     if (!can_replace(slot, a, b)) return;
-    const std::int64_t moves = slot_moves(slot, static_cast<std::int32_t>(b));
-    if (budget >= 0 && moves > budget) return;
     row_a.assign(rows_[a].begin(), rows_[a].end());
     row_a.erase(std::find(row_a.begin(), row_a.end(), slot));
+    const std::int64_t moves_a = changed_in_row(a, row_a) - changed_in_row(a, rows_[a]);
+    const std::int64_t moves_b_before = changed_in_row(b, rows_[b]);
     // The new replica may serve any source group: try every position.
     const std::int64_t last = by_rank ? 0 : count(b);
     for (std::int64_t position = count(b); position >= last; --position) {
       row_b.assign(rows_[b].begin(), rows_[b].end());
       row_b.insert(row_b.begin() + position, slot);
+      const std::int64_t moves = moves_a + changed_in_row(b, row_b) - moves_b_before;
+      if (budget >= 0 && moves > budget) continue;
       changes.clear();
       add_row(changes, a, rows_[a], -1.0);
       add_row(changes, a, row_a, 1.0);
@@ -526,7 +565,7 @@ void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
     best = Step{};
     best_value = forecast_balance(rank_load_).expected + move_cost * static_cast<double>(used);
     Step step;
-    // Reorders (free): two replicas of an expert trade source groups.
+    // Reorders (two moves): two replicas of an expert trade source groups.
     for (std::int64_t a = 0; by_rank && a < num_experts_; ++a) {
       for (std::int64_t i = 0; i < count(a); ++i) {
         for (std::int64_t j = i + 1; j < count(a); ++j) {
@@ -534,6 +573,7 @@ void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
           step.expert_a = a;
           step.row_a = rows_[a];
           std::swap(step.row_a[i], step.row_a[j]);
+          step.moves = step_moves(step);
           try_step(step);
         }
       }
@@ -547,13 +587,13 @@ void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
         const std::int64_t last = by_rank ? 0 : count(b);
         for (std::int64_t position = count(b); position >= last; --position) {
           step = Step{};
-          step.moves = slot_moves(slot, static_cast<std::int32_t>(b));
           step.expert_a = a;
           step.row_a = rows_[a];
           step.row_a.erase(std::find(step.row_a.begin(), step.row_a.end(), slot));
           step.expert_b = b;
           step.row_b = rows_[b];
           step.row_b.insert(step.row_b.begin() + position, slot);
+          step.moves = step_moves(step);
           try_step(step);
         }
       }
@@ -563,14 +603,13 @@ void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
         const std::int64_t other_rank = rank_of(other);
         if (!can_swap(a, rank, b, other_rank)) continue;
         step = Step{};
-        step.moves = slot_moves(slot, static_cast<std::int32_t>(b)) +
-                     slot_moves(other, static_cast<std::int32_t>(a));
         step.expert_a = a;
         step.row_a = rows_[a];
         *std::find(step.row_a.begin(), step.row_a.end(), slot) = other;
         step.expert_b = b;
         step.row_b = rows_[b];
         *std::find(step.row_b.begin(), step.row_b.end(), other) = slot;
+        step.moves = step_moves(step);
         try_step(step);
       }
     }
@@ -641,7 +680,8 @@ Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
 }
 
 // Each expert that stays on a rank back in its old slot there; `moves`
-// receives the slots whose expert then differs from the previous table.
+// receives the slots whose (expert, position) then differs from the previous
+// table.
 Placement align(const LayerRequest& request, Placement placement, std::int64_t& moves) {
   const TopologyOptions topology = topology_of(request);
   std::int64_t num_columns = 0;
@@ -653,7 +693,7 @@ Placement align(const LayerRequest& request, Placement placement, std::int64_t& 
     placement.slots[e].assign(row + 1, row + 1 + row[0]);
   }
   const TableView aligned_view{aligned.data(), request.num_experts, num_columns, num_columns, 1};
-  moves = diff_tables(request.previous, aligned_view, topology).slots_changed;
+  moves = diff_tables(request.previous, aligned_view, topology).slots_rerouted;
   return placement;
 }
 

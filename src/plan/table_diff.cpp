@@ -23,9 +23,12 @@ void check_topology(const TopologyOptions& topology, const char* operation) {
       ", got ", topology.ranks_per_node);
 }
 
-// slot_experts() for a table named `argument` of `operation`.
+// slot_experts() for a table named `argument` of `operation`; `positions`,
+// when not null, receives each slot's replica position in its row (0-based,
+// -1 where no row names the slot).
 std::vector<std::int32_t> experts_by_slot(const TableView& table, const TopologyOptions& topology,
-                                          const char* operation, const char* argument) {
+                                          const char* operation, const char* argument,
+                                          std::vector<std::int32_t>* positions = nullptr) {
   const std::int64_t num_physical = topology.world_size * topology.slots_per_rank;
   ValidateTableOptions options;
   options.check_rank_mode_reachability = false;
@@ -36,10 +39,13 @@ std::vector<std::int32_t> experts_by_slot(const TableView& table, const Topology
                  topology.world_size, " ranks x ", topology.slots_per_rank,
                  " slots: ", report.to_string());
   std::vector<std::int32_t> experts(static_cast<std::size_t>(num_physical), -1);
+  if (positions != nullptr) positions->assign(experts.size(), -1);
   for (std::int64_t e = 0; e < table.num_experts; ++e) {
     const std::int32_t count = table.at(e, 0);
     for (std::int32_t j = 1; j <= count; ++j) {
-      experts[static_cast<std::size_t>(table.at(e, j))] = static_cast<std::int32_t>(e);
+      const auto slot = static_cast<std::size_t>(table.at(e, j));
+      experts[slot] = static_cast<std::int32_t>(e);
+      if (positions != nullptr) (*positions)[slot] = j - 1;
     }
   }
   return experts;
@@ -63,13 +69,18 @@ TableDiff diff_tables(const TableView& from, const TableView& to, const Topology
   constexpr const char* kDiff = "diff_tables()";
   check_topology(topology, kDiff);
   check_same_experts(from, to, kDiff, "from", "to");
-  const std::vector<std::int32_t> old_experts = experts_by_slot(from, topology, kDiff, "from");
-  const std::vector<std::int32_t> new_experts = experts_by_slot(to, topology, kDiff, "to");
+  std::vector<std::int32_t> old_positions, new_positions;
+  const std::vector<std::int32_t> old_experts =
+      experts_by_slot(from, topology, kDiff, "from", &old_positions);
+  const std::vector<std::int32_t> new_experts =
+      experts_by_slot(to, topology, kDiff, "to", &new_positions);
   TableDiff diff;
   diff.received_per_rank.assign(static_cast<std::size_t>(topology.world_size), 0);
   const auto slots = static_cast<std::size_t>(topology.slots_per_rank);
   for (std::size_t p = 0; p < old_experts.size(); ++p) {
     diff.slots_changed += old_experts[p] != new_experts[p] ? 1 : 0;
+    diff.slots_rerouted +=
+        old_experts[p] != new_experts[p] || old_positions[p] != new_positions[p] ? 1 : 0;
   }
   for (std::int64_t e = 0; e < from.num_experts; ++e) {
     const std::int32_t count = from.at(e, 0);

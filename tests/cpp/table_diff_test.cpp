@@ -6,6 +6,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "moe_eplb/error.hpp"
@@ -66,6 +67,30 @@ std::vector<std::int32_t> reference_slot_experts(const Table& table, std::int64_
   return experts;
 }
 
+// (expert, position in its row) of every slot; (-1, -1) where no row names it.
+std::vector<std::pair<std::int32_t, std::int32_t>> reference_slot_replicas(
+    const Table& table, std::int64_t num_physical) {
+  std::vector<std::pair<std::int32_t, std::int32_t>> replicas(
+      static_cast<std::size_t>(num_physical), {-1, -1});
+  for (std::int64_t e = 0; e < table.num_experts; ++e) {
+    for (std::int32_t j = 1; j <= table.values[e * table.num_columns]; ++j) {
+      replicas[static_cast<std::size_t>(table.values[e * table.num_columns + j])] = {
+          static_cast<std::int32_t>(e), j - 1};
+    }
+  }
+  return replicas;
+}
+
+// Slots whose (expert, position) differs: the definition of a rerouted slot.
+std::int64_t reference_slots_rerouted(const Table& from, const Table& to,
+                                      std::int64_t num_physical) {
+  const auto before = reference_slot_replicas(from, num_physical);
+  const auto after = reference_slot_replicas(to, num_physical);
+  std::int64_t rerouted = 0;
+  for (std::size_t p = 0; p < before.size(); ++p) rerouted += before[p] != after[p];
+  return rerouted;
+}
+
 std::multiset<std::int32_t> rank_experts(const std::vector<std::int32_t>& experts,
                                          std::int64_t rank, std::int64_t slots_per_rank) {
   std::multiset<std::int32_t> held;
@@ -88,12 +113,17 @@ TEST(TableDiff, HandWorkedCase) {
   EXPECT_EQ(diff.received_per_rank, (std::vector<std::int64_t>{1, 1}));  // e2 on 0, e0 on 1
   EXPECT_EQ(diff.experts_received, 2);
   EXPECT_EQ(diff.rows_changed, 3);
-  // Aligned: e0 stays in slot 0 on rank 0 and e1 in slot 3 on rank 1.
+  EXPECT_EQ(diff.slots_rerouted, 4);
+  // Aligned: e0 stays in slot 0 on rank 0 and e1 in slot 3 on rank 1. Slot 3
+  // is still rerouted: it held e1's second replica and now holds its first (a
+  // different source group in rank mode), so only slot 0 keeps its traffic.
   const std::vector<std::int32_t> aligned =
       align_to_previous(new_table.view(), old_table.view(), topology);
   EXPECT_EQ(aligned, (std::vector<std::int32_t>{2, 0, 2, 1, 3, -1, 1, 1, -1}));
   const Table aligned_table{3, 3, aligned};
-  EXPECT_EQ(diff_tables(old_table.view(), aligned_table.view(), topology).slots_changed, 2);
+  const TableDiff aligned_diff = diff_tables(old_table.view(), aligned_table.view(), topology);
+  EXPECT_EQ(aligned_diff.slots_changed, 2);
+  EXPECT_EQ(aligned_diff.slots_rerouted, 3);
 }
 
 TEST(TableDiff, MatchesBruteForceOnRandomTables) {
@@ -138,6 +168,9 @@ TEST(TableDiff, MatchesBruteForceOnRandomTables) {
       rows_changed += !std::equal(a, a + a[0] + 1, b, b + b[0] + 1);
     }
     EXPECT_EQ(diff.rows_changed, rows_changed);
+    const std::int64_t rerouted = reference_slots_rerouted(old_table, new_table, num_physical);
+    EXPECT_EQ(diff.slots_rerouted, rerouted);
+    EXPECT_GE(diff.slots_rerouted, diff.slots_changed);
     EXPECT_EQ(diff_tables(old_table.view(), old_table.view(), topology).rows_changed, 0);
 
     // Aligned: same per-rank contents, each replica on the same rank in the
@@ -178,6 +211,8 @@ TEST(TableDiff, MatchesBruteForceOnRandomTables) {
           old_experts[static_cast<std::size_t>(p)] != aligned_experts[static_cast<std::size_t>(p)];
     }
     EXPECT_LE(aligned_changed, changed);
+    // Aligning keeps every row's order, so it never reroutes more slots.
+    EXPECT_LE(reference_slots_rerouted(old_table, aligned, num_physical), rerouted);
     EXPECT_EQ(align_to_previous(aligned.view(), old_table.view(), topology), aligned.values);
   }
 }
@@ -193,6 +228,7 @@ TEST(TableDiff, CountsReorderedRowsAndIgnoresPadding) {
   EXPECT_EQ(reorder.slots_changed, 0);
   EXPECT_EQ(reorder.experts_received, 0);
   EXPECT_EQ(reorder.rows_changed, 1);
+  EXPECT_EQ(reorder.slots_rerouted, 2);  // both replicas of e1 serve other traffic
   EXPECT_EQ(diff_tables(table.view(), wider.view(), topology).rows_changed, 0);
 }
 

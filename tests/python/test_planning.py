@@ -29,6 +29,23 @@ def slot_experts(table, num_slots):
     return experts
 
 
+def slots_changed(old, new, num_slots):
+    """Reference: slots whose (expert, position in its row) differs; the
+    position is the routing (which source group or tokens a replica serves)."""
+    def replicas(table):
+        of_slot = [(-1, -1)] * num_slots
+        for e, row in enumerate(table.tolist()):
+            for position, slot in enumerate(row[1:1 + row[0]]):
+                of_slot[slot] = (e, position)
+        return of_slot
+    return sum(a != b for a, b in zip(replicas(old), replicas(new)))
+
+
+def live_rows(table):
+    """Each row's count and replica slots in order, without the padding."""
+    return [row[:1 + row[0]] for row in table.tolist()]
+
+
 def check_valid_plan(table, world_size, slots_per_rank, num_experts, distinct_ranks=True):
     assert table.dtype == torch.int32 and table.dim() == 2 and table.shape[0] == num_experts
     experts = slot_experts(table, world_size * slots_per_rank)
@@ -85,15 +102,26 @@ def test_plan_windows_and_report(rng):
 def test_plan_against_previous(rng):
     world_size, slots_per_rank, num_experts = 4, 3, 10
     windows = [random_load(rng, world_size, num_experts) for _ in range(3)]
-    # Against a previous table, slots_changed counts slots whose expert differs.
+    # Against a previous table, slots_changed counts slots whose expert or
+    # replica position differs.
     previous = moe_eplb.plan(windows[0], world_size, slots_per_rank)
     replanned, report = moe_eplb.plan(windows, world_size, slots_per_rank, previous=previous,
                                       return_report=True)
     check_valid_plan(replanned, world_size, slots_per_rank, num_experts)
-    changed = sum(a != b for a, b in zip(slot_experts(previous, 12), slot_experts(replanned, 12)))
-    assert report.slots_changed == [changed]
-    capped = moe_eplb.plan(windows, world_size, slots_per_rank, previous=previous, max_moves=0)
-    assert slot_experts(capped, 12) == slot_experts(previous, 12)
+    assert report.slots_changed == [slots_changed(previous, replanned, 12)]
+
+    # max_moves=0 returns the previous rows exactly, their order included (in
+    # rank mode the order is the routing), wherever a reorder would pay:
+    # previous tables planned on loads whose hot ranks then swap.
+    for trial in range(8):
+        old_load = random_load(rng, world_size, num_experts)
+        old = moe_eplb.plan(old_load, world_size, slots_per_rank, num_columns=world_size + 1)
+        new_windows = [old_load[::-1].copy(), windows[trial % 3]]
+        capped, capped_report = moe_eplb.plan(new_windows, world_size, slots_per_rank,
+                                              previous=old, max_moves=0,
+                                              num_columns=world_size + 1, return_report=True)
+        assert live_rows(capped) == live_rows(old), trial
+        assert capped_report.slots_changed == [0]
 
     # Per layer: an (L, E, F) previous for (L, W, E) windows, one report entry per layer.
     layered_windows = [np.stack([window, window[::-1]]) for window in windows]
@@ -102,8 +130,7 @@ def test_plan_against_previous(rng):
                                     previous=layered_previous, max_moves=2, return_report=True)
     assert layered.shape[:2] == (2, num_experts) and len(report.slots_changed) == 2
     for layer in range(2):
-        changed = sum(a != b for a, b in zip(slot_experts(layered_previous[layer], 12),
-                                              slot_experts(layered[layer], 12)))
+        changed = slots_changed(layered_previous[layer], layered[layer], 12)
         assert report.slots_changed[layer] == changed <= 2
     with pytest.raises(ValueError, match=r"plan\(\): previous table has 2 layers"):
         moe_eplb.plan(windows, world_size, slots_per_rank, previous=layered_previous)

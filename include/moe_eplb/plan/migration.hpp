@@ -5,8 +5,11 @@
 // row names holds no expert); a row is changed when its count or its replicas'
 // slots, in order, differ (the order is the routing: replica j serves
 // source-rank group j in rank mode and tokens b with b mod c = j - 1 in token
-// mode). Two tables route every token alike exactly when no row changed. Tables are (E, F)
-// eplb_tables valid for world_size * slots_per_rank slots; the two may differ in F, not in E.
+// mode). Two tables route every token alike exactly when no row changed. A
+// slot is *rerouted* when its expert or its replica position in the expert's
+// row differs: the traffic it serves changes, whether or not weights move
+// (the planner's max_moves counts these). Tables are (E, F) eplb_tables valid
+// for world_size * slots_per_rank slots; the two may differ in F, not in E.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +32,7 @@ struct TableDiff {
   std::int64_t slots_changed = 0;               // slots whose expert differs
   std::int64_t rows_changed = 0;                // rows whose count or replica list (in order)
                                                 // differs: 0 iff both tables route alike
+  std::int64_t slots_rerouted = 0;              // slots whose (expert, position) differs
   std::int64_t experts_received = 0;            // sum over ranks of experts new to the rank
   std::vector<std::int64_t> received_per_rank;  // (W,) distinct experts new to each rank
 };

@@ -67,17 +67,21 @@
 //
 // Migration-aware replanning (options.previous)
 // ---------------------------------------------
-// A slot is changed when its logical expert differs from the previous table
-// (the output format does not change). The planner keeps each replica on a
+// A slot is changed when its logical expert, or its replica's position in the
+// expert's row, differs from the previous table (diff_tables()'s
+// slots_rerouted; the position is the routing: which source group, or which
+// tokens, the replica serves).
+// The planner keeps each replica on a
 // rank that already holds the expert wherever balance allows, and within a
 // rank a staying expert keeps its slot (align_to_previous). It compares a
 // local search from the previous placement (forced repairs first, then the
-// moves that buy the most balance per changed slot: free reorders of an
+// moves that buy the most balance per changed slot: reorders of an
 // expert's replicas, swaps, and count changes that turn a cool expert's
 // replica into a hot one's; layers of at most 16 slots then try every such
 // step by the expected busiest rank) with the fresh plan relabelled to the
 // old ranks of largest overlap, and keeps the lower predicted max/mean +
-// move_cost * slots changed. max_moves caps slots changed per layer exactly; a previous
+// move_cost * slots changed. max_moves caps slots changed per layer exactly
+// (0 returns the previous rows as they are, order included); a previous
 // table whose forced repairs (replicas rank mode never selects, two replicas
 // of an expert on a rank, unused slots) exceed the cap is refused.
 #pragma once
@@ -140,8 +144,8 @@ struct PlanOptions {
   // for world_size * slots_per_rank slots; null plans from scratch. Not
   // owned; must outlive the call.
   const LayeredTable* previous = nullptr;
-  // Per layer, at most this many slots whose logical expert differs from
-  // `previous` (a "move"); -1 = no cap. Needs `previous`.
+  // Per layer, at most this many slots whose logical expert or replica
+  // position differs from `previous` (a "move"); -1 = no cap. Needs `previous`.
   std::int64_t max_moves = -1;
   // >= 0: the predicted max/mean a move must buy to be made (0 = balance
   // first, moves only where they tie). Needs `previous`.
@@ -170,7 +174,9 @@ struct LayerPlanReport {
   double predicted_max_over_mean = 1.0;
   double predicted_low = 1.0;
   double predicted_high = 1.0;
-  std::int64_t slots_changed = 0;  // against `previous` (diff_tables()); 0 without it
+  // Slots whose (expert, position) differs from `previous`
+  // (diff_tables().slots_rerouted); 0 without it.
+  std::int64_t slots_changed = 0;
 };
 struct PlanReport {
   std::vector<LayerPlanReport> layers;
