@@ -2,10 +2,9 @@
 //
 // A slot is changed (a move) when its logical expert or its replica position
 // in the expert's row differs from the table in force (diff_tables()'s
-// slots_rerouted): the
-// position is the routing (replica j serves source-rank group j in rank
-// mode, tokens t % c == j in token mode), so a reorder is a move too. Two
-// candidates are built and the cheaper one under
+// slots_rerouted): the position is the routing (replica j serves source-rank
+// group j in rank mode, tokens t % c == j in token mode), so a reorder is a
+// move too. Two candidates are built and the cheaper one under
 // "predicted max/mean + move_cost * moves" is kept, subject to max_moves:
 //
 //  A. Local search from the previous placement. First a repair, forced and
@@ -29,7 +28,10 @@
 //     rank (no step may raise the costliest rank); steps stop when no step
 //     gains move_cost of max/mean per move, or the cap is reached. Layers
 //     of at most 16 slots then try every reorder, replacement and swap by
-//     the expected busiest rank itself (refine_expected_max()).
+//     the expected busiest rank itself (refine_expected_max()). The steps
+//     are enumerated in one place (Editor::for_each_step(): around one rank,
+//     or all of them) and judged two ways (proxy gain per move, or the
+//     expected busiest rank plus move_cost per move).
 //  B. The plan from scratch, with its ranks relabelled to the old ranks of
 //     largest overlap (Hungarian assignment), so that a rank keeps the
 //     experts it already holds; only when it fits the cap.
@@ -76,6 +78,46 @@ class RankChanges {
 
  private:
   std::vector<std::pair<std::int64_t, Load>> changes_;
+};
+
+// A row with one edit, read in place: replicas i and j trade slots (kSwap),
+// replica i gets `slot` (kSet), replica i leaves (kErase), or `slot` becomes
+// replica i (kInsert).
+struct RowEdit {
+  enum class Op { kNone, kSwap, kSet, kErase, kInsert } op = Op::kNone;
+  std::int64_t i = 0, j = 0;
+  std::int32_t slot = -1;
+
+  std::int64_t size(const std::vector<std::int32_t>& row) const {
+    const auto c = static_cast<std::int64_t>(row.size());
+    return op == Op::kErase ? c - 1 : op == Op::kInsert ? c + 1 : c;
+  }
+  std::int32_t at(const std::vector<std::int32_t>& row, std::int64_t m) const {
+    switch (op) {
+      case Op::kNone:
+        break;
+      case Op::kSwap:
+        if (m == i) return row[j];
+        if (m == j) return row[i];
+        break;
+      case Op::kSet:
+        if (m == i) return slot;
+        break;
+      case Op::kErase:
+        return row[m < i ? m : m + 1];
+      case Op::kInsert:
+        if (m == i) return slot;
+        return row[m < i ? m : m - 1];
+    }
+    return row[m];
+  }
+  std::vector<std::int32_t> apply(const std::vector<std::int32_t>& row) const {
+    std::vector<std::int32_t> edited(static_cast<std::size_t>(size(row)));
+    for (std::size_t m = 0; m < edited.size(); ++m) {
+      edited[m] = at(row, static_cast<std::int64_t>(m));
+    }
+    return edited;
+  }
 };
 
 // The placement being edited from the previous table.
@@ -144,6 +186,17 @@ class Editor {
     }
     return changed;
   }
+  // The same for expert e's row with `edit`.
+  std::int64_t changed_in_row(std::int64_t e, const RowEdit& edit) const {
+    const std::vector<std::int32_t>& row = rows_[e];
+    std::int64_t changed = 0;
+    for (std::int64_t j = 0; j < edit.size(row); ++j)
+      changed += slot_changed(edit.at(row, j), e, j);
+    return changed;
+  }
+  std::vector<std::int32_t> edited_row(std::int64_t e, const RowEdit& edit) const {
+    return edit.apply(rows_[e]);
+  }
   // Whether `slot` holding replica `position` of expert e differs from the
   // previous table.
   std::int64_t slot_changed(std::int32_t slot, std::int64_t e, std::int64_t position) const {
@@ -179,6 +232,13 @@ class Editor {
   }
   // Adds to `changes` the loads of expert e's replicas laid out as `row`
   // (sign +1) or as they are (sign -1).
+  void add_row(RankChanges& changes, std::int64_t e, const RowEdit& edit, double sign) const {
+    const std::vector<std::int32_t>& row = rows_[e];
+    const std::int64_t c = edit.size(row);
+    for (std::int64_t j = 0; j < c; ++j) {
+      changes.add(rank_of(edit.at(row, j)), shares_.share(e, c, j), sign);
+    }
+  }
   void add_row(RankChanges& changes, std::int64_t e, const std::vector<std::int32_t>& row,
                double sign) const {
     const auto c = static_cast<std::int64_t>(row.size());
@@ -273,18 +333,6 @@ class Editor {
       best = step;
     }
   }
-  // The change in moves() when `step` is applied; a step keeps the set of
-  // slots its experts' rows hold (a reorder, a swap or a replacement).
-  std::int64_t step_moves(const Step& step) const {
-    std::int64_t delta = 0;
-    if (step.expert_a >= 0)
-      delta += changed_in_row(step.expert_a, step.row_a) -
-               changed_in_row(step.expert_a, rows_[step.expert_a]);
-    if (step.expert_b >= 0)
-      delta += changed_in_row(step.expert_b, step.row_b) -
-               changed_in_row(step.expert_b, rows_[step.expert_b]);
-    return delta;
-  }
   void apply(const Step& step) {
     if (step.expert_a >= 0) apply_row(step.expert_a, step.row_a);
     if (step.expert_b >= 0) apply_row(step.expert_b, step.row_b);
@@ -294,7 +342,85 @@ class Editor {
         slot_expert_[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(e);
     }
   }
-  Step best_step(std::int64_t budget, double min_gain_per_move);
+  // One candidate step (see the design note); its rows are written out only
+  // for the steps a judge keeps (rows_of()).
+  struct Candidate {
+    enum class Kind { kReorder, kSwap, kReplace } kind;
+    std::int64_t a = -1, b = -1;  // the experts whose rows change (b: swaps and replacements)
+    // kReorder: the two positions of a's row that trade slots; kSwap: the
+    // positions of a's and b's replicas that trade slots; kReplace: the
+    // position of a's replica that becomes b's, and its position in b's row.
+    std::int64_t index_a = 0, index_b = 0;
+    std::int64_t moves = 0;  // the change in moves()
+  };
+  // Every candidate step within `left` moves (-1: no cap), to `judge`:
+  // around rank `heavy`, or all of them when heavy is -1.
+  template <typename Judge>
+  void for_each_step(std::int64_t heavy, std::int64_t left, Judge&& judge);
+  // Expert a's and b's rows after the step, as edits of their current rows.
+  RowEdit edit_a(const Candidate& step) const {
+    switch (step.kind) {
+      case Candidate::Kind::kReorder:
+        return {RowEdit::Op::kSwap, step.index_a, step.index_b, -1};
+      case Candidate::Kind::kSwap:
+        return {RowEdit::Op::kSet, step.index_a, 0, rows_[step.b][step.index_b]};
+      case Candidate::Kind::kReplace:
+        break;
+    }
+    return {RowEdit::Op::kErase, step.index_a, 0, -1};
+  }
+  RowEdit edit_b(const Candidate& step) const {
+    if (step.kind == Candidate::Kind::kSwap) {
+      return {RowEdit::Op::kSet, step.index_b, 0, rows_[step.a][step.index_a]};
+    }
+    return {RowEdit::Op::kInsert, step.index_b, 0, rows_[step.a][step.index_a]};
+  }
+  // The change in moves() when `step` is applied (it keeps the set of slots
+  // its experts' rows hold).
+  std::int64_t step_moves(const Candidate& step) const {
+    const RowEdit none;
+    std::int64_t delta = changed_in_row(step.a, edit_a(step)) - changed_in_row(step.a, none);
+    if (step.b >= 0) delta += changed_in_row(step.b, edit_b(step)) - changed_in_row(step.b, none);
+    return delta;
+  }
+  // The rank loads `step` moves. A swap adds its four replica shares (the
+  // experts' other replicas stay); the others take the old rows off and put
+  // the new ones on.
+  void add_changes(const Candidate& step, RankChanges& changes) const {
+    if (step.kind == Candidate::Kind::kSwap) {
+      const std::int32_t slot_a = rows_[step.a][step.index_a];
+      const std::int32_t slot_b = rows_[step.b][step.index_b];
+      const Load share_a = shares_.share(step.a, count(step.a), step.index_a);
+      const Load share_b = shares_.share(step.b, count(step.b), step.index_b);
+      changes.add(rank_of(slot_a), share_a, -1.0);
+      changes.add(rank_of(slot_b), share_a, 1.0);
+      changes.add(rank_of(slot_b), share_b, -1.0);
+      changes.add(rank_of(slot_a), share_b, 1.0);
+      return;
+    }
+    const RowEdit none;
+    add_row(changes, step.a, none, -1.0);
+    add_row(changes, step.a, edit_a(step), 1.0);
+    if (step.b >= 0) {
+      add_row(changes, step.b, none, -1.0);
+      add_row(changes, step.b, edit_b(step), 1.0);
+    }
+  }
+  Step rows_of(const Candidate& step) const {
+    Step rows;
+    rows.moves = step.moves;
+    rows.expert_a = step.a;
+    rows.row_a = edited_row(step.a, edit_a(step));
+    if (step.b >= 0) {
+      rows.expert_b = step.b;
+      rows.row_b = edited_row(step.b, edit_b(step));
+    }
+    return rows;
+  }
+  std::int64_t position_in_row(std::int64_t e, std::int32_t slot) const {
+    const std::vector<std::int32_t>& row = rows_[e];
+    return std::find(row.begin(), row.end(), slot) - row.begin();
+  }
   // Gives free slot `slot` to the best expert; false when none may take it.
   bool fill(std::int32_t slot);
 
@@ -386,142 +512,112 @@ bool Editor::fill(std::int32_t slot) {
   return true;
 }
 
-Editor::Step Editor::best_step(std::int64_t budget, double min_gain_per_move) {
-  sort_ranks();
-  const std::int64_t heavy = order_[0];
+template <typename Judge>
+void Editor::for_each_step(std::int64_t heavy, std::int64_t left, Judge&& judge) {
   const bool by_rank = request_.balance_mode == BalanceMode::kByRank;
-  Step best;
-  RankChanges changes;
+  const auto num_slots = static_cast<std::int32_t>(slot_expert_.size());
+  // Each candidate within the budget goes to the judge, its moves counted.
+  const auto offer = [&](Candidate& step) {
+    step.moves = step_moves(step);
+    if (left < 0 || step.moves <= left) judge(step);
+  };
+  const auto reorder = [&](std::int64_t a, std::int64_t i, std::int64_t j) {
+    Candidate step{Candidate::Kind::kReorder, a, -1, i, j};
+    offer(step);
+  };
+  const auto swap = [&](std::int32_t slot_a, std::int32_t slot_b) {
+    const std::int64_t a = slot_expert_[static_cast<std::size_t>(slot_a)];
+    const std::int64_t b = slot_expert_[static_cast<std::size_t>(slot_b)];
+    if (!can_swap(a, rank_of(slot_a), b, rank_of(slot_b))) return;
+    Candidate step{Candidate::Kind::kSwap, a, b, position_in_row(a, slot_a),
+                   position_in_row(b, slot_b)};
+    offer(step);
+  };
+  // The new replica may serve any source group: every position of b's row
+  // (token mode: the end only, positions being alike there).
+  const auto replace = [&](std::int32_t slot, std::int64_t b) {
+    const std::int64_t a = slot_expert_[static_cast<std::size_t>(slot)];
+    if (!can_replace(slot, a, b)) return;
+    const std::int64_t last = by_rank ? 0 : count(b);
+    for (std::int64_t position = count(b); position >= last; --position) {
+      Candidate step{Candidate::Kind::kReplace, a, b, position_in_row(a, slot), position};
+      offer(step);
+    }
+  };
+
+  if (heavy < 0) {
+    // Every step, in the order refine_expected_max() has always used.
+    for (std::int64_t a = 0; by_rank && a < num_experts_; ++a) {
+      for (std::int64_t i = 0; i < count(a); ++i) {
+        for (std::int64_t j = i + 1; j < count(a); ++j) reorder(a, i, j);
+      }
+    }
+    for (std::int32_t slot = 0; slot < num_slots; ++slot) {
+      for (std::int64_t b = 0; b < num_experts_; ++b) replace(slot, b);
+      for (std::int32_t other = slot + 1; other < num_slots; ++other) swap(slot, other);
+    }
+    return;
+  }
+  // Around the costliest rank: its replicas trade source groups with their
+  // expert's other replicas, ...
   std::vector<std::int64_t> heavy_experts;
   for (std::int64_t e = 0; e < num_experts_; ++e) {
     if (holds(heavy, e)) heavy_experts.push_back(e);
   }
-  // Reorders (two moves, fewer when they restore the previous order): a
-  // replica on the costliest rank trades its source group with another
-  // replica of the same expert.
+  const auto heavy_slot = [&](std::int64_t e) {
+    const std::vector<std::int32_t>& row = rows_[e];
+    return *std::find_if(row.begin(), row.end(),
+                         [&](std::int32_t slot) { return rank_of(slot) == heavy; });
+  };
   if (by_rank) {
     for (const std::int64_t a : heavy_experts) {
-      const std::vector<std::int32_t>& row = rows_[a];
-      const auto here = std::find_if(row.begin(), row.end(),
-                                     [&](std::int32_t slot) { return rank_of(slot) == heavy; }) -
-                        row.begin();
+      const std::int64_t here = position_in_row(a, heavy_slot(a));
       for (std::int64_t j = 0; j < count(a); ++j) {
-        if (j == here) continue;
-        Step step;
-        step.expert_a = a;
-        step.row_a = row;
-        std::swap(step.row_a[here], step.row_a[j]);
-        step.moves = step_moves(step);
-        if (budget >= 0 && step.moves > budget) continue;
-        changes.clear();
-        add_row(changes, a, row, -1.0);
-        add_row(changes, a, step.row_a, 1.0);
-        step.gain = gain(changes);
-        consider(best, step, min_gain_per_move);
+        if (j != here) reorder(a, here, j);
       }
     }
   }
-  // Swaps (two moves) between the costliest rank and any other.
-  if (budget < 0 || budget >= 2) {
+  // ... trade slots with any other rank (two moves), ...
+  if (left < 0 || left >= 2) {
     for (const std::int64_t a : heavy_experts) {
-      const std::vector<std::int32_t>& row_a = rows_[a];
-      const auto index_a = std::find_if(row_a.begin(), row_a.end(),
-                                        [&](std::int32_t slot) { return rank_of(slot) == heavy; }) -
-                           row_a.begin();
-      const std::int32_t slot_a = row_a[index_a];
-      for (std::int32_t slot_b = 0; slot_b < static_cast<std::int32_t>(slot_expert_.size());
-           ++slot_b) {
-        const std::int64_t b = slot_expert_[static_cast<std::size_t>(slot_b)];
-        const std::int64_t rank_b = rank_of(slot_b);
-        if (!can_swap(a, heavy, b, rank_b)) continue;
-        const std::vector<std::int32_t>& row_b = rows_[b];
-        const auto index_b = std::find(row_b.begin(), row_b.end(), slot_b) - row_b.begin();
-        // Both replicas keep their positions and trade slots.
-        const std::int64_t moves =
-            slot_changed(slot_a, b, index_b) + slot_changed(slot_b, a, index_a) -
-            slot_changed(slot_a, a, index_a) - slot_changed(slot_b, b, index_b);
-        if (budget >= 0 && moves > budget) continue;
-        changes.clear();
-        changes.add(heavy, shares_.share(a, count(a), index_a), -1.0);
-        changes.add(rank_b, shares_.share(a, count(a), index_a), 1.0);
-        changes.add(rank_b, shares_.share(b, count(b), index_b), -1.0);
-        changes.add(heavy, shares_.share(b, count(b), index_b), 1.0);
-        Step step;
-        step.gain = gain(changes);
-        step.moves = moves;
-        if (step.gain <= epsilon()) continue;
-        step.expert_a = a;
-        step.row_a = row_a;
-        step.row_a[index_a] = slot_b;
-        step.expert_b = b;
-        step.row_b = row_b;
-        step.row_b[index_b] = slot_a;
-        consider(best, step, min_gain_per_move);
-      }
+      const std::int32_t slot_a = heavy_slot(a);
+      for (std::int32_t slot_b = 0; slot_b < num_slots; ++slot_b) swap(slot_a, slot_b);
     }
   }
-  // Replacements (one move, plus the replicas that shift in their rows): the
-  // replica of expert a at `slot` becomes a new replica of expert b (a's
-  // count goes down one, b's up one).
-  std::vector<std::int32_t> row_a, row_b;  // reused: no allocation per candidate
-  const auto consider_replacement = [&](std::int32_t slot, std::int64_t a, std::int64_t b) {
-    if (!can_replace(slot, a, b)) return;
-    row_a.assign(rows_[a].begin(), rows_[a].end());
-    row_a.erase(std::find(row_a.begin(), row_a.end(), slot));
-    const std::int64_t moves_a = changed_in_row(a, row_a) - changed_in_row(a, rows_[a]);
-    const std::int64_t moves_b_before = changed_in_row(b, rows_[b]);
-    // The new replica may serve any source group: try every position.
-    const std::int64_t last = by_rank ? 0 : count(b);
-    for (std::int64_t position = count(b); position >= last; --position) {
-      row_b.assign(rows_[b].begin(), rows_[b].end());
-      row_b.insert(row_b.begin() + position, slot);
-      const std::int64_t moves = moves_a + changed_in_row(b, row_b) - moves_b_before;
-      if (budget >= 0 && moves > budget) continue;
-      changes.clear();
-      add_row(changes, a, rows_[a], -1.0);
-      add_row(changes, a, row_a, 1.0);
-      add_row(changes, b, rows_[b], -1.0);
-      add_row(changes, b, row_b, 1.0);
-      const double step_gain = gain(changes);
-      if (step_gain <= epsilon()) continue;
-      Step step;
-      step.gain = step_gain;
-      step.moves = moves;
-      step.expert_a = a;
-      step.row_a = row_a;
-      step.expert_b = b;
-      step.row_b = row_b;
-      consider(best, step, min_gain_per_move);
-    }
-  };
-  if (budget < 0 || budget >= 1) {
-    // A hot expert of the costliest rank gains a replica elsewhere ...
+  // ... gain a replica in another expert's slot, or give theirs up (one move).
+  if (left < 0 || left >= 1) {
     for (const std::int64_t b : heavy_experts) {
-      for (std::int32_t slot = 0; slot < static_cast<std::int32_t>(slot_expert_.size()); ++slot) {
-        consider_replacement(slot, slot_expert_[static_cast<std::size_t>(slot)], b);
-      }
+      for (std::int32_t slot = 0; slot < num_slots; ++slot) replace(slot, b);
     }
-    // ... or a replica on the costliest rank gives its slot to another expert.
     for (std::int32_t slot = static_cast<std::int32_t>(heavy * slots_per_rank_);
          slot < static_cast<std::int32_t>((heavy + 1) * slots_per_rank_); ++slot) {
-      for (std::int64_t b = 0; b < num_experts_; ++b) {
-        consider_replacement(slot, slot_expert_[static_cast<std::size_t>(slot)], b);
-      }
+      for (std::int64_t b = 0; b < num_experts_; ++b) replace(slot, b);
     }
   }
-  return best;
 }
 
 void Editor::improve(std::int64_t budget, double move_cost) {
+  RankChanges changes;
   // Each step lowers the costliest rank or the excess of the ranks it
   // touches; the cap guards against plateaus.
   for (std::int64_t iteration = 0; iteration < 8 * world_size_ * slots_per_rank_; ++iteration) {
     const std::int64_t used = moves();
     const std::int64_t left = budget < 0 ? -1 : std::max<std::int64_t>(0, budget - used);
     sort_ranks();
-    const Step step = best_step(left, move_cost * mean_load_);
-    if (step.expert_a < 0) break;
-    apply(step);
+    const double min_gain_per_move = move_cost * mean_load_;
+    // The judge: the proxy gain around the costliest rank, per move.
+    Step best;
+    for_each_step(order_[0], left, [&](const Candidate& candidate) {
+      changes.clear();
+      add_changes(candidate, changes);
+      const double step_gain = gain(changes);
+      if (step_gain <= epsilon()) return;
+      Step step = rows_of(candidate);
+      step.gain = step_gain;
+      consider(best, step, min_gain_per_move);
+    });
+    if (best.expert_a < 0) break;
+    apply(best);
   }
 }
 
@@ -531,88 +627,31 @@ void Editor::improve(std::int64_t budget, double move_cost) {
 // costliest rank that improve() uses on large layers. A step may also undo
 // an earlier move (it then frees one).
 void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
-  const bool by_rank = request_.balance_mode == BalanceMode::kByRank;
-  const auto num_slots = static_cast<std::int32_t>(slot_expert_.size());
+  const auto num_slots = static_cast<std::int64_t>(slot_expert_.size());
   std::vector<Load> trial;
   RankChanges changes;
-  Step best;
-  double best_value = 0.0;
-  std::int64_t used = 0;
-  // Keeps `step` when it lowers E[max] / mean + move_cost * moves.
-  const auto try_step = [&](Step& step) {
-    const std::int64_t after = used + step.moves;
-    if (budget >= 0 && after > budget) return;
-    changes.clear();
-    add_row(changes, step.expert_a, rows_[step.expert_a], -1.0);
-    add_row(changes, step.expert_a, step.row_a, 1.0);
-    if (step.expert_b >= 0) {
-      add_row(changes, step.expert_b, rows_[step.expert_b], -1.0);
-      add_row(changes, step.expert_b, step.row_b, 1.0);
-    }
-    trial = rank_load_;
-    for (const auto& [rank, delta] : changes.list()) {
-      trial[rank].mean += delta.mean;
-      trial[rank].variance += delta.variance;
-    }
-    const double value = forecast_balance(trial).expected + move_cost * static_cast<double>(after);
-    if (value < best_value - 1e-9) {
-      best_value = value;
-      best = step;
-    }
-  };
   for (std::int64_t iteration = 0; iteration < 4 * num_slots; ++iteration) {
-    used = moves();
-    best = Step{};
-    best_value = forecast_balance(rank_load_).expected + move_cost * static_cast<double>(used);
-    Step step;
-    // Reorders (two moves): two replicas of an expert trade source groups.
-    for (std::int64_t a = 0; by_rank && a < num_experts_; ++a) {
-      for (std::int64_t i = 0; i < count(a); ++i) {
-        for (std::int64_t j = i + 1; j < count(a); ++j) {
-          step = Step{};
-          step.expert_a = a;
-          step.row_a = rows_[a];
-          std::swap(step.row_a[i], step.row_a[j]);
-          step.moves = step_moves(step);
-          try_step(step);
-        }
+    const std::int64_t used = moves();
+    const std::int64_t left = budget < 0 ? -1 : std::max<std::int64_t>(0, budget - used);
+    double best_value =
+        forecast_balance(rank_load_).expected + move_cost * static_cast<double>(used);
+    // The judge: E[max] / mean + move_cost * moves, the objective itself.
+    Step best;
+    for_each_step(-1, left, [&](const Candidate& candidate) {
+      changes.clear();
+      add_changes(candidate, changes);
+      trial = rank_load_;
+      for (const auto& [rank, delta] : changes.list()) {
+        trial[rank].mean += delta.mean;
+        trial[rank].variance += delta.variance;
       }
-    }
-    for (std::int32_t slot = 0; slot < num_slots; ++slot) {
-      const std::int64_t a = slot_expert_[static_cast<std::size_t>(slot)];
-      const std::int64_t rank = rank_of(slot);
-      // Replacements (one move): the replica of a at `slot` becomes b's.
-      for (std::int64_t b = 0; b < num_experts_; ++b) {
-        if (!can_replace(slot, a, b)) continue;
-        const std::int64_t last = by_rank ? 0 : count(b);
-        for (std::int64_t position = count(b); position >= last; --position) {
-          step = Step{};
-          step.expert_a = a;
-          step.row_a = rows_[a];
-          step.row_a.erase(std::find(step.row_a.begin(), step.row_a.end(), slot));
-          step.expert_b = b;
-          step.row_b = rows_[b];
-          step.row_b.insert(step.row_b.begin() + position, slot);
-          step.moves = step_moves(step);
-          try_step(step);
-        }
+      const double value = forecast_balance(trial).expected +
+                           move_cost * static_cast<double>(used + candidate.moves);
+      if (value < best_value - 1e-9) {
+        best_value = value;
+        best = rows_of(candidate);
       }
-      // Swaps: the experts of `slot` and a later slot on another rank trade.
-      for (std::int32_t other = slot + 1; other < num_slots; ++other) {
-        const std::int64_t b = slot_expert_[static_cast<std::size_t>(other)];
-        const std::int64_t other_rank = rank_of(other);
-        if (!can_swap(a, rank, b, other_rank)) continue;
-        step = Step{};
-        step.expert_a = a;
-        step.row_a = rows_[a];
-        *std::find(step.row_a.begin(), step.row_a.end(), slot) = other;
-        step.expert_b = b;
-        step.row_b = rows_[b];
-        *std::find(step.row_b.begin(), step.row_b.end(), other) = slot;
-        step.moves = step_moves(step);
-        try_step(step);
-      }
-    }
+    });
     if (best.expert_a < 0) break;
     apply(best);
   }
