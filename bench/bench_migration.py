@@ -46,7 +46,6 @@ import moe_eplb
 from moe_eplb import PreparedTable
 from moe_eplb.distributed import EplbRuntime, ExpertParallelMoE
 from moe_eplb.distributed import demo
-from moe_eplb.distributed.moe import slot_experts
 
 # The drifting family of scenario.cpp's window suite: name, experts, top-k,
 # world size, slots per rank, ranks per node (0: one node), popularity, skew,
@@ -90,7 +89,8 @@ def drifting_windows(rng, num_experts, top_k, world_size, popularity, skew, drif
 def naive_moves(old, new, world_size, slots_per_rank, ranks_per_node):
     """Every changed slot receives from the expert's first old holder."""
     num_slots = world_size * slots_per_rank
-    before, after = slot_experts(old, num_slots), slot_experts(new, num_slots)
+    before = moe_eplb.slot_experts(old, world_size, slots_per_rank).tolist()
+    after = moe_eplb.slot_experts(new, world_size, slots_per_rank).tolist()
     first_holder = {}
     for slot, expert in enumerate(before):
         first_holder.setdefault(expert, slot)

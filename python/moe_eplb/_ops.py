@@ -191,6 +191,30 @@ def update_expert_pruned(
     )
 
 
+# Odd 64-bit constants (as signed int64) for table_fingerprint()'s mixing.
+_MIX = (-7046029254386353131, -4658895280553007687, -7723592293110705685)
+
+
+def table_fingerprint(eplb_table):
+    """A one-element int64 tensor on the table's device that names an (E, F)
+    table's routing: its counts and each row's replica slots in order;
+    columns past a row's count are ignored, so padding and F do not matter.
+    Torch ops only (CPU, CUDA, inside CUDA graphs), no host synchronisation;
+    every process computes the same value. Not cryptographic: it tells
+    tables apart that a caller passed by mistake (rows swapped, another
+    rebalance's table), not an adversary's."""
+    table = eplb_table.to(torch.int64)
+    num_experts, num_columns = table.shape
+    column = torch.arange(num_columns, device=table.device)
+    live = (column.unsqueeze(0) <= table[:, :1]) | (column == 0).unsqueeze(0)
+    row = torch.arange(num_experts, device=table.device).unsqueeze(1)
+    mixed = (row * 1000003 + column) * _MIX[0] + (table & 0xFFFFFFFF)
+    mixed = (mixed ^ (mixed >> 31)) * _MIX[1]
+    mixed = (mixed ^ (mixed >> 29)) * _MIX[2]
+    mixed = mixed ^ (mixed >> 32)
+    return (mixed * live).sum().reshape(1)
+
+
 class PreparedTable:
     """A validated EPLB table precomputed for one rank: mapping is one gather.
 
@@ -221,6 +245,10 @@ class PreparedTable:
         routes: int32 (E, 1) in rank mode (the slot this rank uses for each
             expert) or (E, F) in token mode ([count, slots..., -1 padding]).
         num_physical_experts: the resolved slot count.
+        fingerprint: one-element int64 tensor beside the routes,
+            table_fingerprint() of the table in force, updated in place with
+            it (moe_eplb.distributed.dispatch() checks with it that every rank
+            routes through the same table, also inside CUDA graphs).
     """
 
     def __init__(
@@ -246,6 +274,7 @@ class PreparedTable:
         self._table = owner(eplb_table, local_rank_id, world_size, balance_mode,
                             num_physical_experts, profile, index)
         self.routes = self._table.routes()
+        self.fingerprint = table_fingerprint(eplb_table).to(self.routes.device)
         self.num_physical_experts = self._table.num_physical_experts()
         self.local_rank_id = local_rank_id
         self.world_size = world_size
@@ -275,6 +304,8 @@ class PreparedTable:
         """Validates `eplb_table` (same shape as the first one) and installs it
         in place. Raises ValueError, keeping the current table, if it is invalid."""
         self._table.update(eplb_table)
+        with torch.inference_mode():  # in place, whichever mode made it
+            self.fingerprint.copy_(table_fingerprint(eplb_table))
 
     def report(self):
         """The warnings validation found in the latest table, one per line."""

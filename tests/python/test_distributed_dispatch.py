@@ -10,6 +10,7 @@ return; ranks collect mismatches instead of raising, so that they stay in
 step through the collectives and the test reports all of them.
 """
 import re
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 import moe_eplb
-from moe_eplb.distributed import DispatchHandle, combine, dispatch
+from moe_eplb.distributed import PADDING_ROW, DispatchHandle, combine, dispatch
 from dist_harness import expect_all_ok, run_ranks
 from reference import reference_update_expert
 
@@ -77,7 +78,8 @@ def make_case(seed, world_size, num_shared, balance_mode, id_dtype, tokens="rand
         ))
     return dict(
         world_size=world_size, num_shared=num_shared, balance_mode=balance_mode,
-        slots_per_rank=slots_per_rank, table=table, ranks=ranks,
+        slots_per_rank=slots_per_rank, table=table, ranks=ranks, top_k=top_k,
+        max_tokens=max(1, int(num_tokens.max())),
         # expert p computes x * scale[p] + bias[p]; index num_slots is the shared expert
         scale=torch.from_numpy(rng.random(num_slots + 1) + 0.5),
         bias=torch.from_numpy(rng.standard_normal(num_slots + 1)),
@@ -164,11 +166,43 @@ def run_experts(case, rank, recv_hidden, recv_slot):
     return out
 
 
+# Row dtypes the transport must move bit-exact: float64 (computed exactly by
+# the reference), then formats gloo itself lacks or that travel in pairs.
+ROW_FORMATS = ("float64", "bfloat16", "float16", "int8+scales")
+
+
+def hidden_in(hidden, row_format):
+    """A rank's float64 hidden rows in a row format: a tensor, or a tuple
+    (int8 values, float32 per-token scales) as quantized dispatch sends."""
+    if row_format == "float64":
+        return hidden
+    if row_format == "int8+scales":
+        scales = hidden.abs().amax(dim=1, keepdim=True).float() / 127 + 1e-3
+        return ((hidden / scales).round().clamp(-127, 127).to(torch.int8), scales)
+    return hidden.to(getattr(torch, row_format))
+
+
+def bitwise_equal(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
 def check_case(case, rank, group, failures, name, prepared=False, load_dtype=torch.int64,
-               strided=False, device="cpu"):
+               strided=False, device="cpu", capacity=None, checked=None, row_format="float64",
+               inference=False):
     """One dispatch -> experts -> combine round on `group` (every member
     calls it with the same case); appends mismatches to failures. strided:
-    hidden, topk_ids and topk_weights as non-contiguous views."""
+    hidden, topk_ids and topk_weights as non-contiguous views; capacity:
+    max_tokens_per_rank (capacity mode); row_format: the rows' format (the
+    experts and combine then run on the rows cast back to float64, so the
+    output stays exact); inference: everything inside torch.inference_mode()."""
+    with torch.inference_mode(inference):
+        _check_case(case, rank, group, failures, name, prepared, load_dtype, strided, device,
+                    capacity, checked, row_format)
+
+
+def _check_case(case, rank, group, failures, name, prepared, load_dtype, strided, device,
+                capacity, checked, row_format):
     inputs = case["ranks"][rank]
     hidden, topk_ids, topk_weights = (inputs[name].to(device)
                                       for name in ("hidden", "topk_ids", "topk_weights"))
@@ -176,6 +210,7 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
         hidden = torch.stack([hidden, -hidden], dim=2)[:, :, 0]
         topk_ids = topk_ids.t().contiguous().t()
         topk_weights = topk_weights.t().contiguous().t()
+    sent = hidden_in(hidden, row_format)
     moe_world_size = case["world_size"] - case["num_shared"]
     num_slots = moe_world_size * case["slots_per_rank"]
     table = case["table"].to(device)
@@ -185,23 +220,47 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
                                        num_physical_experts=num_slots)
     load_counts = torch.full((num_slots,), 5, dtype=load_dtype, device=device)
     recv_hidden, recv_slot, handle = dispatch(
-        hidden, topk_ids, table, slots_per_rank=case["slots_per_rank"],
+        sent, topk_ids, table, slots_per_rank=case["slots_per_rank"],
         balance_mode=case["balance_mode"], group=group, load_counts=load_counts,
-        shared_expert_rank_num=case["num_shared"])
+        shared_expert_rank_num=case["num_shared"], max_tokens_per_rank=capacity,
+        checked=checked)
     expected_hidden, expected_slot = reference_received(case, rank)
     context = "%s, rank %d" % (name, rank)
-    if not isinstance(handle, DispatchHandle) or handle.num_received != len(recv_hidden):
+    received = list(recv_hidden) if isinstance(recv_hidden, tuple) else [recv_hidden]
+    if not isinstance(handle, DispatchHandle) or any(r.shape[0] != handle.num_received
+                                                     for r in received):
         failures.append("%s: handle %r" % (context, handle))
-    if recv_hidden.device != hidden.device or recv_slot.device != hidden.device:
-        failures.append("%s: outputs on %s and %s" % (context, recv_hidden.device,
+    if any(r.device != hidden.device for r in received) or recv_slot.device != hidden.device:
+        failures.append("%s: outputs on %s and %s" % (context, [r.device for r in received],
                                                       recv_slot.device))
-    recv_hidden, recv_slot = recv_hidden.cpu(), recv_slot.cpu()
+    received, recv_slot = [r.cpu() for r in received], recv_slot.cpu()
+    if capacity is not None:  # compact each source's block; padding must be PADDING_ROW
+        block = capacity * case["top_k"]
+        keep = []
+        for source in range(case["world_size"]):
+            rows = recv_slot[source * block:(source + 1) * block]
+            count = int((rows != PADDING_ROW).sum())
+            if not (rows[count:] == PADDING_ROW).all():
+                failures.append("%s: padding of source %d is not at its block's end: %s"
+                                % (context, source, rows.tolist()))
+            keep += list(range(source * block, source * block + count))
+        keep = torch.tensor(keep, dtype=torch.int64)
+        received = [r.index_select(0, keep) for r in received]
+        full_slot, recv_slot = recv_slot, recv_slot.index_select(0, keep)
     if not (recv_slot.dtype == torch.int64 and torch.equal(recv_slot, expected_slot)):
         failures.append("%s: recv_slot %s, expected %s" % (context, recv_slot.tolist(),
                                                           expected_slot.tolist()))
-    if not torch.equal(recv_hidden, expected_hidden):
-        failures.append("%s: recv_hidden %s, expected %s" % (context, recv_hidden.tolist(),
-                                                            expected_hidden.tolist()))
+    expected_rows = hidden_in(expected_hidden, row_format)
+    expected_rows = list(expected_rows) if isinstance(expected_rows, tuple) else [expected_rows]
+    if len(received) != len(expected_rows) or not all(
+            bitwise_equal(r, e) for r, e in zip(received, expected_rows)):
+        failures.append("%s: recv_hidden %s, expected %s" % (
+            context, [r.tolist() for r in received], [e.tolist() for e in expected_rows]))
+    expected_counts = torch.zeros(case["slots_per_rank"], dtype=torch.int64).scatter_add_(
+        0, expected_slot.clamp(min=0), (expected_slot >= 0).long())
+    if not torch.equal(handle.slot_counts.cpu(), expected_counts):
+        failures.append("%s: slot_counts %s, expected %s" % (
+            context, handle.slot_counts.tolist(), expected_counts.tolist()))
     expected_load = reference_load(case, rank) + 5
     load_counts = load_counts.cpu()
     if load_counts.dtype != load_dtype or not torch.equal(load_counts.long(), expected_load):
@@ -212,8 +271,12 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
                        expected_physical):
         failures.append("%s: handle.physical_ids %s, expected %s" % (
             context, handle.physical_ids.tolist(), expected_physical.tolist()))
-    expert_out = run_experts(case, rank, recv_hidden, recv_slot).to(device)
-    out = combine(expert_out, handle, topk_weights).cpu()
+    rows = expected_hidden if row_format != "float64" else received[0]
+    expert_out = run_experts(case, rank, rows, recv_slot)
+    if capacity is not None:  # back to the padded layout dispatch returned
+        padded = torch.full((full_slot.shape[0], HIDDEN_SIZE), float("nan"), dtype=torch.float64)
+        expert_out = padded.index_copy_(0, keep, expert_out)
+    out = combine(expert_out.to(device), handle, topk_weights).cpu()
     expected = reference_output(case, rank)
     if not (out.dtype == torch.float64 and torch.equal(out, expected)):
         failures.append("%s: combine %s, expected %s" % (context, out.tolist(), expected.tolist()))
@@ -221,7 +284,8 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
 
 def sweep(rank, world_size, group, seed, failures):
     """Random cases: both modes, every shared-expert count this size allows
-    (up to 2), id dtypes, token patterns, raw and prepared tables."""
+    (up to 2), id dtypes, token patterns, raw and prepared tables, uneven and
+    capacity mode (checked and not), row formats, inside inference mode."""
     index = 0
     for balance_mode in (0, 1):
         for num_shared in range(min(3, world_size)):
@@ -231,11 +295,16 @@ def sweep(rank, world_size, group, seed, failures):
                 id_dtype = (torch.int32, torch.int64)[index % 2]
                 case = make_case(seed + index, world_size, num_shared, balance_mode, id_dtype,
                                  tokens)
-                name = "%d ranks, case %d (mode %d, shared %d, %s, %s)" % (
-                    world_size, index, balance_mode, num_shared, tokens, id_dtype)
+                capacity = case["max_tokens"] + index % 2 if index % 3 != 2 else None
+                checked = False if capacity is not None and index % 3 == 1 else None
+                row_format = ROW_FORMATS[index % len(ROW_FORMATS)]
+                name = "%d ranks, case %d (mode %d, shared %d, %s, %s, capacity %s%s, %s)" % (
+                    world_size, index, balance_mode, num_shared, tokens, id_dtype, capacity,
+                    " unchecked" if checked is False else "", row_format)
                 check_case(case, rank, group, failures, name, prepared=index % 3 == 1,
                            load_dtype=(torch.int64, torch.int32)[index % 4 // 2],
-                           strided=index % 5 == 2)
+                           strided=index % 5 == 2, capacity=capacity, checked=checked,
+                           row_format=row_format, inference=index % 2 == 1)
                 index += 1
     return index
 
@@ -268,7 +337,7 @@ def check_hand_worked(rank, group, failures):
 
 
 def dispatch_error_inputs(case, rank):
-    """(argument overrides, message pattern): each bad on every rank alike."""
+    """(argument named, argument overrides, message pattern) for a rank."""
     inputs = case["ranks"][rank]
     hidden, ids, table = inputs["hidden"], inputs["topk_ids"], case["table"]
     num_slots = (case["world_size"] - case["num_shared"]) * case["slots_per_rank"]
@@ -277,30 +346,40 @@ def dispatch_error_inputs(case, rank):
     other_mode = moe_eplb.PreparedTable(table, -1, -1, balance_mode=1,
                                         num_physical_experts=num_slots)
     return [
-        (dict(hidden=hidden[:, 0]), r"hidden must be \(T, H\), got shape"),
-        (dict(hidden=hidden.long()), r"hidden must be floating point, got torch.int64"),
-        (dict(hidden=list(hidden)), r"hidden must be a tensor"),
-        (dict(topk_ids=ids.double()), r"topk_ids must be int32 or int64, got torch.float64"),
-        (dict(topk_ids=torch.zeros(len(hidden) + 1, 2, dtype=torch.int64)),
+        ("hidden", dict(hidden=hidden[:, 0]), r"hidden must be \(T, H\), got shape"),
+        ("hidden", dict(hidden=hidden > 0), r"hidden must be a dense strided tensor of numbers, "
+                                            r"got torch.bool"),
+        ("hidden", dict(hidden=[1.0, 2.0]), r"hidden must be a tensor \(T, H\) or a tuple"),
+        ("hidden", dict(hidden=(hidden, torch.zeros(len(hidden) + 1, 2))),
+         r"hidden\[1\] must be \(T, \.\.\.\) with T = %d" % len(hidden)),
+        ("topk_ids", dict(topk_ids=ids.double()), r"topk_ids must be int32 or int64, got "
+                                                  r"torch.float64"),
+        ("topk_ids", dict(topk_ids=torch.zeros(len(hidden) + 1, 2, dtype=torch.int64)),
          r"topk_ids must be \(T, K\) with T = %d" % len(hidden)),
-        (dict(topk_ids=ids[:, :0]), r"topk_ids must be \(T, K\) .* K >= 1"),
-        (dict(table=table.long()), r"table must be int32, got torch.int64"),
-        (dict(table=table[0]), r"table must be \(E, F\) int32"),
-        (dict(table=torch.ones(num_slots + 1, 2, dtype=torch.int32)),
+        ("topk_ids", dict(topk_ids=ids[:, :0]), r"topk_ids must be \(T, K\) .* K >= 1"),
+        ("table", dict(table=table.double()), r"table must be int32 \(or int64 with int32 "
+                                              r"values\), got torch.float64"),
+        ("table", dict(table=table[0]), r"table must be \(E, F\) int32"),
+        ("table", dict(table=torch.ones(num_slots + 1, 2, dtype=torch.int32)),
          r"table must be \(E, F\) with 1 <= E <= %d" % num_slots),
-        (dict(table=table[:, :1]), r"table must be \(E, F\) .* F >= 2, got shape \(\d+, 1\)"),
-        (dict(table=other_rank), r"table is a PreparedTable for local_rank_id"),
-        (dict(table=other_mode), r"table is a PreparedTable for balance_mode 1"),
-        (dict(slots_per_rank=0), r"slots_per_rank must be an integer in 1\.\.\d+, got 0"),
-        (dict(slots_per_rank=2.0), r"slots_per_rank must be an integer"),
-        (dict(balance_mode=2), r"balance_mode must be an integer in 0\.\.1, got 2"),
-        (dict(shared_expert_rank_num=case["world_size"]),
+        ("table", dict(table=table[:, :1]), r"table must be \(E, F\) .* F >= 2, got shape "
+                                            r"\(\d+, 1\)"),
+        ("table", dict(table=other_rank), r"table is a PreparedTable for local_rank_id"),
+        ("table", dict(table=other_mode), r"table is a PreparedTable for balance_mode 1"),
+        ("slots_per_rank", dict(slots_per_rank=0), r"slots_per_rank must be an integer in "
+                                                   r"1\.\.\d+, got 0"),
+        ("slots_per_rank", dict(slots_per_rank=2.0), r"slots_per_rank must be an integer"),
+        ("balance_mode", dict(balance_mode=2), r"balance_mode must be an integer in 0\.\.1, "
+                                               r"got 2"),
+        ("shared_expert_rank_num", dict(shared_expert_rank_num=case["world_size"]),
          r"shared_expert_rank_num must be an integer in 0\.\.%d" % (case["world_size"] - 1)),
-        (dict(load_counts=torch.zeros(num_slots + 1, dtype=torch.int64)),
+        ("load_counts", dict(load_counts=torch.zeros(num_slots + 1, dtype=torch.int64)),
          r"load_counts must have %d elements" % num_slots),
-        (dict(load_counts=torch.zeros(num_slots)), r"load_counts must be int32 or int64"),
-        (dict(load_counts=torch.zeros(2 * num_slots, dtype=torch.int64)[::2]),
-         r"load_counts must be contiguous"),
+        ("load_counts", dict(load_counts=torch.zeros(num_slots)),
+         r"load_counts must be int32 or int64"),
+        ("max_tokens_per_rank", dict(max_tokens_per_rank=0),
+         r"max_tokens_per_rank must be an integer in 1\.\."),
+        ("checked", dict(checked=False), r"checked=False needs capacity mode"),
     ]
 
 
@@ -314,53 +393,105 @@ def expect_value_error(failures, context, pattern, call):
         failures.append("%s: no ValueError" % context)
 
 
+def expect_raises(failures, context, error_type, pattern, call, limit_s=5.0):
+    """call() must raise error_type matching pattern, within limit_s seconds
+    (a peer that waited for the group's timeout would take far longer)."""
+    started = time.monotonic()
+    try:
+        call()
+        failures.append("%s: no error" % context)
+    except error_type as error:
+        if not re.search(pattern, str(error)):
+            failures.append("%s: %r does not match %r" % (context, str(error), pattern))
+    except Exception as error:  # reported, so that the ranks stay in step
+        failures.append("%s: %s: %s" % (context, type(error).__name__, error))
+    seconds = time.monotonic() - started
+    if seconds > limit_s:
+        failures.append("%s: took %.1f s" % (context, seconds))
+
+
 def check_errors(rank, world_size, group, seed, failures):
-    """Bad arguments raise ValueError on every rank before communicating
-    (the collectives that follow would hang or mismatch otherwise); ranks
-    that disagree, or an id one rank cannot map, raise on every rank."""
-    case = make_case(seed, world_size, 0, 0, torch.int64)
+    """A bad argument on one rank (the others pass good ones) raises
+    ValueError on every rank within the one header exchange: the bad rank's
+    names the argument, the others name the rank and the argument. Ranks that
+    disagree (tables, sizes, dtypes, K), an id one rank cannot map, combines
+    out of step or of another dispatch: every rank raises. Then all are still
+    in step."""
+    for offset in range(1000):  # a case whose table rows 0 and 1 differ (to swap them)
+        case = make_case(seed + offset, world_size, 0, 0, torch.int64)
+        if len(case["table"]) >= 2 and not torch.equal(case["table"][0], case["table"][1]):
+            break
     inputs = case["ranks"][rank]
     arguments = dict(hidden=inputs["hidden"], topk_ids=inputs["topk_ids"], table=case["table"],
                      slots_per_rank=case["slots_per_rank"], group=group)
-    for overrides, pattern in dispatch_error_inputs(case, rank):
-        bad = dict(arguments, **overrides)
-        expect_value_error(failures, "%d ranks, dispatch(%s), rank %d" % (
-                               world_size, sorted(overrides), rank),
-                           r"^dispatch\(\): " + pattern, lambda: dispatch(**bad))
+    for index, (argument, overrides, pattern) in enumerate(dispatch_error_inputs(case, rank)):
+        bad_rank = index % world_size
+        context = "%d ranks, dispatch(%s) bad on rank %d, rank %d" % (
+            world_size, sorted(overrides), bad_rank, rank)
+        expected = r"^dispatch\(\): " + (pattern if rank == bad_rank else
+                                          r"rank %d rejected its argument %s \(its error says "
+                                          r"why\); no rows were exchanged" % (bad_rank, argument))
+        call_arguments = dict(arguments, **overrides) if rank == bad_rank else arguments
+        expect_raises(failures, context, ValueError, expected, lambda: dispatch(**call_arguments))
 
-    # combine: a valid dispatch, then bad arguments, then the valid combine
+    # combine: a bad argument on one rank; then the valid combine
     recv_hidden, _, handle = dispatch(**arguments)
     weights = inputs["topk_weights"]
-    for name, call, pattern in [
-        ("rows", lambda: combine(torch.zeros(handle.num_received + 1, HIDDEN_SIZE,
-                                             dtype=torch.float64), handle, weights),
+    for index, (argument, call, pattern) in enumerate([
+        ("expert_out", lambda: combine(torch.zeros(handle.num_received + 1, HIDDEN_SIZE,
+                                                   dtype=torch.float64), handle, weights),
          r"expert_out must have N = %d rows" % handle.num_received),
-        ("dtype", lambda: combine(recv_hidden.long(), handle, weights),
+        ("expert_out", lambda: combine(recv_hidden.long(), handle, weights),
          r"expert_out must be floating point"),
-        ("1-D", lambda: combine(recv_hidden.reshape(-1), handle, weights),
+        ("expert_out", lambda: combine(recv_hidden.reshape(-1), handle, weights),
          r"expert_out must be \(N, H\) with N = %d" % handle.num_received),
-        ("weights shape", lambda: combine(recv_hidden, handle, weights.t()[:, :, None]),
+        ("topk_weights", lambda: combine(recv_hidden, handle, weights.t()[:, :, None]),
          r"topk_weights must be \(T, K\)"),
-        ("weights rows", lambda: combine(recv_hidden, handle, torch.zeros(len(weights) + 1,
+        ("topk_weights", lambda: combine(recv_hidden, handle, torch.zeros(len(weights) + 1,
                                                                           weights.shape[1])),
          r"topk_weights must be \(T, K\) = \(%d, %d\), got shape" % tuple(weights.shape)),
-        ("weights dtype", lambda: combine(recv_hidden, handle, weights.long()),
+        ("topk_weights", lambda: combine(recv_hidden, handle, weights.long()),
          r"topk_weights must be floating point"),
-        ("handle", lambda: combine(recv_hidden, None, weights),
-         r"handle must be the DispatchHandle"),
-    ]:
-        expect_value_error(failures, "%d ranks, combine %s, rank %d" % (world_size, name, rank),
-                           r"^combine\(\): " + pattern, call)
+    ]):
+        bad_rank = index % world_size
+        expected = r"^combine\(\): " + (pattern if rank == bad_rank else
+                                         r"rank %d rejected its argument %s" % (bad_rank, argument))
+        expect_raises(failures, "%d ranks, combine %d bad on rank %d, rank %d" % (
+            world_size, index, bad_rank, rank), ValueError, expected,
+            call if rank == bad_rank else lambda: combine(recv_hidden, handle, weights))
+    expect_value_error(failures, "combine(handle=None)", r"^combine\(\): handle must be the "
+                       r"DispatchHandle", lambda: combine(recv_hidden, None, weights))
     combine(recv_hidden, handle, weights)
+    # The same handle again: every rank refuses (each dispatch is combined once).
+    expect_raises(failures, "%d ranks, combined twice, rank %d" % (world_size, rank), ValueError,
+                  r"rank 0 rejected its argument handle|handle was already combined",
+                  lambda: combine(recv_hidden, handle, weights))
 
-    # what only the ranks together see: every rank raises, then all are still in step
+    # What only the ranks together see: every rank raises, then all are still in step.
+    swapped = case["table"].clone()
+    swapped[[0, 1]] = swapped[[1, 0]]  # two rows swapped on rank 1 only
+    last = world_size - 1
     for name, overrides, error_type, pattern in [
+        ("table rows swapped on rank 1", dict(table=swapped if rank == 1 else case["table"]),
+         ValueError, r"the ranks disagree on the table \(its counts and replica slots\) "
+                     r"\(ranks \[1\] differ from rank 0\)"),
         ("hidden size", dict(hidden=torch.zeros(len(inputs["hidden"]), 1 + (rank == 0),
                                                 dtype=torch.float64)),
          ValueError, r"ranks disagree on hidden size \(by rank: \[2, 1"),
-        ("hidden dtype",
-         dict(hidden=inputs["hidden"].to((torch.float64, torch.float32)[rank == 1])),
-         ValueError, r"ranks disagree on hidden dtype"),
+        ("hidden dtype (bfloat16 on rank 1)",
+         dict(hidden=inputs["hidden"].to((torch.float64, torch.bfloat16)[rank == 1])),
+         ValueError, r"ranks disagree on hidden's dtypes and row shapes \(ranks \[1\] differ"),
+        ("K", dict(topk_ids=torch.cat([inputs["topk_ids"], inputs["topk_ids"][:, :1]], dim=1)
+                   if rank == last else inputs["topk_ids"]),
+         ValueError, r"ranks disagree on K \(topk_ids' columns\)"),
+        ("capacity mode on one rank", dict(max_tokens_per_rank=8 if rank == 0 else None),
+         ValueError, r"ranks disagree on max_tokens_per_rank"),
+        ("too many tokens for the capacity on rank 1", dict(
+            max_tokens_per_rank=1 if rank == 1 else 2,
+            hidden=torch.zeros(2, HIDDEN_SIZE, dtype=torch.float64),
+            topk_ids=torch.zeros(2, 1, dtype=torch.int64)),
+         ValueError, r"this rank has T = 2 tokens, more than max_tokens_per_rank = 1" if rank == 1
+         else r"rank 1 rejected its argument max_tokens_per_rank"),
         ("slots_per_rank", dict(slots_per_rank=case["slots_per_rank"] + (rank == 1),
                                 table=case["table"][:1],
                                 topk_ids=torch.zeros_like(inputs["topk_ids"])),
@@ -369,14 +500,67 @@ def check_errors(rank, world_size, group, seed, failures):
                                   hidden=torch.zeros(2, HIDDEN_SIZE, dtype=torch.float64)),
          IndexError, r"rank\(s\) \[1\] had topk_ids elements the table cannot map"),
     ]:
-        try:
-            dispatch(**dict(arguments, **overrides))
-            failures.append("%d ranks, %s, rank %d: no error" % (world_size, name, rank))
-        except error_type as error:
-            if not re.search(pattern, str(error)):
-                failures.append("%d ranks, %s, rank %d: %r does not match %r" % (
-                    world_size, name, rank, str(error), pattern))
+        expect_raises(failures, "%d ranks, %s, rank %d" % (world_size, name, rank), error_type,
+                      pattern, lambda: dispatch(**dict(arguments, **overrides)))
+
+    # combine: widths or dtypes that differ, and handles of different dispatches.
+    recv_hidden, _, handle = dispatch(**arguments)
+    for name, expert_out, pattern in [
+        ("width", torch.zeros(handle.num_received, HIDDEN_SIZE + (rank == 1),
+                              dtype=torch.float64), r"disagree on expert_out's width"),
+        ("dtype", recv_hidden.to((torch.float64, torch.bfloat16)[rank == last]),
+         r"disagree on expert_out's dtype"),
+    ]:
+        expect_raises(failures, "%d ranks, combine %s differs, rank %d" % (world_size, name, rank),
+                      ValueError, pattern, lambda: combine(expert_out, handle, weights))
+    # Two micro-batches; rank 0 combines the second while the others combine the first.
+    second_hidden, _, second = dispatch(**arguments)
+    mine = (second, second_hidden) if rank == 0 else (handle, recv_hidden)
+    expect_raises(failures, "%d ranks, micro-batches out of step, rank %d" % (world_size, rank),
+                  ValueError, r"disagree on the dispatch it combines",
+                  lambda: combine(mine[1], mine[0], weights))
+    combine(recv_hidden, handle, weights)
+    combine(second_hidden, second, weights)
+    # One rank in dispatch() while the others are in combine(): both raise.
+    recv_hidden, _, handle = dispatch(**arguments)
+    expect_raises(failures, "%d ranks, dispatch meets combine, rank %d" % (world_size, rank),
+                  ValueError, r"disagree on the call \(1: dispatch\(\), 2: combine\(\)\)",
+                  (lambda: dispatch(**arguments)) if rank == 0 else
+                  (lambda: combine(recv_hidden, handle, weights)))
+    combine(recv_hidden, handle, weights)
+    check_unchecked_failures(rank, world_size, group, case, failures)
     check_case(case, rank, group, failures, "%d ranks, after the errors" % world_size)
+
+
+def check_unchecked_failures(rank, world_size, group, case, failures):
+    """Unchecked capacity mode reads nothing on the host: tables that differ
+    or an id a table cannot map deliver padding only on every rank, combine
+    gives NaN on every rank, and handle.status says so; nothing raises."""
+    hidden = torch.ones(2, HIDDEN_SIZE, dtype=torch.float64)
+    ids = torch.tensor([[0], [1]])
+    swapped = case["table"].clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    for name, table, ids in [
+        ("tables differ", swapped if rank == 1 else case["table"], ids),
+        ("bad id", case["table"], ids if rank != 1 else torch.full_like(ids, len(case["table"]))),
+    ]:
+        context = "%d ranks, unchecked, %s, rank %d" % (world_size, name, rank)
+        load_counts = torch.zeros(world_size * case["slots_per_rank"], dtype=torch.int64)
+        try:
+            recv_hidden, recv_slot, handle = dispatch(
+                hidden, ids, table, slots_per_rank=case["slots_per_rank"], group=group,
+                max_tokens_per_rank=2, checked=False, load_counts=load_counts)
+            out = combine(torch.zeros_like(recv_hidden), handle, torch.ones(2, 1))
+        except Exception as error:  # reported; the ranks stay in step
+            failures.append("%s: raised %s: %s" % (context, type(error).__name__, error))
+            continue
+        if (recv_slot != PADDING_ROW).any() or handle.status.item() == 0 or \
+                handle.slot_counts.any() or load_counts.any():
+            failures.append("%s: slots %s, status %s, slot counts %s, load %s" % (
+                context, recv_slot.tolist(), handle.status.tolist(), handle.slot_counts.tolist(),
+                load_counts.tolist()))
+        if out.numel() and not out.isnan().all():
+            failures.append("%s: combine gave %s, expected NaN" % (context, out.tolist()))
 
 
 def check_groups(rank, world_size, seed, failures):

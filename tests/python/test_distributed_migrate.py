@@ -76,18 +76,33 @@ def expert_contents(num_experts, seed):
     quantized = torch.randint(-128, 128, (num_experts, 5), generator=generator, dtype=torch.int8)
     scales = torch.randn(num_experts, 2, generator=generator).to(torch.bfloat16)
     bias = torch.randn(num_experts, generator=generator, dtype=torch.float64)
+    flags = torch.randint(0, 2, (num_experts, 3), generator=generator).bool()
+    extra = [flags]
+    if hasattr(torch, "float8_e4m3fn"):  # torch >= 2.1
+        extra.append(torch.randn(num_experts, 6, generator=generator).to(torch.float8_e4m3fn))
     halves = torch.randn(num_experts, 4, 3, generator=generator).to(torch.float16)
-    return [weights, quantized, scales, bias, halves]
+    return [weights, quantized, scales, bias] + extra + [halves]
 
 
 def poison(contents, rank, slot):
     """Contents for a slot no expert holds, unique to (rank, slot)."""
     fill = 100 + 10 * rank + slot  # fits int8
-    return [torch.full_like(c[0], fill) for c in contents]
+    return [torch.full_like(c[0], fill if c.dtype != torch.bool else slot % 2 == 0)
+            for c in contents]
 
 
-def make_slot_tensors(contents, table, rank, world_size, slots_per_rank):
-    """This rank's slot tensors under `table`: the last one is a non-contiguous view."""
+def make_slot_tensors(contents, table, rank, world_size, slots_per_rank, made="plain"):
+    """This rank's slot tensors under `table`: the last one is a non-contiguous
+    view. made: "plain", "inference" (made under torch.inference_mode(), as
+    weights loaded there are) or "parameters" (leaves that require grad)."""
+    with torch.inference_mode(made == "inference"):
+        tensors = _make_slot_tensors(contents, table, rank, world_size, slots_per_rank)
+    if made == "parameters":
+        tensors = [torch.nn.Parameter(t, requires_grad=t.is_floating_point()) for t in tensors]
+    return tensors
+
+
+def _make_slot_tensors(contents, table, rank, world_size, slots_per_rank):
     owner = slot_owner(table, world_size * slots_per_rank)
     tensors = [torch.empty((slots_per_rank,) + tuple(c.shape[1:]), dtype=c.dtype)
                for c in contents[:-1]]
@@ -182,15 +197,22 @@ def check_migrations(rank, world_size, seed, num_experts, slots_per_rank, ranks_
     contents = expert_contents(num_experts, seed)
     one_slot = slot_bytes(contents)
     report = []
-    for name, old, new in scenarios(rng, num_experts, world_size, slots_per_rank):
+    variants = [("plain", False), ("inference", False), ("parameters", True),
+                ("plain", True), ("inference", True)]
+    for index, (name, old, new) in enumerate(scenarios(rng, num_experts, world_size,
+                                                       slots_per_rank)):
         plan = moe_eplb.migration_plan(old, new, world_size, slots_per_rank,
                                        ranks_per_node=ranks_per_node)
+        # Slot tensors made in or out of inference mode (or parameters that
+        # require grad), migrated in or out of it: every combination works.
+        made, inside = variants[index % len(variants)]
         for staging in (None, one_slot):
-            tensors = make_slot_tensors(contents, old, rank, world_size, slots_per_rank)
-            before = [t.clone() for t in tensors]
-            stats = distributed.migrate_experts(tensors, old, new, slots_per_rank=slots_per_rank,
-                                                ranks_per_node=ranks_per_node,
-                                                staging_bytes=staging)
+            tensors = make_slot_tensors(contents, old, rank, world_size, slots_per_rank, made)
+            before = [t.detach().clone() for t in tensors]
+            with torch.inference_mode(inside):
+                stats = distributed.migrate_experts(
+                    tensors, old, new, slots_per_rank=slots_per_rank,
+                    ranks_per_node=ranks_per_node, staging_bytes=staging)
             wrong = slots_holding(tensors, contents, before, new, rank, world_size,
                                   slots_per_rank)
             assert not wrong, "%s, staging %s: %s" % (name, staging, wrong)
@@ -305,13 +327,16 @@ def check_faults(rank, world_size, seed):
          dict(slot_tensors=tensors[:1] + [torch.tensor(1.0)])),
         ("not a list", "slot_tensors", dict(slot_tensors=tensors[0])),
         ("empty list", "slot_tensors", dict(slot_tensors=[])),
-        ("int64 table", "old_table", dict(old=old.long())),
+        ("float table", "old_table", dict(old=old.double())),
         ("1-D table", "new_table", dict(new=new[0])),
         ("replica count 0", "old_table", dict(old=bad_table)),
         ("table of another shape", "new_table", dict(new=new[:-1])),
         ("staging below one slot", "staging_bytes", dict(staging_bytes=1)),
         ("slots_per_rank 0", "slots_per_rank", dict(slots_per_rank=0)),
         ("ranks_per_node not dividing", "ranks_per_node", dict(ranks_per_node=world_size + 1)),
+        # What would make the commit's writes fail, checked before any transfer:
+        ("an expanded view", "slot_tensors",
+         dict(slot_tensors=tensors[:1] + [tensors[1][:1].expand_as(tensors[1])] + tensors[2:])),
     ]
     results = {}
     with CountingTransfers() as transfers:
@@ -346,6 +371,13 @@ def check_faults(rank, world_size, seed):
     results["raises mid-migration"] = ("", attempt(tensors, old, new, slots_per_rank,
                                                    staging_bytes=slot_bytes(contents)))
     _migrate._before_round = None
+    # A rank that fails after every transfer, preparing the commit.
+    def fail_before_commit():
+        if rank == bad_rank:
+            raise RuntimeError("injected failure before the commit on rank %d" % rank)
+    _migrate._before_commit = fail_before_commit
+    results["fails preparing the commit"] = ("", attempt(tensors, old, new, slots_per_rank))
+    _migrate._before_commit = None
     unchanged_after_fault = all(bitwise_equal(t, b) for t, b in zip(tensors, before))
 
     # The group still works: the same migration now succeeds.
@@ -366,19 +398,27 @@ def check_fault_outcomes(outcomes):
         for case, (argument, error) in outcome["results"].items():
             assert error is not None, "rank %d did not raise for %s" % (rank, case)
             kind, message = error
-            if case == "raises mid-migration":
+            if case in ("raises mid-migration", "fails preparing the commit"):
+                when = "round 2" if case == "raises mid-migration" else "the commit"
                 if rank == bad_rank:
                     assert "injected failure" in message
                 else:
-                    assert kind == "RuntimeError" and "rank(s) [1] failed before round 2" in message
+                    assert kind == "RuntimeError" and \
+                        "rank(s) [1] failed before %s" % when in message, message
                     assert "no slot on any rank was changed" in message
                 continue
             assert kind == "ValueError", (rank, case, error)
             assert message.startswith("migrate_experts(): "), message
             if "differs" in case:
-                assert "%s differs between ranks" % argument in message, (case, message)
+                assert "the ranks disagree on %s (ranks [" % argument in message, (case, message)
+            elif rank == bad_rank and argument == "arguments":
+                assert message.startswith("migrate_experts(): checking the arguments raised "
+                                          "ZeroDivisionError"), (case, message)
             elif rank == bad_rank:
                 assert message.startswith("migrate_experts(): %s: " % argument), (case, message)
+                if case == "an expanded view":
+                    assert "slot_tensors[1] cannot be written in place: it is an expanded or " \
+                        "self-overlapping view" in message, message
             else:
                 assert "rank 1 rejected its argument %s" % argument in message, (case, message)
 

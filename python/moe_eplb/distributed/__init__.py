@@ -5,7 +5,7 @@ records load, replans and migrates without stalling the forward pass.
 
 gloo on CPU and NCCL on CUDA; nothing of our own below torch.distributed.
 """
-from ._dispatch import DispatchHandle, combine, dispatch
+from ._dispatch import PADDING_ROW, SHARED_ROW, DispatchHandle, combine, dispatch
 from ._migrate import MigrationStats, migrate_experts
 from .moe import ExpertParallelMoE
 from .runtime import EplbRuntime
@@ -15,6 +15,8 @@ __all__ = [
     "EplbRuntime",
     "ExpertParallelMoE",
     "MigrationStats",
+    "PADDING_ROW",
+    "SHARED_ROW",
     "combine",
     "dispatch",
     "migrate_experts",

@@ -20,7 +20,19 @@ Design note: validate, stage, agree, commit.
    follows the transfers.
 4. Commit. Only after the last vote does anything write slots, from memory
    that is already allocated (local copies are snapshotted before the vote).
-   A rank that raised at any point left every slot as it was.
+   A rank that raised at any point left every slot as it was. The commit
+   cannot fail: everything that could make a write fail is checked in step
+   1 (memory shared by several elements, the device, the layout), the
+   commit's own operation is tried on every tensor with nothing to write,
+   and the writes run inside torch.inference_mode(), where torch lets any
+   tensor be updated in place (also one made inside the mode, or a leaf
+   that requires grad). Everything else runs outside inference mode
+   (normal_tensors()): the backends write received data from their own
+   threads, where an inference tensor may not be written.
+
+Bytes. Every message is the slots' bytes (moe_eplb.distributed._transport):
+bfloat16, float8, int8 weights and their scales move bit-exact on gloo and
+NCCL alike.
 
 Memory. The transaction needs every received expert held until the commit:
 this rank's received count times the slot's bytes (a whole layer's new
@@ -31,12 +43,16 @@ one slot's bytes each) and so the packing buffer for sends, which is reused
 from round to round. A smaller budget means more rounds, not less holding.
 """
 import collections
-import hashlib
 
 import torch
 import torch.distributed as dist
 
 import moe_eplb
+
+from ._checks import (Agreement, BadArgument, as_int32_table, communication_device,
+                      group_ranks, is_int, layout_fingerprint, normal_tensors, table_fingerprint,
+                      writable_problem)
+from ._transport import RowLayout
 
 MigrationStats = collections.namedtuple(
     "MigrationStats", "received sent local_copies bytes_received bytes_sent rounds")
@@ -50,28 +66,18 @@ rank)."""
 
 # Rounds put at most this many slots in flight per rank by default.
 _DEFAULT_MESSAGES_PER_ROUND = 8
-# Each tensor's bytes start at a multiple of this within a packed message, so
-# that the bytes can be viewed as any dtype (complex128 is 16 bytes).
-_ALIGNMENT = 16
-# The arguments in the order they are checked; a verdict is 1 + the index of
-# the first bad one (0: all good). "arguments": checking them raised
-# something unexpected (told to every rank like a bad argument).
+# The arguments in the order they are checked (Agreement's verdicts).
 _ARGUMENTS = ("slots_per_rank", "ranks_per_node", "staging_bytes", "slot_tensors", "old_table",
-              "new_table", "arguments")
+              "new_table")
 _KEEP, _COPY_LOCAL, _RECEIVE, _COPY_RECEIVED = 0, 1, 2, 3
 
-# Test seams: when set, called as _before_round(round_idx) on every rank
-# before each round's vote, and _before_transfer(round_idx) after it, just
-# before the round's messages are posted, so tests can make one rank fail
-# mid-migration at either point.
+# Test seams: when set, called on every rank as _before_round(round_idx)
+# before each round's vote, _before_transfer(round_idx) after it, just before
+# the round's messages are posted, and _before_commit() before the last vote,
+# so tests can make one rank fail mid-migration at each point.
 _before_round = None
 _before_transfer = None
-
-
-class _BadArgument(ValueError):
-    def __init__(self, argument, message):
-        super().__init__("migrate_experts(): %s: %s" % (argument, message))
-        self.argument = argument
+_before_commit = None
 
 
 def migrate_experts(slot_tensors, old_table, new_table, *, slots_per_rank, group=None,
@@ -110,170 +116,135 @@ def migrate_experts(slot_tensors, old_table, new_table, *, slots_per_rank, group
         RuntimeError (or the failing rank's own exception) on every rank that
         is still running when a rank fails mid-migration; slots unchanged.
     """
-    with torch.no_grad():
+    with normal_tensors():
         return _migrate(slot_tensors, old_table, new_table, slots_per_rank, group,
                         ranks_per_node, staging_bytes)
 
 
 def _migrate(slot_tensors, old_table, new_table, slots_per_rank, group, ranks_per_node,
              staging_bytes):
-    # Without a usable group there is no one to tell: raise here alone.
-    if not dist.is_initialized():
-        raise ValueError("migrate_experts(): torch.distributed is not initialized "
-                         "(call torch.distributed.init_process_group first)")
-    rank = dist.get_rank(group)
-    world_size = dist.get_world_size(group)
-    if rank < 0:
-        raise ValueError("migrate_experts(): group: this process is not a member of it")
-    device = _communication_device(group)
-
-    local = _LocalCheck()
-    try:
-        layout, plan = _check_arguments(slot_tensors, old_table, new_table, slots_per_rank,
-                                        ranks_per_node, staging_bytes, world_size, device, local)
-    except _BadArgument as error:
-        local.error = error
-    except Exception as error:  # no rank may be left waiting in the agreement
-        local.error = _BadArgument("arguments", "checking them raised %s: %s"
-                                   % (type(error).__name__, error))
-        local.error.__cause__ = error
-    _agree_on_arguments(local, rank, world_size, device, group)
-
-    rounds = _rounds(plan, world_size, slots_per_rank, local.messages_per_round)
+    rank, world_size = group_ranks("migrate_experts", group)
+    device = communication_device(group)
+    agreement = Agreement("migrate_experts", _ARGUMENTS)
+    layout = plan = None
+    messages_per_round = 0
+    with agreement.checking():
+        layout, plan, messages_per_round = _check_arguments(
+            agreement, slot_tensors, old_table, new_table, slots_per_rank, ranks_per_node,
+            staging_bytes, world_size, device)
+    if not agreement.ok:  # placeholders, so that every rank's record has one shape
+        agreement.names, agreement.values, agreement.shown = [], [], []
+        for name in _AGREED:
+            agreement.agree(name, 0, shown=False)
+    # Every rank's record, plus the staging budget it allows (the smallest wins).
+    records = torch.empty((world_size, agreement.width + 1), dtype=torch.int64, device=device)
+    mine = torch.empty_like(records)
+    agreement.write(mine[:, :-1])
+    mine[:, -1] = messages_per_round
+    dist.all_to_all_single(records, mine, group=group)
+    records = records.tolist()
+    agreement.resolve([record[:-1] for record in records], "no rank transferred anything")
+    rounds = _rounds(plan, world_size, slots_per_rank, min(record[-1] for record in records))
     return _transfer_and_commit(slot_tensors, layout, plan, rounds, rank, world_size,
                                 slots_per_rank, device, group)
 
 
-class _LocalCheck:
-    """This rank's verdict and the fingerprints every rank must share."""
-
-    def __init__(self):
-        self.error = None
-        self.old_hash = self.new_hash = self.params_hash = self.layout_hash = 0
-        self.messages_per_round = 0
-
-    def record(self, device):
-        verdict = 0 if self.error is None else 1 + _ARGUMENTS.index(self.error.argument)
-        return torch.tensor([verdict, self.old_hash, self.new_hash, self.params_hash,
-                             self.layout_hash, self.messages_per_round],
-                            dtype=torch.int64, device=device)
+# What every rank must pass alike, in the order _check_arguments() agrees on them.
+_AGREED = ("old_table", "new_table", "slots_per_rank", "ranks_per_node",
+           "slot_tensors' dtypes and per-slot shapes")
 
 
-_Layout = collections.namedtuple("_Layout", "offsets sizes record_bytes slot_bytes")
+def _fail(argument, message, *values):
+    raise BadArgument("migrate_experts", argument, "%s: %s" % (argument, message % values))
 
 
-def _check_arguments(slot_tensors, old_table, new_table, slots_per_rank, ranks_per_node,
-                     staging_bytes, world_size, device, local):
-    """Checks every argument on this rank (no communication); returns the
-    packed-message layout and the migration plan; raises _BadArgument."""
-    if not _is_int(slots_per_rank) or slots_per_rank < 1:
-        raise _BadArgument("slots_per_rank", "expected an int >= 1, got %r" % (slots_per_rank,))
-    if not _is_int(ranks_per_node) or ranks_per_node < 0 or (
+def _check_arguments(agreement, slot_tensors, old_table, new_table, slots_per_rank,
+                     ranks_per_node, staging_bytes, world_size, device):
+    """Checks every argument on this rank (no communication) and agrees on
+    what every rank must share; returns (layout, plan, messages per round)."""
+    if not is_int(slots_per_rank) or slots_per_rank < 1:
+        _fail("slots_per_rank", "expected an int >= 1, got %r", slots_per_rank)
+    if not is_int(ranks_per_node) or ranks_per_node < 0 or (
             ranks_per_node > 0 and world_size % ranks_per_node != 0):
-        raise _BadArgument("ranks_per_node", "expected 0 or an int dividing world_size %d, got %r"
-                           % (world_size, ranks_per_node))
-    if staging_bytes is not None and (not _is_int(staging_bytes) or staging_bytes < 1):
-        raise _BadArgument("staging_bytes", "expected None or an int >= 1, got %r"
-                           % (staging_bytes,))
+        _fail("ranks_per_node", "expected 0 or an int dividing world_size %d, got %r",
+              world_size, ranks_per_node)
+    if staging_bytes is not None and (not is_int(staging_bytes) or staging_bytes < 1):
+        _fail("staging_bytes", "expected None or an int >= 1, got %r", staging_bytes)
     layout = _check_slot_tensors(slot_tensors, slots_per_rank, device)
     budget = staging_bytes
     if budget is None:
-        budget = _DEFAULT_MESSAGES_PER_ROUND * layout.slot_bytes
-    if budget < layout.slot_bytes:
-        raise _BadArgument("staging_bytes", "expected at least one slot's bytes (%d, the sum over "
-                           "slot_tensors), got %d" % (layout.slot_bytes, budget))
-    local.messages_per_round = budget // max(layout.slot_bytes, 1)
+        budget = _DEFAULT_MESSAGES_PER_ROUND * layout.row_bytes
+    if budget < layout.row_bytes:
+        _fail("staging_bytes", "expected at least one slot's bytes (%d, the sum over "
+              "slot_tensors), got %d", layout.row_bytes, budget)
     num_physical = world_size * slots_per_rank
     old_cpu = _check_table("old_table", old_table, world_size, num_physical)
     new_cpu = _check_table("new_table", new_table, world_size, num_physical)
     if new_cpu.shape[0] != old_cpu.shape[0]:
-        raise _BadArgument("new_table", "has %d rows (experts) but old_table has %d"
-                           % (new_cpu.shape[0], old_cpu.shape[0]))
+        _fail("new_table", "has %d rows (experts) but old_table has %d", new_cpu.shape[0],
+              old_cpu.shape[0])
     try:
         plan = moe_eplb.migration_plan(old_cpu, new_cpu, world_size, slots_per_rank,
                                        ranks_per_node=ranks_per_node,
-                                       expert_bytes=layout.slot_bytes)
+                                       expert_bytes=layout.row_bytes)
     except (ValueError, RuntimeError) as error:
-        raise _BadArgument("new_table", str(error)) from error
-    local.old_hash = _hash(old_cpu)
-    local.new_hash = _hash(new_cpu)
-    local.params_hash = _hash(torch.tensor([slots_per_rank, ranks_per_node]))
-    local.layout_hash = _hash_text(";".join(
-        "%s%s" % (tensor.dtype, tuple(tensor.shape[1:])) for tensor in slot_tensors))
-    return layout, plan
+        raise BadArgument("migrate_experts", "new_table", "new_table: %s" % error) from error
+    for name, value in zip(_AGREED, (table_fingerprint(old_cpu), table_fingerprint(new_cpu),
+                                     slots_per_rank, ranks_per_node,
+                                     layout_fingerprint(slot_tensors))):
+        agreement.agree(name, value, shown=name in ("slots_per_rank", "ranks_per_node"))
+    return layout, plan, budget // max(layout.row_bytes, 1)
 
 
 def _check_slot_tensors(slot_tensors, slots_per_rank, device):
+    """The slot tensors' RowLayout; every write the commit will make is
+    possible (checked, then tried with nothing to write)."""
     if isinstance(slot_tensors, torch.Tensor) or not isinstance(slot_tensors, (list, tuple)):
-        raise _BadArgument("slot_tensors", "expected a list of tensors, got %s"
-                           % type(slot_tensors).__name__)
+        _fail("slot_tensors", "expected a list of tensors, got %s", type(slot_tensors).__name__)
     if not slot_tensors:
-        raise _BadArgument("slot_tensors", "expected at least one tensor, got an empty list")
-    offsets, sizes = [], []
-    record_bytes = 0
+        _fail("slot_tensors", "expected at least one tensor, got an empty list")
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        _fail("slot_tensors", "cannot be migrated while a CUDA graph is being captured on the "
+              "current stream (migrate between replays)")
+    nothing = torch.empty(0, dtype=torch.int64, device=device)
     for idx, tensor in enumerate(slot_tensors):
         name = "slot_tensors[%d]" % idx
         if not isinstance(tensor, torch.Tensor):
-            raise _BadArgument("slot_tensors", "%s is a %s, expected a tensor"
-                               % (name, type(tensor).__name__))
+            _fail("slot_tensors", "%s is a %s, expected a tensor", name, type(tensor).__name__)
         if tensor.layout != torch.strided or tensor.is_quantized:
-            raise _BadArgument("slot_tensors", "%s must be a dense strided tensor, got layout %s%s"
-                               % (name, tensor.layout, " (quantized)" if tensor.is_quantized
-                                  else ""))
+            _fail("slot_tensors", "%s must be a dense strided tensor, got layout %s%s", name,
+                  tensor.layout, " (quantized)" if tensor.is_quantized else "")
         if tensor.dim() < 1 or tensor.shape[0] != slots_per_rank:
-            raise _BadArgument("slot_tensors", "%s has shape %s, expected (slots_per_rank=%d, ...)"
-                               % (name, tuple(tensor.shape), slots_per_rank))
+            _fail("slot_tensors", "%s has shape %s, expected (slots_per_rank=%d, ...)", name,
+                  tuple(tensor.shape), slots_per_rank)
         if tensor.device.type != device.type or (
                 device.type == "cuda" and tensor.device.index != device.index):
-            raise _BadArgument("slot_tensors", "%s is on %s, expected %s (the device this "
-                               "group's backend communicates on)" % (name, tensor.device, device))
-        size = (tensor.numel() // slots_per_rank) * tensor.element_size()
-        offsets.append(record_bytes)
-        sizes.append(size)
-        record_bytes += -(-size // _ALIGNMENT) * _ALIGNMENT
-    return _Layout(offsets, sizes, record_bytes, sum(sizes))
+            _fail("slot_tensors", "%s is on %s, expected %s (the device this group's backend "
+                  "communicates on)", name, tensor.device, device)
+        problem = writable_problem(tensor)
+        if problem is not None:
+            _fail("slot_tensors", "%s cannot be written in place: %s", name, problem)
+        try:  # the commit's operation, writing nothing
+            with torch.inference_mode():
+                tensor.index_copy_(0, nothing, tensor[:0])
+        except RuntimeError as error:
+            _fail("slot_tensors", "%s cannot be written in place: %s", name, error)
+    return RowLayout.of(slot_tensors)
 
 
 def _check_table(argument, table, world_size, num_physical):
     if not isinstance(table, torch.Tensor):
-        raise _BadArgument(argument, "expected an (E, F) int32 tensor, got %s"
-                           % type(table).__name__)
-    if table.dim() != 2 or table.dtype != torch.int32:
-        raise _BadArgument(argument, "expected an (E, F) int32 tensor, got %s of shape %s"
-                           % (table.dtype, tuple(table.shape)))
-    table = table.detach().cpu().contiguous()
+        _fail(argument, "expected an (E, F) int32 tensor, got %s", type(table).__name__)
+    if table.dim() != 2 or table.dtype not in (torch.int32, torch.int64):
+        _fail(argument, "expected an (E, F) int32 (or int64) tensor, got %s of shape %s",
+              table.dtype, tuple(table.shape))
+    table = as_int32_table(table.detach().cpu()).contiguous()
     try:
         torch.ops.moe_eplb.prepare_table(table, 0, world_size, num_physical_experts=num_physical)
     except (ValueError, RuntimeError) as error:
-        raise _BadArgument(argument, "not valid for world_size %d and %d slots: %s"
-                           % (world_size, num_physical, error)) from error
+        raise BadArgument("migrate_experts", argument, "%s: not valid for world_size %d and %d "
+                          "slots: %s" % (argument, world_size, num_physical, error)) from error
     return table
-
-
-def _agree_on_arguments(local, rank, world_size, device, group):
-    """All ranks exchange verdicts and fingerprints; all raise, or none does."""
-    gathered = [torch.empty(6, dtype=torch.int64, device=device) for _ in range(world_size)]
-    dist.all_gather(gathered, local.record(device), group=group)
-    records = [record.tolist() for record in gathered]
-    rejected = [(r, record[0]) for r, record in enumerate(records) if record[0] != 0]
-    if rejected:
-        if local.error is not None:
-            raise ValueError(str(local.error)) from local.error.__cause__
-        first_rank, verdict = rejected[0]
-        raise ValueError("migrate_experts(): rank %d rejected its argument %s (that rank's error "
-                         "says why)%s; no rank transferred anything"
-                         % (first_rank, _ARGUMENTS[verdict - 1],
-                            "" if len(rejected) == 1 else ", as did ranks %s"
-                            % [r for r, _ in rejected[1:]]))
-    for field, argument in ((1, "old_table"), (2, "new_table"),
-                            (3, "slots_per_rank or ranks_per_node"), (4, "slot_tensors")):
-        differing = [r for r, record in enumerate(records) if record[field] != records[0][field]]
-        if differing:
-            what = ("dtypes or per-slot shapes" if argument == "slot_tensors" else "values")
-            raise ValueError("migrate_experts(): %s differs between ranks: the %s on ranks %s "
-                             "differ from rank 0's; every rank must pass the same; no rank "
-                             "transferred anything" % (argument, what, differing))
-    local.messages_per_round = min(record[5] for record in records)
 
 
 def _rounds(plan, world_size, slots_per_rank, messages_per_round):
@@ -317,7 +288,7 @@ def _transfer_and_commit(slot_tensors, layout, plan, rounds, rank, world_size, s
     num_sent = 0
     for round_idx, moves in enumerate(rounds):
         ops = _vote_then(lambda: _post_round(round_idx, moves, slot_tensors, layout, packing,
-                                             holding, holding_row, rank, slots_per_rank),
+                                             holding, holding_row, rank, slots_per_rank, device),
                          "before round %d of %d" % (round_idx + 1, len(rounds)), rank,
                          world_size, device, group)
         num_sent += sum(1 for op in ops if op.op == dist.isend)
@@ -337,7 +308,7 @@ def _transfer_and_commit(slot_tensors, layout, plan, rounds, rank, world_size, s
     commit()
     num_local = sum(1 for action in actions if action in (_COPY_LOCAL, _COPY_RECEIVED))
     return MigrationStats(len(receive_slots), num_sent, num_local,
-                          len(receive_slots) * layout.slot_bytes, num_sent * layout.slot_bytes,
+                          len(receive_slots) * layout.row_bytes, num_sent * layout.row_bytes,
                           len(rounds))
 
 
@@ -368,21 +339,22 @@ def _vote_then(prepare, when, rank, world_size, device, group):
 
 
 def _post_round(round_idx, moves, slot_tensors, layout, packing, holding, holding_row, rank,
-                slots_per_rank):
+                slots_per_rank, device):
     """Packs this rank's sends of one round and returns its P2P ops, in the
     round's order (so the k-th message between two ranks matches on both)."""
     if _before_round is not None:
         _before_round(round_idx)
+    sources = [src_slot for _, src_rank, src_slot in moves if src_rank == rank]
+    if sources:
+        layout.pack(slot_tensors, torch.tensor(sources, dtype=torch.int64, device=device),
+                    out=packing[:len(sources)])
     ops = []
     num_packed = 0
-    for physical, src_rank, src_slot in moves:
+    for physical, src_rank, _ in moves:
         dst_rank = physical // slots_per_rank
         if src_rank == rank:
-            row = packing[num_packed]
+            ops.append(dist.P2POp(dist.isend, packing[num_packed], dst_rank))
             num_packed += 1
-            for tensor, offset, size in zip(slot_tensors, layout.offsets, layout.sizes):
-                row[offset:offset + size].copy_(_bytes_of(tensor[src_slot]))
-            ops.append(dist.P2POp(dist.isend, row, dst_rank))
         elif dst_rank == rank:
             row = holding[holding_row[physical % slots_per_rank]]
             ops.append(dist.P2POp(dist.irecv, row, src_rank))
@@ -391,53 +363,32 @@ def _post_round(round_idx, moves, slot_tensors, layout, packing, holding, holdin
 
 def _prepare_commit(slot_tensors, layout, actions, source_slots, holding, holding_row, device):
     """Allocates everything the commit needs (snapshots of local copies'
-    sources) and returns the commit, which only copies into slots."""
-    copy_local = [s for s, action in enumerate(actions) if action == _COPY_LOCAL]
-    local_dst = torch.tensor(copy_local, dtype=torch.int64, device=device)
-    local_src = torch.tensor([source_slots[s] for s in copy_local], dtype=torch.int64,
-                             device=device)
-    snapshots = [tensor.index_select(0, local_src) for tensor in slot_tensors]
-    received = [s for s, action in enumerate(actions) if action == _RECEIVE]
-    received_dst = torch.tensor(received, dtype=torch.int64, device=device)
-    copy_received = [(s, holding_row[source_slots[s]]) for s, action in enumerate(actions)
-                     if action == _COPY_RECEIVED]
-    values = [holding[:, offset:offset + size].view(tensor.dtype).view(
-        (holding.shape[0],) + tuple(tensor.shape[1:]))
-        for tensor, offset, size in zip(slot_tensors, layout.offsets, layout.sizes)]
+    sources, received rows in slot order) and returns the commit: one
+    index_copy_ per tensor, the operation _check_slot_tensors() tried."""
+    if _before_commit is not None:
+        _before_commit()
+    values = layout.unpack(holding)
+    destination, sources = [], []
+    for action, want in ((_COPY_LOCAL, "old"), (_RECEIVE, "received"),
+                         (_COPY_RECEIVED, "received")):
+        for slot, slot_action in enumerate(actions):
+            if slot_action == action:
+                destination.append(slot)
+                source = slot if action == _RECEIVE else source_slots[slot]
+                sources.append((want, source))
+    index = torch.tensor(destination, dtype=torch.int64, device=device)
+    old_rows = torch.tensor([source for want, source in sources if want == "old"],
+                            dtype=torch.int64, device=device)
+    received_rows = torch.tensor([holding_row[source] for want, source in sources
+                                  if want == "received"], dtype=torch.int64, device=device)
+    contents = [torch.cat([tensor.index_select(0, old_rows), value.index_select(0, received_rows)])
+                for tensor, value in zip(slot_tensors, values)]
 
     def commit():
-        for tensor, snapshot, value in zip(slot_tensors, snapshots, values):
-            if copy_local:
-                tensor.index_copy_(0, local_dst, snapshot)
-            if received:
-                tensor.index_copy_(0, received_dst, value)
-            for slot, row in copy_received:
-                tensor[slot].copy_(value[row])
+        # Inside inference_mode any tensor may be written in place, also one
+        # made inside the mode or a leaf that requires grad.
+        with torch.inference_mode():
+            for tensor, content in zip(slot_tensors, contents):
+                if destination:
+                    tensor.index_copy_(0, index, content)
     return commit
-
-
-def _bytes_of(tensor):
-    """The tensor's bytes, in row-major element order, as a 1-D uint8 tensor."""
-    return tensor.contiguous().view(-1).view(torch.uint8)
-
-
-def _communication_device(group):
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _hash(tensor):
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
-    digest.update(tensor.numpy().tobytes())
-    return int.from_bytes(digest.digest(), "little", signed=True)
-
-
-def _hash_text(text):
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little",
-                          signed=True)
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -13,21 +13,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+import moe_eplb
+
 from .._ops import PreparedTable
-from ._dispatch import _check_int, combine, dispatch
-
-
-def slot_experts(table, num_slots):
-    """The logical expert in each physical slot, -1 for an empty slot:
-    a list of num_slots ints from an (E, F) table (rows [c, p_1..p_c, ...])."""
-    experts = [-1] * num_slots
-    for expert, row in enumerate(table.tolist()):
-        for slot in row[1:row[0] + 1]:
-            if not 0 <= slot < num_slots or experts[slot] != -1:
-                raise ValueError("slot_experts(): table row %d names slot %d, which is outside "
-                                 "0..%d or already taken" % (expert, slot, num_slots - 1))
-            experts[slot] = expert
-    return experts
+from ._checks import check_int as _check_int
+from ._dispatch import combine, dispatch
 
 
 def slots_from_dense(dense, table, rank, world_size, slots_per_rank):
@@ -37,10 +27,10 @@ def slots_from_dense(dense, table, rank, world_size, slots_per_rank):
     if not isinstance(dense, torch.Tensor) or dense.dim() < 1 or dense.shape[0] != table.shape[0]:
         raise ValueError("slots_from_dense(): dense must be (E, ...) with E = %d (the table's "
                          "rows), got %s" % (table.shape[0], tuple(getattr(dense, "shape", ()))))
-    experts = slot_experts(table.cpu(), world_size * slots_per_rank)
+    experts = moe_eplb.slot_experts(table.cpu(), world_size, slots_per_rank)
     out = dense.new_zeros((slots_per_rank,) + tuple(dense.shape[1:]))
     for slot in range(slots_per_rank):
-        expert = experts[rank * slots_per_rank + slot]
+        expert = int(experts[rank * slots_per_rank + slot])
         if expert >= 0:
             out[slot] = dense[expert]
     return out
@@ -69,6 +59,9 @@ class ExpertParallelMoE(nn.Module):
         balance_mode, group: without a runtime, dispatch()'s arguments; with
             one, the runtime's (group: the runtime's `group` attribute when
             it has one, else this argument).
+        max_tokens_per_rank: None (dispatch()'s uneven mode), or N: the
+            capacity mode, with no host synchronisation in forward(), so
+            that it can be captured in a CUDA graph (every rank's T <= N).
         dtype, device: of the weights.
 
     Parameters (requires_grad False: the layer is for inference; nothing
@@ -85,8 +78,8 @@ class ExpertParallelMoE(nn.Module):
     """
 
     def __init__(self, hidden_size, intermediate_size, num_experts, top_k, slots_per_rank, *,
-                 runtime=None, layer=0, table=None, balance_mode=0, group=None, dtype=None,
-                 device=None):
+                 runtime=None, layer=0, table=None, balance_mode=0, group=None,
+                 max_tokens_per_rank=None, dtype=None, device=None):
         super().__init__()
         for name, value, low in (("hidden_size", hidden_size, 1),
                                  ("intermediate_size", intermediate_size, 1),
@@ -104,6 +97,9 @@ class ExpertParallelMoE(nn.Module):
         self.runtime = runtime
         self.layer = layer
         self.balance_mode = balance_mode
+        if max_tokens_per_rank is not None:
+            _check_int("ExpertParallelMoE", "max_tokens_per_rank", max_tokens_per_rank, 1)
+        self.max_tokens_per_rank = max_tokens_per_rank
         self.group = getattr(runtime, "group", group) if runtime is not None else group
         factory = dict(dtype=dtype, device=device)
         self.gate = nn.Linear(hidden_size, num_experts, bias=False, **factory)
@@ -202,23 +198,40 @@ class ExpertParallelMoE(nn.Module):
         return weights.to(hidden.dtype), ids
 
     def experts(self, recv_hidden, recv_slot):
-        """Each received row through its slot's SwiGLU FFN: (N, H), (N,) -> (N, H).
-        One host read (the rows per slot); then one matmul chain per slot in use."""
+        """Each received row through its slot's SwiGLU FFN: (N, H), (N,) -> (N, H);
+        rows of no slot (padding, the shared expert's) give zeros.
+
+        Uneven mode: one host read (the rows per slot), then one matmul chain
+        per slot in use. Capacity mode: no host read (CUDA-graph safe), every
+        row through every slot's FFN, each kept where its slot matches: a
+        reference, S times the work; an engine runs a grouped GEMM over
+        handle.slot_counts instead."""
+        if self.max_tokens_per_rank is not None:
+            out = torch.zeros_like(recv_hidden)
+            for slot in range(self.slots_per_rank):
+                out = torch.where((recv_slot == slot).unsqueeze(1), self._ffn(recv_hidden, slot),
+                                  out)
+            return out
         out = torch.zeros_like(recv_hidden)
+        real = recv_slot >= 0
         rows_per_slot = torch.zeros(self.slots_per_rank, dtype=torch.int64,
                                     device=recv_slot.device).scatter_add_(
-            0, recv_slot, torch.ones_like(recv_slot)).tolist()
-        order = torch.sort(recv_slot, stable=True).indices
+            0, torch.where(real, recv_slot, torch.zeros_like(recv_slot)),
+            real.to(torch.int64)).tolist()
+        order = torch.sort(torch.where(real, recv_slot, torch.full_like(recv_slot,
+                                                                        self.slots_per_rank)),
+                           stable=True).indices
         start = 0
         for slot, count in enumerate(rows_per_slot):
             if count == 0:
                 continue
             rows = order[start:start + count]
             start += count
-            x = recv_hidden.index_select(0, rows)
-            y = (F.silu(x @ self.w_gate[slot]) * (x @ self.w_up[slot])) @ self.w_down[slot]
-            out.index_copy_(0, rows, y)
+            out.index_copy_(0, rows, self._ffn(recv_hidden.index_select(0, rows), slot))
         return out
+
+    def _ffn(self, x, slot):
+        return (F.silu(x @ self.w_gate[slot]) * (x @ self.w_up[slot])) @ self.w_down[slot]
 
     def forward(self, hidden):
         if hidden.shape[-1] != self.hidden_size:
@@ -227,13 +240,17 @@ class ExpertParallelMoE(nn.Module):
         shape = hidden.shape
         hidden = hidden.reshape(-1, self.hidden_size)
         topk_weights, topk_ids = self.route(hidden)
+        options = {}
+        if self.max_tokens_per_rank is not None:
+            options["max_tokens_per_rank"] = self.max_tokens_per_rank
         if self.runtime is not None:
-            recv_hidden, recv_slot, handle = self.runtime.dispatch(self.layer, hidden, topk_ids)
+            recv_hidden, recv_slot, handle = self.runtime.dispatch(self.layer, hidden, topk_ids,
+                                                                   **options)
             out = self.runtime.combine(self.layer, self.experts(recv_hidden, recv_slot), handle,
                                        topk_weights)
         else:
             recv_hidden, recv_slot, handle = dispatch(
                 hidden, topk_ids, self._prepared, slots_per_rank=self.slots_per_rank,
-                balance_mode=self.balance_mode, group=self.group)
+                balance_mode=self.balance_mode, group=self.group, **options)
             out = combine(self.experts(recv_hidden, recv_slot), handle, topk_weights)
         return out.reshape(shape)
