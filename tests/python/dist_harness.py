@@ -3,99 +3,22 @@
     outcomes = run_ranks(check_dispatch, world_size=3, args=(seed,))
     results = expect_all_ok(outcomes)
 
-`fn(rank, world_size, *args)` must be a module-level function (processes are
-spawned, so it is pickled by name). Every rank joins a gloo group on 127.0.0.1
-with a short timeout, so a peer that dies makes the others fail instead of
-hang; the harness itself kills any process still alive after `timeout_s`.
-Spawning costs a torch import per rank (a second or two): put many checks in
-one run rather than one run per check.
+The harness is the package's own (moe_eplb.distributed._local, which the
+online demo and the benchmarks use too): every rank joins a gloo group on
+127.0.0.1 with a short timeout, and any process still alive after timeout_s
+is killed, so every test ends by itself. Spawning costs a torch import per
+rank (a second or two): put many checks in one run rather than one run per check.
 """
-import datetime
-import os
-import queue as queue_module
-import socket
-import time
-import traceback
+from moe_eplb.distributed._local import ERROR, OK, TIMEOUT, run_local_ranks, values_or_raise
 
-import torch.distributed as dist
-import torch.multiprocessing as mp
+__all__ = ["ERROR", "OK", "TIMEOUT", "expect_all_ok", "run_ranks"]
 
-OK = "ok"
-ERROR = "error"
-TIMEOUT = "timeout"
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rank_main(rank, world_size, port, group_timeout_s, fn, args, results):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        dist.init_process_group(
-            "gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank,
-            world_size=world_size, timeout=datetime.timedelta(seconds=group_timeout_s))
-        results.put((rank, OK, fn(rank, world_size, *args)))
-    except BaseException as error:  # reported to the test, which decides
-        results.put((rank, ERROR, (type(error).__name__, str(error), traceback.format_exc())))
-    finally:
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:
-                pass
-
-
-def run_ranks(fn, world_size, args=(), timeout_s=60.0, group_timeout_s=10.0):
-    """Runs fn on world_size ranks; returns [(status, value)] by rank.
-
-    status is OK (value: fn's return value), ERROR (value: (exception type
-    name, message, traceback)) or TIMEOUT (the rank reported nothing within
-    timeout_s and was killed).
-    """
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    processes = [
-        context.Process(target=_rank_main,
-                        args=(rank, world_size, port, group_timeout_s, fn, args, results),
-                        daemon=True)
-        for rank in range(world_size)
-    ]
-    for process in processes:
-        process.start()
-    outcomes = [(TIMEOUT, None)] * world_size
-    pending = set(range(world_size))
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            rank, status, value = results.get(timeout=min(remaining, 0.5))
-        except queue_module.Empty:
-            if all(not process.is_alive() for process in processes) and results.empty():
-                break  # a rank died without reporting (e.g. killed): no more results
-            continue
-        outcomes[rank] = (status, value)
-        pending.discard(rank)
-    for process in processes:
-        process.join(timeout=max(0.0, deadline - time.monotonic()) if not pending else 0.1)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    return outcomes
+run_ranks = run_local_ranks
 
 
 def expect_all_ok(outcomes):
     """The ranks' return values; fails the test with every failing rank's traceback."""
-    failures = []
-    for rank, (status, value) in enumerate(outcomes):
-        if status == ERROR:
-            failures.append("rank %d raised %s: %s\n%s" % (rank, value[0], value[1], value[2]))
-        elif status == TIMEOUT:
-            failures.append("rank %d did not finish in time" % rank)
-    assert not failures, "\n".join(failures)
-    return [value for _, value in outcomes]
+    try:
+        return values_or_raise(outcomes)
+    except RuntimeError as error:
+        raise AssertionError(str(error)) from None

@@ -43,27 +43,13 @@ def expect_everywhere(outcomes, key, pattern_by_rank, limit_s=5.0):
         assert seconds < limit_s, (rank, key, seconds)
 
 
-def routed_reference(layer, weights, hidden):
-    """layer's output computed densely in float64 from the same weights (as
-    the layer holds them) and the layer's own routing of `hidden`, so that a
-    bfloat16 layer is checked without near-tie routing differences."""
-    topk_weights, ids = layer.route(hidden)
-    _, w_gate, w_up, w_down = (w.to(hidden.dtype).double() for w in weights)
-    x = hidden.double().unsqueeze(1)
-    out = torch.zeros(hidden.shape, dtype=torch.float64)
-    for k in range(ids.shape[1]):
-        expert = ids[:, k]
-        y = (torch.nn.functional.silu(x @ w_gate[expert]) * (x @ w_up[expert])) @ w_down[expert]
-        out += topk_weights[:, k:k + 1].double() * y.squeeze(1)
-    return out
-
-
 def drifting_run(rank, world_size, runtime, layers, dense, steps, seed, *, first_step=0,
-                 dtype=torch.float64, inference=False, tolerance=1e-10, step_inside=True):
+                 dtype=torch.float64, inference=False, step_inside=True):
     """Runs `steps` forwards of drifting traffic through the residual model
-    of `layers` (on `runtime`), each layer's output compared with
-    routed_reference(); returns per step whether all matched, the tables in
-    force and the model's output."""
+    of `layers` (on `runtime`), each layer's output compared with the dense
+    float64 reference of the same weights and routing (demo.routed_reference,
+    within demo.TOLERANCE for the dtype); returns per step whether all
+    matched, the tables in force and the model's output."""
     generator = torch.Generator().manual_seed(seed * 31 + rank)
     for step in range(first_step):  # the same draws as a run that started at 0
         demo.drifting_batch(dense[0][0], step, rank, world_size, 24, generator, period=6.0)
@@ -75,9 +61,8 @@ def drifting_run(rank, world_size, runtime, layers, dense, steps, seed, *, first
         with torch.inference_mode(inference):
             for layer, weights in zip(layers, dense):
                 out = layer(hidden)
-                expected = routed_reference(layer, weights, hidden)
-                equal &= bool(torch.allclose(out.double(), expected, rtol=tolerance,
-                                             atol=tolerance))
+                equal &= demo.outputs_match(out, demo.routed_reference(layer, weights, hidden),
+                                            str(dtype).replace("torch.", ""))
                 hidden = hidden + out
             if step_inside:
                 runtime.step()
@@ -228,9 +213,8 @@ def serving_run(rank, world_size, seed, dtype_name, inference, made_inside, capa
                                           num_windows=2, rebalance_every=4)
         model = make_model(runtime, dense, dtype,
                            max_tokens_per_rank=24 if capacity else None)
-    tolerance = 1e-10 if dtype == torch.float64 else 0.05
     log = drifting_run(rank, world_size, runtime, model, dense, 16, seed, dtype=dtype,
-                       inference=inference, tolerance=tolerance, step_inside=rank == 0)
+                       inference=inference, step_inside=rank == 0)
     moved = sum(sum(r.experts_moved) for r in runtime.rebalances)
     installed = [layer for r in runtime.rebalances for layer in r.installed_layers]
     return dict(equal=[entry["equal"] for entry in log], moved=moved, installed=installed,
