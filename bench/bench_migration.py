@@ -46,6 +46,7 @@ import moe_eplb
 from moe_eplb import PreparedTable
 from moe_eplb.distributed import EplbRuntime, ExpertParallelMoE
 from moe_eplb.distributed import demo
+from moe_eplb.distributed._local import free_port
 
 # The drifting family of scenario.cpp's window suite: name, experts, top-k,
 # world size, slots per rank, ranks per node (0: one node), popularity, skew,
@@ -264,7 +265,7 @@ def device_check(device_type, options, out):
     device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
     if device_type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method="tcp://127.0.0.1:%d" % demo.free_port(),
+    dist.init_process_group(backend, init_method="tcp://127.0.0.1:%d" % free_port(),
                             rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
     failures = []
 
@@ -361,6 +362,7 @@ def device_check(device_type, options, out):
                               .map(static_ids.cpu())))
         check("runtime output equals the dense model at every step", equal)
         check("runtime swapped tables", swaps >= 2, "%d swaps" % swaps)
+        graph_forward_check(device, generator, check, sync)
 
         # step() with nothing due: no host synchronisation, and its cost
         idle = EplbRuntime(1, num_experts, num_experts, window_steps=4, num_windows=2,
@@ -397,6 +399,64 @@ def device_check(device_type, options, out):
     finally:
         dist.destroy_process_group()
     return len(failures)
+
+
+def graph_forward_check(device, generator, check, sync):
+    """Capacity-mode dispatch and combine (ExpertParallelMoE with
+    max_tokens_per_rank) and EplbRuntime.route(), captured in CUDA graphs on
+    CUDA, replayed across rebalances that rotate the slots: after each
+    replay the forward equals the dense model and route() gives what the
+    table in force gives eagerly. On the CPU the same steps run eagerly."""
+    num_experts, top_k, tokens = 8, 2, 16
+    dense = demo.dense_layers(2, num_experts, 16, 8, 7)
+    runtime = EplbRuntime(2, num_experts, num_experts, window_steps=2, num_windows=1,
+                          rebalance_every=3, device=device)
+
+    def roll_slots(windows, old_tables):
+        rolled = old_tables.clone()
+        used = rolled[:, :, 1:]
+        rolled[:, :, 1:] = torch.where(used >= 0, (used + 5) % num_experts, used)
+        return rolled
+    runtime._plan = roll_slots
+    layers = [ExpertParallelMoE.from_dense(*(w.to(device) for w in weights), top_k, num_experts,
+                                           runtime=runtime, layer=idx,
+                                           max_tokens_per_rank=tokens)
+              for idx, weights in enumerate(dense)]
+    static_x = demo.drifting_batch(dense[0][0], 0, 0, 1, tokens, generator).to(device)
+    static_ids = torch.randint(0, num_experts, (tokens, top_k), generator=generator).to(device)
+
+    def forward():
+        return demo.run_model(layers, static_x), runtime.route(0, static_ids)
+    graph = None
+    if device.type == "cuda":
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: NCCL communicators, allocator
+                forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out, static_route = forward()
+    expected = demo.run_dense(dense, static_x.cpu(), top_k)
+    swaps, equal, routes = 0, True, True
+    for step in range(10):
+        before = runtime.table(0)
+        if graph is not None:
+            graph.replay()
+            sync()
+            out, route = static_out, static_route
+        else:
+            out, route = forward()
+        equal &= bool(torch.allclose(out.cpu(), expected, rtol=1e-9, atol=1e-9))
+        routes &= torch.equal(route.cpu(), PreparedTable(before, 0, 1).map(static_ids.cpu()))
+        runtime.step()
+        swaps += not torch.equal(before, runtime.table(0))
+    where = "in a CUDA graph on NCCL" if graph is not None else "eagerly on %s" % device
+    check("capacity-mode forward %s equals the dense model across %d table swaps" % (
+        where, swaps), equal and swaps >= 2)
+    check("route() %s follows the table in force across %d swaps" % (where, swaps),
+          routes and swaps >= 2)
 
 
 def main(argv=None):

@@ -192,10 +192,13 @@ fi
 } | tee "$OUT/summary.txt"
 [ $TEST_RC -eq 0 ] && [ $BENCH_RC -le 1 ]
 
-# ---- 6. distributed (issue 11): world size 1 on NCCL ------------------------------
+# ---- 6. distributed (issues 11, 16): world size 1 on NCCL ------------------------------
 # dispatch, combine, migrate_experts and an EplbRuntime on CUDA tensors; a CUDA
 # graph captured around the routing must replay a rebalance's in-place table
-# swap; step() with nothing due must not synchronise (under
+# swap; the capacity-mode forward (dispatch, experts, combine: no host sync)
+# and EplbRuntime.route() captured in CUDA graphs must replay across
+# rebalances and equal the dense model / the table in force; step() with
+# nothing due must not synchronise (under
 # torch.cuda.set_sync_debug_mode("error")), and its host cost per call; the
 # stall of steps that migrate a layer against a normal step (with one rank
 # every move is a local copy). About 30 s. DIST=0 skips it. Appended after the

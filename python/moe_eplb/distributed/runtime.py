@@ -551,12 +551,7 @@ class EplbRuntime:
         error = None
         if self.rank == 0:
             try:
-                new = moe_eplb.plan(list(windows.unbind(0)), self.world_size, self.slots_per_rank,
-                                    balance_mode=self.balance_mode,
-                                    ranks_per_node=self.ranks_per_node,
-                                    num_columns=self.num_columns, previous=old,
-                                    max_moves=self.max_moves, move_cost=self.move_cost)
-                status_and_tables[1:] = new.reshape(-1).to(torch.int64)
+                status_and_tables[1:] = self._plan(windows, old).reshape(-1).to(torch.int64)
             except Exception as caught:  # told to every rank below, then re-raised
                 error = caught
                 status_and_tables[0] = 1
@@ -567,6 +562,14 @@ class EplbRuntime:
             raise RuntimeError("EplbRuntime.step(): planning failed on rank 0 (its error says "
                                "why); the tables in force stay")
         return status_and_tables[1:].cpu().to(torch.int32).view_as(old)
+
+    def _plan(self, windows, old):
+        """Rank 0's plan: (L, E, F) int32 tables from the (n, L, W, E) windows
+        against the tables in force."""
+        return moe_eplb.plan(list(windows.unbind(0)), self.world_size, self.slots_per_rank,
+                             balance_mode=self.balance_mode, ranks_per_node=self.ranks_per_node,
+                             num_columns=self.num_columns, previous=old,
+                             max_moves=self.max_moves, move_cost=self.move_cost)
 
     def _check_planned(self, new):
         """Every rank checks the broadcast tables and that all hold the same."""
