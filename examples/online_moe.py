@@ -33,10 +33,11 @@ def run(rank, world_size, port):
                                          runtime=runtime, layer=0)
     torch.manual_seed(1 + rank)  # each rank its own tokens, leaning to experts 0..3
     hot = gate[:4].sum(0)
-    for step in range(12):
-        tokens = torch.randn(64, HIDDEN) + hot
-        out = layer(tokens)  # gate -> top-k -> dispatch -> experts -> combine
-        runtime.step()       # records load; replans and migrates when due
+    with torch.inference_mode():  # as serving engines run the forward
+        for step in range(12):
+            tokens = torch.randn(64, HIDDEN) + hot
+            out = layer(tokens)  # gate -> top-k -> dispatch -> experts -> combine
+            runtime.step()       # records load; replans and migrates when due
     if rank == 0:
         print("output", tuple(out.shape), "| replicas per expert:", runtime.table(0)[:, 0].tolist())
         for rebalance in runtime.rebalances:

@@ -500,18 +500,19 @@ def _exchange_capacity(request, routed, group, sequence, received_header, status
     position = routed.destination * capacity + (index - starts[routed.destination])
     position = torch.where(routed.destination < world_size, position,
                            torch.full_like(position, world_size * capacity))
-    send = torch.zeros(((world_size + 1) * capacity, layout.record_bytes), dtype=torch.uint8,
-                       device=device)
-    send.index_copy_(0, position, layout.pack(request.tensors,
-                                              routed.source_row.index_select(0, routed.order)))
-    send_slot = torch.full(((world_size + 1) * capacity,), PADDING_ROW, dtype=torch.int64,
-                           device=device)
-    send_slot.index_copy_(0, position, routed.slot.index_select(0, routed.order))
-    received = torch.empty((world_size * capacity, layout.record_bytes), dtype=torch.uint8,
-                           device=device)
-    dist.all_to_all_single(received, send[:world_size * capacity], group=group)
-    recv_slot = torch.empty(world_size * capacity, dtype=torch.int64, device=device)
-    dist.all_to_all_single(recv_slot, send_slot[:world_size * capacity], group=group)
+    # The send buffers as gathers (a scatter of bytes is slow on the CPU):
+    # each of the W * C positions takes its row, or the zero row appended last.
+    num_rows = routed.destination.shape[0]
+    row_at = torch.full(((world_size + 1) * capacity,), num_rows, dtype=torch.int64,
+                        device=device).scatter_(0, position, index)[:world_size * capacity]
+    rows = layout.pack(request.tensors, routed.source_row.index_select(0, routed.order))
+    send = torch.cat([rows, rows.new_zeros((1, rows.shape[1]))]).index_select(0, row_at)
+    slots = routed.slot.index_select(0, routed.order)
+    send_slot = torch.cat([slots, slots.new_full((1,), PADDING_ROW)]).index_select(0, row_at)
+    received = torch.empty_like(send)
+    dist.all_to_all_single(received, send, group=group)
+    recv_slot = torch.empty_like(send_slot)
+    dist.all_to_all_single(recv_slot, send_slot, group=group)
     if not checked:  # a failed dispatch delivers padding only
         recv_slot = torch.where(status == 0, recv_slot, torch.full_like(recv_slot, PADDING_ROW))
     positions = torch.empty_like(position).index_copy_(0, routed.order, position)
@@ -627,7 +628,11 @@ def _return_rows(expert_out, handle, world_size):
                                device=handle.device)
         dist.all_to_all_single(returned, data, output_split_sizes=handle.send_splits,
                                input_split_sizes=handle.recv_splits, group=handle.group)
-        rows = torch.empty_like(returned).index_copy_(0, handle.send_order, returned)
+        # Back to list order as a gather (a scatter of bytes is slow on the CPU).
+        order = handle.send_order
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(
+            order.shape[0], device=order.device))
+        rows = returned.index_select(0, inverse)
     else:
         returned = torch.empty_like(data)
         dist.all_to_all_single(returned, data, group=handle.group)

@@ -23,7 +23,7 @@ Design note: validate, stage, agree, commit.
    A rank that raised at any point left every slot as it was. The commit
    cannot fail: everything that could make a write fail is checked in step
    1 (memory shared by several elements, the device, the layout), the
-   commit's own operation is tried on every tensor with nothing to write,
+   commit's own operation is tried on every tensor (slot 0 written with what it holds),
    and the writes run inside torch.inference_mode(), where torch lets any
    tensor be updated in place (also one made inside the mode, or a leaf
    that requires grad). Everything else runs outside inference mode
@@ -198,7 +198,7 @@ def _check_arguments(agreement, slot_tensors, old_table, new_table, slots_per_ra
 
 def _check_slot_tensors(slot_tensors, slots_per_rank, device):
     """The slot tensors' RowLayout; every write the commit will make is
-    possible (checked, then tried with nothing to write)."""
+    possible (checked, then tried: slot 0 written with what it holds)."""
     if isinstance(slot_tensors, torch.Tensor) or not isinstance(slot_tensors, (list, tuple)):
         _fail("slot_tensors", "expected a list of tensors, got %s", type(slot_tensors).__name__)
     if not slot_tensors:
@@ -206,7 +206,6 @@ def _check_slot_tensors(slot_tensors, slots_per_rank, device):
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         _fail("slot_tensors", "cannot be migrated while a CUDA graph is being captured on the "
               "current stream (migrate between replays)")
-    nothing = torch.empty(0, dtype=torch.int64, device=device)
     for idx, tensor in enumerate(slot_tensors):
         name = "slot_tensors[%d]" % idx
         if not isinstance(tensor, torch.Tensor):
@@ -224,9 +223,9 @@ def _check_slot_tensors(slot_tensors, slots_per_rank, device):
         problem = writable_problem(tensor)
         if problem is not None:
             _fail("slot_tensors", "%s cannot be written in place: %s", name, problem)
-        try:  # the commit's operation, writing nothing
+        try:  # the commit's operation, on a slot, writing what it holds
             with torch.inference_mode():
-                tensor.index_copy_(0, nothing, tensor[:0])
+                tensor[0].copy_(tensor[0].clone())
         except RuntimeError as error:
             _fail("slot_tensors", "%s cannot be written in place: %s", name, error)
     return RowLayout.of(slot_tensors)
@@ -363,8 +362,8 @@ def _post_round(round_idx, moves, slot_tensors, layout, packing, holding, holdin
 
 def _prepare_commit(slot_tensors, layout, actions, source_slots, holding, holding_row, device):
     """Allocates everything the commit needs (snapshots of local copies'
-    sources, received rows in slot order) and returns the commit: one
-    index_copy_ per tensor, the operation _check_slot_tensors() tried."""
+    sources, received rows in slot order) and returns the commit: one copy_
+    per tensor and changed slot, the operation _check_slot_tensors() tried."""
     if _before_commit is not None:
         _before_commit()
     values = layout.unpack(holding)
@@ -376,7 +375,6 @@ def _prepare_commit(slot_tensors, layout, actions, source_slots, holding, holdin
                 destination.append(slot)
                 source = slot if action == _RECEIVE else source_slots[slot]
                 sources.append((want, source))
-    index = torch.tensor(destination, dtype=torch.int64, device=device)
     old_rows = torch.tensor([source for want, source in sources if want == "old"],
                             dtype=torch.int64, device=device)
     received_rows = torch.tensor([holding_row[source] for want, source in sources
@@ -386,9 +384,10 @@ def _prepare_commit(slot_tensors, layout, actions, source_slots, holding, holdin
 
     def commit():
         # Inside inference_mode any tensor may be written in place, also one
-        # made inside the mode or a leaf that requires grad.
+        # made inside the mode or a leaf that requires grad. A slot at a time:
+        # copy_ runs at memory speed for every dtype (index_copy_ of bytes does not).
         with torch.inference_mode():
             for tensor, content in zip(slot_tensors, contents):
-                if destination:
-                    tensor.index_copy_(0, index, content)
+                for row, slot in enumerate(destination):
+                    tensor[slot].copy_(content[row])
     return commit
