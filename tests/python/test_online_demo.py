@@ -28,7 +28,7 @@ def test_online_demo_serves_in_inference_mode_and_reports_what_it_installed(tmp_
     for line in lines:
         # Each layer named is one whose table switched; nothing is predicted
         # for a layer that kept its table.
-        assert re.fullmatch(r"rebalance at step \d+ (no table changes \(the tables in force "
+        assert re.fullmatch(r"rebalance at step \d+: (no table changes \(the tables in force "
                             r"stay\)|planned layers \[[\d, ]+\]; the run ended before they "
                             r"switched|installed (layer \d \d\.\d{3} -> \d\.\d{3} \(\d+ experts, "
                             r"\d+ bytes\)(; )?)+ \(predicted max/mean on the last window\))",

@@ -325,9 +325,9 @@ def describe_rebalance(record):
         layer, record["max_over_mean_before"][layer], record["max_over_mean_after"][layer],
         record["experts_moved"][layer], record["bytes_moved"][layer]) for layer in installed]
     if not parts and not record["dropped_layers"]:
-        return "%d planned layers %s; the run ended before they switched" % (
+        return "%d: planned layers %s; the run ended before they switched" % (
             record["step"], record["layers"])
-    text = "%d installed %s" % (record["step"], "; ".join(parts))
+    text = "%d: installed %s" % (record["step"], "; ".join(parts))
     if record["dropped_layers"]:
         text += "; dropped layers %s (a migration failed)" % record["dropped_layers"]
     return text + " (predicted max/mean on the last window)"
