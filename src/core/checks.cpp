@@ -205,22 +205,22 @@ void check_scalars(const char* operation, const UpdateExpertParams& params,
 }
 
 TableRouter table_router(const TableView& eplb_table, const UpdateExpertParams& params) {
-  const bool by_token = params.balance_mode == BalanceMode::kByToken;
+  // Modes that pick by token ignore the rank (which may then be unset).
+  const bool by_rank = !uses_token_index(params.balance_mode);
   return TableRouter{eplb_table.data,
                      eplb_table.num_experts,
                      eplb_table.num_columns,
                      eplb_table.row_stride,
                      eplb_table.column_stride,
                      resolved_num_physical_experts(params),
-                     by_token ? 0u : static_cast<std::uint32_t>(params.local_rank_id),
-                     by_token ? 1u : static_cast<std::uint32_t>(params.world_size),
-                     by_token};
+                     by_rank ? static_cast<std::uint32_t>(params.local_rank_id) : 0u,
+                     by_rank ? static_cast<std::uint32_t>(params.world_size) : 1u,
+                     params.balance_mode};
 }
 
 PreparedRouter prepared_router(const PreparedView& prepared) {
   return PreparedRouter{prepared.routes, prepared.num_experts, prepared.row_width,
-                        prepared.num_physical_experts,
-                        prepared.balance_mode == BalanceMode::kByToken};
+                        prepared.num_physical_experts, prepared.balance_mode};
 }
 
 std::int64_t resolved_num_physical_experts(const UpdateExpertParams& params) {
@@ -257,7 +257,7 @@ void check_update_expert_prepared(const PreparedView& prepared, const ExpertIdsV
   MOE_EPLB_CHECK(prepared.num_experts >= 1 && prepared.num_experts <= INT32_MAX, kOperation,
                  ": prepared routes have ", prepared.num_experts, " experts, expected 1..",
                  INT32_MAX);
-  const bool by_token = prepared.balance_mode == BalanceMode::kByToken;
+  const bool by_token = detail::uses_token_index(prepared.balance_mode);
   MOE_EPLB_CHECK(by_token ? prepared.row_width >= 2 : prepared.row_width == 1, kOperation,
                  ": prepared routes have row width ", prepared.row_width, ", expected ",
                  by_token ? "at least 2 (count and one replica) in token mode" : "1 in rank mode");

@@ -8,12 +8,12 @@
 namespace moe_eplb {
 
 std::int64_t prepared_row_width(std::int64_t num_columns, BalanceMode balance_mode) {
-  return balance_mode == BalanceMode::kByToken ? num_columns : 1;
+  return detail::uses_token_index(balance_mode) ? num_columns : 1;
 }
 
 void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
                   std::int32_t* routes) {
-  if (params.balance_mode == BalanceMode::kByRank) {
+  if (!detail::uses_token_index(params.balance_mode)) {
     const detail::TableRouter router = detail::table_router(eplb_table, params);
     for (std::int64_t expert = 0; expert < eplb_table.num_experts; ++expert) {
       routes[expert] = static_cast<std::int32_t>(detail::route_one(router, expert, 0));
@@ -57,7 +57,7 @@ void PreparedTable::update(const TableView& eplb_table) {
 TableReport PreparedTable::validate(const TableView& eplb_table, const char* operation) const {
   ValidateTableOptions options;
   options.profile = params_.profile;
-  options.check_rank_mode_reachability = params_.balance_mode == BalanceMode::kByRank;
+  options.check_rank_mode_reachability = !detail::uses_token_index(params_.balance_mode);
   // Token mode ignores world_size, so an unset (< 1) value means "unknown".
   const std::int64_t world_size = params_.world_size >= 1 ? params_.world_size : -1;
   TableReport report =

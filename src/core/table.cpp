@@ -85,16 +85,15 @@ std::string TableReport::to_string() const {
 std::int64_t ranks_served_by_replica(std::int64_t count, std::int64_t replica,
                                      std::int64_t world_size) {
   if (count < 1 || replica < 1 || replica > count || world_size < 1) return 0;
-  const std::int64_t ranks_per_replica = (world_size + count - 1) / count;
-  const std::int64_t first_rank = (replica - 1) * ranks_per_replica;
-  return first_rank >= world_size ? 0 : std::min(ranks_per_replica, world_size - first_rank);
+  const detail::SourceRanks sources = detail::rank_mode_sources(count, replica - 1, world_size);
+  return sources.end - sources.begin;
 }
 
 std::int64_t rank_mode_replica(std::int64_t count, std::int64_t local_rank_id,
                                std::int64_t world_size) {
   return detail::replica_column(static_cast<std::uint32_t>(count), 0,
                                 static_cast<std::uint32_t>(local_rank_id),
-                                static_cast<std::uint32_t>(world_size), false);
+                                static_cast<std::uint32_t>(world_size), BalanceMode::kByRank);
 }
 
 TableReport validate_table(const TableView& table, std::int64_t world_size,
@@ -179,7 +178,7 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
                 " exceeds world_size ", world_size, " under the ", limits.name, " profile");
     }
     const std::size_t row_begin = placements.size();
-    const std::int64_t ranks_per_replica = (world_size + count - 1) / count;
+    const std::int64_t group = detail::ranks_per_replica(count, world_size);
     for (std::int64_t column = 1; column <= count; ++column) {
       const std::int64_t slot = table.at(row, column);
       if (slot < 0 || slot >= num_physical) {
@@ -193,9 +192,8 @@ TableReport validate_table(const TableView& table, std::int64_t world_size,
           ranks_served_by_replica(count, column, world_size) == 0) {
         add.warning(Kind::kDeadReplica, row, column, "row ", row, ", column ", column, ": replica ",
                     column, " (slot ", slot, ") never receives tokens in rank mode: world_size ",
-                    world_size, " with ", count, " replicas makes groups of ", ranks_per_replica,
-                    " ranks, which reach only replicas 1..",
-                    (world_size + ranks_per_replica - 1) / ranks_per_replica);
+                    world_size, " with ", count, " replicas makes groups of ", group,
+                    " ranks, which reach only replicas 1..", (world_size + group - 1) / group);
       }
     }
     if (slots_per_rank > 0) {

@@ -40,7 +40,7 @@ bool route_tokens(const TokenRows& rows, const T* in, std::int64_t n, std::int64
                                    rows.num_physical_experts,
                                    0,
                                    1,
-                                   true};
+                                   BalanceMode::kByToken};
   bool ok = true;
   std::int64_t token = first_token;
   std::int64_t k = 0;

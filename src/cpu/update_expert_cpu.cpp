@@ -83,15 +83,16 @@ bool gather_route_map(const ExpertIdsView& ids, const std::int32_t* routes,
                                  ids.num_tokens * ids.top_k);
     return mapper.map(id_rows(ids, out));
   }
-  const detail::PreparedRouter router{routes, num_experts, 1, num_physical_experts, false};
+  const detail::PreparedRouter router{routes, num_experts, 1, num_physical_experts,
+                                      BalanceMode::kByRank};
   return route_each(ids, router, out);
 }
 
 // Token mode: the vector path where it applies (contiguous rows, a table it
 // can hold, a batch that pays for building it), else the router per element.
 // Returns false if any element is bad. Out of line, with a local router
-// whose by_token the compiler sees, so the per-element loop is as tight as
-// a loop of its own.
+// whose mode the compiler sees, so the per-element loop is as tight as a
+// loop of its own.
 template <typename IdT, typename Router>
 MOE_EPLB_NOINLINE bool map_tokens(const ExpertIdsView& ids, const cpu::TokenRows& rows,
                                   const Router& router, IdT* out) {
@@ -101,7 +102,7 @@ MOE_EPLB_NOINLINE bool map_tokens(const ExpertIdsView& ids, const cpu::TokenRows
     if (mapper.isa() != cpu::Isa::kScalar) return mapper.map(id_rows(ids, out), ids.top_k, 0);
   }
   Router by_token = router;
-  by_token.by_token = true;
+  by_token.balance_mode = BalanceMode::kByToken;
   return route_each(ids, by_token, out);
 }
 
@@ -183,7 +184,7 @@ template <typename IdT>
 bool map_with_table(const ExpertIdsView& ids, const TableView& table,
                     const UpdateExpertParams& params, const detail::TableRouter& router,
                     std::vector<std::int32_t>& scratch, IdT* out) {
-  if (router.by_token) {
+  if (detail::uses_token_index(router.balance_mode)) {
     return map_tokens(
         ids,
         cpu::TokenRows{table.data, table.num_experts, table.num_columns, table.row_stride,
@@ -193,7 +194,7 @@ bool map_with_table(const ExpertIdsView& ids, const TableView& table,
   const bool small_table = router.num_experts <= ids.num_tokens * ids.top_k;
   if (!small_table) {
     detail::TableRouter by_rank = router;  // lets the compiler drop the token-mode branch
-    by_rank.by_token = false;
+    by_rank.balance_mode = BalanceMode::kByRank;
     return route_each(ids, by_rank, out);
   }
   // Rank mode: resolve each row once (bad rows become RouteStatus codes), then gather.
@@ -205,7 +206,7 @@ bool map_with_table(const ExpertIdsView& ids, const TableView& table,
 
 template <typename IdT>
 bool map_with_prepared(const ExpertIdsView& ids, const detail::PreparedRouter& router, IdT* out) {
-  if (router.by_token) {
+  if (detail::uses_token_index(router.balance_mode)) {
     return map_tokens(ids,
                       cpu::TokenRows{router.routes, router.num_experts, router.row_width,
                                      router.row_width, 1, router.num_physical_experts},
@@ -260,7 +261,7 @@ void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& p
         }
         const std::int64_t column =
             detail::replica_column(static_cast<std::uint32_t>(count), token, router.local_rank_id,
-                                   router.world_size, router.by_token);
+                                   router.world_size, router.balance_mode);
         return detail::concat(
             kOperation, ": ", position(token, k, expert), " selects eplb_table[", expert, ", ",
             column, "] = ", table.at(expert, column), ", outside the slot range ",

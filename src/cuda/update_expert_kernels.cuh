@@ -119,7 +119,7 @@ __device__ __forceinline__ std::int64_t token_of(std::int64_t index, std::int64_
 struct SharedMapRouter {
   const std::int32_t* map;
   std::int64_t num_experts;
-  static constexpr bool by_token = false;
+  static constexpr BalanceMode balance_mode = BalanceMode::kByRank;
 
   // Clamped index, then select (route.hpp's device schedule).
   __device__ __forceinline__ detail::FirstRead first_read(std::int64_t expert) const {
@@ -185,8 +185,8 @@ class BlockMapper {
     if (kSharedMap || histogram_ != nullptr) __syncthreads();
   }
 
-  // Whether token indices matter (token mode); rank mode may pass 0.
-  __device__ bool by_token() const { return router_.by_token; }
+  // Whether token indices matter (the per-token modes); rank mode may pass 0.
+  __device__ bool by_token() const { return detail::uses_token_index(router_.balance_mode); }
 
   // The router's first read for `expert` (see detail::FirstRead).
   __device__ __forceinline__ detail::FirstRead first_read(std::int64_t expert) const {
@@ -364,7 +364,7 @@ __global__ void __launch_bounds__(kThreads)
   const std::uint32_t v = blockIdx.x * kThreads + threadIdx.x;
   Vector packed{};
   if (v < num_vectors) packed = __ldg(reinterpret_cast<const Vector*>(ids) + v);
-  source.by_token = false;  // rank mode (the host's plan): the token branch folds away
+  source.balance_mode = BalanceMode::kByRank;  // the host's plan: the token branch folds away
   const SharedMapRouter router = build_rank_map(source, shared);
   __syncthreads();
   std::uint32_t num_bad = 0;

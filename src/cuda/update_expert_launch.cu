@@ -151,7 +151,8 @@ void launch(const char* operation, const ExpertIdsView& ids, const PruningInputs
                        (ids.top_k <= 1 || ids.k_stride == 1);
   request.aligned16 = aligned16(ids.data) && aligned16(outputs.balanced_expert_ids.data);
   request.prepared = prepared;
-  request.by_token = prepared ? routes.prepared.by_token : routes.table.by_token;
+  request.by_token =
+      detail::uses_token_index(prepared ? routes.prepared.balance_mode : routes.table.balance_mode);
   request.pruning = pruning != nullptr;
   request.record = outputs.load_counts.data != nullptr;
   request.num_experts = prepared ? routes.prepared.num_experts : routes.table.num_experts;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "moe_eplb/detail/route.hpp"
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/table.hpp"
@@ -168,9 +169,8 @@ std::int64_t widest_plan_columns(std::int64_t num_experts, std::int64_t world_si
 
 std::vector<std::int64_t> live_replica_counts(std::int64_t world_size) {
   std::vector<std::int64_t> counts;
-  for (std::int64_t group = world_size; group >= 1; --group) {
-    const std::int64_t count = (world_size + group - 1) / group;
-    if (counts.empty() || counts.back() != count) counts.push_back(count);
+  for (std::int64_t count = 1; count <= world_size; ++count) {
+    if (detail::rank_mode_count_is_live(count, world_size)) counts.push_back(count);
   }
   return counts;
 }

@@ -12,16 +12,18 @@
 #include <vector>
 
 #include "forecast.hpp"
+#include "moe_eplb/detail/route.hpp"
 #include "planners.hpp"
 
 namespace moe_eplb::plan_detail {
 
 // Source ranks [begin, end) whose tokens replica j (0-based) of a c-replica
-// expert receives in rank mode; empty for a dead replica.
+// expert receives in rank mode; empty for a dead replica. The rule itself is
+// the operator's (detail/route.hpp).
 inline std::pair<std::int64_t, std::int64_t> source_group(std::int64_t count, std::int64_t replica,
                                                           std::int64_t world_size) {
-  const std::int64_t group = (world_size + count - 1) / count;
-  return {std::min(replica * group, world_size), std::min((replica + 1) * group, world_size)};
+  const detail::SourceRanks sources = detail::rank_mode_sources(count, replica, world_size);
+  return {sources.begin, sources.end};
 }
 
 // A replica's (or a rank's) predicted tokens: the expected count and its

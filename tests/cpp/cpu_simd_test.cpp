@@ -148,7 +148,7 @@ void check_rank_mapper(const RankCase& c, std::int64_t n, std::uint64_t seed,
   const std::vector<std::int32_t> routes = make_rank_routes(c, rng);
   const std::vector<T> ids = make_ids<T>(n, c.num_experts, c.bad_id_rate, rng);
   const detail::PreparedRouter router{routes.data(), c.num_experts, 1, c.num_physical_experts,
-                                      false};
+                                      BalanceMode::kByRank};
   bool expected_ok = true;
   std::vector<T> expected(ids.size());
   for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -307,7 +307,7 @@ void check_token_mapper(const TokenCase& c, std::int64_t n, std::int64_t top_k,
                                    r.num_physical_experts,
                                    0,
                                    1,
-                                   true};
+                                   BalanceMode::kByToken};
   bool expected_ok = true;
   std::vector<T> expected(ids.size());
   for (std::size_t i = 0; i < ids.size(); ++i) {

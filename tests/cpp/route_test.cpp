@@ -119,7 +119,7 @@ TEST(Route, TableRouterMatchesReferenceOnEveryStatus) {
                   kEnd,
                   mode == 0 ? static_cast<std::uint32_t>(rank) : 0u,
                   mode == 0 ? static_cast<std::uint32_t>(world_size) : 1u,
-                  mode == 1};
+                  static_cast<BalanceMode>(mode)};
               for (const std::int64_t expert : expert_ids_around(table.rows)) {
                 for (const std::int64_t token : kTokens) {
                   ASSERT_EQ(route_both_ways(router, expert, token),
@@ -143,7 +143,8 @@ TEST(Route, PreparedRouterTokenModeMatchesReference) {
     for (const std::int64_t num_columns : {2, 3, 5}) {
       const Matrix table = hostile_table(num_columns, kEnd, rotation);
       std::vector<std::int32_t> routes(table.values.begin(), table.values.end());
-      const detail::PreparedRouter router{routes.data(), table.rows, table.cols, kEnd, true};
+      const detail::PreparedRouter router{routes.data(), table.rows, table.cols, kEnd,
+                                          BalanceMode::kByToken};
       for (const std::int64_t expert : expert_ids_around(table.rows)) {
         for (const std::int64_t token : kTokens) {
           ASSERT_EQ(route_both_ways(router, expert, token),
@@ -165,7 +166,7 @@ TEST(Route, PreparedRouterRankModeKeepsStatusesAndRejectsOverwrittenEntries) {
   const std::vector<std::int64_t> expected = {0,        39,       17,       kBadExpert, kBadCount,
                                               kBadSlot, kBadSlot, kBadSlot, kBadSlot,   kBadSlot};
   const auto num_experts = static_cast<std::int64_t>(routes.size());
-  const detail::PreparedRouter router{routes.data(), num_experts, 1, kEnd, false};
+  const detail::PreparedRouter router{routes.data(), num_experts, 1, kEnd, BalanceMode::kByRank};
   for (const std::int64_t expert : expert_ids_around(num_experts)) {
     const std::int64_t want = expert >= 0 && expert < num_experts
                                   ? expected[static_cast<std::size_t>(expert)]
@@ -182,19 +183,22 @@ TEST(Route, ReplicaColumnStaysWithinTheReplicas) {
   for (std::uint32_t count = 1; count <= 9; ++count) {
     for (std::uint32_t world_size = 1; world_size <= 17; ++world_size) {
       for (std::uint32_t rank = 0; rank < world_size; ++rank) {
-        const std::int64_t column = detail::replica_column<true>(count, 0, rank, world_size, false);
+        const std::int64_t column =
+            detail::replica_column<true>(count, 0, rank, world_size, BalanceMode::kByRank);
         ASSERT_GE(column, 1);
         ASSERT_LE(column, count);
         ASSERT_EQ(column, reference_column(count, 0, rank, world_size, 0));
-        ASSERT_EQ(column, detail::replica_column<false>(count, 0, rank, world_size, false));
+        ASSERT_EQ(column,
+                  detail::replica_column<false>(count, 0, rank, world_size, BalanceMode::kByRank));
       }
     }
     for (const std::int64_t token : kTokens) {
-      const std::int64_t column = detail::replica_column<true>(count, token, 0, 1, true);
+      const std::int64_t column =
+          detail::replica_column<true>(count, token, 0, 1, BalanceMode::kByToken);
       ASSERT_GE(column, 1);
       ASSERT_LE(column, count);
       ASSERT_EQ(column, reference_column(count, token, 0, 1, 1));
-      ASSERT_EQ(column, detail::replica_column<false>(count, token, 0, 1, true));
+      ASSERT_EQ(column, detail::replica_column<false>(count, token, 0, 1, BalanceMode::kByToken));
     }
   }
 }

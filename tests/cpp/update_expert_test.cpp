@@ -404,7 +404,7 @@ TEST(UpdateExpertEdge, TokenModeModuloIsExactForLargeTokenIndices) {
   for (std::int64_t token : {std::int64_t{0xffffffff}, std::int64_t{1} << 32,
                              (std::int64_t{1} << 32) + 7, std::int64_t{1} << 40}) {
     for (std::uint32_t count : {2u, 3u, 7u, 1000u}) {
-      EXPECT_EQ(detail::replica_column(count, token, 0, 1, true),
+      EXPECT_EQ(detail::replica_column(count, token, 0, 1, BalanceMode::kByToken),
                 reference_column(count, token, 0, 1, 1))
           << "token " << token << " count " << count;
     }

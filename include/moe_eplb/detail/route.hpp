@@ -42,20 +42,63 @@ inline constexpr bool kSelectRoutes = true;
 inline constexpr bool kSelectRoutes = false;
 #endif
 
+// ---- the replica rule ------------------------------------------------------
+// The one owner of "which replica": the kernels (through the routers below),
+// table validation (table.cpp) and the planner's model of the rule
+// (src/plan/rule_model.hpp) all read these functions. A new operator rule is
+// one BalanceMode case in replica_column() plus one case in the planner's
+// share model.
+
+// Whether a mode picks the replica per token (its token index matters).
+MOE_EPLB_HOST_DEVICE constexpr bool uses_token_index(BalanceMode balance_mode) {
+  return balance_mode != BalanceMode::kByRank;
+}
+
+// Rank mode cuts the world_size ranks into consecutive groups of this many
+// ranks; group g sends its tokens to replica g + 1. count >= 1.
+template <typename Int>
+MOE_EPLB_HOST_DEVICE constexpr Int ranks_per_replica(Int count, Int world_size) {
+  return (world_size + count - 1) / count;
+}
+
+// Source ranks [begin, end) whose tokens replica `replica` (0-based) of a
+// `count`-replica expert receives in rank mode; begin == end for a dead
+// replica (one no group reaches).
+struct SourceRanks {
+  std::int64_t begin;
+  std::int64_t end;
+};
+MOE_EPLB_HOST_DEVICE constexpr SourceRanks rank_mode_sources(std::int64_t count,
+                                                             std::int64_t replica,
+                                                             std::int64_t world_size) {
+  const std::int64_t group = ranks_per_replica(count, world_size);
+  const std::int64_t begin = replica * group < world_size ? replica * group : world_size;
+  const std::int64_t end = (replica + 1) * group < world_size ? (replica + 1) * group : world_size;
+  return {begin, end};
+}
+
+// Whether rank mode reaches every one of `count` replicas (no dead replica):
+// the groups of ranks_per_replica() ranks number exactly `count`.
+MOE_EPLB_HOST_DEVICE constexpr bool rank_mode_count_is_live(std::int64_t count,
+                                                            std::int64_t world_size) {
+  const std::int64_t group = ranks_per_replica(count, world_size);
+  return (world_size + group - 1) / group == count;
+}
+
 // 1-based table column of the replica that (token_idx, local_rank_id) uses
-// among `count` >= 1 replicas. world_size, local_rank_id and count fit in 31
-// bits (the front end checks), so 32-bit division suffices and cannot
-// overflow; j never exceeds count (count == 1 gives column 1 in both modes,
-// which the host's schedule returns without dividing: most experts have
-// one replica).
+// among `count` >= 1 replicas under `balance_mode`. world_size,
+// local_rank_id and count fit in 31 bits (the front end checks), so 32-bit
+// division suffices and cannot overflow; j never exceeds count (count == 1
+// gives column 1 in every mode, which the host's schedule returns without
+// dividing: most experts have one replica).
 template <bool kSelect = kSelectRoutes>
 MOE_EPLB_HOST_DEVICE std::int64_t replica_column(std::uint32_t count, std::int64_t token_idx,
                                                  std::uint32_t local_rank_id,
-                                                 std::uint32_t world_size, bool by_token) {
+                                                 std::uint32_t world_size,
+                                                 BalanceMode balance_mode) {
   if (!kSelect && count == 1) return 1;
-  if (!by_token) {
-    const std::uint32_t ranks_per_replica = (world_size + count - 1) / count;
-    return 1 + local_rank_id / ranks_per_replica;
+  if (balance_mode == BalanceMode::kByRank) {
+    return 1 + local_rank_id / ranks_per_replica(count, world_size);
   }
   const std::uint64_t token = static_cast<std::uint64_t>(token_idx);
   if (token <= 0xffffffffu) return 1 + static_cast<std::uint32_t>(token) % count;
@@ -102,7 +145,7 @@ template <bool kSelect>
 MOE_EPLB_HOST_DEVICE std::int64_t route_in_row(const FirstRead& read, std::int64_t token_idx,
                                                std::int64_t num_columns, std::int64_t column_stride,
                                                std::uint32_t local_rank_id,
-                                               std::uint32_t world_size, bool by_token,
+                                               std::uint32_t world_size, BalanceMode balance_mode,
                                                std::int64_t num_physical_experts) {
   if (!kSelect && !read.expert_ok) return kRouteBadExpertId;
   const std::int32_t count = read.head;
@@ -110,7 +153,7 @@ MOE_EPLB_HOST_DEVICE std::int64_t route_in_row(const FirstRead& read, std::int64
   if (!kSelect && !count_ok) return kRouteBadCount;
   const std::int64_t column =
       replica_column<kSelect>(count_ok ? static_cast<std::uint32_t>(count) : 1u, token_idx,
-                              local_rank_id, world_size, by_token);
+                              local_rank_id, world_size, balance_mode);
   const std::int64_t slot = checked_slot(read.row[column * column_stride], num_physical_experts);
   return !read.expert_ok ? kRouteBadExpertId : !count_ok ? kRouteBadCount : slot;
 }
@@ -127,7 +170,7 @@ struct TableRouter {
   std::int64_t num_physical_experts;
   std::uint32_t local_rank_id;
   std::uint32_t world_size;
-  bool by_token;
+  BalanceMode balance_mode;
 
   template <bool kSelect = kSelectRoutes>
   MOE_EPLB_HOST_DEVICE FirstRead first_read(std::int64_t expert) const {
@@ -137,7 +180,7 @@ struct TableRouter {
   template <bool kSelect = kSelectRoutes>
   MOE_EPLB_HOST_DEVICE std::int64_t route(const FirstRead& read, std::int64_t token_idx) const {
     return route_in_row<kSelect>(read, token_idx, num_columns, column_stride, local_rank_id,
-                                 world_size, by_token, num_physical_experts);
+                                 world_size, balance_mode, num_physical_experts);
   }
 };
 
@@ -150,7 +193,7 @@ struct PreparedRouter {
   std::int64_t num_experts;
   std::int64_t row_width;
   std::int64_t num_physical_experts;
-  bool by_token;
+  BalanceMode balance_mode;
 
   template <bool kSelect = kSelectRoutes>
   MOE_EPLB_HOST_DEVICE FirstRead first_read(std::int64_t expert) const {
@@ -159,8 +202,9 @@ struct PreparedRouter {
 
   template <bool kSelect = kSelectRoutes>
   MOE_EPLB_HOST_DEVICE std::int64_t route(const FirstRead& read, std::int64_t token_idx) const {
-    if (by_token) {  // rows are table rows: [count, replicas...]
-      return route_in_row<kSelect>(read, token_idx, row_width, 1, 0, 1, true, num_physical_experts);
+    if (uses_token_index(balance_mode)) {  // rows are table rows: [count, replicas...]
+      return route_in_row<kSelect>(read, token_idx, row_width, 1, 0, 1, balance_mode,
+                                   num_physical_experts);
     }
     // Rank mode: one entry per expert. A negative entry is the status found
     // at prepare time; anything below the known statuses (an overwritten
