@@ -29,7 +29,15 @@ std::int64_t expected_id(const std::vector<std::int32_t>& table, std::int64_t ro
   if (count < 1) std::abort();  // the op accepted a bad count
   std::int64_t column = 1;
   if (count > 1) {
-    column = mode == 0 ? 1 + rank / ((world_size + count - 1) / count) : 1 + token % count;
+    if (mode == 0) {
+      column = 1 + rank / ((world_size + count - 1) / count);
+    } else if (mode == 1) {
+      column = 1 + token % count;
+    } else {  // vLLM's ((token * 2654435769) & 0xFFFFFFFF) % count
+      const std::uint64_t hashed =
+          (static_cast<std::uint64_t>(token) * 2654435769ull) & 0xFFFFFFFFull;
+      column = 1 + static_cast<std::int64_t>(hashed % static_cast<std::uint64_t>(count));
+    }
   }
   return at(column);
 }
@@ -44,7 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::int64_t columns = in.range(1, 8);
   const std::int64_t world_size = in.value_near(1, 20);
   const std::int64_t rank = in.value_near(0, world_size - 1);
-  const int mode = static_cast<int>(in.value_near(0, 1));
+  const int mode = static_cast<int>(in.value_near(0, 2));
   const auto profile = static_cast<moe_eplb::LimitProfile>(in.range(0, 2));
   const std::int64_t num_physical = in.next<std::uint8_t>() % 4 == 0 ? -1 : in.value_near(1, 64);
   const std::uint8_t flags = in.next<std::uint8_t>();

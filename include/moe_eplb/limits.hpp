@@ -27,7 +27,7 @@ struct Limits {
   std::int64_t min_columns;                     // F
   bool columns_at_most_world_size_plus_one;     // F <= world_size + 1
   std::int64_t max_physical_experts;            // world_size * place_per_rank
-  bool allows_token_mode;                       // balance_mode == 1
+  std::int64_t max_balance_mode;                // balance_mode in 0..this
   bool allows_pruning;                          // expert_scales / pruning_threshold / active_mask
 };
 

@@ -30,9 +30,13 @@ enum class Dtype : std::uint8_t {
 };
 
 // How a logical expert with several replicas picks one (SPEC.md, "Formula").
+// The rule itself is replica_column() in detail/route.hpp.
 enum class BalanceMode : std::int64_t {
   kByRank = 0,   // replica 1 + local_rank_id / ceil(world_size / count): same for the whole rank
   kByToken = 1,  // replica 1 + token_idx % count: spreads one rank's tokens over replicas
+  // replica 1 + ((token_idx * 2654435769) mod 2^32) % count: vLLM's rule
+  // (eplb_map_to_physical_and_record), a moe-eplb extension of the operator.
+  kByHash = 2,
 };
 
 std::string to_string(Dtype dtype);     // "int32", "bfloat16", ...; "unsupported dtype"

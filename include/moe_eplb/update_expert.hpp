@@ -4,6 +4,7 @@
 //   j = 1                                              if c == 1
 //   j = 1 + local_rank_id / ceil(world_size / c)       balance_mode 0 (by rank)
 //   j = 1 + b % c                                      balance_mode 1 (by token)
+//   j = 1 + ((b * 2654435769) mod 2^32) % c            balance_mode 2 (vLLM's token hash)
 //   balanced_expert_ids[b, k] = eplb_table[e, j]
 //
 // and, optionally, expert pruning:

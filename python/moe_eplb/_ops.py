@@ -17,6 +17,7 @@ FORMULA = """\
     j = 1                                             if c == 1
     j = 1 + local_rank_id // ceil(world_size / c)     balance_mode 0 (by rank)
     j = 1 + b % c                                     balance_mode 1 (by token)
+    j = 1 + ((b * 2654435769) & 0xFFFFFFFF) % c       balance_mode 2 (vLLM's token hash)
     balanced_expert_ids[b, k] = eplb_table[e, j]     (the slot of replica j)
 
     pruning (optional):
@@ -113,8 +114,9 @@ def update_expert(
         eplb_table: (E, F) int32 on the same device; row e is
             [c, p_1, ..., p_c, unused...]: c replicas in slots p_j.
         local_rank_id: this rank, 0 <= local_rank_id < world_size (rank mode).
-        world_size: expert-parallel group size (rank mode; ignored by mode 1).
-        balance_mode: 0 = by rank (torch_npu's only mode), 1 = by token.
+        world_size: expert-parallel group size (rank mode; ignored by modes 1 and 2).
+        balance_mode: 0 = by rank (torch_npu's only mode), 1 = by token, 2 =
+            vLLM's token hash (native profile only).
         num_physical_experts: total physical slots (world_size * slots per
             rank), or -1 if unknown; selected slots must lie below it (below the
             profile's limit when -1). Required with load_counts.
@@ -234,7 +236,7 @@ class PreparedTable:
     Args:
         eplb_table: (E, F) int32 tensor, any device.
         local_rank_id, world_size: this rank and the group size (rank mode;
-            may be -1 in token mode).
+            may be -1 in the per-token modes 1 and 2).
         balance_mode, num_physical_experts, profile: as in update_expert();
             num_physical_experts = -1 infers it from the table (smallest
             multiple of world_size above the largest slot) and keeps it for
@@ -243,7 +245,7 @@ class PreparedTable:
 
     Attributes:
         routes: int32 (E, 1) in rank mode (the slot this rank uses for each
-            expert) or (E, F) in token mode ([count, slots..., -1 padding]).
+            expert) or (E, F) in modes 1 and 2 ([count, slots..., -1 padding]).
         num_physical_experts: the resolved slot count.
         fingerprint: one-element int64 tensor beside the routes,
             table_fingerprint() of the table in force, updated in place with

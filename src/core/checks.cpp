@@ -156,14 +156,33 @@ void check_batch(const char* operation, const ExpertIdsView& expert_ids,
 
 }  // namespace
 
+const char* balance_mode_name(BalanceMode balance_mode) {
+  switch (balance_mode) {
+    case BalanceMode::kByRank:
+      return "by rank";
+    case BalanceMode::kByToken:
+      return "by token";
+    case BalanceMode::kByHash:
+      return "vLLM's token hash";
+  }
+  return "unknown";
+}
+
+void check_balance_mode(const char* operation, BalanceMode balance_mode) {
+  const auto mode = static_cast<std::int64_t>(balance_mode);
+  MOE_EPLB_CHECK(mode >= 0 && mode <= static_cast<std::int64_t>(BalanceMode::kByHash), operation,
+                 ": balance_mode must be 0 (by rank), 1 (by token) or 2 (vLLM's token hash), got ",
+                 mode);
+}
+
 void check_scalars(const char* operation, const UpdateExpertParams& params,
                    const TableView* eplb_table, const Limits& limits) {
+  check_balance_mode(operation, params.balance_mode);
   const auto mode = static_cast<std::int64_t>(params.balance_mode);
-  MOE_EPLB_CHECK(mode == 0 || mode == 1, operation,
-                 ": balance_mode must be 0 (by rank) or 1 (by token), got ", mode);
-  MOE_EPLB_CHECK(mode == 0 || limits.allows_token_mode, operation,
-                 ": balance_mode 1 (by token) is not supported under the ", limits.name,
-                 " profile, expected 0");
+  MOE_EPLB_CHECK(mode <= limits.max_balance_mode, operation, ": balance_mode ", mode, " (",
+                 balance_mode_name(params.balance_mode), ") is not supported under the ",
+                 limits.name, " profile, expected ",
+                 limits.max_balance_mode == 0 ? "0" : range(0, limits.max_balance_mode));
   const bool by_rank = params.balance_mode == BalanceMode::kByRank;
   if (by_rank) {
     MOE_EPLB_CHECK(
@@ -251,9 +270,7 @@ void check_update_expert_prepared(const PreparedView& prepared, const ExpertIdsV
                                   const PruningInputs* pruning, const UpdateExpertOutputs& outputs,
                                   bool has_memory) {
   constexpr const char* kOperation = "update_expert_prepared()";
-  const auto mode = static_cast<std::int64_t>(prepared.balance_mode);
-  MOE_EPLB_CHECK(mode == 0 || mode == 1, kOperation, ": prepared balance_mode must be 0 or 1, got ",
-                 mode);
+  detail::check_balance_mode(kOperation, prepared.balance_mode);
   MOE_EPLB_CHECK(prepared.num_experts >= 1 && prepared.num_experts <= INT32_MAX, kOperation,
                  ": prepared routes have ", prepared.num_experts, " experts, expected 1..",
                  INT32_MAX);

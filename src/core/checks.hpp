@@ -12,6 +12,12 @@
 
 namespace moe_eplb::detail {
 
+// "by rank", "by token", "vLLM's token hash".
+const char* balance_mode_name(BalanceMode balance_mode);
+
+// Throws unless balance_mode is 0, 1 or 2, with a message starting with `operation`.
+void check_balance_mode(const char* operation, BalanceMode balance_mode);
+
 // local_rank_id, world_size, balance_mode, num_physical_experts, and the
 // table shape (E, F) when `eplb_table` is given.
 void check_scalars(const char* operation, const UpdateExpertParams& params,

@@ -88,22 +88,26 @@ bool gather_route_map(const ExpertIdsView& ids, const std::int32_t* routes,
   return route_each(ids, router, out);
 }
 
-// Token mode: the vector path where it applies (contiguous rows, a table it
-// can hold, a batch that pays for building it), else the router per element.
-// Returns false if any element is bad. Out of line, with a local router
-// whose mode the compiler sees, so the per-element loop is as tight as a
-// loop of its own.
+// The per-token modes. Token mode: the vector path where it applies
+// (contiguous rows, a table it can hold, a batch that pays for building it),
+// else the router per element; hash mode: the router per element. Returns
+// false if any element is bad. Out of line, with a local router whose mode
+// the compiler sees, so each per-element loop is as tight as a loop of its own.
 template <typename IdT, typename Router>
 MOE_EPLB_NOINLINE bool map_tokens(const ExpertIdsView& ids, const cpu::TokenRows& rows,
                                   const Router& router, IdT* out) {
+  Router fixed = router;
+  if (router.balance_mode == BalanceMode::kByHash) {
+    fixed.balance_mode = BalanceMode::kByHash;
+    return route_each(ids, fixed, out);
+  }
   const std::int64_t num_elements = ids.num_tokens * ids.top_k;
   if (ids.k_stride == 1 && cpu::TokenMapper::may_vectorize(rows.num_experts, num_elements)) {
     const cpu::TokenMapper mapper(rows, num_elements);
     if (mapper.isa() != cpu::Isa::kScalar) return mapper.map(id_rows(ids, out), ids.top_k, 0);
   }
-  Router by_token = router;
-  by_token.balance_mode = BalanceMode::kByToken;
-  return route_each(ids, by_token, out);
+  fixed.balance_mode = BalanceMode::kByToken;
+  return route_each(ids, fixed, out);
 }
 
 // Finds the first element (in row-major order) the router rejects and throws

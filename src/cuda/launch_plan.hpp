@@ -35,7 +35,7 @@ struct LaunchRequest {
   bool contiguous = true;       // ids rows are contiguous (token_stride == K, k_stride == 1)
   bool aligned16 = true;        // ids and output start on 16-byte boundaries
   bool prepared = false;        // routes come from a PreparedView, not the table
-  bool by_token = false;        // balance_mode 1
+  bool by_token = false;        // a per-token balance_mode (1 or 2)
   bool pruning = false;
   bool record = false;                    // load_counts given
   std::int64_t num_experts = 0;           // E

@@ -48,7 +48,7 @@ class ShareModel {
       : world_size_(request.world_size),
         ranks_per_node_(request.ranks_per_node),
         per_rank_(forecast.num_source_ranks > 1),
-        by_token_(request.balance_mode == BalanceMode::kByToken),
+        by_token_(detail::uses_token_index(request.balance_mode)),
         coherent_(forecast.coherent_variance) {
     const std::int64_t stride = per_rank_ ? world_size_ + 1 : 1;
     const std::int64_t num_experts = forecast.num_experts;

@@ -67,7 +67,7 @@ std::string run_both(const Matrix& ids, Layout layout, const TableView& table,
 // both dtypes, contiguous, padded and strided ids, every tail length.
 TEST(CpuSimd, OperatorAgreesWithReferenceOnEveryLevel) {
   std::uint64_t seed = 20000;
-  for (int mode : {0, 1}) {
+  for (int mode : kAllModes) {
     for (const std::int64_t world_size : {4, 32}) {
       std::mt19937_64 rng(++seed);
       const std::int64_t slots_per_rank = world_size == 4 ? 20 : 9;
@@ -110,7 +110,7 @@ TEST(CpuSimd, OperatorAgreesWithReferenceOnEveryLevel) {
 // first bad element in row-major order (the scalar level's).
 TEST(CpuSimd, OperatorErrorsAreTheSameOnEveryLevel) {
   std::uint64_t seed = 30000;
-  for (int mode : {0, 1}) {
+  for (int mode : kAllModes) {
     for (int trial = 0; trial < 40; ++trial) {
       std::mt19937_64 rng(++seed);
       SCOPED_TRACE(::testing::Message() << "seed " << seed << " mode " << mode);
@@ -148,7 +148,7 @@ TEST(CpuSimd, OperatorErrorsAreTheSameOnEveryLevel) {
 // bad element.
 TEST(CpuSimd, CorruptedPreparedRoutesAreTheSameOnEveryLevel) {
   std::uint64_t seed = 40000;
-  for (int mode : {0, 1}) {
+  for (int mode : kAllModes) {
     std::mt19937_64 rng(++seed);
     const TableSpec spec{256, 9, 32, 9, 8};
     const Matrix table_m = random_table(spec, rng);

@@ -134,7 +134,7 @@ void expect_matches_cpu(BalanceMode mode, Layout layout, std::mt19937_64& rng) {
 TEST(CudaUpdateExpert, MatchesCpuInEveryLayoutModeAndDtype) {
   MOE_EPLB_SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(20240611);
-  for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
+  for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken, BalanceMode::kByHash}) {
     for (Layout layout : test::kAllLayouts) {
       expect_matches_cpu<std::int32_t>(mode, layout, rng);
       expect_matches_cpu<std::int64_t>(mode, layout, rng);
@@ -198,7 +198,8 @@ TEST(CudaUpdateExpert, PruningAndLoadRecordingMatchCpu) {
         };
         const std::int64_t num_physical = spec.world_size * slots_per_rank;
         const auto n = static_cast<std::int64_t>(ids.size());
-        for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
+        for (BalanceMode mode :
+             {BalanceMode::kByRank, BalanceMode::kByToken, BalanceMode::kByHash}) {
           const UpdateExpertParams params =
               test::rank_params(2, spec.world_size, static_cast<int>(mode), num_physical);
 
@@ -241,7 +242,7 @@ TEST(CudaUpdateExpert, BadElementsWriteMinusOneAndAreCounted) {
   const std::vector<std::int32_t> ids = {0, -1, 4, 1, 2, 3, 2147483647, 3, 0};
   const std::vector<std::int32_t> expected = {0, -1, -1, -1, -1, 4, -1, 4, 0};
   DeviceBuffer<std::int32_t> ids_device(ids);
-  for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
+  for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken, BalanceMode::kByHash}) {
     const UpdateExpertParams params = test::rank_params(1, 2, static_cast<int>(mode), 8);
     DeviceBuffer<std::int32_t> out(ids.size(), 0x5A5A);
     DeviceBuffer<std::int32_t> errors(3, 100);  // red zones around the counter
@@ -252,8 +253,9 @@ TEST(CudaUpdateExpert, BadElementsWriteMinusOneAndAreCounted) {
                                errors.get() + 1, nullptr);
     MOE_EPLB_ASSERT_CUDA(cudaDeviceSynchronize());
     std::vector<std::int32_t> got = out.to_host();
-    if (mode == BalanceMode::kByToken) {
-      // Row 3 has two replicas: tokens 1 and 2 use replicas 2 and 1 by token.
+    if (mode != BalanceMode::kByRank) {
+      // Row 3 has two replicas: tokens 1 and 2 use replicas 2 and 1 by token, and by hash
+      // (2654435769 is odd, 2 * 2654435769 mod 2^32 even).
       EXPECT_EQ(got[5], 4);  // token 1 % 2 = 1 -> column 2
       EXPECT_EQ(got[7], 3);  // token 2 % 2 = 0 -> column 1
       got[7] = 4;
@@ -274,7 +276,7 @@ TEST(CudaUpdateExpert, HostChecksThrowBeforeLaunching) {
   DeviceBuffer<std::int32_t> out(1, 0);
   UpdateExpertParams params;
   params.world_size = 2;
-  params.balance_mode = static_cast<BalanceMode>(2);
+  params.balance_mode = static_cast<BalanceMode>(3);
   const ExpertIdsView view{ids_device.get(), Dtype::kInt32, 1, 1, 1, 1};
   try {
     cuda::launch_update_expert(UpdateExpertInputs{view, host.view, nullptr}, params,
@@ -283,7 +285,8 @@ TEST(CudaUpdateExpert, HostChecksThrowBeforeLaunching) {
   } catch (const Error& error) {
     EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
     EXPECT_STREQ(error.what(),
-                 "update_expert(): balance_mode must be 0 (by rank) or 1 (by token), got 2");
+                 "update_expert(): balance_mode must be 0 (by rank), 1 (by token) or 2 (vLLM's "
+                 "token hash), got 3");
   }
   // In place: the same front-end check as the CPU's, on device pointers.
   params.balance_mode = BalanceMode::kByRank;
@@ -328,7 +331,7 @@ TEST(CudaUpdateExpert, CapturedGraphSeesTableSwappedByUpdate) {
   DeviceBuffer<std::int32_t> out(ids.size(), 0);
   const ExpertIdsView view{ids_device.get(), Dtype::kInt32, 512, 16, 16, 1};
 
-  for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
+  for (BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken, BalanceMode::kByHash}) {
     const UpdateExpertParams params = test::rank_params(3, 4, static_cast<int>(mode), 64);
     test::OwnedTable first_table{Matrix(first)};
     test::OwnedTable second_table{Matrix(second)};

@@ -28,7 +28,7 @@ std::vector<std::int64_t> map_prepared(const PreparedTable& prepared, const Matr
 TEST(PreparedTable, AgreesWithReferenceOverRanksModesDtypesLayouts) {
   std::uint64_t seed = 77;
   for (std::int64_t world_size : {2, 5, 16, 33}) {
-    for (int mode : {0, 1}) {
+    for (int mode : kAllModes) {
       std::mt19937_64 rng(++seed);
       SCOPED_TRACE(::testing::Message()
                    << "seed " << seed << " W " << world_size << " mode " << mode);
@@ -67,7 +67,7 @@ TEST(PreparedTable, RoutesLayout) {
 TEST(PreparedTable, UpdateRebuildsInPlaceOrRefusesAndKeepsTheOldTable) {
   OwnedTable first(matrix_from_rows({{2, 0, 3}, {1, 1, -1}}));
   OwnedTable second(matrix_from_rows({{1, 2, -1}, {2, 1, 0}}));
-  for (const int mode : {0, 1}) {
+  for (const int mode : kAllModes) {
     PreparedTable prepared(first.view, rank_params(1, 2, mode, 4));
     const std::int32_t* address = prepared.routes().data();
     const std::vector<std::int32_t> before = prepared.routes();
@@ -185,7 +185,7 @@ TEST(PreparedTable, PruningAndLoadRecordingMatchTheStatelessOperator) {
                         true,
                         {active.data(), 64, 1}};
   const ExpertIdsView view{ids32.data(), Dtype::kInt32, 64, 4, 4, 1};
-  for (int mode : {0, 1}) {
+  for (int mode : kAllModes) {
     const UpdateExpertParams params = rank_params(1, 4, mode, 20);
     std::vector<std::int32_t> out_a(256), out_b(256);
     std::vector<std::uint8_t> mask_a(256), mask_b(256, 7);

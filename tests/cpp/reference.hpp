@@ -29,6 +29,9 @@ inline Matrix make_matrix(std::int64_t rows, std::int64_t cols, std::int64_t fil
   return Matrix{rows, cols, std::vector<std::int64_t>(static_cast<std::size_t>(rows * cols), fill)};
 }
 
+// Every balance_mode of the operator: 0 by rank, 1 by token, 2 vLLM's token hash.
+inline constexpr int kAllModes[] = {0, 1, 2};
+
 // SPEC.md "Formula", literally: returns the selected table column j (1-based).
 inline std::int64_t reference_column(std::int64_t count, std::int64_t token,
                                      std::int64_t local_rank_id, std::int64_t world_size,
@@ -38,6 +41,13 @@ inline std::int64_t reference_column(std::int64_t count, std::int64_t token,
     const auto ranks_per_replica = static_cast<std::int64_t>(
         std::ceil(static_cast<double>(world_size) / static_cast<double>(count)));
     return 1 + local_rank_id / ranks_per_replica;
+  }
+  if (balance_mode == 2) {
+    // vLLM's eplb_map_to_physical_and_record: ((token_idx * 2654435769) & 0xFFFFFFFF) % count,
+    // the int64 product's low 32 bits (unsigned arithmetic keeps them when it wraps).
+    const std::uint64_t hashed =
+        (static_cast<std::uint64_t>(token) * 2654435769ull) & 0xFFFFFFFFull;
+    return 1 + static_cast<std::int64_t>(hashed % static_cast<std::uint64_t>(count));
   }
   return 1 + token % count;
 }

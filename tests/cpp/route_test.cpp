@@ -107,7 +107,7 @@ TEST(Route, TableRouterMatchesReferenceOnEveryStatus) {
             storage[static_cast<std::size_t>(at)] = static_cast<std::int32_t>(table.at(e, j));
           }
         }
-        for (const int mode : {0, 1}) {
+        for (const int mode : kAllModes) {
           for (const std::int64_t world_size : {1, 2, 3, 7, 8}) {
             for (std::int64_t rank = 0; rank < world_size; ++rank) {
               const detail::TableRouter router{

@@ -144,10 +144,15 @@ TEST(UpdateExpertErrors, BadArgumentsNameArgumentRangeAndValue) {
        "eplb_table has 1 columns (F), expected 2..2147483647"},
       {"F above W+1", 4, 2, 8, 10, 0, 8, 0, -1, P::kAscend,
        "eplb_table has 10 columns (F), expected 2..9 (world_size + 1) under the ascend profile"},
-      {"balance_mode 2", 4, 2, 8, 3, 0, 8, 2, -1, P::kNative,
-       "balance_mode must be 0 (by rank) or 1 (by token), got 2"},
+      {"balance_mode 3", 4, 2, 8, 3, 0, 8, 3, -1, P::kNative,
+       "balance_mode must be 0 (by rank), 1 (by token) or 2 (vLLM's token hash), got 3"},
+      {"balance_mode -1", 4, 2, 8, 3, 0, 8, -1, -1, P::kNative,
+       "balance_mode must be 0 (by rank), 1 (by token) or 2 (vLLM's token hash), got -1"},
       {"token mode under seed", 4, 2, 8, 3, 0, 8, 1, -1, P::kAscendSeed,
        "balance_mode 1 (by token) is not supported under the ascend_seed profile, expected 0"},
+      {"hash mode under ascend", 4, 2, 8, 3, 0, 8, 2, -1, P::kAscend,
+       "balance_mode 2 (vLLM's token hash) is not supported under the ascend profile, expected "
+       "0..1"},
       {"too many slots", 4, 2, 8, 3, 0, 8, 0, 1032, P::kAscend,
        "num_physical_experts must be -1 (unknown) or in 1..1024 under the ascend profile, got "
        "1032"},

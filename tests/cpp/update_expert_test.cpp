@@ -46,14 +46,13 @@ TEST(UpdateExpertSpec, SingleReplicaAlwaysColumnOne) {
     for (std::int64_t rank = 0; rank < world_size;
          rank += std::max<std::int64_t>(1, world_size / 7)) {
       for (std::int64_t token : {0, 1, 5, 511}) {
-        EXPECT_EQ(reference_column(1, token, rank, world_size, 0), 1);
-        EXPECT_EQ(reference_column(1, token, rank, world_size, 1), 1);
+        for (int mode : kAllModes) EXPECT_EQ(reference_column(1, token, rank, world_size, mode), 1);
       }
     }
   }
   OwnedTable table(matrix_from_rows({{1, 42, 9, 9}}));
   const Matrix ids = make_matrix(9, 2, 0);
-  for (int mode : {0, 1}) {
+  for (int mode : kAllModes) {
     for (std::int64_t rank : {0, 7, 15}) {
       const Matrix out = run<std::int32_t>(ids, table.view, rank_params(rank, 16, mode));
       for (std::int64_t value : out.values) EXPECT_EQ(value, 42);
@@ -142,7 +141,7 @@ TEST(UpdateExpertSpec, TokenModeSameReplicaForAllChoicesOfAToken) {
 TEST(UpdateExpertSpec, ColumnsAfterCountIgnored) {
   OwnedTable table(matrix_from_rows({{2, 5, 6, -1, 1 << 30}}));
   const Matrix ids = make_matrix(4, 2, 0);
-  for (int mode : {0, 1}) {
+  for (int mode : kAllModes) {
     for (std::int64_t rank : {0, 1}) {
       const Matrix out = run<std::int32_t>(ids, table.view, rank_params(rank, 2, mode));
       for (std::int64_t v : out.values) EXPECT_TRUE(v == 5 || v == 6);
@@ -197,7 +196,7 @@ TEST(UpdateExpertSweep, MatchesReferenceOverShapesDtypesLayoutsModes) {
   };
   std::uint64_t seed = 1234;
   for (const SweepCase& c : cases) {
-    for (int mode : {0, 1}) {
+    for (int mode : kAllModes) {
       for (Layout ids_layout : kAllLayouts) {
         const Layout table_layout = kAllLayouts[seed % 4];
         sweep_one<std::int32_t>(c, ids_layout, table_layout, mode, ++seed);
@@ -220,7 +219,7 @@ TEST(UpdateExpertSweep, EveryRankOfSeveralWorldSizes) {
     std::mt19937_64 rng(static_cast<std::uint64_t>(world_size));
     const Matrix ids = random_ids(40, 3, world_size, rng);
     for (std::int64_t rank = 0; rank < world_size; ++rank) {
-      for (int mode : {0, 1}) {
+      for (int mode : kAllModes) {
         ASSERT_EQ(run<std::int64_t>(ids, owned.view, rank_params(rank, world_size, mode)).values,
                   reference_update_expert(ids, table, rank, world_size, mode).values)
             << "world_size " << world_size << " rank " << rank << " mode " << mode;
@@ -396,6 +395,30 @@ TEST(UpdateExpertEdge, EmptyBatchesWriteNothing) {
                                 rank_params(0, 2), nullptr));
   EXPECT_NO_THROW(update_expert(ExpertIdsView{nullptr, Dtype::kInt32, 5, 0, 0, 1}, table.view,
                                 rank_params(0, 2), nullptr));
+}
+
+// Worked example of balance_mode 2 (vLLM's rule), by hand: 2654435769 = 3 * 884811923, so
+// token 1 of a 3-replica expert uses replica 1 + 0; token 2: 5308871538 mod 2^32 =
+// 1013904242 = 3 * 337968080 + 2, replica 3; token 0: replica 1.
+TEST(UpdateExpertSpec, HashModeWorkedExample) {
+  OwnedTable table(matrix_from_rows({{3, 40, 7, 19, -1}}));
+  const Matrix ids = make_matrix(3, 2, 0);
+  const Matrix out = run<std::int64_t>(ids, table.view, rank_params(5, 8, 2));
+  EXPECT_EQ(out.values, (std::vector<std::int64_t>{40, 40, 40, 40, 19, 19}));
+}
+
+// The hash keeps the low 32 bits of token * 2654435769 for every token index,
+// also where vLLM's int64 product wraps (tokens past 2^63 / 2654435769).
+TEST(UpdateExpertEdge, HashModeIsExactForLargeTokenIndices) {
+  for (std::int64_t token :
+       {std::int64_t{0xffffffff}, std::int64_t{1} << 32, (std::int64_t{1} << 32) + 7,
+        std::int64_t{1} << 40, std::int64_t{3474613327}, std::int64_t{1} << 62, INT64_MAX}) {
+    for (std::uint32_t count : {2u, 3u, 7u, 1000u}) {
+      EXPECT_EQ(detail::replica_column(count, token, 0, 1, BalanceMode::kByHash),
+                reference_column(count, token, 0, 1, 2))
+          << "token " << token << " count " << count;
+    }
+  }
 }
 
 // Token mode's b mod c stays exact past 32-bit token indices (the kernel switches

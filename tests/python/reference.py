@@ -13,6 +13,15 @@ BAD = None  # reference marker for an element the operator must reject
 POISON = 0x5A5A5A5A  # fills output buffers before a run, so unwritten elements show
 
 
+MODES = (0, 1, 2)  # every balance_mode: by rank, by token, vLLM's token hash
+
+
+def vllm_replica_index(token, count):
+    """vLLM's replica choice (eplb_map_to_physical_and_record): the 0-based
+    index into the expert's replicas, ((token * 2654435769) & 0xFFFFFFFF) % count."""
+    return ((token * 2654435769) & 0xFFFFFFFF) % count
+
+
 def replica_column(count, token, local_rank_id, world_size, balance_mode):
     """1-based column of the replica a choice uses (SPEC.md, "Formula")."""
     if count == 1:
@@ -20,6 +29,8 @@ def replica_column(count, token, local_rank_id, world_size, balance_mode):
     if balance_mode == 0:
         ranks_per_replica = -(-world_size // count)  # ceil(world_size / count)
         return 1 + local_rank_id // ranks_per_replica
+    if balance_mode == 2:
+        return 1 + vllm_replica_index(token, count)
     return 1 + token % count
 
 

@@ -20,6 +20,7 @@ import moe_eplb
 from reference import (
     BAD,
     LAYOUTS,
+    MODES,
     POISON,
     as_tensor,
     assert_same,
@@ -78,7 +79,7 @@ def misaligned_copy(tensor):
 # ---- bit-exact against the CPU ---------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("balance_mode", [0, 1])
+@pytest.mark.parametrize("balance_mode", MODES)
 @pytest.mark.parametrize("layout", LAYOUTS + ["misaligned"])
 def test_matches_cpu_bit_exact(rng, dtype, balance_mode, layout):
     # Strides and alignment survive the adapter: vectorised, strided and
@@ -156,7 +157,7 @@ def _bad_inputs(rng, dtype):
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("balance_mode", [0, 1])
+@pytest.mark.parametrize("balance_mode", MODES)
 def test_bad_elements_are_minus_one_and_counted(rng, dtype, balance_mode):
     table, ids = _bad_inputs(rng, dtype)
     rows = reference_update_expert(ids, table, 1, 4, balance_mode, num_physical_experts=64)
@@ -190,7 +191,7 @@ def test_bad_elements_are_minus_one_and_counted(rng, dtype, balance_mode):
 def test_corrupted_prepared_routes_are_contained(rng):
     # Routes are device memory a caller can overwrite: bad entries still give
     # -1 plus a count, never an out-of-bounds read or load-counter write.
-    for balance_mode in (0, 1):
+    for balance_mode in MODES:
         table = make_table(rng, 32, 4, 8, 4, "random")
         prepared = moe_eplb.PreparedTable(table, 2, 4, balance_mode=balance_mode,
                                           num_physical_experts=32, device=CUDA)
@@ -266,7 +267,7 @@ def _warm_up_then_capture(run):
 
 
 @cuda_only
-@pytest.mark.parametrize("balance_mode", [0, 1])
+@pytest.mark.parametrize("balance_mode", MODES)
 def test_cuda_graph_replay_sees_table_swap(rng, balance_mode):
     world_size, slots = 8, 16
     old = make_table(rng, 96, world_size, slots, 5, "random")

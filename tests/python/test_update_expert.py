@@ -12,6 +12,7 @@ from reference import (
     BAD,
     DISTRIBUTIONS,
     LAYOUTS,
+    MODES,
     POISON,
     as_tensor,
     assert_same,
@@ -43,7 +44,7 @@ def test_spec_worked_example_through_the_op():
 
 
 @pytest.mark.parametrize("dtype", ID_DTYPES)
-@pytest.mark.parametrize("balance_mode", [0, 1])
+@pytest.mark.parametrize("balance_mode", MODES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_dtype_and_mode_matches_reference(rng, dtype, balance_mode, layout):
     # Tensor strides become view strides: ids in every layout, the table in
@@ -140,7 +141,7 @@ def test_prepared_infers_num_physical_experts():
     assert moe_eplb.PreparedTable(table, 0, 4).num_physical_experts == 8
 
 
-@pytest.mark.parametrize("balance_mode", [0, 1])
+@pytest.mark.parametrize("balance_mode", MODES)
 def test_prepared_update_in_place(rng, balance_mode):
     # update() rewrites the routes the C++ table owns (what CUDA graphs rely
     # on): the same tensor, the same storage, and the next map() uses the new
@@ -220,8 +221,11 @@ ERROR_INPUTS = [
     ("rank negative", _call(rank=-1), ValueError, r"local_rank_id must be in 0\.\.1"),
     ("world size 0", _call(rank=0, world=0), ValueError,
      r"world_size must be in 1\.\.2147483647 under the native profile, got 0"),
-    ("balance mode 2", _call(balance_mode=2), ValueError,
-     r"balance_mode must be 0 \(by rank\) or 1 \(by token\), got 2"),
+    ("balance mode 3", _call(balance_mode=3), ValueError,
+     r"balance_mode must be 0 \(by rank\), 1 \(by token\) or 2 \(vLLM's token hash\), got 3"),
+    ("ascend profile hash mode", _call(balance_mode=2, profile="ascend"), ValueError,
+     r"balance_mode 2 \(vLLM's token hash\) is not supported under the ascend profile, "
+     r"expected 0\.\.1"),
     ("unknown profile", _call(profile="npu"), ValueError,
      r"^update_expert\(\): profile: unknown limit profile 'npu', expected one of: native, "
      r"ascend, ascend_seed$"),

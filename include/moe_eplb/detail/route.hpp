@@ -85,6 +85,16 @@ MOE_EPLB_HOST_DEVICE constexpr bool rank_mode_count_is_live(std::int64_t count,
   return (world_size + group - 1) / group == count;
 }
 
+// vLLM's multiplier (floor(2^32 / golden ratio), Knuth's multiplicative
+// hash) and the hash of a token index: the low 32 bits of token_idx *
+// kTokenHashMultiplier, which is what vLLM's int64 product masked with
+// 0xFFFFFFFF leaves for every token index (also past 2^63 / multiplier,
+// where the int64 product wraps).
+inline constexpr std::uint64_t kTokenHashMultiplier = 2654435769u;
+MOE_EPLB_HOST_DEVICE constexpr std::uint32_t token_hash(std::int64_t token_idx) {
+  return static_cast<std::uint32_t>(static_cast<std::uint64_t>(token_idx) * kTokenHashMultiplier);
+}
+
 // 1-based table column of the replica that (token_idx, local_rank_id) uses
 // among `count` >= 1 replicas under `balance_mode`. world_size,
 // local_rank_id and count fit in 31 bits (the front end checks), so 32-bit
@@ -100,6 +110,7 @@ MOE_EPLB_HOST_DEVICE std::int64_t replica_column(std::uint32_t count, std::int64
   if (balance_mode == BalanceMode::kByRank) {
     return 1 + local_rank_id / ranks_per_replica(count, world_size);
   }
+  if (balance_mode == BalanceMode::kByHash) return 1 + token_hash(token_idx) % count;
   const std::uint64_t token = static_cast<std::uint64_t>(token_idx);
   if (token <= 0xffffffffu) return 1 + static_cast<std::uint32_t>(token) % count;
   return 1 + static_cast<std::int64_t>(token % count);
