@@ -127,6 +127,13 @@ def check_fixed_tables(rank, world_size, group, rng, slots_per_rank, weights, fa
             context = "%d ranks, mode %d, table %d, rank %d (%d tokens)" % (
                 world_size, balance_mode, repeat, rank, counts[rank])
             compare(failures, context, layer(hidden[rank]), dense_moe(hidden[rank], weights))
+            if repeat == 1:  # the same layer from nn.Linear-style (out, in) weights
+                linear = ExpertParallelMoE.from_dense(
+                    weights[0], *(w.transpose(1, 2).contiguous() for w in weights[1:]), TOP_K,
+                    slots_per_rank, table=table, balance_mode=balance_mode, group=group,
+                    layout="out_in")
+                compare(failures, context + ", layout out_in", linear(hidden[rank]),
+                        dense_moe(hidden[rank], weights))
             if repeat == 0:  # (..., H) input; a float32 layer
                 batch = torch.from_numpy(rng.standard_normal((2, 3, HIDDEN)))
                 compare(failures, context + ", (2, 3, H)", layer(batch),
@@ -177,10 +184,25 @@ def check_errors(rank, world_size, group, slots_per_rank, weights, failures):
                                                      table=table),
          r"slots_per_rank must be an integer >= 1, got 0"),
         ("weights", lambda: layer.load_dense_weights(weights[0], weights[1][:, :1], *weights[2:]),
-         r"w_gate must be \(5, 4, 3\), got \(5, 1, 3\)"),
+         r"w_gate must be \(5, 4, 3\) \(layout='in_out'.*\), got \(5, 1, 3\)$"),
         ("table rows", lambda: layer.set_table(table[:1]), r"table must be \(E, F\) with E = 5"),
         ("hidden", lambda: layer(torch.zeros(2, HIDDEN + 1, dtype=torch.float64)),
          r"hidden must be \(\.\.\., 4\), got shape \(2, 5\)"),
+        ("hidden dtype", lambda: layer(torch.zeros(2, HIDDEN, dtype=torch.float32)),
+         r"hidden is torch.float32 but the layer's weights are torch.float64; cast hidden"),
+        # Hugging Face / vLLM weights (nn.Linear's (out, in)) without saying so: the
+        # message names w_gate and the layout to pass, not the gate.
+        ("Linear layout", lambda: ExpertParallelMoE.from_dense(
+            weights[0], *(w.transpose(1, 2) for w in weights[1:]), TOP_K, slots_per_rank,
+            table=table, group=group),
+         r"from_dense\(\): w_gate has shape \(5, 3, 4\), whose axis 1 should be H = 4 .* "
+         r"that is the 'out_in' layout .* pass layout='out_in'"),
+        ("layout name", lambda: ExpertParallelMoE.from_dense(
+            *weights, TOP_K, slots_per_rank, table=table, group=group, layout="hf"),
+         r"layout must be one of \['in_out', 'out_in'\], got 'hf'"),
+        ("w_down layout", lambda: layer.load_dense_weights(*weights[:3], weights[3].transpose(1, 2)),
+         r"w_down must be \(5, 3, 4\) \(layout='in_out'.*\), got \(5, 4, 3\); that is the "
+         r"'out_in' layout"),
     ]:
         try:
             call()

@@ -16,6 +16,7 @@ from torch import nn
 import moe_eplb
 
 from .._ops import PreparedTable
+from ._checks import as_int32_table
 from ._checks import check_int as _check_int
 from ._dispatch import combine, dispatch
 
@@ -34,6 +35,61 @@ def slots_from_dense(dense, table, rank, world_size, slots_per_rank):
         if expert >= 0:
             out[slot] = dense[expert]
     return out
+
+
+# How per-expert SwiGLU weights are laid out, for from_dense() / load_dense_weights().
+WEIGHT_LAYOUTS = {
+    "in_out": "x @ w: w_gate and w_up (E, H, I), w_down (E, I, H) (the layer's own)",
+    "out_in": "nn.Linear, Hugging Face, vLLM: w_gate and w_up (E, I, H), w_down (E, H, I)",
+}
+
+
+def _in_out_weights(operation, gate_weight, w_gate, w_up, w_down, layout, sizes):
+    """(w_gate, w_up, w_down) in the "in_out" layout; ValueError naming the
+    argument, the layout and the shape it expects otherwise. sizes: (E, H,
+    I) the layer has, or None to take them from gate_weight and w_gate."""
+    if layout not in WEIGHT_LAYOUTS:
+        raise ValueError("%s(): layout must be one of %s, got %r"
+                         % (operation, sorted(WEIGHT_LAYOUTS), layout))
+    if sizes is None:
+        if not isinstance(w_gate, torch.Tensor) or w_gate.dim() != 3:
+            raise ValueError("%s(): w_gate must be an (E, ...) 3-D tensor (%s for layout=%r), "
+                             "got %s" % (operation, WEIGHT_LAYOUTS[layout], layout,
+                                         tuple(getattr(w_gate, "shape", ()))
+                                         or type(w_gate).__name__))
+        hidden_axis, other_axis = (1, 2) if layout == "in_out" else (2, 1)
+        hidden_size = gate_weight.shape[1]
+        if w_gate.shape[hidden_axis] != hidden_size:
+            other = "out_in" if layout == "in_out" else "in_out"
+            hint = ("; that is the %r layout (%s): pass layout=%r" % (
+                other, WEIGHT_LAYOUTS[other], other)
+                if w_gate.shape[other_axis] == hidden_size else "")
+            raise ValueError("%s(): w_gate has shape %s, whose axis %d should be H = %d (the "
+                             "gate_weight's columns) for layout=%r (%s)%s"
+                             % (operation, tuple(w_gate.shape), hidden_axis, hidden_size,
+                                layout, WEIGHT_LAYOUTS[layout], hint))
+        sizes = tuple(gate_weight.shape) + (w_gate.shape[other_axis],)
+    num_experts, hidden_size, intermediate_size = sizes
+    up_shape = (num_experts, hidden_size, intermediate_size)
+    down_shape = (num_experts, intermediate_size, hidden_size)
+    if layout == "out_in":
+        up_shape, down_shape = down_shape, up_shape
+    other = "out_in" if layout == "in_out" else "in_out"
+    for name, value, shape in (("gate_weight", gate_weight, (num_experts, hidden_size)),
+                               ("w_gate", w_gate, up_shape), ("w_up", w_up, up_shape),
+                               ("w_down", w_down, down_shape)):
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        if got == shape:
+            continue
+        hint = ""
+        if name != "gate_weight" and got == (down_shape if name != "w_down" else up_shape):
+            hint = "; that is the %r layout (%s): pass layout=%r" % (other, WEIGHT_LAYOUTS[other],
+                                                                    other)
+        raise ValueError("%s(): %s must be %s (layout=%r: %s), got %s%s"
+                         % (operation, name, shape, layout, WEIGHT_LAYOUTS[layout], got, hint))
+    if layout == "out_in":
+        return w_gate.transpose(1, 2), w_up.transpose(1, 2), w_down.transpose(1, 2)
+    return w_gate, w_up, w_down
 
 
 class ExpertParallelMoE(nn.Module):
@@ -135,7 +191,7 @@ class ExpertParallelMoE(nn.Module):
         return self.runtime.table(self.layer) if self.runtime is not None else self._table
 
     def set_table(self, table):
-        """Without a runtime: installs a new (E, F) int32 table (validated;
+        """Without a runtime: installs a new (E, F) int32 (or int64) table (validated;
         the slot tensors must already hold its placement, e.g. after
         migrate_experts())."""
         if self.runtime is not None:
@@ -145,32 +201,30 @@ class ExpertParallelMoE(nn.Module):
             raise ValueError("ExpertParallelMoE.set_table(): table must be (E, F) with E = %d, "
                              "got %s" % (self.num_experts, getattr(table, "shape", type(table))))
         device = self.w_gate.device
+        table = as_int32_table(table.detach()).to(device)  # int64 tables whose values fit, too
         if self._prepared is None:
             rank, world_size = self._moe_rank()
-            self._prepared = PreparedTable(table.to(device), rank, world_size,
+            self._prepared = PreparedTable(table, rank, world_size,
                                            balance_mode=self.balance_mode,
                                            num_physical_experts=world_size * self.slots_per_rank)
         else:
-            self._prepared.update(table.to(device))
-        self._table = table.to(device)
+            self._prepared.update(table)
+        self._table = table
 
     @torch.no_grad()
-    def load_dense_weights(self, gate_weight, w_gate, w_up, w_down):
+    def load_dense_weights(self, gate_weight, w_gate, w_up, w_down, *, layout="in_out"):
         """Sets the gate to gate_weight (E, H) and fills every slot of this
-        rank from per-logical-expert weights w_gate (E, H, I), w_up (E, H, I),
-        w_down (E, I, H) under the table in force (empty slots get zeros).
-        Pass the same tensors on every rank."""
-        expected = dict(gate_weight=(self.num_experts, self.hidden_size),
-                        w_gate=(self.num_experts, self.hidden_size, self.intermediate_size),
-                        w_up=(self.num_experts, self.hidden_size, self.intermediate_size),
-                        w_down=(self.num_experts, self.intermediate_size, self.hidden_size))
-        given = dict(gate_weight=gate_weight, w_gate=w_gate, w_up=w_up, w_down=w_down)
-        for name, shape in expected.items():
-            value = given[name]
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
-                raise ValueError("ExpertParallelMoE.load_dense_weights(): %s must be %s, got %s"
-                                 % (name, shape, tuple(getattr(value, "shape", ()))
-                                    or type(value).__name__))
+        rank from per-logical-expert weights under the table in force (empty
+        slots get zeros). Pass the same tensors on every rank.
+
+        layout names how the expert weights are laid out (WEIGHT_LAYOUTS):
+        "in_out" (x @ w: w_gate and w_up (E, H, I), w_down (E, I, H), this
+        layer's own) or "out_in" (nn.Linear, Hugging Face and vLLM: w_gate
+        and w_up (E, I, H), w_down (E, H, I))."""
+        w_gate, w_up, w_down = _in_out_weights("ExpertParallelMoE.load_dense_weights",
+                                               gate_weight, w_gate, w_up, w_down, layout,
+                                               (self.num_experts, self.hidden_size,
+                                                self.intermediate_size))
         rank, world_size = self._moe_rank()
         table = self.table().cpu()
         self.gate.weight.copy_(gate_weight)
@@ -179,14 +233,23 @@ class ExpertParallelMoE(nn.Module):
                                                self.slots_per_rank))
 
     @classmethod
-    def from_dense(cls, gate_weight, w_gate, w_up, w_down, top_k, slots_per_rank, **kwargs):
-        """A layer with sizes from the dense weights (see load_dense_weights())
-        and its slots filled; kwargs as the constructor's (runtime, table...)."""
-        num_experts, hidden_size, intermediate_size = w_gate.shape
+    def from_dense(cls, gate_weight, w_gate, w_up, w_down, top_k, slots_per_rank, *,
+                   layout="in_out", **kwargs):
+        """A layer with sizes from the dense weights and its slots filled (see
+        load_dense_weights() for the shapes and `layout`); kwargs as the
+        constructor's (runtime, table, dtype: the weights' by default...)."""
+        operation = "ExpertParallelMoE.from_dense"
+        if not isinstance(gate_weight, torch.Tensor) or gate_weight.dim() != 2:
+            raise ValueError("%s(): gate_weight must be the router's (E, H) weight, got %s"
+                             % (operation, tuple(getattr(gate_weight, "shape", ()))
+                                or type(gate_weight).__name__))
+        _in_out_weights(operation, gate_weight, w_gate, w_up, w_down, layout, None)
+        num_experts, hidden_size = gate_weight.shape
+        intermediate_size = w_gate.shape[2 if layout == "in_out" else 1]
         kwargs.setdefault("dtype", w_gate.dtype)
         kwargs.setdefault("device", w_gate.device)
         layer = cls(hidden_size, intermediate_size, num_experts, top_k, slots_per_rank, **kwargs)
-        layer.load_dense_weights(gate_weight, w_gate, w_up, w_down)
+        layer.load_dense_weights(gate_weight, w_gate, w_up, w_down, layout=layout)
         return layer
 
     def route(self, hidden):
@@ -237,6 +300,11 @@ class ExpertParallelMoE(nn.Module):
         if hidden.shape[-1] != self.hidden_size:
             raise ValueError("ExpertParallelMoE.forward(): hidden must be (..., %d), got shape %s"
                              % (self.hidden_size, tuple(hidden.shape)))
+        if hidden.dtype != self.w_gate.dtype:
+            raise ValueError("ExpertParallelMoE.forward(): hidden is %s but the layer's weights "
+                             "are %s; cast hidden (hidden.to(%s)) or build the layer in %s"
+                             % (hidden.dtype, self.w_gate.dtype, self.w_gate.dtype,
+                                hidden.dtype))
         shape = hidden.shape
         hidden = hidden.reshape(-1, self.hidden_size)
         topk_weights, topk_ids = self.route(hidden)
