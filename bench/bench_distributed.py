@@ -16,6 +16,10 @@ rank after a barrier, the implementations interleaved within each repetition:
 Reported: median ms per round and the median of the per-repetition ratios to
 the baseline (paired, so that load on the machine cancels).
 
+Part 1 also times a fault: dispatch() where rank 1's table has two rows
+swapped (every rank raises ValueError in the header exchange), from the call
+to the exception, slowest rank.
+
 Part 2 (gloo): the stall of EplbRuntime.step() when it switches one layer,
 with bfloat16 expert tensors of M MiB per slot: a rebalance that rotates
 every rank's first slot to the next rank (each rank receives one expert)
@@ -92,6 +96,16 @@ def round_trip_rank(rank, world_size, options):
                 "bf16": lambda: round_of(this, hidden.to(torch.bfloat16))}
     if baseline is not None:
         variants = dict(baseline=lambda: round_of(baseline, hidden), **variants)
+    swapped = table.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+
+    def fault():
+        try:
+            dispatch(hidden, ids, swapped if rank == 1 else table, slots_per_rank=slots_per_rank)
+        except ValueError:
+            return
+        raise AssertionError("the fault did not raise")
+    variants["fault (raises)"] = fault
     times = {name: [] for name in variants}
     for repetition in range(options.warmup + options.reps):
         order = list(variants)

@@ -200,12 +200,12 @@ class Agreement:
     def write(self, out):
         """Writes the record into `out`, an int64 tensor whose last dimension
         is `width` (every row alike); device values are copied on the device."""
-        out[..., 0] = self.verdict
+        record = [self.verdict] + [0 if isinstance(value, torch.Tensor) else int(value)
+                                   for value in self.values]
+        out.copy_(torch.tensor(record, dtype=torch.int64).to(out.device).expand_as(out))
         for column, value in enumerate(self.values, 1):
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor):  # kept on the device: copied there
                 out[..., column] = value.reshape(()).to(out.device)
-            else:
-                out[..., column] = int(value)
         return out
 
     def record(self, device):
