@@ -530,6 +530,17 @@ def check_errors(rank, world_size, group, seed, failures):
     combine(recv_hidden, handle, weights)
     check_unchecked_failures(rank, world_size, group, case, failures)
     check_case(case, rank, group, failures, "%d ranks, after the errors" % world_size)
+    # load_counts and the table made inside torch.inference_mode(), the call
+    # outside it (as when a runtime is built in one mode and served in the other).
+    with torch.inference_mode():
+        counts = torch.zeros(world_size * case["slots_per_rank"], dtype=torch.int64)
+        inference_table = case["table"].clone()
+    recv_hidden, _, handle = dispatch(**dict(arguments, table=inference_table,
+                                             load_counts=counts))
+    out = combine(recv_hidden, handle, inputs["topk_weights"])
+    if not torch.equal(counts, reference_load(case, rank)) or out.is_inference():
+        failures.append("%d ranks, inference-made load_counts, rank %d: %s" % (
+            world_size, rank, counts.tolist()))
 
 
 def check_unchecked_failures(rank, world_size, group, case, failures):

@@ -66,7 +66,7 @@ import torch.distributed as dist
 from .._ops import PreparedTable, update_expert
 from ._checks import (Agreement, as_int32_table, check_device, check_int, check_tensor,
                       communication_device, dtype_code, fail, group_ranks,
-                      is_int, layout_fingerprint, table_fingerprint)
+                      is_int, layout_fingerprint, normal_tensors, table_fingerprint)
 from ._transport import RowLayout, row_bytes
 
 SHARED_ROW = -1   # recv_slot of a row for the shared expert
@@ -198,6 +198,14 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
     through the exchange.
     """
     rank, world_size = group_ranks("dispatch", group)
+    with normal_tensors():  # buffers the backends write; the outputs are normal tensors
+        return _dispatch(rank, world_size, hidden, topk_ids, table, slots_per_rank,
+                         balance_mode, group, load_counts, shared_expert_rank_num,
+                         max_tokens_per_rank, checked)
+
+
+def _dispatch(rank, world_size, hidden, topk_ids, table, slots_per_rank, balance_mode, group,
+              load_counts, shared_expert_rank_num, max_tokens_per_rank, checked):
     sequence = _SEQUENCES.get(_sequence_key(group), 0)
     agreement = Agreement("dispatch", _DISPATCH_ARGUMENTS)
     request = None
@@ -237,7 +245,8 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
         send_splits = recv_splits = None
     _SEQUENCES[_sequence_key(group)] = sequence + 1
     if load_counts is not None:
-        load_counts.add_((routed.counts * (status == 0)).to(load_counts.dtype))
+        with torch.inference_mode():  # the caller's tensor, made in either mode
+            load_counts.add_((routed.counts * (status == 0)).to(load_counts.dtype))
 
     if request.capacity is None:
         return _exchange_uneven(request, routed, group, sequence, send_splits, recv_splits,
@@ -382,10 +391,6 @@ def _check_load_counts(load_counts, num_slots, device):
         fail("dispatch", "load_counts", "load_counts must have %d elements (MoE ranks * "
              "slots_per_rank), got %d", num_slots, load_counts.shape[0])
     check_device("dispatch", "load_counts", load_counts, device)
-    if load_counts.is_inference() and not torch.is_inference_mode_enabled():
-        fail("dispatch", "load_counts", "load_counts was made under torch.inference_mode() and "
-             "cannot be updated outside it: call dispatch() inside torch.inference_mode(), or "
-             "pass a tensor made outside it")
 
 
 def _agree_on_dispatch(agreement, request, sequence, slots_per_rank, balance_mode,
@@ -560,6 +565,11 @@ def combine(expert_out, handle, topk_weights):
     if not isinstance(handle, DispatchHandle):  # no group to tell: raise here
         raise ValueError("combine(): handle must be the DispatchHandle that dispatch() returned, "
                          "got %s" % type(handle).__name__)
+    with normal_tensors():  # buffers the backends write; the output is a normal tensor
+        return _combine(expert_out, handle, topk_weights)
+
+
+def _combine(expert_out, handle, topk_weights):
     world_size = dist.get_world_size(handle.group)
     agreement = Agreement("combine", _COMBINE_ARGUMENTS)
     with agreement.checking():
