@@ -350,12 +350,12 @@ void run_real(const std::vector<RealRun>& runs) {
       analyze.slots_per_rank = config.slots_per_rank;
       analyze.ranks_per_node = 8;
       AnalyzeOptions analyze_token = analyze;
-      analyze_token.balance_mode = BalanceMode::kByToken;
+      analyze_token.rule = ReplicaRule::kAscendToken;
 
       PlanOptions deepseek = options, flashlb = options, token = options;
       deepseek.algorithm = PlanAlgorithm::kDeepSeek;
       flashlb.algorithm = PlanAlgorithm::kFlashLB;
-      token.balance_mode = BalanceMode::kByToken;
+      token.rule = ReplicaRule::kAscendToken;
       const LayeredTable ours = plan(planned, options);
       const LayeredTable ours_global = plan(global, options);
       const LayeredTable theirs = plan(planned, deepseek);
@@ -435,7 +435,7 @@ void run_timing(const std::vector<RealRun>& runs, bool quick) {
     AnalyzeOptions analyze;
     analyze.world_size = 32;
     analyze.slots_per_rank = 9;
-    analyze.balance_mode = BalanceMode::kByToken;
+    analyze.rule = ReplicaRule::kAscendToken;
     std::printf(
         "DeepSeek (C++), 58 x 256, EP 32 x 9: mean over layers of max/mean per-GPU load under "
         "an even split over replicas = %.4f\n\n",

@@ -11,13 +11,16 @@ CUDA, eager, under torch.compile and inside CUDA graphs.
     prepared.map(ids)                                # then one gather per call
 
 Functions: update_expert, update_expert_pruned, PreparedTable, error_counter,
-read_error_counter, programmatic_dependent_launch; torch_npu drop-ins
+read_error_counter, programmatic_dependent_launch, int32_table (the table
+rule: int32, or int64 whose values fit); torch_npu drop-ins
 npu_moe_eplb_update_expert and npu_moe_update_expert (also in
 moe_eplb.compat). Planning (C++ underneath, CPU tensors or NumPy arrays):
 plan, analyze, migration_plan, align_to_previous, table_diff, slot_experts,
-widest_plan_columns. Expert parallelism on
-torch.distributed (dispatch, combine, migrate_experts, EplbRuntime,
-ExpertParallelMoE): moe_eplb.distributed.
+widest_plan_columns, for the replica rules RULES of the engines.
+Expert parallelism on torch.distributed (dispatch, combine, migrate_experts,
+EplbRuntime, ExpertParallelMoE): moe_eplb.distributed. The engines' own
+interfaces (vLLM, SGLang, DeepSeek EPLB, TensorRT-LLM, vllm-ascend):
+moe_eplb.engines.
 
 Operators, usable directly and from TorchScript / torch.compile:
 torch.ops.moe_eplb.{update_expert, update_expert_pruned,
@@ -53,6 +56,7 @@ from ._ops import (  # noqa: E402  (the ops exist once the library is loaded)
     FORMULA,
     PreparedTable,
     error_counter,
+    int32_table,
     programmatic_dependent_launch,
     read_error_counter,
     update_expert,
@@ -60,6 +64,7 @@ from ._ops import (  # noqa: E402  (the ops exist once the library is loaded)
     with_cuda,
 )
 from .compat import npu_moe_eplb_update_expert, npu_moe_update_expert  # noqa: E402
+from .planning import ALGORITHMS, RULES  # noqa: E402
 from .planning import MigrationAction, MigrationPlan, PlanReport, TableDiff  # noqa: E402
 from .planning import align_to_previous, analyze, migration_plan, plan  # noqa: E402
 from .planning import slot_experts, table_diff, widest_plan_columns  # noqa: E402
@@ -68,6 +73,8 @@ __doc__ += FORMULA
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALGORITHMS",
+    "RULES",
     "MigrationAction",
     "MigrationPlan",
     "PlanReport",
@@ -76,6 +83,7 @@ __all__ = [
     "align_to_previous",
     "analyze",
     "error_counter",
+    "int32_table",
     "migration_plan",
     "npu_moe_eplb_update_expert",
     "npu_moe_update_expert",

@@ -26,6 +26,33 @@ FORMULA = """\
 """
 
 
+_INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
+
+
+def int32_table(operation, name, table):
+    """The one table rule of the Python entry points: an int32 table passes
+    unchanged; an int64 one (vLLM's and SGLang's maps are int64) becomes int32
+    when its values fit. On the CPU a value outside int32 raises ValueError
+    naming it. On other devices, where looking would synchronise, such a value
+    becomes -1, which the operator then rejects like any bad entry (on CUDA: a
+    -1 output, counted). Anything else (other dtypes, non-tensors) is returned
+    as is, for the caller's own checks."""
+    if not isinstance(table, torch.Tensor) or table.dtype != torch.int64:
+        return table
+    if table.device.type == "cpu":
+        if table.numel():
+            low, high = int(table.min()), int(table.max())
+            if low < _INT32_MIN or high > _INT32_MAX:
+                raise ValueError("%s: %s is int64 with value %d, outside int32 (%d..%d)"
+                                 % (operation, name, low if low < _INT32_MIN else high,
+                                    _INT32_MIN, _INT32_MAX))
+        return table.to(torch.int32)
+    if table.device.type == "meta":
+        return table.to(torch.int32)
+    fits = (table >= _INT32_MIN) & (table <= _INT32_MAX)
+    return torch.where(fits, table, torch.full_like(table, -1)).to(torch.int32)
+
+
 def _with_formula(function):
     function.__doc__ = function.__doc__.replace("{FORMULA}", FORMULA)
     return function
@@ -111,7 +138,8 @@ def update_expert(
 
     Args:
         expert_ids: (BS, K) int32 or int64, any strides, CPU or CUDA.
-        eplb_table: (E, F) int32 on the same device; row e is
+        eplb_table: (E, F) int32 (or int64 whose values fit, see
+            int32_table()) on the same device; row e is
             [c, p_1, ..., p_c, unused...]: c replicas in slots p_j.
         local_rank_id: this rank, 0 <= local_rank_id < world_size (rank mode).
         world_size: expert-parallel group size (rank mode; ignored by modes 1 and 2).
@@ -142,6 +170,7 @@ def update_expert(
     outside [0, E), count outside [1, F-1], selected slot out of range) raises
     IndexError naming (b, k) on the CPU; on CUDA it becomes -1 and is counted.
     """
+    eplb_table = int32_table("update_expert()", "eplb_table", eplb_table)
     return _map(
         _STATELESS, (expert_ids, eplb_table, local_rank_id, world_size),
         _options(balance_mode, num_physical_experts, profile, enable_pdl),
@@ -185,6 +214,7 @@ def update_expert_pruned(
     Formula:
 {FORMULA}
     """
+    eplb_table = int32_table("update_expert()", "eplb_table", eplb_table)
     return _map(
         _STATELESS, (expert_ids, eplb_table, local_rank_id, world_size),
         _options(balance_mode, num_physical_experts, profile, enable_pdl),
@@ -234,7 +264,7 @@ class PreparedTable:
     replays, on the stream the graph replays on (or order the two streams).
 
     Args:
-        eplb_table: (E, F) int32 tensor, any device.
+        eplb_table: (E, F) int32 tensor (or int64 whose values fit), any device.
         local_rank_id, world_size: this rank and the group size (rank mode;
             may be -1 in the per-token modes 1 and 2).
         balance_mode, num_physical_experts, profile: as in update_expert();
@@ -273,6 +303,7 @@ class PreparedTable:
             owner = torch.classes.moe_eplb.HostPreparedTable
         else:
             raise ValueError("PreparedTable(): device must be cpu or cuda, got %s" % device)
+        eplb_table = int32_table("prepare_table()", "eplb_table", eplb_table)
         self._table = owner(eplb_table, local_rank_id, world_size, balance_mode,
                             num_physical_experts, profile, index)
         self.routes = self._table.routes()
@@ -305,7 +336,7 @@ class PreparedTable:
     def update(self, eplb_table):
         """Validates `eplb_table` (same shape as the first one) and installs it
         in place. Raises ValueError, keeping the current table, if it is invalid."""
-        self._table.update(eplb_table)
+        self._table.update(int32_table("PreparedTable.update()", "eplb_table", eplb_table))
         with torch.inference_mode():  # in place, whichever mode made it
             self.fingerprint.copy_(table_fingerprint(eplb_table))
 

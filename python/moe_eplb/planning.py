@@ -16,6 +16,8 @@ import numbers
 
 import torch
 
+from ._ops import int32_table
+
 try:
     import numpy
 except ImportError:  # NumPy is optional; tensors work without it
@@ -23,33 +25,25 @@ except ImportError:  # NumPy is optional; tensors work without it
 
 _OPS = torch.ops.moe_eplb
 
-ALGORITHMS = ("moe-eplb", "deepseek", "flashlb")
+# Names read from C++ (torch.ops.moe_eplb.names), never kept here.
+ALGORITHMS = tuple(_OPS.names("plan_algorithms"))  # plan(algorithm=...)
+RULES = tuple(_OPS.names("replica_rules"))  # plan(rule=...), analyze(rule=...)
+BALANCE_MODE_RULES = tuple(_OPS.names("balance_modes"))  # the rule of balance_mode 0, 1, 2
+_PLAN_REPORT_FIELDS = tuple(_OPS.names("plan_report"))
+# analyze()'s scalars in the order of the op's third output; the counts are ints.
+ANALYZE_FIELDS = tuple(_OPS.names("analyze"))
+_ANALYZE_COUNTS = {"num_replicas", "dead_replicas", "idle_replicas", "replicas_sharing_rank",
+                   "slots_claimed_twice", "unused_slots"}
 
-# The order of the scalars the analyze op returns (its third output).
-ANALYZE_SCALARS = (
-    ("total_load", float),
-    ("mean_rank_load", float),
-    ("max_rank_load", float),
-    ("max_over_mean", float),
-    ("imbalance", float),
-    ("num_replicas", int),
-    ("dead_replicas", int),
-    ("idle_replicas", int),
-    ("replicas_sharing_rank", int),
-    ("slots_claimed_twice", int),
-    ("unused_slots", int),
-    ("local_rank_share", float),
-    ("local_node_share", float),
-)
-
-
-class MigrationAction(enum.IntEnum):
-    """What a destination slot is made from (C++ moe_eplb::SlotAction)."""
-
-    KEEP = 0  # the slot already holds its expert, or the new table leaves it unused
-    COPY_LOCAL = 1  # copy the OLD content of local slot source_slot
-    RECEIVE = 2  # receive the OLD content of (source_rank, source_slot)
-    COPY_RECEIVED = 3  # copy the NEW content of local slot source_slot, a RECEIVE slot
+MigrationAction = enum.IntEnum(
+    "MigrationAction", [(name.upper(), value)
+                        for value, name in enumerate(_OPS.names("slot_actions"))])
+MigrationAction.__doc__ = """What a destination slot is made from (C++ moe_eplb::SlotAction,
+whose names these are): KEEP the slot already holds its expert, or the new
+table leaves it unused; COPY_LOCAL copy the OLD content of local slot
+source_slot; RECEIVE receive the OLD content of (source_rank, source_slot);
+COPY_RECEIVED copy the NEW content of local slot source_slot, a RECEIVE slot."""
+MigrationAction.__module__ = __name__
 
 
 @dataclasses.dataclass
@@ -153,26 +147,32 @@ def _load(operation, name, value, dims):
 
 
 def _table(operation, name, value, dims=(2,)):
-    """An int32 table ((E, F), or (L, E, F) when 3 is in dims); int64 values
-    are accepted when they fit int32."""
+    """An int32 table ((E, F), or (L, E, F) when 3 is in dims), by the one
+    table rule (int32, or int64 whose values fit: moe_eplb.int32_table)."""
     tensor = _tensor(operation, name, value)
     if tensor.dim() not in dims:
         expected = " or ".join({2: "(E, F)", 3: "(L, E, F)"}[d] for d in dims)
         raise ValueError("%s: %s must be %s, got shape %s"
                          % (operation, name, expected, tuple(tensor.shape)))
-    if tensor.dtype == torch.int64:
-        if tensor.numel() and (int(tensor.min()) < -2**31 or int(tensor.max()) >= 2**31):
-            raise ValueError("%s: %s has values outside int32" % (operation, name))
-        tensor = tensor.to(torch.int32)
+    tensor = int32_table(operation, name, tensor)
     if tensor.dtype != torch.int32:
-        raise ValueError("%s: %s must be int32 (or int64), got %s"
+        raise ValueError("%s: %s must be int32 (or int64 whose values fit), got %s"
                          % (operation, name, tensor.dtype))
     return tensor.contiguous()
 
 
-def plan(load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0, num_columns=0,
-         algorithm="moe-eplb", num_groups=1, previous=None, max_moves=None, move_cost=0.0,
-         return_report=False):
+def _rule(operation, rule, balance_mode):
+    """The ops' (balance_mode, rule) pair: the C++ core resolves and checks them."""
+    if rule is not None and not isinstance(rule, str):
+        raise ValueError("%s: rule must be one of %s, got %r" % (operation, RULES, rule))
+    if balance_mode is not None:
+        balance_mode = _int(operation, "balance_mode", balance_mode)
+    return dict(balance_mode=balance_mode, rule=rule)
+
+
+def plan(load, world_size, slots_per_rank, *, rule=None, balance_mode=None, ranks_per_node=0,
+         num_columns=0, algorithm="moe-eplb", num_groups=1, previous=None, max_moves=None,
+         move_cost=0.0, return_report=False):
     """Plans an EPLB table from expert load statistics (the `moe-eplb plan` planner).
 
     Args:
@@ -182,14 +182,20 @@ def plan(load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0, 
             windows, oldest first, all of one shape.
         world_size: W, the expert-parallel ranks.
         slots_per_rank: S, physical slots per rank (1..E; W * S >= E).
-        balance_mode: the replica rule to plan for: 0 by rank, 1 by token.
-        ranks_per_node: ranks per node for locality (0 = one node); divides W.
+        rule: the replica rule to plan for, one of RULES: "ascend-rank"
+            (the default), "ascend-token", "vllm", "sglang-static",
+            "sglang-dynamic", "trtllm" (docs/SPEC.md, "Replica rules").
+        balance_mode: or the operator's mode that routes the table: 0
+            (ascend-rank), 1 (ascend-token), 2 (vllm). Give rule or
+            balance_mode (both only when they agree).
+        ranks_per_node: ranks per node for locality and for sglang-static's
+            nodes (0 = one node); divides W.
         num_columns: F of the table; 0 = the smallest that fits.
-        algorithm: "moe-eplb" (rule-aware), "deepseek" (DeepSeek EPLB) or
-            "flashlb" (FlashLB as published).
+        algorithm: one of ALGORITHMS: "moe-eplb" (rule-aware), "deepseek"
+            (DeepSeek EPLB) or "flashlb" (FlashLB as published).
         num_groups: DeepSeek's expert groups (deepseek only).
-        previous: the table in force, (E, F') or (L, E, F') int32, for
-            migration-aware replanning (None: from scratch).
+        previous: the table in force, (E, F') or (L, E, F') int32 (or int64
+            whose values fit), for migration-aware replanning (None: from scratch).
         max_moves: per layer, at most this many slots whose expert or
             replica position differs from `previous` (None: no cap; 0 keeps
             `previous`'s rows exactly). Needs `previous`.
@@ -214,7 +220,7 @@ def plan(load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0, 
             raise ValueError("plan(): %s has shape %s but %s has %s; every window must have the "
                              "same shape" % (name, tuple(window.shape), names[0],
                                              tuple(windows[0].shape)))
-    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+    if not isinstance(algorithm, str):
         raise ValueError("plan(): algorithm must be one of %s, got %r" % (ALGORITHMS, algorithm))
     if isinstance(move_cost, bool) or not isinstance(move_cost, numbers.Real):
         raise ValueError("plan(): move_cost must be a number, got %s" % type(move_cost).__name__)
@@ -222,8 +228,7 @@ def plan(load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0, 
         previous = _table(operation, "previous", previous, (2, 3))
     table, report = _call(
         _OPS.plan.default, windows, _int(operation, "world_size", world_size),
-        _int(operation, "slots_per_rank", slots_per_rank),
-        balance_mode=_int(operation, "balance_mode", balance_mode),
+        _int(operation, "slots_per_rank", slots_per_rank), **_rule(operation, rule, balance_mode),
         ranks_per_node=_int(operation, "ranks_per_node", ranks_per_node),
         num_columns=_int(operation, "num_columns", num_columns), algorithm=algorithm,
         num_groups=_int(operation, "num_groups", num_groups), previous=previous,
@@ -234,14 +239,14 @@ def plan(load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0, 
         table = table[0]
     if not return_report:
         return table
-    columns = report.t().tolist()
-    return table, PlanReport(
-        persistence=columns[0], predicted_max_over_mean=columns[1], predicted_low=columns[2],
-        predicted_high=columns[3], slots_changed=[int(value) for value in columns[4]])
+    fields = dict(zip(_PLAN_REPORT_FIELDS, report.t().tolist()))
+    fields["slots_changed"] = [int(value) for value in fields["slots_changed"]]
+    return table, PlanReport(**fields)
 
 
-def analyze(table, load, world_size, slots_per_rank, *, balance_mode=0, ranks_per_node=0):
-    """How `table` balances `load` when the operator routes it (the analyzer).
+def analyze(table, load, world_size, slots_per_rank, *, rule=None, balance_mode=None,
+            ranks_per_node=0):
+    """How `table` balances `load` when an engine routes it by its rule (the analyzer).
 
     Args:
         table: (E, F) int32 eplb_table, CPU tensor or NumPy array.
@@ -249,15 +254,19 @@ def analyze(table, load, world_size, slots_per_rank, *, balance_mode=0, ranks_pe
             by the replica rule) or (E,) global counts (spread evenly over the
             ranks), any real dtype.
         world_size, slots_per_rank: the topology (slot p on rank p // S).
-        balance_mode: 0 by rank, 1 by token (the expected even split).
-        ranks_per_node: for local_node_share (0 = unknown).
+        rule: the replica rule that routes it, one of RULES (default
+            "ascend-rank"); the rules that pick a replica per source rank
+            (ascend-rank, sglang-static) route exactly, the others by the
+            expected even split.
+        balance_mode: or the operator's mode: 0, 1, 2 (as plan()).
+        ranks_per_node: for local_node_share and sglang-static's nodes (0 = one node).
 
     Returns:
-        dict with balance_mode, world_size, slots_per_rank, slot_load
+        dict with rule (its name), world_size, slots_per_rank, slot_load
         (float64 tensor (W*S,)), rank_load (float64 tensor (W,)), total_load,
         mean_rank_load, max_rank_load, max_over_mean (max / mean rank load;
         1.0 with no traffic), imbalance ((max - mean) / mean), num_replicas,
-        dead_replicas (the mode never selects them), idle_replicas (got no
+        dead_replicas (the rule never selects them), idle_replicas (got no
         tokens), replicas_sharing_rank, slots_claimed_twice, unused_slots,
         local_rank_share (tokens served on their source rank) and
         local_node_share (on their source node; -1.0 when ranks_per_node is 0).
@@ -265,15 +274,17 @@ def analyze(table, load, world_size, slots_per_rank, *, balance_mode=0, ranks_pe
     operation = "analyze()"
     world_size = _int(operation, "world_size", world_size)
     slots_per_rank = _int(operation, "slots_per_rank", slots_per_rank)
-    balance_mode = _int(operation, "balance_mode", balance_mode)
+    rules = _rule(operation, rule, balance_mode)
     slot_load, rank_load, scalars = _call(
         _OPS.analyze.default, _table(operation, "table", table),
-        _load(operation, "load", load, (1, 2)), world_size, slots_per_rank,
-        balance_mode=balance_mode, ranks_per_node=_int(operation, "ranks_per_node", ranks_per_node))
-    result = dict(balance_mode=balance_mode, world_size=world_size, slots_per_rank=slots_per_rank,
+        _load(operation, "load", load, (1, 2)), world_size, slots_per_rank, **rules,
+        ranks_per_node=_int(operation, "ranks_per_node", ranks_per_node))
+    if rule is None:
+        rule = "ascend-rank" if balance_mode is None else BALANCE_MODE_RULES[rules["balance_mode"]]
+    result = dict(rule=rule, world_size=world_size, slots_per_rank=slots_per_rank,
                   slot_load=slot_load, rank_load=rank_load)
-    for (name, kind), value in zip(ANALYZE_SCALARS, scalars.tolist()):
-        result[name] = kind(value)
+    for name, value in zip(ANALYZE_FIELDS, scalars.tolist()):
+        result[name] = int(value) if name in _ANALYZE_COUNTS else value
     return result
 
 

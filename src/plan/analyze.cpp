@@ -20,10 +20,7 @@ void check_options(const char* operation, const TableView& table, const AnalyzeO
                                                  options.world_size % options.ranks_per_node == 0),
                  operation, ": ranks_per_node must be 0 (unknown) or divide world_size ",
                  options.world_size, ", got ", options.ranks_per_node);
-  MOE_EPLB_CHECK(
-      options.balance_mode == BalanceMode::kByRank || options.balance_mode == BalanceMode::kByToken,
-      operation, ": balance_mode must be 0 (by rank) or 1 (by token), got ",
-      static_cast<std::int64_t>(options.balance_mode));
+  rule_info(options.rule);  // throws for a value outside the registry
   // Refuse what the operator could not route; slots claimed twice (or twice
   // in a row) route fine and are what the report is for.
   ValidateTableOptions validate_options;
@@ -46,11 +43,50 @@ void check_options(const char* operation, const TableView& table, const AnalyzeO
                       " problems, first ones below; `moe-eplb validate` lists all)", problems);
 }
 
+RuleTopology topology_of(const AnalyzeOptions& options) {
+  RuleTopology topology;
+  topology.world_size = options.world_size;
+  topology.slots_per_rank = options.slots_per_rank;
+  topology.ranks_per_node = options.ranks_per_node;
+  return topology;
+}
+
+// Which replica each source rank's tokens of one expert go to under a rule
+// that picks per source rank; empty under an even-split rule.
+class SourceRouting {
+ public:
+  SourceRouting(const TableView& table, const AnalyzeOptions& options)
+      : table_(table),
+        topology_(topology_of(options)),
+        per_source_(rule_info(options.rule).split != RuleSplit::kEven),
+        rule_(options.rule),
+        slots_(static_cast<std::size_t>(table.num_columns)),
+        replicas_(static_cast<std::size_t>(options.world_size)) {}
+
+  bool per_source() const { return per_source_; }
+  // Routes expert e's row; replica(source) is then valid until the next call.
+  void route(std::int64_t e) {
+    if (!per_source_) return;
+    const std::int64_t count = table_.at(e, 0);
+    for (std::int64_t j = 0; j < count; ++j) slots_[j] = table_.at(e, j + 1);
+    source_replicas(rule_, slots_.data(), count, topology_, replicas_.data());
+  }
+  std::int64_t replica(std::int64_t source) const { return replicas_[source]; }
+
+ private:
+  const TableView& table_;
+  RuleTopology topology_;
+  bool per_source_;
+  ReplicaRule rule_;
+  std::vector<std::int32_t> slots_;
+  std::vector<std::int32_t> replicas_;
+};
+
 // Report skeleton with the table's structure: replica, dead, shared-rank,
 // claimed-twice and unused counts.
 BalanceReport describe_table(const TableView& table, const AnalyzeOptions& options) {
   BalanceReport report;
-  report.balance_mode = options.balance_mode;
+  report.rule = options.rule;
   report.world_size = options.world_size;
   report.slots_per_rank = options.slots_per_rank;
   const std::int64_t num_physical = options.world_size * options.slots_per_rank;
@@ -58,18 +94,23 @@ BalanceReport describe_table(const TableView& table, const AnalyzeOptions& optio
   report.rank_load.assign(static_cast<std::size_t>(options.world_size), 0.0);
   std::vector<std::int64_t> claims(static_cast<std::size_t>(num_physical), 0);
   std::vector<std::int64_t> ranks;
+  std::vector<std::uint8_t> selected(static_cast<std::size_t>(table.num_columns), 0);
+  SourceRouting routing(table, options);
   for (std::int64_t e = 0; e < table.num_experts; ++e) {
     const std::int64_t count = table.at(e, 0);
     report.num_replicas += count;
+    // A replica is dead when no source rank's tokens can reach it.
+    std::fill(selected.begin(), selected.end(), routing.per_source() ? 0 : 1);
+    routing.route(e);
+    for (std::int64_t source = 0; routing.per_source() && source < options.world_size; ++source) {
+      selected[routing.replica(source)] = 1;
+    }
     ranks.clear();
     for (std::int64_t column = 1; column <= count; ++column) {
       const std::int32_t slot = table.at(e, column);
       ++claims[slot];
       ranks.push_back(slot / options.slots_per_rank);
-      if (options.balance_mode == BalanceMode::kByRank &&
-          ranks_served_by_replica(count, column, options.world_size) == 0) {
-        ++report.dead_replicas;
-      }
+      if (selected[column - 1] == 0) ++report.dead_replicas;
     }
     std::sort(ranks.begin(), ranks.end());
     report.replicas_sharing_rank +=
@@ -83,6 +124,7 @@ BalanceReport describe_table(const TableView& table, const AnalyzeOptions& optio
 }
 
 // Totals, ratios and idle replicas once slot_load and the local sums are in.
+// A selectable replica that got no tokens is idle.
 void finish(BalanceReport& report, const TableView& table, double local_rank, double local_node,
             const AnalyzeOptions& options) {
   const std::int64_t slots_per_rank = options.slots_per_rank;
@@ -102,14 +144,14 @@ void finish(BalanceReport& report, const TableView& table, double local_rank, do
   } else if (options.ranks_per_node > 0) {
     report.local_node_share = 0.0;
   }
+  std::int64_t unloaded = 0;
   for (std::int64_t e = 0; e < table.num_experts; ++e) {
     const std::int64_t count = table.at(e, 0);
     for (std::int64_t column = 1; column <= count; ++column) {
-      const bool dead = options.balance_mode == BalanceMode::kByRank &&
-                        ranks_served_by_replica(count, column, options.world_size) == 0;
-      if (!dead && report.slot_load[table.at(e, column)] == 0) ++report.idle_replicas;
+      if (report.slot_load[table.at(e, column)] == 0) ++unloaded;
     }
   }
+  report.idle_replicas = unloaded - report.dead_replicas;
 }
 
 }  // namespace
@@ -130,17 +172,19 @@ BalanceReport analyze_load(const TableView& table, const double* counts,
     return ranks_per_node > 0 && a / ranks_per_node == b / ranks_per_node;
   };
   double local_rank = 0.0, local_node = 0.0;
+  SourceRouting routing(table, options);
   for (std::int64_t e = 0; e < num_experts; ++e) {
     const std::int64_t count = table.at(e, 0);
+    routing.route(e);
     for (std::int64_t source = 0; source < world_size; ++source) {
       const double tokens = num_source_ranks == 1 ? counts[e] / static_cast<double>(world_size)
                                                   : counts[source * num_experts + e];
       if (tokens == 0) continue;
-      // Rank mode: all of it to one replica; token mode: an even part to each.
-      const bool by_rank = options.balance_mode == BalanceMode::kByRank;
-      const std::int64_t first = by_rank ? rank_mode_replica(count, source, world_size) : 1;
-      const std::int64_t last = by_rank ? first : count;
-      const double part = by_rank ? tokens : tokens / static_cast<double>(count);
+      // A per-source rule: all of it to one replica; an even split: a part to each.
+      const bool one = routing.per_source();
+      const std::int64_t first = one ? routing.replica(source) + 1 : 1;
+      const std::int64_t last = one ? first : count;
+      const double part = one ? tokens : tokens / static_cast<double>(count);
       for (std::int64_t column = first; column <= last; ++column) {
         const std::int32_t slot = table.at(e, column);
         const std::int64_t rank = slot / slots_per_rank;
@@ -160,6 +204,13 @@ BalanceReport analyze_trace(const TableView& table, const RoutingTrace& trace,
   check_options(kOperation, table, options);
   MOE_EPLB_CHECK(trace.world_size == options.world_size, kOperation, ": trace has ",
                  trace.world_size, " source ranks, expected world_size ", options.world_size);
+  const std::int64_t balance_mode = rule_info(options.rule).balance_mode;
+  if (balance_mode < 0) {
+    // Another engine's rule: route the trace's per-source-rank counts.
+    LoadRecorder recorder(1, trace.world_size, table.num_experts);
+    recorder.record(0, trace);
+    return analyze_load(table, recorder.load().layer(0), trace.world_size, options);
+  }
   BalanceReport report = describe_table(table, options);
   const std::int64_t num_physical = options.world_size * options.slots_per_rank;
   const std::int64_t slots_per_rank = options.slots_per_rank;
@@ -167,7 +218,7 @@ BalanceReport analyze_trace(const TableView& table, const RoutingTrace& trace,
 
   UpdateExpertParams params;
   params.world_size = options.world_size;
-  params.balance_mode = options.balance_mode;
+  params.balance_mode = static_cast<BalanceMode>(balance_mode);
   params.num_physical_experts = num_physical;
   plan_detail::BatchRouter router;
   std::vector<std::int64_t> counts(static_cast<std::size_t>(num_physical));

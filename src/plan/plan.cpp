@@ -49,10 +49,7 @@ void check_plan_request(const ExpertLoad& load, const PlanOptions& options) {
                  ", got ", options.ranks_per_node);
   MOE_EPLB_CHECK(options.num_columns == 0 || options.num_columns >= 2, kPlan,
                  ": num_columns (F) must be 0 (fit) or at least 2, got ", options.num_columns);
-  MOE_EPLB_CHECK(
-      options.balance_mode == BalanceMode::kByRank || options.balance_mode == BalanceMode::kByToken,
-      kPlan, ": balance_mode must be 0 (by rank) or 1 (by token), got ",
-      static_cast<std::int64_t>(options.balance_mode));
+  rule_info(options.rule);  // throws for a value outside the registry
   MOE_EPLB_CHECK(options.num_groups >= 1 && num_experts % options.num_groups == 0, kPlan,
                  ": num_groups must be at least 1 and divide the ", num_experts, " experts, got ",
                  options.num_groups);
@@ -118,6 +115,33 @@ void check_migration_options(const ExpertLoad& load, const PlanOptions& options)
   }
 }
 
+ReplicaSlots plan_deepseek_layer(const plan_detail::LayerRequest& request, LayerPlanReport*) {
+  return plan_detail::plan_deepseek(request);
+}
+ReplicaSlots plan_flashlb_layer(const plan_detail::LayerRequest& request, LayerPlanReport*) {
+  return plan_detail::plan_flashlb(request);
+}
+
+// The registry of planner algorithms (the CLI and Python read the names from it).
+struct AlgorithmEntry {
+  PlanAlgorithm algorithm;
+  const char* name;
+  ReplicaSlots (*plan_layer)(const plan_detail::LayerRequest&, LayerPlanReport*);
+};
+constexpr AlgorithmEntry kAlgorithms[] = {
+    {PlanAlgorithm::kRuleAware, "moe-eplb", plan_detail::plan_rule_aware},
+    {PlanAlgorithm::kDeepSeek, "deepseek", plan_deepseek_layer},
+    {PlanAlgorithm::kFlashLB, "flashlb", plan_flashlb_layer},
+};
+
+const AlgorithmEntry& entry_of(PlanAlgorithm algorithm) {
+  for (const AlgorithmEntry& entry : kAlgorithms) {
+    if (entry.algorithm == algorithm) return entry;
+  }
+  MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, kPlan, ": unknown algorithm ",
+                static_cast<int>(algorithm));
+}
+
 // The element-wise mean of the windows (the first window itself when alone).
 ExpertLoad mean_load(const std::vector<ExpertLoad>& windows) {
   ExpertLoad mean = windows.front();
@@ -132,25 +156,25 @@ ExpertLoad mean_load(const std::vector<ExpertLoad>& windows) {
 
 }  // namespace
 
-const char* plan_algorithm_name(PlanAlgorithm algorithm) {
-  switch (algorithm) {
-    case PlanAlgorithm::kDeepSeek:
-      return "deepseek";
-    case PlanAlgorithm::kFlashLB:
-      return "flashlb";
-    default:
-      return "moe-eplb";
-  }
+const std::vector<std::string>& plan_algorithm_names() {
+  static const std::vector<std::string> kNames = [] {
+    std::vector<std::string> names;
+    for (const AlgorithmEntry& entry : kAlgorithms) names.emplace_back(entry.name);
+    return names;
+  }();
+  return kNames;
 }
 
+const char* plan_algorithm_name(PlanAlgorithm algorithm) { return entry_of(algorithm).name; }
+
 PlanAlgorithm parse_plan_algorithm(const std::string& name, const char* operation) {
-  for (const PlanAlgorithm algorithm :
-       {PlanAlgorithm::kRuleAware, PlanAlgorithm::kDeepSeek, PlanAlgorithm::kFlashLB}) {
-    if (name == plan_algorithm_name(algorithm)) return algorithm;
+  std::string names;
+  for (const AlgorithmEntry& entry : kAlgorithms) {
+    if (name == entry.name) return entry.algorithm;
+    names += (names.empty() ? "\"" : ", \"") + std::string(entry.name) + "\"";
   }
-  MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, operation,
-                ": algorithm must be \"moe-eplb\", \"deepseek\" or \"flashlb\", got \"", name,
-                "\"");
+  MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, operation, ": algorithm must be one of ", names,
+                ", got \"", name, "\"");
 }
 
 std::int64_t widest_plan_columns(std::int64_t num_experts, std::int64_t world_size,
@@ -252,7 +276,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
   request.max_count = options.num_columns == 0
                           ? options.world_size
                           : std::min(options.world_size, options.num_columns - 1);
-  request.balance_mode = options.balance_mode;
+  request.rule = options.rule;
   request.num_groups = options.num_groups;
   request.max_moves = options.max_moves;
   request.move_cost = options.move_cost;
@@ -270,17 +294,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
         options.previous != nullptr ? options.previous->layer(layer_idx) : TableView{};
     LayerPlanReport* layer_report =
         report != nullptr ? &report->layers[static_cast<std::size_t>(layer_idx)] : nullptr;
-    switch (options.algorithm) {
-      case PlanAlgorithm::kDeepSeek:
-        layers.push_back(plan_detail::plan_deepseek(request));
-        break;
-      case PlanAlgorithm::kFlashLB:
-        layers.push_back(plan_detail::plan_flashlb(request));
-        break;
-      default:
-        layers.push_back(plan_detail::plan_rule_aware(request, layer_report));
-        break;
-    }
+    layers.push_back(entry_of(options.algorithm).plan_layer(request, layer_report));
     // Baselines may exceed the replica cap; the rule-aware planner respects it.
     for (const auto& replicas : layers.back()) {
       MOE_EPLB_CHECK(options.num_columns == 0 ||

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "moe_eplb/plan/planner.hpp"
+#include "moe_eplb/plan/rule.hpp"
 
 namespace moe_eplb::plan_detail {
 
@@ -18,7 +19,7 @@ struct LayerRequest {
   std::int64_t slots_per_rank = 0;
   std::int64_t ranks_per_node = 0;  // 0 = one node
   std::int64_t max_count = 0;       // replica count cap: min(W, F - 1)
-  BalanceMode balance_mode = BalanceMode::kByRank;
+  ReplicaRule rule = ReplicaRule::kAscendRank;
   std::int64_t num_groups = 1;
   // Every window of this layer, oldest first, each (num_source_ranks,
   // num_experts); `counts` is their mean.
@@ -29,6 +30,20 @@ struct LayerRequest {
   std::int64_t max_moves = -1;  // -1 = no cap
   double move_cost = 0.0;
 };
+
+// Whether a replica's place in its row changes what it receives under the
+// request's rule (every rule but the even splits).
+inline bool order_matters(const LayerRequest& request) {
+  return rule_info(request.rule).split != RuleSplit::kEven;
+}
+
+inline RuleTopology rule_topology(const LayerRequest& request) {
+  RuleTopology topology;
+  topology.world_size = request.world_size;
+  topology.slots_per_rank = request.slots_per_rank;
+  topology.ranks_per_node = request.ranks_per_node;
+  return topology;
+}
 
 ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* report);
 ReplicaSlots plan_deepseek(const LayerRequest& request);

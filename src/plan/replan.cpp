@@ -485,7 +485,7 @@ bool Editor::fill(std::int32_t slot) {
   for (std::int64_t b = 0; b < num_experts_; ++b) {
     if (holds(rank, b) || count(b) >= request_.max_count || !ladder_.allows(count(b) + 1)) continue;
     // The new replica may serve any source group: try every position.
-    const std::int64_t last = request_.balance_mode == BalanceMode::kByRank ? 0 : count(b);
+    const std::int64_t last = order_matters(request_) ? 0 : count(b);
     for (std::int64_t position = count(b); position >= last; --position) {
       std::vector<std::int32_t> row = rows_[b];
       row.insert(row.begin() + position, slot);
@@ -514,7 +514,7 @@ bool Editor::fill(std::int32_t slot) {
 
 template <typename Judge>
 void Editor::for_each_step(std::int64_t heavy, std::int64_t left, Judge&& judge) {
-  const bool by_rank = request_.balance_mode == BalanceMode::kByRank;
+  const bool by_rank = order_matters(request_);
   const auto num_slots = static_cast<std::int32_t>(slot_expert_.size());
   // Each candidate within the budget goes to the judge, its moves counted.
   const auto offer = [&](Candidate& step) {

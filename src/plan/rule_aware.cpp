@@ -637,6 +637,7 @@ ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* repor
   if (request.previous.data != nullptr) {
     placement = replan(request, shares, ladder, std::move(placement));
   }
+  placement = polish_for_rule(request, forecast, std::move(placement));
   if (report != nullptr) {
     report->persistence = forecast.persistence;
     const BalanceForecast balance = forecast_balance(placement.rank_loads);

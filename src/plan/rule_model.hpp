@@ -41,14 +41,22 @@ inline double cost(double mean, double variance) {
 }
 inline double cost(const Load& load) { return cost(load.mean, load.variance); }
 
-// What each replica receives on the next window, from the layer's forecast.
+// What each replica receives on the next window, from the layer's forecast,
+// under the request's replica rule (plan/rule.hpp):
+//   kSourceGroups  replica j: the tokens of source-rank group j (exact);
+//   kEven          each replica 1 / c of every rank's tokens;
+//   kNearest       replica j: the tokens of the expected_sources_served()
+//                  ranks of the placement the planner aims for, as a
+//                  fraction of the expert's total (the ranks sending alike).
 class ShareModel {
  public:
   ShareModel(const LayerRequest& request, const LayerForecast& forecast)
       : world_size_(request.world_size),
         ranks_per_node_(request.ranks_per_node),
         per_rank_(forecast.num_source_ranks > 1),
-        by_token_(detail::uses_token_index(request.balance_mode)),
+        split_(rule_info(request.rule).split),
+        rule_(request.rule),
+        topology_(rule_topology(request)),
         coherent_(forecast.coherent_variance) {
     const std::int64_t stride = per_rank_ ? world_size_ + 1 : 1;
     const std::int64_t num_experts = forecast.num_experts;
@@ -80,10 +88,16 @@ class ShareModel {
   // its fraction of the expert's coherent variance.
   Load share(std::int64_t e, std::int64_t count, std::int64_t replica) const {
     const double expert_total = total(e);
-    if (by_token_) {
+    if (split_ == RuleSplit::kEven) {
       const double c = static_cast<double>(count);
       return {expert_total / c,
               (range(prefix_variance_, e, 0, world_size_) + coherent_[e]) / (c * c)};
+    }
+    if (split_ == RuleSplit::kNearest) {
+      const double fraction = expected_sources_served(rule_, count, replica, topology_) /
+                              static_cast<double>(world_size_);
+      return {fraction * expert_total, fraction * range(prefix_variance_, e, 0, world_size_) +
+                                           fraction * fraction * coherent_[e]};
     }
     const auto [begin, end] = source_group(count, replica, world_size_);
     const double mean = from_ranks(e, begin, end);
@@ -92,7 +106,7 @@ class ShareModel {
   }
   // The largest cost among the replicas of e with c replicas.
   double max_cost(std::int64_t e, std::int64_t count) const {
-    if (by_token_) return cost(share(e, count, 0));
+    if (split_ == RuleSplit::kEven) return cost(share(e, count, 0));
     double heaviest = 0.0;
     for (std::int64_t replica = 0; replica < count; ++replica) {
       heaviest = std::max(heaviest, cost(share(e, count, replica)));
@@ -105,10 +119,14 @@ class ShareModel {
   // what placing it there keeps local. Writes world_size values to `out`.
   void locality(std::int64_t e, std::int64_t count, std::int64_t replica, double* out) const {
     std::int64_t begin = 0, end = world_size_;
-    double fraction = 1.0 / static_cast<double>(count);  // token mode: an even part of each rank
-    if (!by_token_) {
+    // The even splits: an even part of each rank; kNearest: its expected part.
+    double fraction = 1.0 / static_cast<double>(count);
+    if (split_ == RuleSplit::kSourceGroups) {
       std::tie(begin, end) = source_group(count, replica, world_size_);
       fraction = 1.0;
+    } else if (split_ == RuleSplit::kNearest) {
+      fraction = expected_sources_served(rule_, count, replica, topology_) /
+                 static_cast<double>(world_size_);
     }
     std::fill(out, out + world_size_, 0.0);
     if (ranks_per_node_ > 0) {
@@ -139,18 +157,21 @@ class ShareModel {
   std::int64_t world_size_;
   std::int64_t ranks_per_node_;
   bool per_rank_;
-  bool by_token_;
+  RuleSplit split_;
+  ReplicaRule rule_;
+  RuleTopology topology_;
   std::vector<double> coherent_;         // (E,)
   std::vector<double> prefix_mean_;      // per expert: prefix sums over source ranks, or the total
   std::vector<double> prefix_variance_;  // the same for the independent variance
 };
 
-// The replica counts the planner may use, ascending: in rank mode the live
-// ones (every replica serves a rank), in token mode all; at most max_count.
+// The replica counts the planner may use, ascending: under source groups
+// (rank mode) the live ones (every replica serves a rank), under the other
+// rules all; at most max_count.
 class CountLadder {
  public:
   explicit CountLadder(const LayerRequest& request) {
-    if (request.balance_mode == BalanceMode::kByRank) {
+    if (rule_info(request.rule).split == RuleSplit::kSourceGroups) {
       for (std::int64_t count : live_replica_counts(request.world_size)) {
         if (count <= request.max_count) counts_.push_back(count);
       }
@@ -191,6 +212,12 @@ struct Placement {
   ReplicaSlots slots;
   std::vector<Load> rank_loads;  // (W,)
 };
+
+// Rules whose shares depend on the placement (kNearest): judges the
+// placement by the exact rule and improves it step by step
+// (rule_polish.cpp). Other rules: returns it unchanged.
+Placement polish_for_rule(const LayerRequest& request, const LayerForecast& forecast,
+                          Placement placement);
 
 // Migration-aware replanning against request.previous (replan.cpp): returns
 // the placement to use, given the plan from scratch.

@@ -406,7 +406,7 @@ PlanOptions scenario_plan_options(const ScenarioSpec& spec, BalanceMode balance_
   options.world_size = spec.world_size;
   options.slots_per_rank = spec.slots_per_rank;
   options.ranks_per_node = spec.ranks_per_node;
-  options.balance_mode = balance_mode;
+  options.rule = rule_of_balance_mode(balance_mode);
   options.algorithm = algorithm;
   return options;
 }
@@ -416,7 +416,7 @@ AnalyzeOptions scenario_analyze_options(const ScenarioSpec& spec, BalanceMode ba
   options.world_size = spec.world_size;
   options.slots_per_rank = spec.slots_per_rank;
   options.ranks_per_node = spec.ranks_per_node;
-  options.balance_mode = balance_mode;
+  options.rule = rule_of_balance_mode(balance_mode);
   return options;
 }
 

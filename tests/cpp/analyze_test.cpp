@@ -150,7 +150,7 @@ TEST(Analyze, CraftedTableMetrics) {
   EXPECT_DOUBLE_EQ(report.local_node_share, 83.0 / 123);
 
   // Token mode selects every replica: none dead.
-  options.balance_mode = BalanceMode::kByToken;
+  options.rule = ReplicaRule::kAscendToken;
   EXPECT_EQ(analyze_load(table, load.data(), 4, options).dead_replicas, 0);
 }
 

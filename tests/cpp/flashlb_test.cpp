@@ -140,7 +140,7 @@ TEST(FlashLB, CovarianceAwarePlacementSeparatesExpertsThatPeakTogether) {
   AnalyzeOptions analyze;
   analyze.world_size = 2;
   analyze.slots_per_rank = 2;
-  analyze.balance_mode = BalanceMode::kByToken;
+  analyze.rule = ReplicaRule::kAscendToken;
   for (const ExpertLoad& window : windows) {
     const BalanceReport report = analyze_load(table.layer(0), window.layer(0), 1, analyze);
     EXPECT_DOUBLE_EQ(report.max_over_mean, 1.0);

@@ -89,7 +89,7 @@ void expect_valid_plan(const LayeredTable& table, const ExpertLoad& load,
     }
     // Leftover slots only become dead replicas when every expert already
     // has two or more replicas (more than 2E slots): 1 -> 2 is always live.
-    if (options.balance_mode == BalanceMode::kByRank && num_physical <= 2 * load.num_experts) {
+    if (options.rule == ReplicaRule::kAscendRank && num_physical <= 2 * load.num_experts) {
       EXPECT_EQ(dead, 0) << "no replica may be dead in rank mode";
     }
   }
@@ -100,7 +100,7 @@ double rank_mode_balance(const LayeredTable& table, const ExpertLoad& load,
   AnalyzeOptions analyze;
   analyze.world_size = options.world_size;
   analyze.slots_per_rank = options.slots_per_rank;
-  analyze.balance_mode = mode;
+  analyze.rule = rule_of_balance_mode(mode);
   return analyze_load(table.layer(0), load.layer(0), load.num_source_ranks, analyze).max_over_mean;
 }
 

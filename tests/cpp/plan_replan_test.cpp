@@ -58,7 +58,7 @@ TopologyOptions topology_of(const PlanOptions& options) {
 void expect_valid(const LayeredTable& table, const ExpertLoad& load, const PlanOptions& options) {
   for (std::int64_t layer = 0; layer < table.num_layers; ++layer) {
     ValidateTableOptions validate;
-    validate.check_rank_mode_reachability = options.balance_mode == BalanceMode::kByRank;
+    validate.check_rank_mode_reachability = options.rule == ReplicaRule::kAscendRank;
     const TableReport report =
         validate_table(table.layer(layer), options.world_size,
                        options.world_size * options.slots_per_rank, validate);
@@ -66,7 +66,7 @@ void expect_valid(const LayeredTable& table, const ExpertLoad& load, const PlanO
     AnalyzeOptions analyze;
     analyze.world_size = options.world_size;
     analyze.slots_per_rank = options.slots_per_rank;
-    analyze.balance_mode = options.balance_mode;
+    analyze.rule = options.rule;
     const BalanceReport balance =
         analyze_load(table.layer(layer), load.layer(layer), load.num_source_ranks, analyze);
     EXPECT_EQ(balance.dead_replicas, 0);
@@ -108,7 +108,7 @@ double balance_of(const LayeredTable& table, const ExpertLoad& load, const PlanO
   AnalyzeOptions analyze;
   analyze.world_size = options.world_size;
   analyze.slots_per_rank = options.slots_per_rank;
-  analyze.balance_mode = options.balance_mode;
+  analyze.rule = options.rule;
   return analyze_load(table.layer(0), load.layer(0), load.num_source_ranks, analyze).max_over_mean;
 }
 

@@ -12,7 +12,7 @@ inline PlanOptions options_for(std::int64_t world_size, std::int64_t slots_per_r
   PlanOptions options;
   options.world_size = world_size;
   options.slots_per_rank = slots_per_rank;
-  options.balance_mode = mode;
+  options.rule = rule_of_balance_mode(mode);
   return options;
 }
 

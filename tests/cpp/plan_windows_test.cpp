@@ -275,7 +275,7 @@ TEST(PlanWindows, PredictionMatchesTheStatisticsWhenTheyPersist) {
     AnalyzeOptions analyze;
     analyze.world_size = 8;
     analyze.slots_per_rank = 6;
-    analyze.balance_mode = mode;
+    analyze.rule = rule_of_balance_mode(mode);
     const double actual =
         analyze_load(table.layer(0), windows[0].layer(0), 8, analyze).max_over_mean;
     const LayerPlanReport& layer = report.layers[0];
@@ -346,7 +346,7 @@ TEST(PlanWindows, PlansOnWindowsAreValid) {
       AnalyzeOptions analyze;
       analyze.world_size = world_size;
       analyze.slots_per_rank = slots_per_rank;
-      analyze.balance_mode = mode;
+      analyze.rule = rule_of_balance_mode(mode);
       const BalanceReport balance =
           analyze_load(table.layer(0), windows[0].layer(0), world_size, analyze);
       EXPECT_EQ(balance.dead_replicas, 0);

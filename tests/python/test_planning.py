@@ -176,13 +176,19 @@ PLAN_ERRORS = [
     ("load.npy", dict(), r"load must be a CPU tensor or a NumPy array, got str"),
     (torch.ones(6, device="meta"), dict(), r"load must be on the CPU.*meta"),
     (np.ones((4, 6)), dict(algorithm="eplb"), r"algorithm must be one of"),
+    (np.ones((4, 6)), dict(rule="sglang"),
+     r"plan\(\): rule must be one of \"ascend-rank\", .*\"trtllm\", got \"sglang\""),
+    (np.ones((4, 6)), dict(rule=2), r"plan\(\): rule must be one of"),
+    (np.ones((4, 6)), dict(rule="vllm", balance_mode=0),
+     r"plan\(\): rule \"vllm\" and balance_mode 0 disagree"),
+    (np.ones((4, 6)), dict(balance_mode=3), r"plan\(\): balance_mode must be 0 \(by rank\)"),
     (np.ones((4, 6)), dict(max_moves=-1), r"max_moves must be at least 0, got -1"),
     (np.ones((4, 6)), dict(max_moves=2), r"plan\(\): max_moves and move_cost need the previous"),
     (np.ones((4, 6)), dict(move_cost="high"), r"move_cost must be a number, got str"),
     (np.ones((4, 6)), dict(slots_per_rank=1), r"plan\(\): .*cannot hold 6 experts"),
     (np.ones((4, 6)), dict(ranks_per_node=3), r"plan\(\): ranks_per_node must be"),
     (np.ones((4, 6)), dict(previous=np.ones((6, 3), dtype=np.float32)),
-     r"previous must be int32 \(or int64\), got torch.float32"),
+     r"previous must be int32 \(or int64 whose values fit\), got torch.float32"),
     (np.ones((4, 6)), dict(previous=np.ones(6, dtype=np.int32)),
      r"previous must be \(E, F\) or \(L, E, F\), got shape \(6,\)"),
     (np.ones((4, 6)), dict(previous=np.full((5, 2), 1, dtype=np.int32)), r"plan\(\): previous"),
@@ -224,7 +230,7 @@ def test_analyze_hand_case():
     assert report["num_replicas"] == 2 and isinstance(report["num_replicas"], int)
     assert report["dead_replicas"] == report["idle_replicas"] == report["unused_slots"] == 0
     assert report["local_rank_share"] == 0.5 and report["local_node_share"] == 0.5
-    assert report["balance_mode"] == 0 and report["world_size"] == 2
+    assert report["rule"] == "ascend-rank" and report["world_size"] == 2
     # Global counts spread evenly over the ranks give the same here.
     assert moe_eplb.analyze(table, np.array([6, 2]), 2, 1)["rank_load"].tolist() == [6.0, 2.0]
     assert moe_eplb.analyze(table, np.array([6, 2]), 2, 1)["local_node_share"] == -1.0
@@ -233,12 +239,12 @@ def test_analyze_hand_case():
 def test_analyze_fields_and_consistency(rng):
     load = random_load(rng, 4, 10)
     table = moe_eplb.plan(load, 4, 3)
-    for balance_mode in (0, 1):
-        SCALARS = moe_eplb.planning.ANALYZE_SCALARS
-        report = moe_eplb.analyze(table.numpy(), torch.from_numpy(load), 4, 3,
-                                  balance_mode=balance_mode, ranks_per_node=2)
-        assert set(report) == {"balance_mode", "world_size", "slots_per_rank", "slot_load",
-                               "rank_load"} | {name for name, _ in SCALARS}
+    for rule in moe_eplb.planning.RULES:
+        report = moe_eplb.analyze(table.numpy(), torch.from_numpy(load), 4, 3, rule=rule,
+                                  ranks_per_node=2)
+        assert report["rule"] == rule
+        assert set(report) == {"rule", "world_size", "slots_per_rank", "slot_load",
+                               "rank_load"} | set(moe_eplb.planning.ANALYZE_FIELDS)
         assert report["slot_load"].shape == (12,) and report["slot_load"].dtype == torch.float64
         assert torch.allclose(report["rank_load"], report["slot_load"].view(4, 3).sum(1))
         assert report["total_load"] == pytest.approx(load.sum())
@@ -343,13 +349,14 @@ def test_migration_plan_between_plans(rng, world_size, slots_per_rank, num_exper
      torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), dict(ranks_per_node=3),
      r"migration_plan\(\): ranks_per_node must be 0"),
     (torch.tensor([[1, 0], [1, 1]], dtype=torch.int64) + 2**32,
-     torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), {}, r"old_table has values outside int32"),
+     torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), {},
+     r"migration_plan\(\): old_table is int64 with value 4294967297, outside int32"),
     (torch.tensor([[[1, 0], [1, 1]]], dtype=torch.int32),
      torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), {},
      r"old_table must be \(E, F\), got shape \(1, 2, 2\)"),
     (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32),
      torch.tensor([[1.0, 0], [1, 1]]), {},
-     r"new_table must be int32 \(or int64\), got torch.float32"),
+     r"new_table must be int32 \(or int64 whose values fit\), got torch.float32"),
 ])
 def test_migration_plan_errors(old, new, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -398,3 +405,26 @@ def test_align_to_previous_errors():
         moe_eplb.align_to_previous(table, table, 2, "1")
     with pytest.raises(ValueError, match=r"align_to_previous\(\): world_size must be in 1"):
         moe_eplb.align_to_previous(table, table, 0, 1)
+
+
+def test_every_rule_reaches_the_planner_and_the_analyzer(rng):
+    # The rule names come from C++; every one plans and routes, and the
+    # operator's modes are the same rules by number.
+    assert moe_eplb.RULES == ("ascend-rank", "ascend-token", "vllm", "sglang-static",
+                              "sglang-dynamic", "trtllm")
+    assert moe_eplb.planning.BALANCE_MODE_RULES == ("ascend-rank", "ascend-token", "vllm")
+    load = np.exp(rng.normal(0.0, 1.0, size=(8, 16))) * 100
+    for rule in moe_eplb.RULES:
+        table = moe_eplb.plan(load, 8, 3, rule=rule, ranks_per_node=4)
+        report = moe_eplb.analyze(table, load, 8, 3, rule=rule, ranks_per_node=4)
+        assert report["rule"] == rule and report["dead_replicas"] == 0
+        assert 1.0 <= report["max_over_mean"] < 1.5
+    for mode, rule in enumerate(moe_eplb.planning.BALANCE_MODE_RULES):
+        assert torch.equal(moe_eplb.plan(load, 8, 3, balance_mode=mode),
+                           moe_eplb.plan(load, 8, 3, rule=rule))
+        assert moe_eplb.analyze(moe_eplb.plan(load, 8, 3), load, 8, 3, balance_mode=mode)["rule"] \
+            == rule
+    # The even splits plan alike (token mode).
+    token = moe_eplb.plan(load, 8, 3, rule="ascend-token")
+    for rule in ("vllm", "sglang-dynamic", "trtllm"):
+        assert torch.equal(moe_eplb.plan(load, 8, 3, rule=rule), token)

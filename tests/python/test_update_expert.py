@@ -554,3 +554,30 @@ def test_poisoned_outputs_are_fully_written(rng):
             out = moe_eplb.update_expert(ids, table, 1, 4)
             assert not bool((out == POISON).any())
             assert bool((out >= 0).all()) and bool((out < 32).all())
+
+
+def test_int64_tables_whose_values_fit(rng):
+    # The one table rule (moe_eplb.int32_table): vLLM's and SGLang's maps are
+    # int64, so every entry point takes an int64 table whose values fit int32.
+    table = make_table(rng, 9, 4, 5, 4, "random")
+    ids = make_ids(rng, 33, 3, 9, torch.int64, "contiguous")
+    for balance_mode in MODES:
+        expected = moe_eplb.update_expert(ids, table, 1, 4, balance_mode=balance_mode)
+        wide = table.to(torch.int64)
+        assert torch.equal(moe_eplb.update_expert(ids, wide, 1, 4, balance_mode=balance_mode),
+                           expected)
+        prepared = moe_eplb.PreparedTable(wide, 1, 4, balance_mode=balance_mode)
+        assert torch.equal(prepared.map(ids), expected)
+        prepared.update(wide)
+        assert torch.equal(prepared.map(ids), expected)
+    bad = table.to(torch.int64)
+    bad[2, 1] = 2**31
+    with pytest.raises(ValueError, match=r"^update_expert\(\): eplb_table is int64 with value "
+                                         r"2147483648, outside int32"):
+        moe_eplb.update_expert(ids, bad, 1, 4)
+    with pytest.raises(ValueError, match=r"^prepare_table\(\): eplb_table is int64 with value"):
+        moe_eplb.PreparedTable(bad, 1, 4)
+    bad[2, 1] = -2**31 - 1
+    with pytest.raises(ValueError, match=r"PreparedTable.update\(\): eplb_table is int64 with "
+                                         r"value -2147483649"):
+        moe_eplb.PreparedTable(table, 1, 4).update(bad)

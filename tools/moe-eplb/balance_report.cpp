@@ -74,7 +74,8 @@ void print_rank_detail(const BalanceReport& report, const TableView& table) {
 
 nlohmann::json balance_json(const BalanceReport& r) {
   nlohmann::json json;
-  json["balance_mode"] = static_cast<std::int64_t>(r.balance_mode);
+  json["balance_mode"] = rule_info(r.rule).balance_mode;
+  json["rule"] = rule_info(r.rule).name;
   json["world_size"] = r.world_size;
   json["slots_per_rank"] = r.slots_per_rank;
   json["total_tokens"] = r.total_load;

@@ -76,7 +76,7 @@ void run_plan(PlanCommandOptions options) {
                  "plan(): --max-moves needs --previous (the table in force)");
   MOE_EPLB_CHECK(!options.previous_path.empty() || options.plan.move_cost == 0.0,
                  "plan(): --move-cost needs --previous (the table in force)");
-  options.plan.balance_mode = static_cast<BalanceMode>(options.balance_mode);
+  options.plan.rule = rule_of_balance_mode(static_cast<BalanceMode>(options.balance_mode));
   options.plan.algorithm = parse_plan_algorithm(options.algorithm);
   std::vector<ExpertLoad> windows;
   bool per_layer_file = false;
@@ -174,7 +174,7 @@ void run_plan(PlanCommandOptions options) {
   analyze.world_size = options.plan.world_size;
   analyze.slots_per_rank = options.plan.slots_per_rank;
   analyze.ranks_per_node = options.plan.ranks_per_node;
-  analyze.balance_mode = options.plan.balance_mode;
+  analyze.rule = options.plan.rule;
   PlanOptions other = options.plan;
   // A baseline's plan is compared with moe-eplb's, moe-eplb's with DeepSeek's.
   other.algorithm = options.plan.algorithm == PlanAlgorithm::kRuleAware ? PlanAlgorithm::kDeepSeek

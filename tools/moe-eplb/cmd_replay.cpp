@@ -235,12 +235,12 @@ void run_replay(ReplayOptions options) {
   base.world_size = options.world_size;
   base.slots_per_rank = options.slots_per_rank;
   base.ranks_per_node = options.ranks_per_node;
-  base.balance_mode = static_cast<BalanceMode>(options.balance_mode);
+  base.rule = rule_of_balance_mode(static_cast<BalanceMode>(options.balance_mode));
   AnalyzeOptions analyze;
   analyze.world_size = options.world_size;
   analyze.slots_per_rank = options.slots_per_rank;
   analyze.ranks_per_node = options.ranks_per_node;
-  analyze.balance_mode = base.balance_mode;
+  analyze.rule = base.rule;
   const TopologyOptions topology{options.world_size, options.slots_per_rank,
                                  options.ranks_per_node};
 

@@ -95,7 +95,7 @@ void run_simulate(const SimulateOptions& options) {
   analyze.world_size = options.world_size;
   analyze.slots_per_rank = options.slots_per_rank;
   analyze.ranks_per_node = options.ranks_per_node;
-  analyze.balance_mode = static_cast<BalanceMode>(options.balance_mode);
+  analyze.rule = rule_of_balance_mode(static_cast<BalanceMode>(options.balance_mode));
   AnalyzeOptions before_options = analyze;
   before_options.slots_per_rank = (table.num_experts + options.world_size - 1) / options.world_size;
   const LayeredTable before_table = no_redundancy_table(table.num_experts, options.world_size);

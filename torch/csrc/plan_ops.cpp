@@ -15,6 +15,7 @@
 
 #include "mapping_call.hpp"
 #include "moe_eplb/plan/analyze.hpp"
+#include "moe_eplb/plan/convert.hpp"
 #include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/plan/planner.hpp"
 
@@ -69,10 +70,31 @@ LayeredTable host_layered_table(const char* operation, const char* name, const a
   return layered;
 }
 
-// (table (L, E, F) int32, report (L, 5) float64: persistence, predicted
-// max/mean, low, high, slots_changed).
+// The rule an op plans for or routes by: `rule` by name, or the operator's
+// `balance_mode`; ascend-rank when neither is given.
+ReplicaRule resolve_rule(const char* operation, const c10::optional<c10::string_view>& rule,
+                         const c10::optional<std::int64_t>& balance_mode) {
+  if (!rule.has_value()) {
+    return balance_mode.has_value()
+               ? rule_of_balance_mode(static_cast<BalanceMode>(*balance_mode), operation)
+               : ReplicaRule::kAscendRank;
+  }
+  const ReplicaRule parsed = parse_replica_rule(std::string(rule->data(), rule->size()), operation);
+  MOE_EPLB_CHECK(!balance_mode.has_value() || rule_info(parsed).balance_mode == *balance_mode,
+                 operation, ": rule \"", rule_info(parsed).name, "\" and balance_mode ",
+                 balance_mode.value_or(-1), " disagree; give one of them");
+  return parsed;
+}
+
+// The fields of plan()'s per-layer report, in the order of the report's columns.
+const std::vector<std::string> kPlanReportFields = {
+    "persistence", "predicted_max_over_mean", "predicted_low", "predicted_high", "slots_changed"};
+
+// (table (L, E, F) int32, report (L, len(kPlanReportFields)) float64).
 std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t world_size,
-                                           std::int64_t slots_per_rank, std::int64_t balance_mode,
+                                           std::int64_t slots_per_rank,
+                                           c10::optional<std::int64_t> balance_mode,
+                                           c10::optional<c10::string_view> rule,
                                            std::int64_t ranks_per_node, std::int64_t num_columns,
                                            c10::string_view algorithm, std::int64_t num_groups,
                                            const c10::optional<at::Tensor>& previous,
@@ -91,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t 
     options.slots_per_rank = slots_per_rank;
     options.ranks_per_node = ranks_per_node;
     options.num_columns = num_columns;
-    options.balance_mode = static_cast<BalanceMode>(balance_mode);
+    options.rule = resolve_rule(kPlan, rule, balance_mode);
     options.algorithm = parse_plan_algorithm(std::string(algorithm.data(), algorithm.size()));
     options.num_groups = num_groups;
     options.max_moves = max_moves;
@@ -107,26 +129,35 @@ std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t 
                                   at::TensorOptions().dtype(at::kInt));
     std::memcpy(values.data_ptr<std::int32_t>(), table.values.data(),
                 table.values.size() * sizeof(std::int32_t));
+    const auto num_fields = static_cast<std::int64_t>(kPlanReportFields.size());
     at::Tensor report_values =
-        at::zeros({table.num_layers, 5}, at::TensorOptions().dtype(at::kDouble));
+        at::zeros({table.num_layers, num_fields}, at::TensorOptions().dtype(at::kDouble));
     double* out = report_values.data_ptr<double>();
     for (std::size_t layer = 0; layer < report.layers.size(); ++layer) {
       const LayerPlanReport& estimate = report.layers[layer];
-      out[layer * 5 + 0] = estimate.persistence;
-      out[layer * 5 + 1] = estimate.predicted_max_over_mean;
-      out[layer * 5 + 2] = estimate.predicted_low;
-      out[layer * 5 + 3] = estimate.predicted_high;
-      out[layer * 5 + 4] = static_cast<double>(estimate.slots_changed);
+      const double fields[] = {estimate.persistence, estimate.predicted_max_over_mean,
+                               estimate.predicted_low, estimate.predicted_high,
+                               static_cast<double>(estimate.slots_changed)};
+      static_assert(sizeof(fields) / sizeof(fields[0]) == 5);
+      std::copy(fields, fields + num_fields, out + layer * num_fields);
     }
     return std::make_tuple(values, report_values);
   });
 }
 
-// (slot_load (W*S,), rank_load (W,), scalars (13,) float64 in the order of
-// moe_eplb.planning.ANALYZE_SCALARS).
+// The scalars of analyze()'s report, in the order of its third output.
+const std::vector<std::string> kAnalyzeFields = {
+    "total_load",          "mean_rank_load", "max_rank_load",
+    "max_over_mean",       "imbalance",      "num_replicas",
+    "dead_replicas",       "idle_replicas",  "replicas_sharing_rank",
+    "slots_claimed_twice", "unused_slots",   "local_rank_share",
+    "local_node_share"};
+
+// (slot_load (W*S,), rank_load (W,), scalars (len(kAnalyzeFields),) float64).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> analyze_op(
     const at::Tensor& table, const at::Tensor& load, std::int64_t world_size,
-    std::int64_t slots_per_rank, std::int64_t balance_mode, std::int64_t ranks_per_node) {
+    std::int64_t slots_per_rank, c10::optional<std::int64_t> balance_mode,
+    c10::optional<c10::string_view> rule, std::int64_t ranks_per_node) {
   constexpr const char* kAnalyze = "analyze()";
   return translate_errors([&] {
     const TableView view = host_table(kAnalyze, "table", table);
@@ -144,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analyze_op(
     options.world_size = world_size;
     options.slots_per_rank = slots_per_rank;
     options.ranks_per_node = ranks_per_node;
-    options.balance_mode = static_cast<BalanceMode>(balance_mode);
+    options.rule = resolve_rule(kAnalyze, rule, balance_mode);
     const BalanceReport report = analyze_load(view, counts.data(), num_source_ranks, options);
     const auto float64 = at::TensorOptions().dtype(at::kDouble);
     at::Tensor slot_load = at::empty({static_cast<std::int64_t>(report.slot_load.size())}, float64);
@@ -167,6 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analyze_op(
         report.local_node_share,
     };
     constexpr std::int64_t kNumScalars = sizeof(scalars) / sizeof(scalars[0]);
+    static_assert(kNumScalars == 13);  // kAnalyzeFields
     at::Tensor scalar_values = at::empty({kNumScalars}, float64);
     std::copy(scalars, scalars + kNumScalars, scalar_values.data_ptr<double>());
     return std::make_tuple(slot_load, rank_load, scalar_values);
@@ -266,17 +298,215 @@ std::int64_t widest_plan_columns_op(std::int64_t num_experts, std::int64_t world
   });
 }
 
+// SlotAction's names, in enum order (moe_eplb.MigrationAction reads them).
+const std::vector<std::string> kSlotActionNames = {"keep", "copy_local", "receive",
+                                                   "copy_received"};
+static_assert(static_cast<int>(SlotAction::kCopyReceived) == 3);
+
+// The names Python and the CLI read from C++ instead of keeping copies.
+std::vector<std::string> names_op(c10::string_view what) {
+  return translate_errors([&] {
+    const std::string name(what.data(), what.size());
+    if (name == "replica_rules") {
+      std::vector<std::string> names;
+      for (const RuleInfo& info : replica_rules()) names.emplace_back(info.name);
+      return names;
+    }
+    if (name == "balance_modes") {  // the rule of balance_mode 0, 1, 2
+      std::vector<std::string> names;
+      for (std::int64_t mode = 0; mode <= static_cast<std::int64_t>(BalanceMode::kByHash); ++mode) {
+        names.emplace_back(rule_info(rule_of_balance_mode(static_cast<BalanceMode>(mode))).name);
+      }
+      return names;
+    }
+    if (name == "plan_algorithms") return plan_algorithm_names();
+    if (name == "plan_report") return kPlanReportFields;
+    if (name == "analyze") return kAnalyzeFields;
+    if (name == "slot_actions") return kSlotActionNames;
+    MOE_EPLB_FAIL(ErrorCode::kInvalidArgument,
+                  "names(): what must be \"replica_rules\", \"balance_modes\", "
+                  "\"plan_algorithms\", \"plan_report\", \"analyze\" or \"slot_actions\", got \"",
+                  name, "\"");
+  });
+}
+
+// ---- layout converters (convert.hpp), one layer (E, ...) or per layer (L, E, ...) ----
+
+// An int32 or int64 CPU integer array as int64 values in C order, with a
+// leading layer dimension (added when the array has `dims` - 1 dimensions).
+struct LayeredInts {
+  std::int64_t num_layers = 1;
+  std::vector<std::int64_t> shape;  // without the layer dimension
+  std::vector<std::int64_t> values;
+  bool layered = false;
+  std::int64_t layer_size() const {
+    std::int64_t size = 1;
+    for (const std::int64_t extent : shape) size *= extent;
+    return size;
+  }
+  const std::int64_t* layer(std::int64_t l) const { return values.data() + l * layer_size(); }
+};
+LayeredInts layered_ints(const char* operation, const char* name, const at::Tensor& tensor,
+                         std::int64_t dims) {
+  check_host(operation, name, tensor);
+  MOE_EPLB_CHECK(tensor.dim() == dims || tensor.dim() == dims - 1, operation, ": ", name,
+                 " must have ", dims - 1, " or ", dims, " (with layers) dimensions, got shape ",
+                 tensor.sizes());
+  MOE_EPLB_CHECK(tensor.scalar_type() == at::kLong || tensor.scalar_type() == at::kInt, operation,
+                 ": ", name, " must be int64 or int32, got ", c10::toString(tensor.scalar_type()));
+  LayeredInts out;
+  out.layered = tensor.dim() == dims;
+  const at::Tensor dense = (out.layered ? tensor : tensor.unsqueeze(0)).to(at::kLong).contiguous();
+  out.num_layers = dense.size(0);
+  out.shape.assign(dense.sizes().begin() + 1, dense.sizes().end());
+  const std::int64_t* data = dense.data_ptr<std::int64_t>();
+  out.values.assign(data, data + dense.numel());
+  return out;
+}
+
+// Runs `convert(layer)` for every layer, naming the layer in an error.
+template <typename Convert>
+auto for_each_layer(const char* operation, std::int64_t num_layers, bool layered,
+                    Convert&& convert) {
+  std::vector<decltype(convert(std::int64_t{0}))> results;
+  for (std::int64_t layer = 0; layer < num_layers; ++layer) {
+    try {
+      results.push_back(convert(layer));
+    } catch (const Error& error) {
+      if (!layered) throw;
+      MOE_EPLB_FAIL(error.code(), operation, ": layer ", layer, ": ", error.what());
+    }
+  }
+  return results;
+}
+
+at::Tensor int32_table_tensor(const LayeredTable& table, bool layered) {
+  at::Tensor out = at::empty({table.num_layers, table.num_experts, table.num_columns},
+                             at::TensorOptions().dtype(at::kInt));
+  std::memcpy(out.data_ptr<std::int32_t>(), table.values.data(),
+              table.values.size() * sizeof(std::int32_t));
+  return layered ? out : out[0];
+}
+
+at::Tensor int64_tensor(std::vector<std::int64_t> shape, const std::vector<std::int64_t>& values,
+                        bool layered) {
+  at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kLong));
+  std::copy(values.begin(), values.end(), out.data_ptr<std::int64_t>());
+  return layered ? out : out[0];
+}
+
+// The replicas of every layer of a table (E, F) or (L, E, F), checked for
+// num_physical slots.
+std::vector<ReplicaSlots> table_slots(const char* operation, const at::Tensor& table,
+                                      std::int64_t num_physical, bool& layered) {
+  const LayeredTable tables = host_layered_table(operation, "table", table);
+  layered = table.dim() == 3;
+  return for_each_layer(operation, tables.num_layers, layered, [&](std::int64_t layer) {
+    return slots_from_table(tables.layer(layer), num_physical);
+  });
+}
+
+// phy2log (P,) or (L, P) int64: the expert in every slot, -1 where none.
+at::Tensor table_to_phy2log_op(const at::Tensor& table, std::int64_t num_physical,
+                               bool sort_replicas) {
+  constexpr const char* kOperation = "table_to_phy2log()";
+  return translate_errors([&] {
+    bool layered = false;
+    const std::vector<ReplicaSlots> layers = table_slots(kOperation, table, num_physical, layered);
+    std::vector<std::int64_t> values;
+    for_each_layer(kOperation, static_cast<std::int64_t>(layers.size()), layered,
+                   [&](std::int64_t layer) {
+                     const std::vector<std::int64_t> phy2log =
+                         slots_to_phy2log(layers[layer], num_physical, sort_replicas);
+                     values.insert(values.end(), phy2log.begin(), phy2log.end());
+                     return 0;
+                   });
+    return int64_tensor({static_cast<std::int64_t>(layers.size()), num_physical}, values, layered);
+  });
+}
+
+// (log2phy (E, X) or (L, E, X) int64 padded with -1, logcnt (E,) or (L, E)),
+// the table's replica order kept; X = max_replicas, or the largest count of
+// any layer when 0.
+std::tuple<at::Tensor, at::Tensor> table_to_log2phy_op(const at::Tensor& table,
+                                                       std::int64_t max_replicas) {
+  constexpr const char* kOperation = "table_to_log2phy()";
+  return translate_errors([&] {
+    bool layered = false;
+    const std::vector<ReplicaSlots> layers = table_slots(kOperation, table, -1, layered);
+    std::int64_t width = max_replicas;
+    for (const ReplicaSlots& slots : layers) {
+      for (const auto& replicas : slots) {
+        if (max_replicas == 0) width = std::max<std::int64_t>(width, replicas.size());
+      }
+    }
+    std::vector<std::int64_t> log2phy, logcnt;
+    for_each_layer(kOperation, static_cast<std::int64_t>(layers.size()), layered,
+                   [&](std::int64_t layer) {
+                     const Log2Phy maps = slots_to_log2phy(layers[layer], width);
+                     log2phy.insert(log2phy.end(), maps.log2phy.begin(), maps.log2phy.end());
+                     logcnt.insert(logcnt.end(), maps.logcnt.begin(), maps.logcnt.end());
+                     return 0;
+                   });
+    const auto num_layers = static_cast<std::int64_t>(layers.size());
+    const auto num_experts = static_cast<std::int64_t>(layers.empty() ? 0 : layers[0].size());
+    return std::make_tuple(int64_tensor({num_layers, num_experts, width}, log2phy, layered),
+                           int64_tensor({num_layers, num_experts}, logcnt, layered));
+  });
+}
+
+// A table (E, F) or (L, E, F) from phy2log (P,) or (L, P): each expert's
+// replicas in ascending slot order. num_columns 0 = the largest count + 1.
+at::Tensor table_from_phy2log_op(const at::Tensor& phy2log, std::int64_t num_experts,
+                                 std::int64_t num_columns) {
+  constexpr const char* kOperation = "table_from_phy2log()";
+  return translate_errors([&] {
+    const LayeredInts maps = layered_ints(kOperation, "phy2log", phy2log, 2);
+    const std::vector<ReplicaSlots> layers =
+        for_each_layer(kOperation, maps.num_layers, maps.layered, [&](std::int64_t layer) {
+          return slots_from_phy2log(maps.layer(layer), maps.shape[0], num_experts);
+        });
+    return int32_table_tensor(make_layered_table(layers, num_columns), maps.layered);
+  });
+}
+
+// A table from log2phy (E, X) or (L, E, X) with logcnt (E,) or (L, E), or
+// with logcnt None from SGLang's map (the count is the leading non-negative
+// entries); the replica order kept.
+at::Tensor table_from_log2phy_op(const at::Tensor& log2phy, const c10::optional<at::Tensor>& logcnt,
+                                 std::int64_t num_columns) {
+  constexpr const char* kOperation = "table_from_log2phy()";
+  return translate_errors([&] {
+    const LayeredInts maps = layered_ints(kOperation, "log2phy", log2phy, 3);
+    LayeredInts counts;
+    if (logcnt.has_value()) {
+      counts = layered_ints(kOperation, "logcnt", *logcnt, 2);
+      MOE_EPLB_CHECK(counts.layered == maps.layered && counts.num_layers == maps.num_layers &&
+                         counts.shape[0] == maps.shape[0],
+                     kOperation, ": logcnt has shape ", logcnt->sizes(),
+                     ", expected one count per row of log2phy ", log2phy.sizes());
+    }
+    const std::vector<ReplicaSlots> layers =
+        for_each_layer(kOperation, maps.num_layers, maps.layered, [&](std::int64_t layer) {
+          return slots_from_log2phy(maps.layer(layer), maps.shape[0], maps.shape[1],
+                                    logcnt.has_value() ? counts.layer(layer) : nullptr);
+        });
+    return int32_table_tensor(make_layered_table(layers, num_columns), maps.layered);
+  });
+}
+
 }  // namespace
 }  // namespace moe_eplb::torch_adapter
 
 TORCH_LIBRARY_FRAGMENT(moe_eplb, m) {
   m.def(
-      "plan(Tensor[] windows, int world_size, int slots_per_rank, *, int balance_mode=0, "
-      "int ranks_per_node=0, int num_columns=0, str algorithm=\"moe-eplb\", int num_groups=1, "
-      "Tensor? previous=None, int max_moves=-1, float move_cost=0.0) -> (Tensor, Tensor)");
+      "plan(Tensor[] windows, int world_size, int slots_per_rank, *, int? balance_mode=None, "
+      "str? rule=None, int ranks_per_node=0, int num_columns=0, str algorithm=\"moe-eplb\", "
+      "int num_groups=1, Tensor? previous=None, int max_moves=-1, float move_cost=0.0) "
+      "-> (Tensor, Tensor)");
   m.def(
       "analyze(Tensor table, Tensor load, int world_size, int slots_per_rank, *, "
-      "int balance_mode=0, int ranks_per_node=0) -> (Tensor, Tensor, Tensor)");
+      "int? balance_mode=None, str? rule=None, int ranks_per_node=0) -> (Tensor, Tensor, Tensor)");
   m.def(
       "migration_plan(Tensor old_table, Tensor new_table, int world_size, int slots_per_rank, *, "
       "int ranks_per_node=0) -> (Tensor, Tensor, Tensor, Tensor)");
@@ -290,6 +520,11 @@ TORCH_LIBRARY_FRAGMENT(moe_eplb, m) {
   // No tensor argument to dispatch on: one catch-all kernel.
   m.def("widest_plan_columns(int num_experts, int world_size, int slots_per_rank) -> int",
         TORCH_FN(moe_eplb::torch_adapter::widest_plan_columns_op));
+  m.def("names(str what) -> str[]", TORCH_FN(moe_eplb::torch_adapter::names_op));
+  m.def("table_to_phy2log(Tensor table, int num_physical, *, bool sort_replicas=False) -> Tensor");
+  m.def("table_to_log2phy(Tensor table, *, int max_replicas=0) -> (Tensor, Tensor)");
+  m.def("table_from_phy2log(Tensor phy2log, int num_experts, *, int num_columns=0) -> Tensor");
+  m.def("table_from_log2phy(Tensor log2phy, Tensor? logcnt=None, *, int num_columns=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(moe_eplb, CompositeExplicitAutograd, m) {
@@ -299,12 +534,17 @@ TORCH_LIBRARY_IMPL(moe_eplb, CompositeExplicitAutograd, m) {
   m.impl("align_to_previous", TORCH_FN(moe_eplb::torch_adapter::align_to_previous_op));
   m.impl("slot_experts", TORCH_FN(moe_eplb::torch_adapter::slot_experts_op));
   m.impl("table_diff", TORCH_FN(moe_eplb::torch_adapter::table_diff_op));
+  m.impl("table_to_phy2log", TORCH_FN(moe_eplb::torch_adapter::table_to_phy2log_op));
+  m.impl("table_to_log2phy", TORCH_FN(moe_eplb::torch_adapter::table_to_log2phy_op));
+  m.impl("table_from_phy2log", TORCH_FN(moe_eplb::torch_adapter::table_from_phy2log_op));
+  m.impl("table_from_log2phy", TORCH_FN(moe_eplb::torch_adapter::table_from_log2phy_op));
 }
 
 // Plans and tables carry no gradient.
 TORCH_LIBRARY_IMPL(moe_eplb, Autograd, m) {
   for (const char* name :
-       {"plan", "analyze", "migration_plan", "align_to_previous", "slot_experts", "table_diff"}) {
+       {"plan", "analyze", "migration_plan", "align_to_previous", "slot_experts", "table_diff",
+        "table_to_phy2log", "table_to_log2phy", "table_from_phy2log", "table_from_log2phy"}) {
     m.impl(name, torch::CppFunction::makeFallthrough());
   }
 }

@@ -1,12 +1,16 @@
 // The analyzer / simulator: how an eplb_table balances real traffic when the
 // operator routes it, rank by rank.
 //
-// analyze_trace() is the brute force: every source rank's tokens go through
-// update_expert() with local_rank_id = that rank and the operator's own load
-// counters. analyze_load() computes the same routing arithmetically from
-// per-source-rank statistics: exact in rank mode, and in token mode the
-// expected even split (each rank's tokens for e spread evenly over its c
-// replicas).
+// Traffic is routed by a replica rule (plan/rule.hpp): the operator's modes
+// (ascend-rank, ascend-token, vllm) or another engine's rule.
+// analyze_trace() is the brute force for the operator's modes: every source
+// rank's tokens go through update_expert() with local_rank_id = that rank
+// and the operator's own load counters. analyze_load() computes the routing
+// arithmetically from per-source-rank statistics: exact for the rules that
+// pick a replica per source rank (ascend-rank, sglang-static), and for the
+// others the expected even split (each rank's tokens for e spread evenly
+// over its c replicas). analyze_trace() routes the other engines' rules the
+// same way from the trace's per-source-rank counts.
 //
 // Both allocate their report (O(W * S)) and are deterministic and
 // thread-safe (no shared state).
@@ -17,6 +21,7 @@
 #include <vector>
 
 #include "moe_eplb/plan/load.hpp"
+#include "moe_eplb/plan/rule.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {
@@ -24,12 +29,14 @@ namespace moe_eplb {
 struct AnalyzeOptions {
   std::int64_t world_size = 0;      // W
   std::int64_t slots_per_rank = 0;  // S: slot p lives on rank p / S
-  std::int64_t ranks_per_node = 0;  // 0 = unknown (node locality not reported)
-  BalanceMode balance_mode = BalanceMode::kByRank;
+  // Ranks per node; 0 = one node (node locality then not reported). The
+  // sglang-static rule reads it.
+  std::int64_t ranks_per_node = 0;
+  ReplicaRule rule = ReplicaRule::kAscendRank;
 };
 
 struct BalanceReport {
-  BalanceMode balance_mode = BalanceMode::kByRank;
+  ReplicaRule rule = ReplicaRule::kAscendRank;
   std::int64_t world_size = 0;
   std::int64_t slots_per_rank = 0;
   std::vector<double> slot_load;  // (W * S,) tokens per slot
@@ -40,7 +47,7 @@ struct BalanceReport {
   double max_over_mean = 1.0;              // max / mean per-rank load; 1.0 with no traffic
   double imbalance = 0.0;                  // (max - mean) / mean
   std::int64_t num_replicas = 0;           // sum of the rows' counts
-  std::int64_t dead_replicas = 0;          // the mode can never select them
+  std::int64_t dead_replicas = 0;          // the rule can never select them
   std::int64_t idle_replicas = 0;          // selectable, but got no tokens here
   std::int64_t replicas_sharing_rank = 0;  // replicas on a rank that holds one of e already
   std::int64_t slots_claimed_twice = 0;    // slots named by more than one row

@@ -91,6 +91,7 @@
 #include <vector>
 
 #include "moe_eplb/plan/load.hpp"
+#include "moe_eplb/plan/rule.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {
@@ -118,7 +119,9 @@ struct LayeredTable {
 // devices to the old ranks, and staying experts keep their slots. No move cap.
 enum class PlanAlgorithm : std::uint8_t { kRuleAware, kDeepSeek, kFlashLB };
 
-// The names the CLI and Python use: "moe-eplb", "deepseek", "flashlb".
+// The registry's names, in enum order, as the CLI and Python use them:
+// "moe-eplb", "deepseek", "flashlb".
+const std::vector<std::string>& plan_algorithm_names();
 const char* plan_algorithm_name(PlanAlgorithm algorithm);
 // The algorithm of a name; throws moe_eplb::Error (kInvalidArgument) starting
 // with `operation` and listing the names otherwise.
@@ -133,7 +136,10 @@ struct PlanOptions {
   // F of the output table; 0 = the smallest that fits (largest count + 1).
   // Replica counts are capped at F - 1.
   std::int64_t num_columns = 0;
-  BalanceMode balance_mode = BalanceMode::kByRank;  // the rule kRuleAware plans for
+  // The replica rule kRuleAware plans for (plan/rule.hpp): rank groups for
+  // ascend-rank, the even split for ascend-token, vllm, sglang-dynamic and
+  // trtllm, the nearest replica for sglang-static.
+  ReplicaRule rule = ReplicaRule::kAscendRank;
   PlanAlgorithm algorithm = PlanAlgorithm::kRuleAware;
   // kDeepSeek only: expert groups (DeepSeek-V3 routes within 8); the
   // hierarchical policy runs when groups divide evenly over > 1 nodes.
