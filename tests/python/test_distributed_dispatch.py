@@ -189,7 +189,7 @@ def bitwise_equal(a, b):
 
 def check_case(case, rank, group, failures, name, prepared=False, load_dtype=torch.int64,
                strided=False, device="cpu", capacity=None, checked=None, row_format="float64",
-               inference=False):
+               inference=False, int64_table=False):
     """One dispatch -> experts -> combine round on `group` (every member
     calls it with the same case); appends mismatches to failures. strided:
     hidden, topk_ids and topk_weights as non-contiguous views; capacity:
@@ -198,11 +198,11 @@ def check_case(case, rank, group, failures, name, prepared=False, load_dtype=tor
     output stays exact); inference: everything inside torch.inference_mode()."""
     with torch.inference_mode(inference):
         _check_case(case, rank, group, failures, name, prepared, load_dtype, strided, device,
-                    capacity, checked, row_format)
+                    capacity, checked, row_format, int64_table)
 
 
 def _check_case(case, rank, group, failures, name, prepared, load_dtype, strided, device,
-                capacity, checked, row_format):
+                capacity, checked, row_format, int64_table):
     inputs = case["ranks"][rank]
     hidden, topk_ids, topk_weights = (inputs[name].to(device)
                                       for name in ("hidden", "topk_ids", "topk_weights"))
@@ -214,6 +214,8 @@ def _check_case(case, rank, group, failures, name, prepared, load_dtype, strided
     moe_world_size = case["world_size"] - case["num_shared"]
     num_slots = moe_world_size * case["slots_per_rank"]
     table = case["table"].to(device)
+    if int64_table:  # vLLM's and SGLang's maps are int64: accepted when the values fit
+        table = table.long()
     if prepared:
         table = moe_eplb.PreparedTable(table, moe_rank_of(rank, case), moe_world_size,
                                        balance_mode=case["balance_mode"],
@@ -304,7 +306,8 @@ def sweep(rank, world_size, group, seed, failures):
                 check_case(case, rank, group, failures, name, prepared=index % 3 == 1,
                            load_dtype=(torch.int64, torch.int32)[index % 4 // 2],
                            strided=index % 5 == 2, capacity=capacity, checked=checked,
-                           row_format=row_format, inference=index % 2 == 1)
+                           row_format=row_format, inference=index % 2 == 1,
+                           int64_table=index % 4 == 3 and index % 3 != 1)
                 index += 1
     return index
 

@@ -188,6 +188,9 @@ def scenarios(rng, num_experts, world_size, slots_per_rank):
     out.append(("cycle across ranks", table_from_owner(rng, ring, num_experts),
                 table_from_owner(rng, shifted, num_experts)))
     out.append(("unchanged", old, old.clone()))
+    # int64 tables (vLLM's and SGLang's maps are int64) whose values fit
+    out.append(("int64 tables", random_table(rng, *args).long(),
+                random_table(rng, *args, extra_columns=1).long()))
     return out
 
 

@@ -115,8 +115,10 @@ def disagreements(rank, world_size):
     results["state steps differ"] = raises_within(lambda: good.load_state_dict(state))
     broken = dict(good.state_dict(), tables=torch.zeros(1)) if rank == 2 else good.state_dict()
     results["bad state"] = raises_within(lambda: good.load_state_dict(broken))
-    # Still in step: a runtime made now works.
+    # Still in step: a runtime made now works, also from int64 tables whose values fit.
     distributed.EplbRuntime(**base)
+    results["int64 tables"] = torch.equal(
+        distributed.EplbRuntime(**dict(base, initial_tables=table.long())).table(0), table)
     return results
 
 
@@ -139,6 +141,7 @@ def test_runtime_agreement_raises_on_every_rank_within_seconds():
     expect_everywhere(outcomes, "state steps differ",
                       lambda rank: r"load_state_dict\(\): the ranks disagree on steps \(by rank: "
                                    r"\[0, 1, 0\]\)")
+    assert all(results["int64 tables"] for results in outcomes)
     expect_everywhere(outcomes, "bad state", lambda rank: (
         r"state: tables must be a tensor of shape" if rank == 2 else
         r"rank 2 rejected its argument state"))
