@@ -289,7 +289,7 @@ def sweep(rank, world_size, group, seed, failures):
     (up to 2), id dtypes, token patterns, raw and prepared tables, uneven and
     capacity mode (checked and not), row formats, inside inference mode."""
     index = 0
-    for balance_mode in (0, 1):
+    for balance_mode in (0, 1, 2):
         for num_shared in range(min(3, world_size)):
             for tokens in ("random", "one_empty", "random", "all_empty"):
                 if tokens == "all_empty" and (balance_mode, num_shared) != (0, 0):
@@ -372,8 +372,8 @@ def dispatch_error_inputs(case, rank):
         ("slots_per_rank", dict(slots_per_rank=0), r"slots_per_rank must be an integer in "
                                                    r"1\.\.\d+, got 0"),
         ("slots_per_rank", dict(slots_per_rank=2.0), r"slots_per_rank must be an integer"),
-        ("balance_mode", dict(balance_mode=2), r"balance_mode must be an integer in 0\.\.1, "
-                                               r"got 2"),
+        ("balance_mode", dict(balance_mode=3), r"balance_mode must be an integer in 0\.\.2, "
+                                               r"got 3"),
         ("shared_expert_rank_num", dict(shared_expert_rank_num=case["world_size"]),
          r"shared_expert_rank_num must be an integer in 0\.\.%d" % (case["world_size"] - 1)),
         ("load_counts", dict(load_counts=torch.zeros(num_slots + 1, dtype=torch.int64)),
@@ -623,7 +623,7 @@ def test_dispatch_combine_equal_dense_reference_on_2_3_and_4_ranks(rng):
     results = expect_all_ok(run_ranks(rank_main, 4, args=(seed,), timeout_s=120))
     failures = [failure for _, rank_failures in results for failure in rank_failures]
     assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures[:20]))
-    assert [num_cases for num_cases, _ in results] == [13 + 19 + 19, 13 + 19 + 19, 19 + 19, 19]
+    assert [num_cases for num_cases, _ in results] == [19 + 28 + 28, 19 + 28 + 28, 28 + 28, 28]
 
 
 def rank_main_cuda(rank, world_size, seed):

@@ -204,16 +204,19 @@ def test_unregistered_layer_refuses_the_rebalance_on_every_rank():
 # ------------------------------------------------------------ serving modes
 
 
-def serving_run(rank, world_size, seed, dtype_name, inference, made_inside, capacity):
+def serving_run(rank, world_size, seed, dtype_name, inference, made_inside, capacity,
+                balance_mode):
     """Two layers on a runtime, drifting traffic, 16 steps: inside
     torch.inference_mode() or not, layers (and so their slot tensors) made
     inside it or not, step() inside or outside it, float64 or bfloat16,
-    uneven or capacity dispatch. Every forward matches the dense model."""
+    uneven or capacity dispatch, a replica rule. Every forward matches the
+    dense model."""
     dtype = getattr(torch, dtype_name)
     dense = demo.dense_layers(2, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed)
     with torch.inference_mode(made_inside):
         runtime = distributed.EplbRuntime(2, NUM_EXPERTS, SLOTS_PER_RANK, window_steps=2,
-                                          num_windows=2, rebalance_every=4)
+                                          num_windows=2, rebalance_every=4,
+                                          balance_mode=balance_mode)
         model = make_model(runtime, dense, dtype,
                            max_tokens_per_rank=24 if capacity else None)
     log = drifting_run(rank, world_size, runtime, model, dense, 16, seed, dtype=dtype,
@@ -224,16 +227,17 @@ def serving_run(rank, world_size, seed, dtype_name, inference, made_inside, capa
                 inference_tensor=model[0].w_gate.is_inference())
 
 
-@pytest.mark.parametrize("dtype_name, inference, made_inside, capacity", [
-    ("float64", True, False, False),    # vLLM / SGLang: forward under inference_mode
-    ("float64", True, True, True),      # weights made inside it, capacity mode
-    ("bfloat16", True, True, False),    # what MoE models run in
-    ("bfloat16", False, False, True),
+@pytest.mark.parametrize("dtype_name, inference, made_inside, capacity, balance_mode", [
+    ("float64", True, False, False, 0),    # vLLM / SGLang: forward under inference_mode
+    ("float64", True, True, True, 1),      # weights made inside it, capacity mode
+    ("bfloat16", True, True, False, 2),    # what MoE models run in; vLLM's replica rule
+    ("bfloat16", False, False, True, 0),
 ])
 def test_runtime_serves_in_inference_mode_and_bfloat16(dtype_name, inference, made_inside,
-                                                       capacity):
+                                                       capacity, balance_mode):
     outcomes = expect_all_ok(run_ranks(serving_run, 2, args=(4, dtype_name, inference,
-                                                             made_inside, capacity),
+                                                             made_inside, capacity,
+                                                             balance_mode),
                                        timeout_s=150.0))
     for rank, results in enumerate(outcomes):
         assert all(results["equal"]), (rank, results["equal"])

@@ -170,7 +170,8 @@ def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=N
             this rank's MoE index, world_size = M, num_physical_experts =
             M * slots_per_rank, this balance_mode).
         slots_per_rank: S, slots per MoE rank.
-        balance_mode: 0 (by rank) or 1 (by token), as in update_expert().
+        balance_mode: the replica rule, as in update_expert(): 0 by rank, 1 by
+            token, 2 vLLM's hash of the token index.
         group: the process group (default: the world).
         load_counts: optional (M * S,) int64 or int32 tensor on hidden's
             device; each of this rank's choices adds 1 at its physical slot,
@@ -310,7 +311,7 @@ def _check_dispatch(rank, world_size, hidden, topk_ids, table, slots_per_rank, b
     """This rank's arguments, checked without communicating; raises BadArgument."""
     check_int("dispatch", "shared_expert_rank_num", shared_expert_rank_num, 0, world_size - 1)
     check_int("dispatch", "slots_per_rank", slots_per_rank, 1, 2**31 - 1)
-    check_int("dispatch", "balance_mode", balance_mode, 0, 1)
+    check_int("dispatch", "balance_mode", balance_mode, 0, 2)
     if max_tokens_per_rank is not None:
         check_int("dispatch", "max_tokens_per_rank", max_tokens_per_rank, 1, 2**31 - 1)
     if checked is not None and not isinstance(checked, bool):

@@ -131,7 +131,8 @@ class EplbRuntime:
         num_experts: E logical experts per layer.
         slots_per_rank: S physical slots per rank (1 <= S <= E <= W * S).
         group: the process group (default: the world); no shared-expert ranks.
-        balance_mode: the replica rule, 0 by rank, 1 by token.
+        balance_mode: the replica rule (update_expert()'s), 0 by rank, 1 by
+            token, 2 vLLM's hash of the token index; the planner plans for it.
         initial_tables: None (plan for uniform load, every layer alike), an
             (E, F) table for every layer, or (L, E, F) / a list of L tables;
             int32 (or int64 with int32 values), the same on every rank.
@@ -357,7 +358,7 @@ class EplbRuntime:
         for name in ("num_layers", "num_experts", "slots_per_rank", "window_steps",
                      "num_windows", "rebalance_every", "layers_per_step"):
             check_int("EplbRuntime", name, config[name], 1)
-        check_int("EplbRuntime", "balance_mode", config["balance_mode"], 0, 1)
+        check_int("EplbRuntime", "balance_mode", config["balance_mode"], 0, 2)
         check_int("EplbRuntime", "ranks_per_node", config["ranks_per_node"], 0)
         if config["ranks_per_node"] and self.world_size % config["ranks_per_node"]:
             fail("EplbRuntime", "ranks_per_node", "ranks_per_node must divide world_size %d, "
