@@ -100,7 +100,7 @@ setup(
     name="moe_eplb",
     version="0.1.0",
     description="Logical-to-physical MoE expert mapping for EPLB (torch.ops.moe_eplb)",
-    packages=["moe_eplb", "moe_eplb.distributed"],
+    packages=["moe_eplb", "moe_eplb.distributed", "moe_eplb.engines"],
     package_dir={"": "python"},
     ext_modules=[Extension("moe_eplb._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},

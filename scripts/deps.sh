@@ -9,7 +9,7 @@ packages=(
   cmake ninja-build g++ clang libclang-rt-dev clang-format
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
   python3-torch libtorch-dev python3-pytest python3-numpy python3-venv python3-setuptools
-  python3-wheel
+  python3-wheel python3-yaml
 )
 if [[ ${1-} == --print ]]; then
   printf '%s\n' "${packages[@]}"
