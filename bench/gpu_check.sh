@@ -77,6 +77,20 @@ tail -25 "$OUT/pytest.log"
 TEST_LINE=$(grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)" "$OUT/pytest.log" | tail -1)
 if [ $TEST_RC -eq 0 ]; then stage pytest PASS "$TEST_LINE"; else stage pytest FAIL "rc=$TEST_RC $TEST_LINE"; fi
 
+# ---- 2b. vLLM's replica rule (balance_mode 2) on CUDA, bit for bit -------------------
+echo "=== vLLM's rule on CUDA: tests/python/test_engines.py -k 'bit_for_bit and cuda'"
+timeout 120 "$PYTHON" -m pytest tests/python/test_engines.py -q -rs -p no:cacheprovider \
+  -k "bit_for_bit and cuda" >"$OUT/vllm_rule.log" 2>&1
+VLLM_RC=$?
+VLLM_LINE=$(grep -E "^[0-9]+ (passed|failed|deselected)|^=+ .*(passed|failed|error)" \
+  "$OUT/vllm_rule.log" | tail -1)
+if [ $VLLM_RC -eq 0 ] && grep -qE "^2 passed" "$OUT/vllm_rule.log"; then
+  stage vllm-rule PASS "$VLLM_LINE"
+else
+  tail -20 "$OUT/vllm_rule.log"
+  stage vllm-rule FAIL "rc=$VLLM_RC $VLLM_LINE"
+fi
+
 # ---- 3. benchmark ------------------------------------------------------------------
 echo "=== bench/bench_torch.py"
 timeout 120 "$PYTHON" bench/bench_torch.py --device cuda --reps 30 --json "$OUT/bench.json" \

@@ -142,8 +142,12 @@ def random_vllm_maps(rng, num_experts, num_physical, width):
     return padded, count[0]
 
 
+CUDA = ["cuda"] if torch.cuda.is_available() and moe_eplb.with_cuda else []
+
+
+@pytest.mark.parametrize("device", ["cpu"] + CUDA)
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_vllm_map_to_physical_and_record_is_vllms_rule_bit_for_bit(rng, dtype):
+def test_vllm_map_to_physical_and_record_is_vllms_rule_bit_for_bit(rng, dtype, device):
     for trial in range(40):
         num_experts = int(rng.integers(1, 40))
         num_physical = num_experts + int(rng.integers(0, 30))
@@ -157,11 +161,13 @@ def test_vllm_map_to_physical_and_record_is_vllms_rule_bit_for_bit(rng, dtype):
         unpadded = None if trial % 2 else torch.tensor(int(rng.integers(0, max(shape[0], 1) + 1)))
         expected_out, expected_load = reference_map_and_record(topk_ids, load, log2phy, count,
                                                                record, unpadded)
-        got_load = load.clone()
-        got = vllm.map_to_physical_and_record(topk_ids, got_load, log2phy, count, record, unpadded)
+        got_load = load.to(device)
+        got = vllm.map_to_physical_and_record(
+            topk_ids.to(device), got_load, log2phy.to(device), count.to(device),
+            record.to(device), None if unpadded is None else unpadded.to(device))
         context = "trial %d shape %s E %d P %d" % (trial, shape, num_experts, num_physical)
-        assert got.dtype == dtype and torch.equal(got, expected_out), context
-        assert torch.equal(got_load, expected_load), context
+        assert got.dtype == dtype and torch.equal(got.cpu(), expected_out), context
+        assert torch.equal(got_load.cpu(), expected_load), context
 
 
 def test_vllm_map_to_physical_and_record_large_token_indices():
