@@ -23,24 +23,28 @@ Design note: validate, stage, agree, commit.
    A rank that raised at any point left every slot as it was. The commit
    cannot fail: everything that could make a write fail is checked in step
    1 (memory shared by several elements, the device, the layout), the
-   commit's own operation is tried on every tensor (slot 0 written with what it holds),
+   commit's own operation is tried on every tensor (its first element written
+   with what it holds),
    and the writes run inside torch.inference_mode(), where torch lets any
    tensor be updated in place (also one made inside the mode, or a leaf
    that requires grad). Everything else runs outside inference mode
    (normal_tensors()): the backends write received data from their own
    threads, where an inference tensor may not be written.
 
-Bytes. Every message is the slots' bytes (moe_eplb.distributed._transport):
-bfloat16, float8, int8 weights and their scales move bit-exact on gloo and
-NCCL alike.
+Bytes. Every message is one tensor's slot row as bytes
+(moe_eplb.distributed._transport.row_bytes): bfloat16, float8, int8 weights
+and their scales move bit-exact on gloo and NCCL alike. A contiguous slot
+row is sent as it is, without a copy (the commit, the only write, comes
+after every transfer); a row of a non-contiguous tensor through a staging row.
 
 Memory. The transaction needs every received expert held until the commit:
 this rank's received count times the slot's bytes (a whole layer's new
 experts, which is what migration_plan() says this rank receives).
 `staging_bytes` bounds what one round puts in flight on a rank: the bytes of
 the messages it posts in one batch_isend_irecv (sends and receives together,
-one slot's bytes each) and so the packing buffer for sends, which is reused
-from round to round. A smaller budget means more rounds, not less holding.
+one slot's bytes each), and so the staging rows of non-contiguous tensors,
+which are reused from round to round. A smaller budget means more rounds,
+not less holding.
 """
 import collections
 
@@ -52,7 +56,7 @@ import moe_eplb
 from ._checks import (Agreement, BadArgument, as_int32_table, communication_device,
                       group_ranks, is_int, layout_fingerprint, normal_tensors, table_fingerprint,
                       writable_problem)
-from ._transport import RowLayout
+from ._transport import RowLayout, row_bytes
 
 MigrationStats = collections.namedtuple(
     "MigrationStats", "received sent local_copies bytes_received bytes_sent rounds")
@@ -198,7 +202,7 @@ def _check_arguments(agreement, slot_tensors, old_table, new_table, slots_per_ra
 
 def _check_slot_tensors(slot_tensors, slots_per_rank, device):
     """The slot tensors' RowLayout; every write the commit will make is
-    possible (checked, then tried: slot 0 written with what it holds)."""
+    possible (checked, then tried: the first element written with what it holds)."""
     if isinstance(slot_tensors, torch.Tensor) or not isinstance(slot_tensors, (list, tuple)):
         _fail("slot_tensors", "expected a list of tensors, got %s", type(slot_tensors).__name__)
     if not slot_tensors:
@@ -223,9 +227,11 @@ def _check_slot_tensors(slot_tensors, slots_per_rank, device):
         problem = writable_problem(tensor)
         if problem is not None:
             _fail("slot_tensors", "%s cannot be written in place: %s", name, problem)
-        try:  # the commit's operation, on a slot, writing what it holds
-            with torch.inference_mode():
-                tensor[0].copy_(tensor[0].clone())
+        try:  # the commit's operation, on one element, writing what it holds
+            if tensor.numel():
+                first = tensor[(0,) * tensor.dim()]
+                with torch.inference_mode():
+                    first.copy_(first.clone())
         except RuntimeError as error:
             _fail("slot_tensors", "%s cannot be written in place: %s", name, error)
     return RowLayout.of(slot_tensors)
@@ -279,18 +285,21 @@ def _transfer_and_commit(slot_tensors, layout, plan, rounds, rank, world_size, s
     source_slots = plan.source_slot[first:first + slots_per_rank].tolist()
     receive_slots = [s for s, action in enumerate(actions) if action == _RECEIVE]
     holding_row = {s: row for row, s in enumerate(receive_slots)}
-    holding = torch.empty((len(receive_slots), layout.record_bytes), dtype=torch.uint8,
-                          device=device)
+    # One message per tensor and expert: a contiguous slot row is sent as it
+    # is (no copy), another through a staging row; received rows wait here.
+    holding = [torch.empty((len(receive_slots), part.size), dtype=torch.uint8, device=device)
+               for part in layout.parts]
     sends_per_round = [sum(1 for _, src, _ in moves if src == rank) for moves in rounds]
-    packing = torch.empty((max(sends_per_round, default=0), layout.record_bytes),
-                          dtype=torch.uint8, device=device)
+    staging = [None if tensor.is_contiguous() else
+               torch.empty((max(sends_per_round, default=0), part.size), dtype=torch.uint8,
+                           device=device) for tensor, part in zip(slot_tensors, layout.parts)]
     num_sent = 0
     for round_idx, moves in enumerate(rounds):
-        ops = _vote_then(lambda: _post_round(round_idx, moves, slot_tensors, layout, packing,
-                                             holding, holding_row, rank, slots_per_rank, device),
+        ops = _vote_then(lambda: _post_round(round_idx, moves, slot_tensors, staging, holding,
+                                             holding_row, rank, slots_per_rank),
                          "before round %d of %d" % (round_idx + 1, len(rounds)), rank,
                          world_size, device, group)
-        num_sent += sum(1 for op in ops if op.op == dist.isend)
+        num_sent += sum(1 for op in ops if op.op == dist.isend) // len(slot_tensors)
         if _before_transfer is not None:
             _before_transfer(round_idx)
         try:
@@ -337,57 +346,53 @@ def _vote_then(prepare, when, rank, world_size, device, group):
     return result
 
 
-def _post_round(round_idx, moves, slot_tensors, layout, packing, holding, holding_row, rank,
-                slots_per_rank, device):
-    """Packs this rank's sends of one round and returns its P2P ops, in the
+def _post_round(round_idx, moves, slot_tensors, staging, holding, holding_row, rank,
+                slots_per_rank):
+    """This rank's P2P ops of one round, one per expert and tensor, in the
     round's order (so the k-th message between two ranks matches on both)."""
     if _before_round is not None:
         _before_round(round_idx)
-    sources = [src_slot for _, src_rank, src_slot in moves if src_rank == rank]
-    if sources:
-        layout.pack(slot_tensors, torch.tensor(sources, dtype=torch.int64, device=device),
-                    out=packing[:len(sources)])
     ops = []
-    num_packed = 0
-    for physical, src_rank, _ in moves:
+    num_staged = 0
+    for physical, src_rank, src_slot in moves:
         dst_rank = physical // slots_per_rank
         if src_rank == rank:
-            ops.append(dist.P2POp(dist.isend, packing[num_packed], dst_rank))
-            num_packed += 1
+            for tensor, rows in zip(slot_tensors, staging):
+                if rows is None:
+                    message = row_bytes(tensor)[src_slot]
+                else:
+                    message = rows[num_staged]
+                    message.view(tensor.dtype).view(tensor.shape[1:]).copy_(tensor[src_slot])
+                ops.append(dist.P2POp(dist.isend, message, dst_rank))
+            num_staged += 1
         elif dst_rank == rank:
-            row = holding[holding_row[physical % slots_per_rank]]
-            ops.append(dist.P2POp(dist.irecv, row, src_rank))
+            row = holding_row[physical % slots_per_rank]
+            ops += [dist.P2POp(dist.irecv, rows[row], src_rank) for rows in holding]
     return ops
 
 
 def _prepare_commit(slot_tensors, layout, actions, source_slots, holding, holding_row, device):
     """Allocates everything the commit needs (snapshots of local copies'
-    sources, received rows in slot order) and returns the commit: one copy_
-    per tensor and changed slot, the operation _check_slot_tensors() tried."""
+    sources) and returns the commit: one copy_ per tensor and changed slot,
+    the operation _check_slot_tensors() tried, from memory already there."""
     if _before_commit is not None:
         _before_commit()
-    values = layout.unpack(holding)
-    destination, sources = [], []
-    for action, want in ((_COPY_LOCAL, "old"), (_RECEIVE, "received"),
-                         (_COPY_RECEIVED, "received")):
-        for slot, slot_action in enumerate(actions):
-            if slot_action == action:
-                destination.append(slot)
-                source = slot if action == _RECEIVE else source_slots[slot]
-                sources.append((want, source))
-    old_rows = torch.tensor([source for want, source in sources if want == "old"],
-                            dtype=torch.int64, device=device)
-    received_rows = torch.tensor([holding_row[source] for want, source in sources
-                                  if want == "received"], dtype=torch.int64, device=device)
-    contents = [torch.cat([tensor.index_select(0, old_rows), value.index_select(0, received_rows)])
-                for tensor, value in zip(slot_tensors, values)]
+    values = [rows.view(part.dtype).view((rows.shape[0],) + part.row_shape)
+              for rows, part in zip(holding, layout.parts)]  # the received bytes, typed
+    local = [slot for slot, action in enumerate(actions) if action == _COPY_LOCAL]
+    local_sources = torch.tensor([source_slots[slot] for slot in local], dtype=torch.int64,
+                                 device=device)
+    snapshots = [tensor.index_select(0, local_sources) for tensor in slot_tensors]
+    writes = [(slot, row, True) for row, slot in enumerate(local)]
+    writes += [(slot, holding_row[slot if action == _RECEIVE else source_slots[slot]], False)
+               for slot, action in enumerate(actions) if action in (_RECEIVE, _COPY_RECEIVED)]
 
     def commit():
         # Inside inference_mode any tensor may be written in place, also one
         # made inside the mode or a leaf that requires grad. A slot at a time:
         # copy_ runs at memory speed for every dtype (index_copy_ of bytes does not).
         with torch.inference_mode():
-            for tensor, content in zip(slot_tensors, contents):
-                for row, slot in enumerate(destination):
-                    tensor[slot].copy_(content[row])
+            for tensor, snapshot, value in zip(slot_tensors, snapshots, values):
+                for slot, row, from_snapshot in writes:
+                    tensor[slot].copy_(snapshot[row] if from_snapshot else value[row])
     return commit

@@ -64,9 +64,13 @@ class RowLayout:
     def pack(self, tensors, rows=None, out=None):
         """Rows `rows` (an int64 index; None: all) of each tensor as records:
         an (n, record_bytes) uint8 tensor (`out` when given)."""
-        if len(self.parts) == 1 and out is None:
+        if len(self.parts) == 1:
             data = row_bytes(tensors[0])
-            return data if rows is None else data.index_select(0, rows)
+            if out is None:
+                return data if rows is None else data.index_select(0, rows)
+            if rows is None:
+                return out.copy_(data)
+            return torch.index_select(data, 0, rows, out=out)  # one copy, into out
         count = tensors[0].shape[0] if rows is None else rows.shape[0]
         if out is None:
             out = torch.empty((count, self.record_bytes), dtype=torch.uint8,
