@@ -127,23 +127,23 @@ def run_moves(shape, num_rebalances, seed):
     rng = np.random.default_rng(seed)
     windows = drifting_windows(rng, experts, top_k, world_size, popularity, skew, drift,
                                num_rebalances + 3)
-    options = dict(balance_mode=0, ranks_per_node=per_node)
-    first = moe_eplb.plan(windows[:2], world_size, slots, **options)
+    options = dict(layout="WE", balance_mode=0, ranks_per_node=per_node)
+    first = moe_eplb.plan(windows[:2], world_size, slots, **options).table
     width = first.shape[1]
     tables = {"naive": first, "vllm": first, "moe-eplb": first, "capped": first, "cost": first}
     cap = (world_size * slots) // 10
     rows = {strategy: [] for strategy in tables}
     for step in range(1, num_rebalances + 1):
         history, upcoming = windows[step:step + 2], windows[step + 2]
-        scratch = moe_eplb.plan(history, world_size, slots, num_columns=width, **options)
+        scratch = moe_eplb.plan(history, world_size, slots, num_columns=width, **options).table
         new = dict(naive=scratch,
-                   vllm=moe_eplb.align_to_previous(scratch, tables["vllm"], world_size, slots))
+                   vllm=moe_eplb.align_to_previous(tables["vllm"], scratch, world_size, slots))
         for strategy, max_moves, move_cost in (("moe-eplb", None, 0.0), ("capped", cap, 0.0),
                                                ("cost", None, 0.02)):
             planned = moe_eplb.plan(history, world_size, slots, num_columns=width,
                                     previous=tables[strategy], max_moves=max_moves,
-                                    move_cost=move_cost, **options)
-            new[strategy] = moe_eplb.align_to_previous(planned, tables[strategy], world_size,
+                                    move_cost=move_cost, **options).table
+            new[strategy] = moe_eplb.align_to_previous(tables[strategy], planned, world_size,
                                                        slots)
         for strategy, table in new.items():
             old = tables[strategy]
@@ -153,7 +153,7 @@ def run_moves(shape, num_rebalances, seed):
                 moves = planned_moves(old, table, world_size, slots, per_node,
                                       node_aware=strategy != "vllm")
             moves["max_over_mean"] = moe_eplb.analyze(
-                table, upcoming, world_size, slots, **options)["max_over_mean"]
+                table, upcoming, world_size, slots, **options).max_over_mean
             rows[strategy].append(moves)
             tables[strategy] = table
     return rows

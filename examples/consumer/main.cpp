@@ -31,7 +31,8 @@ int main() {
     // 4 experts on 2 ranks of 3 slots: expert 0 is hot and gets a replica on
     // each rank; every plan passes validation and routes every id.
     const double counts[] = {90, 10, 10, 10};
-    moe_eplb::ExpertLoad load = moe_eplb::make_expert_load({4}, {counts, counts + 4}, 2);
+    moe_eplb::ExpertLoad load = moe_eplb::make_expert_load(
+        {4}, {counts, counts + 4}, 2, moe_eplb::LoadLayout::kExperts, "plan()");
     moe_eplb::PlanOptions options;
     options.world_size = 2;
     options.slots_per_rank = 3;

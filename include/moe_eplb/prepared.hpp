@@ -50,14 +50,15 @@ class PreparedTable {
   // Validates the whole table with validate_table() (throws moe_eplb::Error
   // kInvalidTable listing every problem) and the scalars with the profile's
   // limits, then builds the routes. num_physical_experts = -1 infers it; later
-  // updates keep the resolved value.
-  PreparedTable(const TableView& eplb_table, const UpdateExpertParams& params);
+  // updates keep the resolved value. Errors start with `operation`.
+  PreparedTable(const TableView& eplb_table, const UpdateExpertParams& params,
+                const char* operation = "PreparedTable()");
 
   // Validates a new table of the same shape (E, F) and rebuilds the routes in
   // place: routes().data() does not change. Throws (kInvalidArgument for
   // another shape, kInvalidTable for an invalid table) and keeps the current
   // routes. Not thread-safe against concurrent readers of the routes.
-  void update(const TableView& eplb_table);
+  void update(const TableView& eplb_table, const char* operation = "PreparedTable.update()");
 
   PreparedView view() const;
   const std::vector<std::int32_t>& routes() const { return routes_; }

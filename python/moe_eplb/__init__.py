@@ -15,8 +15,8 @@ read_error_counter, programmatic_dependent_launch, int32_table (the table
 rule: int32, or int64 whose values fit); torch_npu drop-ins
 npu_moe_eplb_update_expert and npu_moe_update_expert (also in
 moe_eplb.compat). Planning (C++ underneath, CPU tensors or NumPy arrays):
-plan, analyze, migration_plan, align_to_previous, table_diff, slot_experts,
-widest_plan_columns, for the replica rules RULES of the engines.
+plan, analyze, validate_table, migration_plan, align_to_previous, table_diff,
+slot_experts, widest_plan_columns, for the replica rules RULES of the engines.
 Expert parallelism on torch.distributed (dispatch, combine, migrate_experts,
 EplbRuntime, ExpertParallelMoE): moe_eplb.distributed. The engines' own
 interfaces (vLLM, SGLang, DeepSeek EPLB, TensorRT-LLM, vllm-ascend):
@@ -25,7 +25,8 @@ moe_eplb.engines.
 Operators, usable directly and from TorchScript / torch.compile:
 torch.ops.moe_eplb.{update_expert, update_expert_pruned,
 update_expert_counted, prepare_table, update_expert_prepared,
-update_expert_prepared_counted}.
+update_expert_prepared_counted} and the planning ops (schemas in
+torch/csrc/library.cpp).
 
 Formula (token b, choice k):
 """
@@ -65,21 +66,24 @@ from ._ops import (  # noqa: E402  (the ops exist once the library is loaded)
 )
 from .compat import npu_moe_eplb_update_expert, npu_moe_update_expert  # noqa: E402
 from .planning import ALGORITHMS, RULES  # noqa: E402
-from .planning import MigrationAction, MigrationPlan, PlanReport, TableDiff  # noqa: E402
+from .planning import BalanceReport, MigrationAction, MigrationPlan, PlanResult  # noqa: E402
+from .planning import TableDiff, TableReport  # noqa: E402
 from .planning import align_to_previous, analyze, migration_plan, plan  # noqa: E402
-from .planning import slot_experts, table_diff, widest_plan_columns  # noqa: E402
+from .planning import slot_experts, table_diff, validate_table, widest_plan_columns  # noqa: E402
 
 __doc__ += FORMULA
 __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "BalanceReport",
     "RULES",
     "MigrationAction",
     "MigrationPlan",
-    "PlanReport",
+    "PlanResult",
     "PreparedTable",
     "TableDiff",
+    "TableReport",
     "align_to_previous",
     "analyze",
     "error_counter",
@@ -94,6 +98,7 @@ __all__ = [
     "table_diff",
     "update_expert",
     "update_expert_pruned",
+    "validate_table",
     "widest_plan_columns",
     "with_cuda",
 ]

@@ -7,6 +7,7 @@ prepared routes and their in-place swap. All values are computed by the
 compiled core, on the device of the inputs.
 """
 import collections
+import numbers
 
 import torch
 
@@ -58,8 +59,9 @@ def _with_formula(function):
     return function
 
 
-class _Ops(collections.namedtuple("_Ops", "operation plain pruned counted")):
-    """The ops of one form of the mapping, called as
+class _Ops(collections.namedtuple("_Ops", "operation inputs plain pruned counted")):
+    """The ops of one form of the mapping (`inputs` names their positional
+    arguments), called as
     plain(*inputs, **options) -> ids;
     pruned(*inputs, expert_scales, pruning_threshold, active_mask, **options) -> (ids, mask);
     counted(*inputs, [pruning,] load_counts, error_counter, **options) -> (ids, mask)."""
@@ -72,11 +74,38 @@ def _stateless_pruned(expert_ids, eplb_table, local_rank_id, world_size, *, expe
                                              world_size, **options)
 
 
-_STATELESS = _Ops("update_expert()", _OPS.update_expert.default, _stateless_pruned,
-                  _OPS.update_expert_counted.default)
-_PREPARED = _Ops("update_expert_prepared()", _OPS.update_expert_prepared.default,
+_STATELESS_INPUTS = ("expert_ids", "eplb_table", "local_rank_id", "world_size")
+_STATELESS = _Ops("update_expert()", _STATELESS_INPUTS, _OPS.update_expert.default,
+                  _stateless_pruned, _OPS.update_expert_counted.default)
+_STATELESS_PRUNED = _STATELESS._replace(operation="update_expert_pruned()")
+_PREPARED = _Ops("PreparedTable.map()", ("expert_ids", "routes"),
+                 _OPS.update_expert_prepared.default,
                  _OPS.update_expert_prepared_counted.default,
                  _OPS.update_expert_prepared_counted.default)
+_PREPARED_PRUNED = _PREPARED._replace(operation="PreparedTable.map_pruned()")
+
+
+# The arguments of the mapping entry points and the Python types they take,
+# to name a wrong one (the dispatcher's own message is a long dump).
+_TENSOR = (torch.Tensor, "a torch.Tensor")
+_OPTIONAL_TENSOR = ((torch.Tensor, type(None)), "a torch.Tensor or None")
+_INT = (numbers.Integral, "an int")
+_ARGUMENT_TYPES = dict(
+    expert_ids=_TENSOR, eplb_table=_TENSOR, routes=_TENSOR, local_rank_id=_INT, world_size=_INT,
+    expert_scales=_TENSOR, pruning_threshold=_TENSOR, active_mask=_OPTIONAL_TENSOR,
+    load_counts=_OPTIONAL_TENSOR, error_counter=_OPTIONAL_TENSOR, balance_mode=_INT,
+    num_physical_experts=_INT, profile=(str, "a str"),
+    enable_pdl=((bool, type(None)), "a bool or None"))
+
+
+def _check_types(operation, arguments):
+    """Raises TypeError naming the first argument of a wrong Python type
+    (bool is not an int here: True is no rank)."""
+    for name, value in arguments.items():
+        kinds, expected = _ARGUMENT_TYPES[name]
+        if not isinstance(value, kinds) or (kinds is numbers.Integral and isinstance(value, bool)):
+            raise TypeError("%s: %s must be %s, got %s" % (operation, name, expected,
+                                                             type(value).__name__))
 
 
 def _map(ops, inputs, options, pruning, *, load_counts, error_counter, checked):
@@ -84,11 +113,25 @@ def _map(ops, inputs, options, pruning, *, load_counts, error_counter, checked):
     first) and options go to ops.plain, ops.pruned (when `pruning` holds
     expert_scales, pruning_threshold and active_mask) or, to count, ops.counted.
 
+    A wrong Python type raises TypeError naming the argument: checked when
+    the dispatcher refuses the call, so correct calls pay nothing for it.
+
     With checked=True on CUDA the call counts its bad elements into a private
     counter, synchronises and raises IndexError if there were any: first by
     rerunning ops.plain on the CPU (whose error names the first bad (b, k);
     pruning never changes the ids), else with the count.
     """
+    try:
+        return _map_checked(ops, inputs, options, pruning, load_counts=load_counts,
+                            error_counter=error_counter, checked=checked)
+    except (RuntimeError, AttributeError):
+        arguments = dict(zip(ops.inputs, inputs), **options, **(pruning or {}),
+                         load_counts=load_counts, error_counter=error_counter)
+        _check_types(ops.operation, arguments)
+        raise
+
+
+def _map_checked(ops, inputs, options, pruning, *, load_counts, error_counter, checked):
     expert_ids = inputs[0]
     checked = checked and expert_ids.is_cuda
     if not checked and load_counts is None and error_counter is None:
@@ -107,6 +150,13 @@ def _map(ops, inputs, options, pruning, *, load_counts, error_counter, checked):
                 "outputs are -1)" % (ops.operation, num_bad)
             )
     return (ids, mask) if pruning else ids
+
+
+def _check_ranks(operation, local_rank_id, world_size):
+    """The dispatcher takes True for an int; a rank that is a bool is a mistake."""
+    if local_rank_id.__class__ is bool or world_size.__class__ is bool:
+        name = "local_rank_id" if local_rank_id.__class__ is bool else "world_size"
+        raise TypeError("%s: %s must be an int, got bool" % (operation, name))
 
 
 def _options(balance_mode, num_physical_experts, profile, enable_pdl):
@@ -169,7 +219,10 @@ def update_expert(
     naming the argument, the allowed range and the value. A bad element (id
     outside [0, E), count outside [1, F-1], selected slot out of range) raises
     IndexError naming (b, k) on the CPU; on CUDA it becomes -1 and is counted.
+    A wrong Python type (a list for expert_ids, a float or a bool for a rank)
+    raises TypeError naming the argument.
     """
+    _check_ranks("update_expert()", local_rank_id, world_size)
     eplb_table = int32_table("update_expert()", "eplb_table", eplb_table)
     return _map(
         _STATELESS, (expert_ids, eplb_table, local_rank_id, world_size),
@@ -214,9 +267,10 @@ def update_expert_pruned(
     Formula:
 {FORMULA}
     """
-    eplb_table = int32_table("update_expert()", "eplb_table", eplb_table)
+    _check_ranks("update_expert_pruned()", local_rank_id, world_size)
+    eplb_table = int32_table("update_expert_pruned()", "eplb_table", eplb_table)
     return _map(
-        _STATELESS, (expert_ids, eplb_table, local_rank_id, world_size),
+        _STATELESS_PRUNED, (expert_ids, eplb_table, local_rank_id, world_size),
         _options(balance_mode, num_physical_experts, profile, enable_pdl),
         _pruning(expert_scales, pruning_threshold, active_mask),
         load_counts=load_counts, error_counter=error_counter, checked=checked,
@@ -265,35 +319,53 @@ class PreparedTable:
 
     Args:
         eplb_table: (E, F) int32 tensor (or int64 whose values fit), any device.
-        local_rank_id, world_size: this rank and the group size (rank mode;
-            may be -1 in the per-token modes 1 and 2).
+        local_rank_id, world_size: this rank and the group size; required in
+            rank mode (balance_mode=0), ignored by the per-token modes 1 and 2
+            (leave them out).
         balance_mode, num_physical_experts, profile: as in update_expert();
             num_physical_experts = -1 infers it from the table (smallest
             multiple of world_size above the largest slot) and keeps it for
             later updates.
         device: where the routes live (default: the table's device).
 
-    Attributes:
+    Attributes (read-only: they are what the routes were built for):
         routes: int32 (E, 1) in rank mode (the slot this rank uses for each
             expert) or (E, F) in modes 1 and 2 ([count, slots..., -1 padding]).
-        num_physical_experts: the resolved slot count.
+        local_rank_id, world_size (None in modes 1 and 2 when not given),
+        balance_mode, num_physical_experts (the resolved slot count),
+        profile, device.
         fingerprint: one-element int64 tensor beside the routes,
             table_fingerprint() of the table in force, updated in place with
             it (moe_eplb.distributed.dispatch() checks with it that every rank
             routes through the same table, also inside CUDA graphs).
+
+    Errors: TypeError for an argument of a wrong Python type, ValueError for
+    a wrong value or an invalid table (listing every problem).
     """
 
     def __init__(
         self,
         eplb_table,
-        local_rank_id=-1,
-        world_size=-1,
+        local_rank_id=None,
+        world_size=None,
         *,
         balance_mode=0,
         num_physical_experts=-1,
         profile="native",
         device=None,
     ):
+        operation = "PreparedTable()"
+        if not isinstance(eplb_table, torch.Tensor):
+            raise TypeError("%s: eplb_table must be a torch.Tensor, got %s"
+                            % (operation, type(eplb_table).__name__))
+        _check_types(operation, dict(balance_mode=balance_mode,
+                                     num_physical_experts=num_physical_experts, profile=profile))
+        if balance_mode == 0 and (local_rank_id is None or world_size is None):
+            raise TypeError("%s: rank mode (balance_mode=0) needs local_rank_id and world_size"
+                            % operation)
+        for name, value in (("local_rank_id", local_rank_id), ("world_size", world_size)):
+            if value is not None:
+                _check_types(operation, {name: value})
         device = eplb_table.device if device is None else torch.device(device)
         if device.type == "cuda":
             index = torch.cuda.current_device() if device.index is None else device.index
@@ -302,24 +374,31 @@ class PreparedTable:
             index = -1
             owner = torch.classes.moe_eplb.HostPreparedTable
         else:
-            raise ValueError("PreparedTable(): device must be cpu or cuda, got %s" % device)
-        eplb_table = int32_table("prepare_table()", "eplb_table", eplb_table)
-        self._table = owner(eplb_table, local_rank_id, world_size, balance_mode,
+            raise ValueError("%s: device must be cpu or cuda, got %s" % (operation, device))
+        eplb_table = int32_table(operation, "eplb_table", eplb_table)
+        self._table = owner(eplb_table, -1 if local_rank_id is None else local_rank_id,
+                            -1 if world_size is None else world_size, balance_mode,
                             num_physical_experts, profile, index)
-        self.routes = self._table.routes()
-        self.fingerprint = table_fingerprint(eplb_table).to(self.routes.device)
-        self.num_physical_experts = self._table.num_physical_experts()
-        self.local_rank_id = local_rank_id
-        self.world_size = world_size
-        self.balance_mode = balance_mode
-        self.profile = profile
+        self._routes = self._table.routes()
+        self._fingerprint = table_fingerprint(eplb_table).to(self._routes.device)
+        self._identity = (local_rank_id, world_size, balance_mode,
+                          self._table.num_physical_experts(), profile)
+
+    routes = property(lambda self: self._routes, doc="int32 routes the mapping gathers from")
+    fingerprint = property(lambda self: self._fingerprint, doc="the table's, updated in place")
+    local_rank_id = property(lambda self: self._identity[0], doc="this rank (rank mode)")
+    world_size = property(lambda self: self._identity[1], doc="the group size (rank mode)")
+    balance_mode = property(lambda self: self._identity[2], doc="0 by rank, 1 and 2 by token")
+    num_physical_experts = property(lambda self: self._identity[3], doc="the slot count")
+    profile = property(lambda self: self._identity[4], doc="the limits enforced")
+    device = property(lambda self: self._routes.device, doc="where the routes live")
 
     def map(self, expert_ids, *, load_counts=None, error_counter=None, checked=False,
             enable_pdl=None):
         """Maps (BS, K) int32/int64 expert_ids on the routes' device; same
         result, errors and options as update_expert() with this table."""
         return _map(
-            _PREPARED, (expert_ids, self.routes), self._options(enable_pdl), None,
+            _PREPARED, (expert_ids, self._routes), self._options(enable_pdl), None,
             load_counts=load_counts, error_counter=error_counter, checked=checked,
         )
 
@@ -328,7 +407,7 @@ class PreparedTable:
         """map() plus pruning; returns (balanced_expert_ids,
         balanced_active_mask) as update_expert_pruned() does."""
         return _map(
-            _PREPARED, (expert_ids, self.routes), self._options(enable_pdl),
+            _PREPARED_PRUNED, (expert_ids, self._routes), self._options(enable_pdl),
             _pruning(expert_scales, pruning_threshold, active_mask),
             load_counts=load_counts, error_counter=error_counter, checked=checked,
         )
@@ -336,9 +415,13 @@ class PreparedTable:
     def update(self, eplb_table):
         """Validates `eplb_table` (same shape as the first one) and installs it
         in place. Raises ValueError, keeping the current table, if it is invalid."""
-        self._table.update(int32_table("PreparedTable.update()", "eplb_table", eplb_table))
+        if not isinstance(eplb_table, torch.Tensor):
+            raise TypeError("PreparedTable.update(): eplb_table must be a torch.Tensor, got %s"
+                            % type(eplb_table).__name__)
+        eplb_table = int32_table("PreparedTable.update()", "eplb_table", eplb_table)
+        self._table.update(eplb_table)
         with torch.inference_mode():  # in place, whichever mode made it
-            self.fingerprint.copy_(table_fingerprint(eplb_table))
+            self._fingerprint.copy_(table_fingerprint(eplb_table))
 
     def report(self):
         """The warnings validation found in the latest table, one per line."""
@@ -349,7 +432,7 @@ class PreparedTable:
 
     def __repr__(self):
         return (
-            "PreparedTable(routes=%s, balance_mode=%d, local_rank_id=%d, world_size=%d, "
+            "PreparedTable(routes=%s, balance_mode=%d, local_rank_id=%s, world_size=%s, "
             "num_physical_experts=%d, profile=%r, device=%s)"
             % (tuple(self.routes.shape), self.balance_mode, self.local_rank_id, self.world_size,
                self.num_physical_experts, self.profile, self.routes.device)
@@ -366,14 +449,14 @@ def _with_cuda():
 with_cuda = _with_cuda()  # whether this build has the CUDA kernels
 
 
-def _cuda_device_index(device):
+def _cuda_device_index(operation, device):
     if not with_cuda:
-        raise RuntimeError("error_counter(): moe_eplb was built without CUDA")
+        raise RuntimeError("%s: moe_eplb was built without CUDA" % operation)
     if device is None:
         return torch.cuda.current_device()
     device = torch.device(device)
     if device.type != "cuda":
-        raise ValueError("error_counter(): expected a CUDA device, got %s" % device)
+        raise ValueError("%s: expected a CUDA device, got %s" % (operation, device))
     return torch.cuda.current_device() if device.index is None else device.index
 
 
@@ -381,14 +464,15 @@ def error_counter(device=None):
     """The library's error counter on a CUDA device: a one-element int32 tensor
     aliasing device memory that every CUDA call without an explicit
     error_counter adds its bad elements to. Read it asynchronously (copy it),
-    reset it with .zero_(); its address never changes, so CUDA graphs may use it."""
-    return _OPS.library_error_counter(_cuda_device_index(device))
+    reset it with .zero_(); its address never changes, so CUDA graphs may use it.
+    Raises RuntimeError in a build without CUDA."""
+    return _OPS.library_error_counter(_cuda_device_index("error_counter()", device))
 
 
 def read_error_counter(device=None, *, reset=False):
     """Synchronises and returns the value of error_counter(device); reset=True
-    sets it back to 0 afterwards."""
-    counter = error_counter(device)
+    sets it back to 0 afterwards. Raises RuntimeError in a build without CUDA."""
+    counter = _OPS.library_error_counter(_cuda_device_index("read_error_counter()", device))
     count = int(counter.item())
     if reset:
         counter.zero_()

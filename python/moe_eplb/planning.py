@@ -1,14 +1,22 @@
-"""The planner, the analyzer and the migration plan from Python.
+"""The planner, the analyzer, table validation and the migration plan from Python.
 
-Thin adapters over torch.ops.moe_eplb.{plan, analyze, migration_plan,
-align_to_previous} (C++, torch/csrc/plan_ops.cpp): they turn CPU tensors or
-NumPy arrays into the ops' inputs, check what the ops cannot name, and shape
-the results. Every value is computed by the C++ core; the same core backs the
-`moe-eplb plan` command, so both give the same table for the same input.
+Thin adapters over torch.ops.moe_eplb.{plan, analyze, validate_table,
+migration_plan, align_to_previous, table_diff, slot_experts,
+widest_plan_columns} (C++, torch/csrc/plan_ops.cpp and table_ops.cpp): they
+turn CPU tensors or NumPy arrays into the ops' inputs, check what the ops
+cannot name, and shape the results, one result type per function (a tensor or
+a dataclass whose field names come from C++). Every value is computed by the
+C++ core; the same core backs the `moe-eplb plan` command, so both give the
+same table for the same input.
 
 Tables are Ascend eplb_tables: (E, F) int32, row e = [c, p_1 .. p_c, -1 ...];
-slot p lives on rank p // slots_per_rank. Errors are ValueError naming the
-argument (the core's messages start with the operation, e.g. "plan(): ...").
+slot p lives on rank p // slots_per_rank. Two tables are passed in (old, new)
+order everywhere. Loads say their layout when their shape cannot: a 2-D load
+is per source rank (layout="WE") or per layer (layout="LE").
+
+Errors: a wrong Python type is TypeError, a wrong value ValueError, each
+naming the function and the argument, e.g. "plan(): world_size must be an
+int, got float".
 """
 import dataclasses
 import enum
@@ -45,25 +53,101 @@ source_slot; RECEIVE receive the OLD content of (source_rank, source_slot);
 COPY_RECEIVED copy the NEW content of local slot source_slot, a RECEIVE slot."""
 MigrationAction.__module__ = __name__
 
+# The load layouts: the dimensions of a load array, named by their letters.
+LAYOUTS = ("E", "WE", "LE", "LWE")
+
 
 @dataclasses.dataclass
-class PlanReport:
-    """What plan() estimated, one entry per layer.
+class PlanResult:
+    """What plan() returns: the table and what the planner estimated.
 
-    persistence: share of each source rank's deviation from the global share
-        that persists from window to window, in [0, 1].
-    predicted_max_over_mean, predicted_low, predicted_high: the predicted
-        max/mean per-rank load on the next window, and an interval of about
-        one standard deviation either side.
-    slots_changed: slots whose expert or replica position in its row differs
-        from `previous` (the position is the routing); 0 without it.
+    table: int32 CPU tensor, (E, F) for a one-layer load (layout E or WE),
+        (L, E, F) for a per-layer one (LE or LWE).
+    persistence, predicted_max_over_mean, predicted_low, predicted_high,
+    slots_changed: lists with one entry per layer (one for a one-layer load).
+        persistence: share of each source rank's deviation from the global
+        share that persists from window to window, in [0, 1];
+        predicted_*: the predicted max/mean per-rank load on the next window
+        and an interval of about one standard deviation either side (moe-eplb
+        only; 0 for the baselines); slots_changed: slots whose expert or
+        replica position in its row differs from `previous` (the position is
+        the routing); 0 without it.
     """
 
+    table: torch.Tensor
     persistence: list
     predicted_max_over_mean: list
     predicted_low: list
     predicted_high: list
     slots_changed: list
+
+
+@dataclasses.dataclass
+class BalanceReport:
+    """What analyze() returns: how a table balances a load when an engine
+    routes it (C++ moe_eplb::BalanceReport, field for field; the scalars' names
+    are ANALYZE_FIELDS, read from C++).
+
+    rule: the replica rule that routed it (one of RULES);
+    slot_load: float64 tensor (W * S,), tokens per physical slot;
+    rank_load: float64 tensor (W,), tokens per rank;
+    total_load, mean_rank_load, max_rank_load;
+    max_over_mean: max / mean per-rank load (1.0 with no traffic);
+    imbalance: (max - mean) / mean;
+    num_replicas; dead_replicas: the mode never selects them; idle_replicas:
+    selectable but got no tokens; replicas_sharing_rank; slots_claimed_twice;
+    unused_slots;
+    local_rank_share: tokens served on their source rank; local_node_share:
+    on their source node (-1.0 when ranks_per_node is 0).
+    """
+
+    rule: str
+    world_size: int
+    slots_per_rank: int
+    slot_load: torch.Tensor
+    rank_load: torch.Tensor
+    total_load: float
+    mean_rank_load: float
+    max_rank_load: float
+    max_over_mean: float
+    imbalance: float
+    num_replicas: int
+    dead_replicas: int
+    idle_replicas: int
+    replicas_sharing_rank: int
+    slots_claimed_twice: int
+    unused_slots: int
+    local_rank_share: float
+    local_node_share: float
+
+
+@dataclasses.dataclass
+class TableReport:
+    """What validate_table() returns (C++ moe_eplb::TableReport).
+
+    ok: no errors (warnings allowed). errors, warnings: the messages, e.g.
+    "row 2: replica count 0 is outside 1..3 (F - 1)", at most max_issues in
+    all; total_errors, total_warnings: exact counts. num_physical_experts:
+    the slot count checked against (inferred when -1 was given:
+    num_physical_experts_inferred). str(report) lists every issue, one per
+    line.
+    """
+
+    ok: bool
+    errors: list
+    warnings: list
+    total_errors: int
+    total_warnings: int
+    num_physical_experts: int
+    num_physical_experts_inferred: bool
+
+    def __str__(self):
+        lines = ["error: " + message for message in self.errors]
+        lines += ["warning: " + message for message in self.warnings]
+        left = self.total_errors + self.total_warnings - len(lines)
+        if left > 0:
+            lines.append("... and %d more" % left)
+        return "\n".join(lines)
 
 
 @dataclasses.dataclass
@@ -108,7 +192,7 @@ def _call(op, *args, **kwargs):
 
 def _int(operation, name, value, minimum=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError("%s: %s must be an int, got %s" % (operation, name, type(value).__name__))
+        raise TypeError("%s: %s must be an int, got %s" % (operation, name, type(value).__name__))
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError("%s: %s must be at least %d, got %d" % (operation, name, minimum, value))
@@ -123,11 +207,11 @@ def _tensor(operation, name, value):
         try:
             tensor = torch.from_numpy(value)
         except TypeError as error:
-            raise ValueError("%s: %s has NumPy dtype %s, which torch cannot read"
-                             % (operation, name, value.dtype)) from error
+            raise TypeError("%s: %s has NumPy dtype %s, which torch cannot read"
+                            % (operation, name, value.dtype)) from error
     else:
-        raise ValueError("%s: %s must be a CPU tensor or a NumPy array, got %s"
-                         % (operation, name, type(value).__name__))
+        raise TypeError("%s: %s must be a CPU tensor or a NumPy array, got %s"
+                        % (operation, name, type(value).__name__))
     if tensor.device.type != "cpu":
         raise ValueError("%s: %s must be on the CPU (planning runs on the host), got %s"
                          % (operation, name, tensor.device))
@@ -138,12 +222,33 @@ def _load(operation, name, value, dims):
     """A float64 load of one of the ranks in `dims` (counts of any real dtype)."""
     tensor = _tensor(operation, name, value)
     if tensor.dtype == torch.bool or tensor.is_complex():
-        raise ValueError("%s: %s must hold real counts (integer or floating point), got %s"
-                         % (operation, name, tensor.dtype))
+        raise TypeError("%s: %s must hold real counts (integer or floating point), got %s"
+                        % (operation, name, tensor.dtype))
     if tensor.dim() not in dims:
         raise ValueError("%s: %s must have %s dimensions, got shape %s"
                          % (operation, name, " or ".join(map(str, dims)), tuple(tensor.shape)))
     return tensor.to(torch.float64).contiguous()
+
+
+def _layout(operation, layout, allowed=LAYOUTS):
+    """The layout argument as the ops take it ("" = from the dimensions)."""
+    if layout is None:
+        return ""
+    if not isinstance(layout, str):
+        raise TypeError("%s: layout must be a str (one of %s) or None, got %s"
+                        % (operation, ", ".join(allowed), type(layout).__name__))
+    if layout not in allowed:
+        raise ValueError("%s: layout must be one of %s, got %r"
+                         % (operation, ", ".join(allowed), layout))
+    return layout
+
+
+def _check_2d_layout(operation, name, load, layout):
+    """A 2-D load without a layout: rows of ranks or of layers? Say how to say which."""
+    if layout == "" and load.dim() == 2:
+        raise ValueError(
+            "%s: %s of shape %s is 2-D: are its rows source ranks (W, E) or layers (L, E)? "
+            "Pass layout='WE' or layout='LE'" % (operation, name, tuple(load.shape)))
 
 
 def _table(operation, name, value, dims=(2,)):
@@ -156,32 +261,37 @@ def _table(operation, name, value, dims=(2,)):
                          % (operation, name, expected, tuple(tensor.shape)))
     tensor = int32_table(operation, name, tensor)
     if tensor.dtype != torch.int32:
-        raise ValueError("%s: %s must be int32 (or int64 whose values fit), got %s"
-                         % (operation, name, tensor.dtype))
+        raise TypeError("%s: %s must be int32 (or int64 whose values fit), got %s"
+                        % (operation, name, tensor.dtype))
     return tensor.contiguous()
 
 
 def _rule(operation, rule, balance_mode):
     """The ops' (balance_mode, rule) pair: the C++ core resolves and checks them."""
     if rule is not None and not isinstance(rule, str):
-        raise ValueError("%s: rule must be one of %s, got %r" % (operation, RULES, rule))
+        raise TypeError("%s: rule must be a str, one of %s, got %s"
+                        % (operation, RULES, type(rule).__name__))
     if balance_mode is not None:
         balance_mode = _int(operation, "balance_mode", balance_mode)
     return dict(balance_mode=balance_mode, rule=rule)
 
 
-def plan(load, world_size, slots_per_rank, *, rule=None, balance_mode=None, ranks_per_node=0,
-         num_columns=0, algorithm="moe-eplb", num_groups=1, previous=None, max_moves=None,
-         move_cost=0.0, return_report=False):
+def plan(load, world_size, slots_per_rank, *, layout=None, rule=None, balance_mode=None,
+         ranks_per_node=0, num_columns=0, algorithm="moe-eplb", num_groups=1, previous=None,
+         max_moves=None, move_cost=0.0):
     """Plans an EPLB table from expert load statistics (the `moe-eplb plan` planner).
 
     Args:
         load: counts of routed choices per expert, a CPU tensor or NumPy array
-            of any real dtype: (E,) global, (W, E) per source rank (W ==
-            world_size), or (L, W|1, E) per layer; or a list/tuple of such
-            windows, oldest first, all of one shape.
+            of any real dtype, or a list/tuple of such windows, oldest first,
+            all of one shape. Its dimensions, as `layout` names them:
+            "E" (E,) global; "WE" (W, E) per source rank (W == world_size);
+            "LE" (L, E) global per layer; "LWE" (L, W|1, E) per layer.
         world_size: W, the expert-parallel ranks.
         slots_per_rank: S, physical slots per rank (1..E; W * S >= E).
+        layout: one of "E", "WE", "LE", "LWE"; None reads it from the number
+            of dimensions, which a 2-D load cannot say (ValueError: pass "WE"
+            or "LE").
         rule: the replica rule to plan for, one of RULES: "ascend-rank"
             (the default), "ascend-token", "vllm", "sglang-static",
             "sglang-dynamic", "trtllm" (docs/SPEC.md, "Replica rules").
@@ -200,11 +310,11 @@ def plan(load, world_size, slots_per_rank, *, rule=None, balance_mode=None, rank
             replica position differs from `previous` (None: no cap; 0 keeps
             `previous`'s rows exactly). Needs `previous`.
         move_cost: >= 0, the predicted max/mean a move must buy. Needs `previous`.
-        return_report: also return the planner's PlanReport.
 
     Returns:
-        int32 CPU tensor (E, F) for a 1-D or 2-D load, (L, E, F) for a 3-D
-        one; with return_report=True, (table, PlanReport).
+        PlanResult: .table, int32 CPU tensor (E, F) for a one-layer load (E
+        or WE) and (L, E, F) for a per-layer one (LE or LWE), and the
+        planner's per-layer estimates.
     """
     operation = "plan()"
     if isinstance(load, (list, tuple)):
@@ -214,46 +324,53 @@ def plan(load, world_size, slots_per_rank, *, rule=None, balance_mode=None, rank
         windows = list(load)
     else:
         names, windows = ["load"], [load]
+    layout = _layout(operation, layout)
     windows = [_load(operation, name, window, (1, 2, 3)) for name, window in zip(names, windows)]
+    _check_2d_layout(operation, names[0], windows[0], layout)
     for name, window in zip(names[1:], windows[1:]):
         if window.shape != windows[0].shape:
             raise ValueError("plan(): %s has shape %s but %s has %s; every window must have the "
                              "same shape" % (name, tuple(window.shape), names[0],
                                              tuple(windows[0].shape)))
     if not isinstance(algorithm, str):
+        raise TypeError("plan(): algorithm must be a str, got %s" % type(algorithm).__name__)
+    if algorithm not in ALGORITHMS:
         raise ValueError("plan(): algorithm must be one of %s, got %r" % (ALGORITHMS, algorithm))
     if isinstance(move_cost, bool) or not isinstance(move_cost, numbers.Real):
-        raise ValueError("plan(): move_cost must be a number, got %s" % type(move_cost).__name__)
+        raise TypeError("plan(): move_cost must be a number, got %s" % type(move_cost).__name__)
+    if previous is None and (max_moves is not None or move_cost != 0.0):
+        raise ValueError("plan(): max_moves and move_cost need previous=, the table in force")
     if previous is not None:
         previous = _table(operation, "previous", previous, (2, 3))
-    table, report = _call(
+    table, report, fields = _call(
         _OPS.plan.default, windows, _int(operation, "world_size", world_size),
-        _int(operation, "slots_per_rank", slots_per_rank), **_rule(operation, rule, balance_mode),
+        _int(operation, "slots_per_rank", slots_per_rank), layout=layout,
+        **_rule(operation, rule, balance_mode),
         ranks_per_node=_int(operation, "ranks_per_node", ranks_per_node),
         num_columns=_int(operation, "num_columns", num_columns), algorithm=algorithm,
         num_groups=_int(operation, "num_groups", num_groups), previous=previous,
         max_moves=-1 if max_moves is None else _int(operation, "max_moves", max_moves, 0),
         move_cost=float(move_cost),
     )
-    if windows[0].dim() < 3:
-        table = table[0]
-    if not return_report:
-        return table
-    fields = dict(zip(_PLAN_REPORT_FIELDS, report.t().tolist()))
-    fields["slots_changed"] = [int(value) for value in fields["slots_changed"]]
-    return table, PlanReport(**fields)
+    per_layer = layout in ("LE", "LWE") or (layout == "" and windows[0].dim() == 3)
+    estimates = dict(zip(_PLAN_REPORT_FIELDS, report.t().tolist()))
+    estimates["slots_changed"] = [int(value) for value in estimates["slots_changed"]]
+    return PlanResult(table=table if per_layer else table[0], **estimates)
 
 
-def analyze(table, load, world_size, slots_per_rank, *, rule=None, balance_mode=None,
-            ranks_per_node=0):
+def analyze(table, load, world_size, slots_per_rank, *, layout=None, rule=None,
+            balance_mode=None, ranks_per_node=0):
     """How `table` balances `load` when an engine routes it by its rule (the analyzer).
 
     Args:
         table: (E, F) int32 eplb_table, CPU tensor or NumPy array.
-        load: (W, E) per-source-rank counts (W == world_size; routed exactly
-            by the replica rule) or (E,) global counts (spread evenly over the
-            ranks), any real dtype.
+        load: one layer's counts, any real dtype: (W, E) per source rank
+            (layout="WE"; W == world_size; routed exactly by the replica
+            rule) or (E,) global counts (spread evenly over the ranks). Values
+            finite and >= 0.
         world_size, slots_per_rank: the topology (slot p on rank p // S).
+        layout: "WE" or "E"; None reads it from the dimensions, which a 2-D
+            load cannot say (ValueError: pass layout="WE").
         rule: the replica rule that routes it, one of RULES (default
             "ascend-rank"); the rules that pick a replica per source rank
             (ascend-rank, sglang-static) route exactly, the others by the
@@ -262,30 +379,66 @@ def analyze(table, load, world_size, slots_per_rank, *, rule=None, balance_mode=
         ranks_per_node: for local_node_share and sglang-static's nodes (0 = one node).
 
     Returns:
-        dict with rule (its name), world_size, slots_per_rank, slot_load
-        (float64 tensor (W*S,)), rank_load (float64 tensor (W,)), total_load,
-        mean_rank_load, max_rank_load, max_over_mean (max / mean rank load;
-        1.0 with no traffic), imbalance ((max - mean) / mean), num_replicas,
-        dead_replicas (the rule never selects them), idle_replicas (got no
-        tokens), replicas_sharing_rank, slots_claimed_twice, unused_slots,
-        local_rank_share (tokens served on their source rank) and
-        local_node_share (on their source node; -1.0 when ranks_per_node is 0).
+        BalanceReport.
     """
     operation = "analyze()"
     world_size = _int(operation, "world_size", world_size)
     slots_per_rank = _int(operation, "slots_per_rank", slots_per_rank)
     rules = _rule(operation, rule, balance_mode)
-    slot_load, rank_load, scalars = _call(
-        _OPS.analyze.default, _table(operation, "table", table),
-        _load(operation, "load", load, (1, 2)), world_size, slots_per_rank, **rules,
+    layout = _layout(operation, layout, ("E", "WE"))
+    load = _load(operation, "load", load, (1, 2))
+    if layout == "" and load.dim() == 2:
+        raise ValueError("analyze(): load of shape %s is 2-D: pass layout='WE' if its rows are "
+                         "the source ranks (analyze() scores one layer)" % (tuple(load.shape),))
+    slot_load, rank_load, values = _call(
+        _OPS.analyze.default, _table(operation, "table", table), load, world_size,
+        slots_per_rank, layout=layout, **rules,
         ranks_per_node=_int(operation, "ranks_per_node", ranks_per_node))
     if rule is None:
         rule = "ascend-rank" if balance_mode is None else BALANCE_MODE_RULES[rules["balance_mode"]]
-    result = dict(rule=rule, world_size=world_size, slots_per_rank=slots_per_rank,
-                  slot_load=slot_load, rank_load=rank_load)
-    for name, value in zip(ANALYZE_FIELDS, scalars.tolist()):
-        result[name] = int(value) if name in _ANALYZE_COUNTS else value
-    return result
+    scalars = {name: int(value) if name in _ANALYZE_COUNTS else value
+               for name, value in zip(ANALYZE_FIELDS, values.tolist())}
+    return BalanceReport(rule=rule, world_size=world_size, slots_per_rank=slots_per_rank,
+                         slot_load=slot_load, rank_load=rank_load, **scalars)
+
+
+def validate_table(eplb_table, world_size, num_physical_experts=-1, *, profile="native",
+                   warnings=True, max_issues=1000):
+    """Every problem of an eplb_table, as `moe-eplb validate` lists them.
+
+    Args:
+        eplb_table: (E, F) int32 (or int64 that fits) table, any device or a
+            NumPy array; read on the host.
+        world_size: W; -1 when unknown (token mode: the per-rank checks are
+            skipped).
+        num_physical_experts: W * slots_per_rank; -1 infers the smallest
+            multiple of world_size above the largest slot.
+        profile: "native", "ascend" or "ascend_seed" limits.
+        warnings: also warn about replicas rank mode never selects and slots
+            no row names.
+        max_issues: list at most this many issues (the totals stay exact).
+
+    Returns:
+        TableReport; report.ok is False when the operator would refuse the
+        table (str(report) lists why).
+    """
+    operation = "validate_table()"
+    if isinstance(eplb_table, torch.Tensor) and eplb_table.device.type != "cpu":
+        eplb_table = eplb_table.cpu()
+    if not isinstance(profile, str):
+        raise TypeError("validate_table(): profile must be a str, got %s"
+                        % type(profile).__name__)
+    if not isinstance(warnings, bool):
+        raise TypeError("validate_table(): warnings must be a bool, got %s"
+                        % type(warnings).__name__)
+    errors, found, total_errors, total_warnings, num_physical, inferred = _call(
+        _OPS.validate_table.default, _table(operation, "eplb_table", eplb_table),
+        _int(operation, "world_size", world_size),
+        _int(operation, "num_physical_experts", num_physical_experts), profile=profile,
+        warnings=warnings, max_issues=_int(operation, "max_issues", max_issues, 0))
+    return TableReport(ok=total_errors == 0, errors=list(errors), warnings=list(found),
+                       total_errors=total_errors, total_warnings=total_warnings,
+                       num_physical_experts=num_physical, num_physical_experts_inferred=inferred)
 
 
 def migration_plan(old_table, new_table, world_size, slots_per_rank, *, ranks_per_node=0,
@@ -336,17 +489,18 @@ def migration_plan(old_table, new_table, world_size, slots_per_rank, *, ranks_pe
         world_size=world_size, slots_per_rank=slots_per_rank)
 
 
-def align_to_previous(new_table, old_table, world_size, slots_per_rank):
+def align_to_previous(old_table, new_table, world_size, slots_per_rank):
     """Permutes each rank's slots of `new_table` so that an expert staying on
     a rank keeps its slot in `old_table`; no rank's set of experts changes (so
     balance is unchanged) and each row's replica order is kept.
 
-    Args: (E, F) int32 tables (any F each, the same E) valid for world_size *
-    slots_per_rank slots. Returns an int32 (E, F) tensor with new_table's F.
+    Args: (E, F) int32 tables in (old, new) order (any F each, the same E)
+    valid for world_size * slots_per_rank slots. Returns an int32 (E, F)
+    tensor with new_table's F.
     """
     operation = "align_to_previous()"
-    return _call(_OPS.align_to_previous.default, _table(operation, "new_table", new_table),
-                 _table(operation, "old_table", old_table),
+    return _call(_OPS.align_to_previous.default, _table(operation, "old_table", old_table),
+                 _table(operation, "new_table", new_table),
                  _int(operation, "world_size", world_size),
                  _int(operation, "slots_per_rank", slots_per_rank))
 

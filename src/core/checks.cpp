@@ -253,7 +253,7 @@ namespace moe_eplb {
 
 void check_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
                          const UpdateExpertOutputs& outputs, bool has_memory) {
-  constexpr const char* kOperation = "update_expert()";
+  const char* const kOperation = detail::mapping_operation(inputs);
   const Limits& limits = limits_of(params.profile);
   detail::check_scalars(kOperation, params, &inputs.eplb_table, limits);
   detail::check_batch(kOperation, inputs.expert_ids, inputs.pruning, outputs,

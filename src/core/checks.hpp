@@ -23,6 +23,12 @@ void check_balance_mode(const char* operation, BalanceMode balance_mode);
 void check_scalars(const char* operation, const UpdateExpertParams& params,
                    const TableView* eplb_table, const Limits& limits);
 
+// The name errors of the stateless mapping start with: "update_expert()", or
+// "update_expert_pruned()" when pruning inputs are given.
+inline const char* mapping_operation(const UpdateExpertInputs& inputs) {
+  return inputs.pruning != nullptr ? "update_expert_pruned()" : "update_expert()";
+}
+
 // The num_physical_experts that bounds selected slots: the caller's, or the
 // profile's limit when the caller did not give it (-1).
 std::int64_t resolved_num_physical_experts(const UpdateExpertParams& params);

@@ -32,24 +32,23 @@ void build_routes(const TableView& eplb_table, const UpdateExpertParams& params,
   }
 }
 
-PreparedTable::PreparedTable(const TableView& eplb_table, const UpdateExpertParams& params)
+PreparedTable::PreparedTable(const TableView& eplb_table, const UpdateExpertParams& params,
+                             const char* operation)
     : params_(params), num_experts_(eplb_table.num_experts), num_columns_(eplb_table.num_columns) {
-  constexpr const char* kOperation = "prepare_table()";
-  detail::check_scalars(kOperation, params, &eplb_table, limits_of(params.profile));
-  report_ = validate(eplb_table, kOperation);
+  detail::check_scalars(operation, params, &eplb_table, limits_of(params.profile));
+  report_ = validate(eplb_table, operation);
   params_.num_physical_experts = report_.num_physical_experts;
   row_width_ = prepared_row_width(num_columns_, params.balance_mode);
   routes_.resize(static_cast<std::size_t>(num_experts_ * row_width_));
   build_routes(eplb_table, params_, routes_.data());
 }
 
-void PreparedTable::update(const TableView& eplb_table) {
-  constexpr const char* kOperation = "PreparedTable::update()";
+void PreparedTable::update(const TableView& eplb_table, const char* operation) {
   MOE_EPLB_CHECK(eplb_table.num_experts == num_experts_ && eplb_table.num_columns == num_columns_,
-                 kOperation, ": eplb_table has shape (", eplb_table.num_experts, ", ",
+                 operation, ": eplb_table has shape (", eplb_table.num_experts, ", ",
                  eplb_table.num_columns, "), expected (", num_experts_, ", ", num_columns_,
                  "), the shape this table was prepared with");
-  TableReport report = validate(eplb_table, kOperation);  // throws before anything changes
+  TableReport report = validate(eplb_table, operation);  // throws before anything changes
   build_routes(eplb_table, params_, routes_.data());
   report_ = std::move(report);
 }

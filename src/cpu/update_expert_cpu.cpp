@@ -245,7 +245,7 @@ void map_or_name_first_bad(const char* operation, const ExpertIdsView& ids, cons
 
 void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& params,
                    const UpdateExpertOutputs& outputs) {
-  constexpr const char* kOperation = "update_expert()";
+  const char* const kOperation = detail::mapping_operation(inputs);
   check_update_expert(inputs, params, outputs);
   const ExpertIdsView& ids = inputs.expert_ids;
   if (ids.num_tokens == 0 || ids.top_k == 0) return;

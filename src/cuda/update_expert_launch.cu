@@ -206,8 +206,8 @@ void launch_update_expert(const UpdateExpertInputs& inputs, const UpdateExpertPa
   if (ids.num_tokens == 0 || ids.top_k == 0) return;
   RouteArgs routes{};
   routes.table = detail::table_router(inputs.eplb_table, params);
-  launch_for_dtype("update_expert()", ids, inputs.pruning, outputs, routes, false, error_counter,
-                   options, stream);
+  launch_for_dtype(detail::mapping_operation(inputs), ids, inputs.pruning, outputs, routes, false,
+                   error_counter, options, stream);
 }
 
 void launch_update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& expert_ids,

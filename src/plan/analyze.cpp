@@ -157,13 +157,14 @@ void finish(BalanceReport& report, const TableView& table, double local_rank, do
 }  // namespace
 
 BalanceReport analyze_load(const TableView& table, const double* counts,
-                           std::int64_t num_source_ranks, const AnalyzeOptions& options) {
-  constexpr const char* kOperation = "analyze_load()";
-  check_options(kOperation, table, options);
+                           std::int64_t num_source_ranks, const AnalyzeOptions& options,
+                           const char* operation) {
+  check_options(operation, table, options);
   const std::int64_t world_size = options.world_size;
-  MOE_EPLB_CHECK(num_source_ranks == 1 || num_source_ranks == world_size, kOperation, ": load has ",
+  MOE_EPLB_CHECK(num_source_ranks == 1 || num_source_ranks == world_size, operation, ": load has ",
                  num_source_ranks, " source ranks, expected world_size ", world_size,
                  " or 1 (global counts)");
+  check_load_values(counts, 1, num_source_ranks, table.num_experts, operation);
   BalanceReport report = describe_table(table, options);
   const std::int64_t num_experts = table.num_experts;
   const std::int64_t slots_per_rank = options.slots_per_rank;

@@ -374,7 +374,7 @@ ReplicaSlots plan_flashlb(const LayerRequest& request) {
   const LayeredTable matched =
       make_layered_table({placement_slots(fresh, rank_of_device, slots_per_rank)}, 0);
   LayeredTable aligned = matched;
-  aligned.values = align_to_previous(matched.layer(0), request.previous, topology);
+  aligned.values = align_to_previous(request.previous, matched.layer(0), topology);
   return table_rows(aligned.layer(0));
 }
 

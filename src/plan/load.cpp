@@ -1,6 +1,7 @@
 #include "moe_eplb/plan/load.hpp"
 
 #include <cmath>
+#include <limits>
 
 #include "moe_eplb/error.hpp"
 #include "routing.hpp"
@@ -17,57 +18,103 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
 }
 
 // "(layer 1, rank 2, expert 17)", leaving out what the shape does not have.
-std::string position(const ExpertLoad& load, std::int64_t flat) {
-  const std::int64_t expert = flat % load.num_experts;
-  const std::int64_t rank = flat / load.num_experts % load.num_source_ranks;
-  const std::int64_t layer_idx = flat / (load.num_experts * load.num_source_ranks);
+std::string position(std::int64_t num_layers, std::int64_t num_source_ranks,
+                     std::int64_t num_experts, std::int64_t flat) {
+  const std::int64_t expert = flat % num_experts;
+  const std::int64_t rank = flat / num_experts % num_source_ranks;
+  const std::int64_t layer_idx = flat / (num_experts * num_source_ranks);
   std::string text = "(";
-  if (load.num_layers > 1) text += detail::concat("layer ", layer_idx, ", ");
-  if (load.num_source_ranks > 1) text += detail::concat("rank ", rank, ", ");
+  if (num_layers > 1) text += detail::concat("layer ", layer_idx, ", ");
+  if (num_source_ranks > 1) text += detail::concat("rank ", rank, ", ");
   return text + detail::concat("expert ", expert, ")");
 }
 
 }  // namespace
 
+LoadLayout parse_load_layout(const std::string& name, const char* operation) {
+  for (const LoadLayout layout :
+       {LoadLayout::kInfer, LoadLayout::kExperts, LoadLayout::kRanksExperts,
+        LoadLayout::kLayersExperts, LoadLayout::kLayersRanksExperts}) {
+    if (name == load_layout_name(layout)) return layout;
+  }
+  MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, operation, ": unknown load layout '", name,
+                "', expected E (experts), WE (source ranks, experts), LE (layers, experts) or "
+                "LWE (layers, source ranks, experts)");
+}
+
+const char* load_layout_name(LoadLayout layout) {
+  switch (layout) {
+    case LoadLayout::kInfer:
+      return "";
+    case LoadLayout::kExperts:
+      return "E";
+    case LoadLayout::kRanksExperts:
+      return "WE";
+    case LoadLayout::kLayersExperts:
+      return "LE";
+    case LoadLayout::kLayersRanksExperts:
+      return "LWE";
+  }
+  return "?";
+}
+
+void check_load_values(const double* counts, std::int64_t num_layers, std::int64_t num_source_ranks,
+                       std::int64_t num_experts, const char* operation) {
+  const std::int64_t count = num_layers * num_source_ranks * num_experts;
+  for (std::int64_t i = 0; i < count; ++i) {
+    // One comparison on the common path: finite and >= 0.
+    if (counts[i] >= 0 && counts[i] <= std::numeric_limits<double>::max()) continue;
+    MOE_EPLB_CHECK(std::isfinite(counts[i]), operation, ": load has a non-finite value ", counts[i],
+                   " at ", position(num_layers, num_source_ranks, num_experts, i));
+    MOE_EPLB_FAIL(ErrorCode::kInvalidArgument, operation, ": load has a negative value ", counts[i],
+                  " at ", position(num_layers, num_source_ranks, num_experts, i));
+  }
+}
+
 ExpertLoad make_expert_load(const std::vector<std::int64_t>& shape, std::vector<double> values,
-                            std::int64_t world_size, const char* operation) {
-  ExpertLoad load;
+                            std::int64_t world_size, LoadLayout layout, const char* operation) {
   const std::size_t dims = shape.size();
   MOE_EPLB_CHECK(dims >= 1 && dims <= 3, operation,
-                 ": load must be (E,) global counts, (W, E) per-rank counts or (L, W, E) per "
-                 "layer, got a ",
+                 ": load must be (E,) global counts, (W, E) per source rank, (L, E) per layer "
+                 "or (L, W, E), got a ",
                  dims, "-D array of shape ", shape_string(shape));
+  if (layout == LoadLayout::kInfer) {
+    MOE_EPLB_CHECK(dims != 2, operation, ": load of shape ", shape_string(shape),
+                   " is 2-D: rows of source ranks (W, E) or of layers (L, E)? Give its layout: "
+                   "WE or LE");
+    layout = dims == 1 ? LoadLayout::kExperts : LoadLayout::kLayersRanksExperts;
+  }
+  const std::string name = load_layout_name(layout);
+  MOE_EPLB_CHECK(name.size() == dims, operation, ": load of shape ", shape_string(shape), " is ",
+                 dims, "-D but layout ", name, " is ", name.size(), "-D");
   for (std::int64_t extent : shape) {
     MOE_EPLB_CHECK(extent >= 1, operation, ": load has an empty dimension, shape ",
                    shape_string(shape));
   }
   MOE_EPLB_CHECK(shape.back() <= kMaxLoadExperts, operation, ": load has ", shape.back(),
                  " experts (last dimension), expected 1..", kMaxLoadExperts);
-  load.num_layers = dims == 3 ? shape[0] : 1;
-  load.num_source_ranks = dims == 1 ? 1 : shape[dims - 2];
+  ExpertLoad load;
+  load.num_layers = name.front() == 'L' ? shape[0] : 1;
+  load.num_source_ranks = name.find('W') != std::string::npos ? shape[dims - 2] : 1;
   load.num_experts = shape[dims - 1];
-  if (dims == 2) {
-    MOE_EPLB_CHECK(
-        load.num_source_ranks == world_size, operation, ": load of shape ", shape_string(shape),
-        " is read as (W, E) per-source-rank counts, but W = ", load.num_source_ranks,
-        " differs from world_size ", world_size, " (per-layer global counts are (L, 1, E))");
-  } else if (dims == 3) {
+  if (layout == LoadLayout::kRanksExperts) {
+    MOE_EPLB_CHECK(load.num_source_ranks == world_size, operation, ": load of shape ",
+                   shape_string(shape), " has layout WE, but W = ", load.num_source_ranks,
+                   " differs from world_size ", world_size,
+                   " (per-layer global counts have layout LE)");
+  } else if (layout == LoadLayout::kLayersRanksExperts) {
     MOE_EPLB_CHECK(load.num_source_ranks == world_size || load.num_source_ranks == 1, operation,
                    ": load of shape ", shape_string(shape),
-                   " is read as (L, W, E), but W = ", load.num_source_ranks,
-                   " is neither world_size ", world_size, " nor 1 (global counts)");
+                   " has layout LWE, but W = ", load.num_source_ranks, " is neither world_size ",
+                   world_size, " nor 1 (global counts)");
   }
   MOE_EPLB_CHECK(static_cast<std::int64_t>(values.size()) ==
                      load.num_layers * load.num_source_ranks * load.num_experts,
                  operation, ": load has ", values.size(), " values, shape ", shape_string(shape),
                  " needs ", load.num_layers * load.num_source_ranks * load.num_experts);
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    MOE_EPLB_CHECK(std::isfinite(values[i]), operation, ": load has a non-finite value ", values[i],
-                   " at ", position(load, static_cast<std::int64_t>(i)));
-    MOE_EPLB_CHECK(values[i] >= 0, operation, ": load has a negative value ", values[i], " at ",
-                   position(load, static_cast<std::int64_t>(i)));
-  }
   load.counts = std::move(values);
+  check_load_values(load.counts.data(), load.num_layers, load.num_source_ranks, load.num_experts,
+                    operation);
   return load;
 }
 

@@ -65,6 +65,14 @@ void check_plan_request(const ExpertLoad& load, const PlanOptions& options) {
 
 void check_windows(const std::vector<ExpertLoad>& windows) {
   MOE_EPLB_CHECK(!windows.empty(), kPlan, ": no load windows given; expected at least one");
+  for (const ExpertLoad& window : windows) {
+    MOE_EPLB_CHECK(static_cast<std::int64_t>(window.counts.size()) ==
+                       window.num_layers * window.num_source_ranks * window.num_experts,
+                   kPlan, ": a load window has ", window.counts.size(), " values, expected ",
+                   window.num_layers * window.num_source_ranks * window.num_experts);
+    check_load_values(window.counts.data(), window.num_layers, window.num_source_ranks,
+                      window.num_experts, kPlan);
+  }
   const ExpertLoad& first = windows.front();
   for (std::size_t i = 1; i < windows.size(); ++i) {
     const ExpertLoad& window = windows[i];

@@ -726,7 +726,7 @@ Placement align(const LayerRequest& request, Placement placement, std::int64_t& 
   std::int64_t num_columns = 0;
   const std::vector<std::int32_t> table = to_table(placement.slots, num_columns);
   const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};
-  const std::vector<std::int32_t> aligned = align_to_previous(view, request.previous, topology);
+  const std::vector<std::int32_t> aligned = align_to_previous(request.previous, view, topology);
   for (std::size_t e = 0; e < placement.slots.size(); ++e) {
     const std::int32_t* row = aligned.data() + e * static_cast<std::size_t>(num_columns);
     placement.slots[e].assign(row + 1, row + 1 + row[0]);

@@ -106,7 +106,7 @@ TableDiff diff_tables(const TableView& from, const TableView& to, const Topology
   return diff;
 }
 
-std::vector<std::int32_t> align_to_previous(const TableView& new_table, const TableView& old_table,
+std::vector<std::int32_t> align_to_previous(const TableView& old_table, const TableView& new_table,
                                             const TopologyOptions& topology) {
   constexpr const char* kAlign = "align_to_previous()";
   check_topology(topology, kAlign);

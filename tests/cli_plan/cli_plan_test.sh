@@ -36,7 +36,7 @@ case $case_name in
   plan_simulate)
     run "$tool" demo --scenario qwen3-ep16-lognormal --tokens-per-rank 512 --svg '' --save-dir .
     for mode in 0 1; do
-      run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --ranks-per-node 8 \
+      run "$tool" plan --layout WE --load load.npy --world-size 16 --slots-per-rank 9 --ranks-per-node 8 \
         --balance-mode $mode --out table$mode.npy
       expect "wrote table$mode.npy: int32 (128," out.txt
       run "$tool" validate --table table$mode.npy --world-size 16 --num-physical 144
@@ -50,17 +50,17 @@ case $case_name in
     run "$tool" record --expert-ids expert_ids.npy --num-experts 128 --out recorded.npy
     expect "wrote recorded.npy: int64 (16, 128)" out.txt
     run "$tool" simulate --table table0.npy --world-size 16 --slots-per-rank 9 \
-      --load recorded.npy --json
+      --layout WE --load recorded.npy --json
     grep '"max_over_mean"' out.txt >from_load.txt
     run "$tool" simulate --table table0.npy --world-size 16 --slots-per-rank 9 \
       --expert-ids expert_ids.npy --json
     grep '"max_over_mean"' out.txt >from_trace.txt
     cmp from_load.txt from_trace.txt || fail "statistics and trace disagree under rank mode"
-    run "$tool" simulate --table table0.npy --world-size 16 --slots-per-rank 9 --load load.npy --json
+    run "$tool" simulate --table table0.npy --world-size 16 --slots-per-rank 9 --layout WE --load load.npy --json
     expect '"max_over_mean"' out.txt
     expect '"dead_replicas": 0' out.txt
     expect '"replicas_sharing_rank": 0' out.txt
-    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --algorithm deepseek \
+    run "$tool" plan --layout WE --load load.npy --world-size 16 --slots-per-rank 9 --algorithm deepseek \
       --columns 17 --out deepseek.npy
     expect "int32 (128, 17)" out.txt
     ;;
@@ -132,19 +132,29 @@ case $case_name in
 
   errors)
     npy_int32 load.npy "(2, 4)" 5 1 1 1 1 1 1 1
+    # A 2-D load's rows are source ranks or layers: the user says which.
+    run_fails "moe-eplb: error: plan(): --load load.npy has shape (2, 4): are its rows source ranks (W, E) or layers (L, E)? Pass --layout WE or --layout LE" \
+      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --out t.npy
+    [[ ! -e t.npy ]] || fail "a refused plan wrote t.npy"
+    run "$tool" plan --layout LE --load load.npy --world-size 2 --slots-per-rank 3 --out layers.npy
+    expect "planned 2 layers" out.txt
+    expect "global (even split over ranks assumed)" out.txt
+    expect "wrote layers.npy: int32 (2, 4," out.txt
+    run_fails "--layout: EW not in {E,WE,LE,LWE}" \
+      "$tool" plan --layout EW --load load.npy --world-size 2 --slots-per-rank 3 --out t.npy
     run_fails "plan(): world_size 2 x slots_per_rank 1 = 2 physical slots cannot hold 4 experts" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 1 --out t.npy
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 1 --out t.npy
     run_fails "plan(): slots_per_rank 5 is more than the 4 experts" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 5 --out t.npy
-    run_fails "is read as (W, E) per-source-rank counts, but W = 2 differs from world_size 4" \
-      "$tool" plan --load load.npy --world-size 4 --slots-per-rank 2 --out t.npy
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 5 --out t.npy
+    run_fails "has layout WE, but W = 2 differs from world_size 4" \
+      "$tool" plan --layout WE --load load.npy --world-size 4 --slots-per-rank 2 --out t.npy
     npy_int32 negative.npy "(2, 4)" 5 1 1 1 1 1 -3 1
     run_fails "plan(): load has a negative value -3 at (rank 1, expert 2)" \
-      "$tool" plan --load negative.npy --world-size 2 --slots-per-rank 3 --out t.npy
+      "$tool" plan --layout WE --load negative.npy --world-size 2 --slots-per-rank 3 --out t.npy
     printf 'not an npy file' >garbage.npy
     run_fails "--load" "$tool" plan --load garbage.npy --world-size 2 --slots-per-rank 3 --out t.npy
     run_fails "--load" "$tool" plan --load missing.npy --world-size 2 --slots-per-rank 3 --out t.npy
-    run "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --out t.npy
+    run "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --out t.npy
     run_fails "simulate(): give exactly one of --load (statistics) and --expert-ids (traces)" \
       "$tool" simulate --table t.npy --world-size 2 --slots-per-rank 3
     run_fails "convert(): --from log2phy needs --logcnt" \
@@ -154,7 +164,7 @@ case $case_name in
   windows)
     # Several windows, oldest first: identical windows persist fully.
     run "$tool" demo --scenario qwen3-ep16-lognormal --tokens-per-rank 256 --svg '' --save-dir .
-    run "$tool" plan --load load.npy --load load.npy --load load.npy --world-size 16 \
+    run "$tool" plan --layout WE --load load.npy --load load.npy --load load.npy --world-size 16 \
       --slots-per-rank 9 --out table.npy
     expect "planned 1 layer on 3 windows" out.txt
     expect "persistence of per-rank deviations from the global share: 1.00" out.txt
@@ -163,12 +173,12 @@ case $case_name in
     run "$tool" validate --table table.npy --world-size 16 --num-physical 144
     expect "valid (0 errors, 0 warnings)" out.txt
     # One window: the documented conservative default, said as such.
-    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --out one.npy
+    run "$tool" plan --layout WE --load load.npy --world-size 16 --slots-per-rank 9 --out one.npy
     expect "one window: a conservative default" out.txt
     # Windows that swap two ranks' preferences every window do not persist.
     npy_int32 a.npy "(2, 4)" 90 10 50 50 10 90 50 50
     npy_int32 b.npy "(2, 4)" 10 90 50 50 90 10 50 50
-    run "$tool" plan --load a.npy --load b.npy --load a.npy --load b.npy --world-size 2 \
+    run "$tool" plan --layout WE --load a.npy --load b.npy --load a.npy --load b.npy --world-size 2 \
       --slots-per-rank 3 --out t.npy
     expect "persistence of per-rank deviations from the global share: 0.00" out.txt
     # Global counts per window: no per-rank persistence to report.
@@ -181,20 +191,20 @@ case $case_name in
 
   replan)
     run "$tool" demo --scenario qwen3-ep16-lognormal --tokens-per-rank 256 --svg '' --save-dir .
-    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --out old.npy
+    run "$tool" plan --layout WE --load load.npy --world-size 16 --slots-per-rank 9 --out old.npy
     # A cap of 0 keeps every slot's expert.
-    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --previous old.npy \
+    run "$tool" plan --layout WE --load load.npy --world-size 16 --slots-per-rank 9 --previous old.npy \
       --max-moves 0 --out same.npy
     expect "slots changed against old.npy: 0 of 144 (0.0%)" out.txt
     # Token-mode statistics on a rank-mode table: at most 5 slots change.
-    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --balance-mode 1 \
+    run "$tool" plan --layout WE --load load.npy --world-size 16 --slots-per-rank 9 --balance-mode 1 \
       --previous old.npy --max-moves 5 --out capped.npy
     grep -Eq "slots changed against old.npy: [0-5] of 144" out.txt ||
       { cat out.txt >&2; fail "more than 5 slots changed"; }
     run "$tool" validate --table capped.npy --world-size 16 --num-physical 144
     expect "valid (0 errors" out.txt
     # A high move cost buys no moves.
-    run "$tool" plan --load load.npy --world-size 16 --slots-per-rank 9 --balance-mode 1 \
+    run "$tool" plan --layout WE --load load.npy --world-size 16 --slots-per-rank 9 --balance-mode 1 \
       --previous old.npy --move-cost 100 --out costly.npy
     expect "slots changed against old.npy: 0 of 144" out.txt
     ;;
@@ -203,41 +213,41 @@ case $case_name in
     # Every bad input: exit 1, a message naming it, and no output file.
     npy_int32 load.npy "(2, 4)" 5 1 1 1 1 1 1 1
     npy_int32 global.npy "(4,)" 5 1 1 1
-    run "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --out old.npy
+    run "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --out old.npy
     no_output() { [[ ! -e t.npy ]] || fail "t.npy was written after an error"; }
-    run_fails "every window must have the same shape" \
-      "$tool" plan --load load.npy --load global.npy --world-size 2 --slots-per-rank 3 --out t.npy
+    run_fails "plan(): load of shape (4,) is 1-D but layout WE is 2-D (--load global.npy)" \
+      "$tool" plan --layout WE --load load.npy --load global.npy --world-size 2 --slots-per-rank 3 --out t.npy
     no_output
     run_fails "moe-eplb: error: --max-moves: must be -1 (no cap) or 0 or more, got -2" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
       --max-moves -2 --out t.npy
     no_output
     run_fails "plan(): --max-moves needs --previous" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --max-moves 3 --out t.npy
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --max-moves 3 --out t.npy
     no_output
     run_fails "plan(): --move-cost needs --previous" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --move-cost 0.1 --out t.npy
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --move-cost 0.1 --out t.npy
     no_output
     run_fails "moe-eplb: error: --move-cost: must be a finite number >= 0, got -1" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
       --move-cost -1 --out t.npy
     no_output
     npy_int32 three.npy "(3, 2)" 1 0 1 1 1 2
     run_fails "plan(): previous table has 1 layers of 3 experts, but the load has 1 layers of 4" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous three.npy \
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --previous three.npy \
       --out t.npy
     no_output
     npy_int32 bad.npy "(4, 2)" 1 0 1 1 1 2 1 9
     run_fails "plan(): previous table, layer 0, is not valid for 2 ranks x 3 slots" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous bad.npy \
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --previous bad.npy \
       --out t.npy
     no_output
     run_fails "--previous" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous missing.npy \
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --previous missing.npy \
       --out t.npy
     no_output
     run_fails "max_moves and move_cost are only honoured by the moe-eplb" \
-      "$tool" plan --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
+      "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --previous old.npy \
       --max-moves 1 --algorithm deepseek --out t.npy
     no_output
     ;;

@@ -107,7 +107,7 @@ case $case_name in
     [[ $(grep -c '"max_over_mean": 1.5,' out.txt) -eq 5 ]] || { cat out.txt >&2; fail "expected 1.5 for all 5"; }
     # Per-rank (W, E) windows from the tool's own demo.
     demo_windows 1 2 3
-    run "$tool" replay --load w1/load.npy --load w2/load.npy --load w3/load.npy --world-size 4 \
+    run "$tool" replay --layout WE --load w1/load.npy --load w2/load.npy --load w3/load.npy --world-size 4 \
       --slots-per-rank 3 --balance-mode 1 --history 1
     expect "per-source-rank statistics" out.txt
     expect "token mode" out.txt
@@ -125,7 +125,7 @@ case $case_name in
       --trace w6/expert_ids.npy --num-experts 8 --world-size 4 --slots-per-rank 3
     expect "3 routing traces" out.txt
     window_rows out.txt >from_traces.txt
-    run "$tool" replay --load rec4.npy --load rec5.npy --load rec6.npy --world-size 4 \
+    run "$tool" replay --layout WE --load rec4.npy --load rec5.npy --load rec6.npy --world-size 4 \
       --slots-per-rank 3
     window_rows out.txt >from_loads.txt
     [[ -s from_traces.txt ]] || fail "no window rows"
@@ -143,7 +143,8 @@ case $case_name in
       "$tool" replay --load e4.npy --load e5.npy "${local_args[@]}"
     run_fails "replay(): give at least 2 --load windows (plan on one, score on the next), got 1" \
       "$tool" replay --load e4.npy "${local_args[@]}"
-    run_fails "differs from world_size 2" "$tool" replay --load e4.npy --load w3.npy "${local_args[@]}"
+    run_fails "differs from world_size 2" "$tool" replay --layout WE --load w3.npy --load w3.npy \
+      "${local_args[@]}"
     run_fails "--load garbage.npy" "$tool" replay --load e4.npy --load garbage.npy "${local_args[@]}"
     run_fails "--load missing.npy" "$tool" replay --load e4.npy --load missing.npy "${local_args[@]}"
     run_fails "moe-eplb: error: --every: must be 1 or more, got 0" \

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -188,6 +189,41 @@ TEST(Analyze, UnroutableTableIsAnError) {
   }
   options.slots_per_rank = 0;
   EXPECT_THROW(analyze_load(table, load.data(), 1, options), Error);
+}
+
+// A load plan() would refuse is refused here too, not scored as perfect
+// balance (NaN, infinite and negative counts used to give max/mean 1.0).
+TEST(Analyze, BadLoadValuesAreErrors) {
+  const std::vector<std::int32_t> rows = {1, 0, 1, 1, 1, 2, 1, 3};  // 4 experts on 4 slots
+  const TableView table{rows.data(), 4, 2, 2, 1};
+  AnalyzeOptions options;
+  options.world_size = 2;
+  options.slots_per_rank = 2;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  struct Case {
+    std::vector<double> load;
+    std::int64_t num_source_ranks;
+    const char* message;
+  };
+  const Case cases[] = {
+      {{1, nan, 1, 1}, 1, "analyze(): load has a non-finite value nan at (expert 1)"},
+      {{1, 1, 1, inf, 1, 1, 1, 1},
+       2,
+       "analyze(): load has a non-finite value inf at (rank 0, expert 3)"},
+      {{1, 1, 1, 1, 1, 1, -2, 1},
+       2,
+       "analyze(): load has a negative value -2 at (rank 1, expert 2)"},
+  };
+  for (const Case& c : cases) {
+    try {
+      analyze_load(table, c.load.data(), c.num_source_ranks, options, "analyze()");
+      ADD_FAILURE() << "no error for " << c.message;
+    } catch (const Error& error) {
+      EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
+      EXPECT_STREQ(error.what(), c.message);
+    }
+  }
 }
 
 TEST(Analyze, SvgHasPanelsLabelsAndEscapes) {

@@ -14,19 +14,32 @@ namespace moe_eplb {
 namespace {
 
 TEST(PlanLoad, AcceptedShapes) {
-  const ExpertLoad global = make_expert_load({4}, {1, 2, 3, 4}, 2);
+  constexpr const char* kOp = "plan()";
+  const ExpertLoad global = make_expert_load({4}, {1, 2, 3, 4}, 2, LoadLayout::kInfer, kOp);
   EXPECT_EQ(global.num_layers, 1);
   EXPECT_EQ(global.num_source_ranks, 1);
   EXPECT_FALSE(global.per_rank());
 
-  const ExpertLoad per_rank = make_expert_load({2, 3}, {1, 2, 3, 4, 5, 6}, 2);
+  const ExpertLoad per_rank =
+      make_expert_load({2, 3}, {1, 2, 3, 4, 5, 6}, 2, LoadLayout::kRanksExperts, kOp);
   EXPECT_EQ(per_rank.num_source_ranks, 2);
   EXPECT_EQ(per_rank.num_experts, 3);
   EXPECT_EQ(global_load(per_rank).counts, (std::vector<double>{5, 7, 9}));
 
-  const ExpertLoad layers = make_expert_load({3, 1, 2}, {1, 2, 3, 4, 5, 6}, 8);
+  const ExpertLoad layers =
+      make_expert_load({3, 1, 2}, {1, 2, 3, 4, 5, 6}, 8, LoadLayout::kInfer, kOp);
   EXPECT_EQ(layers.num_layers, 3);
   EXPECT_EQ(layers.layer(2)[1], 6);
+
+  // The same 2-D array per layer: 2 layers of global counts, not 2 ranks.
+  const ExpertLoad per_layer =
+      make_expert_load({2, 3}, {1, 2, 3, 4, 5, 6}, 2, LoadLayout::kLayersExperts, kOp);
+  EXPECT_EQ(per_layer.num_layers, 2);
+  EXPECT_EQ(per_layer.num_source_ranks, 1);
+  EXPECT_EQ(per_layer.layer(1)[0], 4);
+  for (const char* name : {"", "E", "WE", "LE", "LWE"}) {
+    EXPECT_STREQ(load_layout_name(parse_load_layout(name, kOp)), name);
+  }
 }
 
 // Each bad statistics input with the message it must produce.
@@ -38,35 +51,63 @@ TEST(PlanLoad, BadStatisticsAreClearErrors) {
   struct Case {
     std::vector<std::int64_t> shape;
     std::vector<double> values;
+    LoadLayout layout;
     const char* message;
   };
   const Case cases[] = {
-      {{3, 20}, negative, "plan(): load has a negative value -3 at (rank 2, expert 17)"},
-      {{2}, {1, nan}, "plan(): load has a non-finite value nan at (expert 1)"},
-      {{2, 1, 2}, {1, 1, 1, inf}, "plan(): load has a non-finite value inf at (layer 1, expert 1)"},
+      {{3, 20},
+       negative,
+       LoadLayout::kRanksExperts,
+       "plan(): load has a negative value -3 at (rank 2, expert 17)"},
+      {{2}, {1, nan}, LoadLayout::kInfer, "plan(): load has a non-finite value nan at (expert 1)"},
+      {{2, 1, 2},
+       {1, 1, 1, inf},
+       LoadLayout::kInfer,
+       "plan(): load has a non-finite value inf at (layer 1, expert 1)"},
+      // A 2-D load could be per rank or per layer: the caller must say which.
+      {{3, 2},
+       std::vector<double>(6, 1.0),
+       LoadLayout::kInfer,
+       "plan(): load of shape (3, 2) is 2-D: rows of source ranks (W, E) or of layers (L, E)? "
+       "Give its layout: WE or LE"},
       {{4, 2},
        std::vector<double>(8, 1.0),
-       "plan(): load of shape (4, 2) is read as (W, E) per-source-rank counts, but W = 4 differs "
-       "from world_size 3"},
+       LoadLayout::kRanksExperts,
+       "plan(): load of shape (4, 2) has layout WE, but W = 4 differs from world_size 3 "
+       "(per-layer global counts have layout LE)"},
       {{2, 2, 2},
        std::vector<double>(8, 1.0),
-       "plan(): load of shape (2, 2, 2) is read as (L, W, E), but W = 2 is neither world_size 3"},
-      {{1, 1, 1, 1}, {1}, "plan(): load must be (E,) global counts, (W, E) per-rank counts or"},
-      {{0}, {}, "plan(): load has an empty dimension, shape (0,)"},
+       LoadLayout::kInfer,
+       "plan(): load of shape (2, 2, 2) has layout LWE, but W = 2 is neither world_size 3"},
+      {{4, 2},
+       std::vector<double>(8, 1.0),
+       LoadLayout::kLayersRanksExperts,
+       "plan(): load of shape (4, 2) is 2-D but layout LWE is 3-D"},
+      {{1, 1, 1, 1}, {1}, LoadLayout::kInfer, "plan(): load must be (E,) global counts, (W, E)"},
+      {{0}, {}, LoadLayout::kInfer, "plan(): load has an empty dimension, shape (0,)"},
       // A bound on what statistics allocate.
       {{kMaxLoadExperts + 1},
        std::vector<double>(kMaxLoadExperts + 1, 1.0),
+       LoadLayout::kExperts,
        "plan(): load has 65537 experts (last dimension), expected 1..65536"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
     try {
-      make_expert_load(c.shape, c.values, 3);
+      make_expert_load(c.shape, c.values, 3, c.layout, "plan()");
       ADD_FAILURE() << "no error";
     } catch (const Error& error) {
       EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
       EXPECT_NE(std::string(error.what()).find(c.message), std::string::npos) << error.what();
     }
+  }
+  try {
+    parse_load_layout("EW", "plan()");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_STREQ(error.what(),
+                 "plan(): unknown load layout 'EW', expected E (experts), WE (source ranks, "
+                 "experts), LE (layers, experts) or LWE (layers, source ranks, experts)");
   }
 }
 

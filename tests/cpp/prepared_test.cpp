@@ -81,11 +81,11 @@ TEST(PreparedTable, UpdateRebuildsInPlaceOrRefusesAndKeepsTheOldTable) {
     OwnedTable invalid(matrix_from_rows({{0, 2, -1}, {2, 1, 0}}));
     ErrorCode code = ErrorCode::kIo;
     EXPECT_THAT(error_of([&] { prepared.update(invalid.view); }, &code),
-                HasSubstr("PreparedTable::update(): eplb_table is invalid (1 error)"));
+                HasSubstr("PreparedTable.update(): eplb_table is invalid (1 error)"));
     EXPECT_EQ(code, ErrorCode::kInvalidTable);
     OwnedTable wider(matrix_from_rows({{1, 2, -1, -1}, {2, 1, 0, -1}}));
     EXPECT_THAT(error_of([&] { prepared.update(wider.view); }, &code),
-                HasSubstr("PreparedTable::update(): eplb_table has shape (2, 4), expected (2, 3)"));
+                HasSubstr("PreparedTable.update(): eplb_table has shape (2, 4), expected (2, 3)"));
     EXPECT_EQ(code, ErrorCode::kInvalidArgument);
     EXPECT_EQ(prepared.routes(), installed);
     EXPECT_TRUE(prepared.report().ok());
@@ -99,7 +99,7 @@ TEST(PreparedTable, RefusesInvalidTablesListingEveryProblem) {
     FAIL() << "expected an exception";
   } catch (const Error& error) {
     EXPECT_EQ(error.code(), ErrorCode::kInvalidTable);
-    EXPECT_THAT(error.what(), HasSubstr("prepare_table(): eplb_table is invalid (3 errors)"));
+    EXPECT_THAT(error.what(), HasSubstr("PreparedTable(): eplb_table is invalid (3 errors)"));
     EXPECT_THAT(error.what(), HasSubstr("row 0: replica count 0"));
     EXPECT_THAT(error.what(), HasSubstr("row 1: slot 3 appears in columns 1 and 2"));
     EXPECT_THAT(error.what(),

@@ -118,7 +118,7 @@ TEST(TableDiff, HandWorkedCase) {
   // is still rerouted: it held e1's second replica and now holds its first (a
   // different source group in rank mode), so only slot 0 keeps its traffic.
   const std::vector<std::int32_t> aligned =
-      align_to_previous(new_table.view(), old_table.view(), topology);
+      align_to_previous(old_table.view(), new_table.view(), topology);
   EXPECT_EQ(aligned, (std::vector<std::int32_t>{2, 0, 2, 1, 3, -1, 1, 1, -1}));
   const Table aligned_table{3, 3, aligned};
   const TableDiff aligned_diff = diff_tables(old_table.view(), aligned_table.view(), topology);
@@ -177,7 +177,7 @@ TEST(TableDiff, MatchesBruteForceOnRandomTables) {
     // same column, valid, staying experts in an old slot of theirs, no more
     // changed slots than before, and aligning again changes nothing.
     const Table aligned{num_experts, new_table.num_columns,
-                        align_to_previous(new_table.view(), old_table.view(), topology)};
+                        align_to_previous(old_table.view(), new_table.view(), topology)};
     ASSERT_TRUE(validate_table(aligned.view(), world_size, num_physical).ok());
     const auto aligned_experts = reference_slot_experts(aligned, num_physical);
     for (std::int64_t e = 0; e < num_experts; ++e) {
@@ -213,7 +213,7 @@ TEST(TableDiff, MatchesBruteForceOnRandomTables) {
     EXPECT_LE(aligned_changed, changed);
     // Aligning keeps every row's order, so it never reroutes more slots.
     EXPECT_LE(reference_slots_rerouted(old_table, aligned, num_physical), rerouted);
-    EXPECT_EQ(align_to_previous(aligned.view(), old_table.view(), topology), aligned.values);
+    EXPECT_EQ(align_to_previous(old_table.view(), aligned.view(), topology), aligned.values);
   }
 }
 

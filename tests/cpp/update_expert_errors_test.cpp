@@ -305,8 +305,9 @@ TEST(UpdateExpertErrors, DtypesAreNamed) {
                     UpdateExpertInputs{{good_ids, Dtype::kInt32, 1, 2, 2, 1}, table.view, &pruning},
                     rank_params(0, 2), UpdateExpertOutputs{{out, 2}, {mask, 2}, {}});
               }),
-              HasSubstr("update_expert(): expert_scales must be float32, float16 or bfloat16, got "
-                        "float64"));
+              // With pruning inputs the call is update_expert_pruned(), as in Python.
+              HasSubstr("update_expert_pruned(): expert_scales must be float32, float16 or "
+                        "bfloat16, got float64"));
 }
 
 // In-place mapping is refused, not half done: the CPU rescans expert_ids to

@@ -165,10 +165,10 @@ def test_prepared_update_rejects_invalid_table_and_keeps_old(rng):
     routes = prepared.routes.clone()
     bad = table.clone()
     bad[1, 0] = 0
-    with pytest.raises(ValueError, match=r"PreparedTable::update\(\): eplb_table is invalid .*\n"
+    with pytest.raises(ValueError, match=r"^PreparedTable\.update\(\): eplb_table is invalid .*\n"
                                          r"(.*\n)*error: row 1: replica count 0 is outside 1\.\.2"):
         prepared.update(bad)
-    with pytest.raises(ValueError, match=r"PreparedTable::update\(\): eplb_table has shape "
+    with pytest.raises(ValueError, match=r"^PreparedTable\.update\(\): eplb_table has shape "
                                          r"\(4, 4\), expected \(4, 3\)"):
         prepared.update(torch.zeros(4, 4, dtype=torch.int32))
     assert torch.equal(prepared.routes, routes)
@@ -319,6 +319,39 @@ ERROR_INPUTS = [
     ("prepared routes int64", lambda: OPS.update_expert_prepared(
         IDS, torch.zeros(4, 1, dtype=torch.int64), balance_mode=0, num_physical_experts=8),
      ValueError, r"routes must be int32, got int64"),
+    # Python type mistakes name the argument, as TypeError (not a dispatcher dump).
+    ("ids as a list", lambda: moe_eplb.update_expert([[0, 1]], TABLE, 1, 2), TypeError,
+     r"^update_expert\(\): expert_ids must be a torch.Tensor, got list$"),
+    ("ids as NumPy", lambda: moe_eplb.update_expert(IDS.numpy(), TABLE, 1, 2), TypeError,
+     r"^update_expert\(\): expert_ids must be a torch.Tensor, got ndarray$"),
+    ("table as a list", lambda: moe_eplb.update_expert(IDS, TABLE.tolist(), 1, 2), TypeError,
+     r"^update_expert\(\): eplb_table must be a torch.Tensor, got list$"),
+    ("rank as a float", lambda: moe_eplb.update_expert(IDS, TABLE, 1.0, 2), TypeError,
+     r"^update_expert\(\): local_rank_id must be an int, got float$"),
+    ("rank as a bool", lambda: moe_eplb.update_expert(IDS, TABLE, True, 2), TypeError,
+     r"^update_expert\(\): local_rank_id must be an int, got bool$"),
+    ("profile as an int", lambda: moe_eplb.update_expert(IDS, TABLE, 1, 2, profile=0), TypeError,
+     r"^update_expert\(\): profile must be a str, got int$"),
+    ("pruned names itself", lambda: moe_eplb.update_expert_pruned(
+        IDS, TABLE, 2, 2, expert_scales=SCALES, pruning_threshold=THRESHOLD), ValueError,
+     r"^update_expert_pruned\(\): local_rank_id must be in 0\.\.1 \(world_size 2\), got 2$"),
+    ("pruned type", lambda: moe_eplb.update_expert_pruned(
+        IDS, TABLE, 0, 2.5, expert_scales=SCALES, pruning_threshold=THRESHOLD), TypeError,
+     r"^update_expert_pruned\(\): world_size must be an int, got float$"),
+    ("prepared from NumPy", lambda: moe_eplb.PreparedTable(TABLE.numpy(), 1, 2), TypeError,
+     r"^PreparedTable\(\): eplb_table must be a torch.Tensor, got ndarray$"),
+    ("prepared rank mode needs a rank", lambda: moe_eplb.PreparedTable(TABLE), TypeError,
+     r"^PreparedTable\(\): rank mode \(balance_mode=0\) needs local_rank_id and world_size$"),
+    ("prepared rank float", lambda: moe_eplb.PreparedTable(TABLE, 0.0, 2), TypeError,
+     r"^PreparedTable\(\): local_rank_id must be an int, got float$"),
+    ("prepared names itself", lambda: moe_eplb.PreparedTable(TABLE, 2, 2), ValueError,
+     r"^PreparedTable\(\): local_rank_id must be in 0\.\.1 \(world_size 2\), got 2$"),
+    ("prepared map list", lambda: moe_eplb.PreparedTable(TABLE, 1, 2).map([[0, 1]]), TypeError,
+     r"^PreparedTable\.map\(\): expert_ids must be a torch.Tensor, got list$"),
+    ("prepared update list", lambda: moe_eplb.PreparedTable(TABLE, 1, 2).update(TABLE.tolist()),
+     TypeError, r"^PreparedTable\.update\(\): eplb_table must be a torch.Tensor, got list$"),
+    ("prepared update shape", lambda: moe_eplb.PreparedTable(TABLE, 1, 2).update(TABLE[:, :2]),
+     ValueError, r"^PreparedTable\.update\(\): eplb_table has shape \(4, 2\), expected \(4, 4\)"),
     ("compat seed profile limit", lambda: moe_eplb.npu_moe_eplb_update_expert(
         IDS, TABLE, 0, 1), ValueError,
      r"world_size must be in 2\.\.384 under the ascend_seed profile, got 1"),
@@ -334,6 +367,33 @@ def test_error_inputs(name, call, error, pattern):
     with pytest.raises(error) as info:
         call()
     assert re.search(pattern, str(info.value)), "message was: %s" % info.value
+
+
+def test_prepared_identity_is_read_only_and_defaults_are_valid():
+    prepared = moe_eplb.PreparedTable(TABLE, 1, 2)
+    for name, value in (("local_rank_id", 0), ("world_size", 4), ("balance_mode", 1),
+                        ("num_physical_experts", 16), ("profile", "ascend"),
+                        ("routes", TABLE), ("device", torch.device("cpu"))):
+        with pytest.raises(AttributeError):
+            setattr(prepared, name, value)  # would change nothing the routes were built for
+    assert (prepared.local_rank_id, prepared.world_size, prepared.balance_mode) == (1, 2, 0)
+    # Token mode needs no rank: the defaults are a valid call.
+    token = moe_eplb.PreparedTable(TABLE, balance_mode=1)
+    assert token.local_rank_id is None and token.world_size is None
+    assert torch.equal(token.map(IDS), moe_eplb.update_expert(IDS, TABLE, 0, 1, balance_mode=1))
+    assert "local_rank_id=None" in repr(token)
+
+
+@pytest.mark.skipif(moe_eplb.with_cuda, reason="checks a build without CUDA")
+def test_error_counter_without_cuda_says_so():
+    for call, name in ((moe_eplb.read_error_counter, "read_error_counter"),
+                       (moe_eplb.error_counter, "error_counter")):
+        with pytest.raises(RuntimeError, match=r"^%s\(\): moe_eplb was built without CUDA$" % name):
+            call()
+    with pytest.raises(RuntimeError, match=r"library_error_counter\(\): moe_eplb was built without "
+                       r"CUDA"):
+        OPS.library_error_counter(0)
+    assert moe_eplb.programmatic_dependent_launch() is False
 
 
 # ---- Meta: shape and dtype inference ---------------------------------------

@@ -24,6 +24,7 @@ struct PlanCommandOptions {
   PlanOptions plan;
   std::int64_t balance_mode = 0;
   std::string algorithm = "moe-eplb";
+  std::string layout;  // --layout
 };
 
 // Mean and worst max/mean per-rank load over the layers, routed arithmetically.
@@ -81,8 +82,8 @@ void run_plan(PlanCommandOptions options) {
   std::vector<ExpertLoad> windows;
   bool per_layer_file = false;
   for (std::size_t i = 0; i < options.load_paths.size(); ++i) {
-    LoadedLoad loaded =
-        load_expert_load("--load", options.load_paths[i], options.plan.world_size, "plan()");
+    LoadedLoad loaded = load_expert_load("--load", options.load_paths[i], options.plan.world_size,
+                                         options.layout, "plan()");
     if (i == 0) {
       per_layer_file = loaded.per_layer_file;
     } else {
@@ -202,9 +203,10 @@ void add_plan_command(CLI::App& app) {
   command
       ->add_option("--load", options->load_paths,
                    ".npy load statistics: (W, E) tokens per source rank and expert, (E,) global, "
-                   "or (L, W|1, E) per layer; repeat for several windows, oldest first, all of "
-                   "one shape")
+                   "(L, E) or (L, W|1, E) per layer (see --layout); repeat for several windows, "
+                   "oldest first, all of one shape")
       ->required();
+  add_layout_option(*command, options->layout);
   command->add_option("--world-size", options->plan.world_size, "EP group size W")
       ->check(in_range(1, INT32_MAX))
       ->required();

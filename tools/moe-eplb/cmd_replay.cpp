@@ -53,6 +53,7 @@ struct ReplayOptions {
   bool json = false;
   std::string svg_path;
   bool list = false;
+  std::string layout;  // --layout
 };
 
 // The scenarios --scenario takes: the multi-window suite first.
@@ -132,7 +133,8 @@ Windows read_windows(ReplayOptions& options) {
       recorder.record(0, trace);  // counted as `moe-eplb record` counts
       windows.loads.push_back(recorder.load());
     } else {
-      windows.loads.push_back(load_expert_load(flag, paths[i], options.world_size, kReplay).load);
+      windows.loads.push_back(
+          load_expert_load(flag, paths[i], options.world_size, options.layout, kReplay).load);
     }
     const ExpertLoad& first = windows.loads.front();
     const ExpertLoad& load = windows.loads.back();
@@ -440,8 +442,9 @@ void add_replay_command(CLI::App& app) {
       "Replay a sequence of load windows: how never rebalancing, DeepSeek, FlashLB and moe-eplb "
       "(from scratch and migration-aware) balance the next window, and how many slots move");
   command->add_option("--load", options->load_paths,
-                      "a window's load statistics .npy, (W, E), (E,) or (L, W|1, E); repeat, "
-                      "oldest first");
+                      "a window's load statistics .npy, (W, E), (E,), (L, E) or (L, W|1, E) (see "
+                      "--layout); repeat, oldest first");
+  add_layout_option(*command, options->layout);
   command->add_option("--trace", options->trace_paths,
                       "a window's routing trace .npy, (W, BS, K) expert ids per source rank, "
                       "counted as `moe-eplb record` does; repeat, oldest first");

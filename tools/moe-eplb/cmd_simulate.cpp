@@ -31,6 +31,7 @@ struct SimulateOptions {
   std::int64_t layer = -1;
   bool json = false;
   std::string svg_path;
+  std::string layout;  // --layout
 };
 
 // Routes one layer's traffic (statistics or a trace) through `table`.
@@ -38,7 +39,9 @@ class Traffic {
  public:
   explicit Traffic(const SimulateOptions& options) {
     if (!options.load_path.empty()) {
-      load_ = load_expert_load("--load", options.load_path, options.world_size, kSimulate).load;
+      load_ = load_expert_load("--load", options.load_path, options.world_size, options.layout,
+                               kSimulate)
+                  .load;
     } else {
       trace_ = load_trace("--expert-ids", options.expert_ids_path, options.active_mask_path);
       MOE_EPLB_CHECK(trace_.world_size == options.world_size, kSimulate, ": --expert-ids has ",
@@ -185,7 +188,8 @@ void add_simulate_command(CLI::App& app) {
       ->check(in_range(1, INT32_MAX))
       ->required();
   command->add_option("--load", options->load_path,
-                      "load statistics .npy: (W, E), (E,) or (L, W|1, E)");
+                      "load statistics .npy: (W, E), (E,), (L, E) or (L, W|1, E) (see --layout)");
+  add_layout_option(*command, options->layout);
   command->add_option("--expert-ids", options->expert_ids_path,
                       "routing traces .npy: (W, BS, K) logical expert ids per source rank");
   command->add_option("--active-mask", options->active_mask_path,

@@ -45,16 +45,32 @@ LoadedIntegers load_integers(const std::string& flag, const std::string& path) {
 }
 
 LoadedLoad load_expert_load(const std::string& flag, const std::string& path,
-                            std::int64_t world_size, const char* operation) {
+                            std::int64_t world_size, const std::string& layout,
+                            const char* operation) {
+  const LoadLayout parsed = parse_load_layout(layout, operation);
   LoadedNumbers numbers = load_numbers(flag, path);
+  MOE_EPLB_CHECK(parsed != LoadLayout::kInfer || numbers.shape.size() != 2, operation, ": ", flag,
+                 " ", path, " has shape ", shape_string(numbers.shape),
+                 ": are its rows source ranks (W, E) or layers (L, E)? Pass --layout WE or "
+                 "--layout LE");
   LoadedLoad loaded;
-  loaded.per_layer_file = numbers.shape.size() == 3;
+  loaded.per_layer_file = numbers.shape.size() == 3 || parsed == LoadLayout::kLayersExperts;
   try {
-    loaded.load = make_expert_load(numbers.shape, std::move(numbers.values), world_size, operation);
+    loaded.load =
+        make_expert_load(numbers.shape, std::move(numbers.values), world_size, parsed, operation);
   } catch (const Error& error) {
     MOE_EPLB_FAIL(error.code(), error.what(), " (", flag, " ", path, ")");
   }
   return loaded;
+}
+
+void add_layout_option(CLI::App& command, std::string& layout) {
+  command
+      .add_option("--layout", layout,
+                  "dimensions of the --load files: E (experts), WE (source ranks, experts), LE "
+                  "(layers, experts) or LWE (layers, source ranks or 1, experts); needed for a "
+                  "2-D file, whose rows could be either ranks or layers")
+      ->check(CLI::IsMember({"E", "WE", "LE", "LWE"}));
 }
 
 LoadedTables load_layered_table(const std::string& flag, const std::string& path) {

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/plan/planner.hpp"
 
@@ -19,14 +21,19 @@ struct LoadedIntegers {
 };
 LoadedIntegers load_integers(const std::string& flag, const std::string& path);
 
-// Load statistics: (E,), (W, E) or (L, W|1, E), any numeric dtype.
+// Load statistics of any numeric dtype, its dimensions as `layout` (the
+// --layout flag: E, WE, LE, LWE, or "" for a 1-D or 3-D file) says.
 // per_layer_file says the file had the layer dimension.
 struct LoadedLoad {
   ExpertLoad load;
   bool per_layer_file = false;
 };
 LoadedLoad load_expert_load(const std::string& flag, const std::string& path,
-                            std::int64_t world_size, const char* operation);
+                            std::int64_t world_size, const std::string& layout,
+                            const char* operation);
+
+// Adds the --layout option that load_expert_load() reads.
+void add_layout_option(CLI::App& command, std::string& layout);
 
 // An (E, F) table as one layer, or (L, E, F) tables.
 struct LoadedTables {

@@ -81,6 +81,8 @@ std::tuple<at::Tensor, at::Tensor> update_expert_counted(
     std::int64_t num_physical_experts, c10::string_view profile, c10::optional<bool> enable_pdl) {
   MappingArgs args = stateless_args(expert_ids, eplb_table, local_rank_id, world_size, balance_mode,
                                     num_physical_experts, profile, enable_pdl);
+  // Counting serves update_expert() and, with pruning inputs, update_expert_pruned().
+  if (expert_scales.has_value()) args.operation = "update_expert_pruned()";
   return run_mapping<Backend>(with_counting(args, expert_scales, pruning_threshold, active_mask,
                                             load_counts, error_counter));
 }

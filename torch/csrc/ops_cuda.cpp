@@ -7,6 +7,7 @@
 
 #include <memory>
 
+#include "host_ops.hpp"
 #include "mapping_call.hpp"
 #include "moe_eplb/cuda.hpp"
 #include "ops.hpp"
@@ -69,16 +70,19 @@ struct CudaTables {
   }
 };
 
+}  // namespace
+
 // A one-element int32 CUDA tensor aliasing the library's error counter on a device.
 at::Tensor library_error_counter(std::int64_t device_index) {
-  TORCH_CHECK_VALUE(device_index >= 0 && device_index < cuda::device_count(),
-                    "library_error_counter(): device index must be in 0..",
-                    cuda::device_count() - 1, ", got ", device_index);
-  const auto index = static_cast<c10::DeviceIndex>(device_index);
-  const c10::cuda::CUDAGuard guard(index);
-  std::int32_t* counter = translate_errors([] { return cuda::library_error_counter(); });
-  return at::from_blob(counter, {1},
-                       at::TensorOptions().dtype(at::kInt).device(at::Device(at::kCUDA, index)));
+  return translate_errors([&] {
+    MOE_EPLB_CHECK(device_index >= 0 && device_index < cuda::device_count(),
+                   "library_error_counter(): device index must be in 0..", cuda::device_count() - 1,
+                   ", got ", device_index);
+    const auto index = static_cast<c10::DeviceIndex>(device_index);
+    const c10::cuda::CUDAGuard guard(index);
+    return at::from_blob(cuda::library_error_counter(), {1},
+                         at::TensorOptions().dtype(at::kInt).device(at::Device(at::kCUDA, index)));
+  });
 }
 
 bool default_programmatic_dependent_launch() {
@@ -91,7 +95,6 @@ void set_default_programmatic_dependent_launch(bool enabled) {
   cuda::set_default_launch_options(options);
 }
 
-}  // namespace
 }  // namespace moe_eplb::torch_adapter
 
 TORCH_LIBRARY_IMPL(moe_eplb, CUDA, m) {
@@ -101,10 +104,4 @@ TORCH_LIBRARY_IMPL(moe_eplb, CUDA, m) {
 TORCH_LIBRARY_FRAGMENT(moe_eplb, m) {
   namespace adapter = moe_eplb::torch_adapter;
   adapter::PreparedTableHolder<adapter::CudaTables>::define(m, "CudaPreparedTable");
-  m.def("library_error_counter(int device_index) -> Tensor",
-        TORCH_FN(adapter::library_error_counter));
-  m.def("default_programmatic_dependent_launch() -> bool",
-        TORCH_FN(adapter::default_programmatic_dependent_launch));
-  m.def("set_default_programmatic_dependent_launch(bool enabled) -> ()",
-        TORCH_FN(adapter::set_default_programmatic_dependent_launch));
 }

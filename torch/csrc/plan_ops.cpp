@@ -13,8 +13,10 @@
 #include <tuple>
 #include <vector>
 
+#include "host_ops.hpp"
 #include "mapping_call.hpp"
 #include "moe_eplb/plan/analyze.hpp"
+#include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/plan/convert.hpp"
 #include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/plan/planner.hpp"
@@ -92,7 +94,7 @@ const std::vector<std::string> kPlanReportFields = {
 
 // (table (L, E, F) int32, report (L, len(kPlanReportFields)) float64).
 std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t world_size,
-                                           std::int64_t slots_per_rank,
+                                           std::int64_t slots_per_rank, c10::string_view layout,
                                            c10::optional<std::int64_t> balance_mode,
                                            c10::optional<c10::string_view> rule,
                                            std::int64_t ranks_per_node, std::int64_t num_columns,
@@ -101,12 +103,14 @@ std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t 
                                            std::int64_t max_moves, double move_cost) {
   constexpr const char* kPlan = "plan()";
   return translate_errors([&] {
+    const LoadLayout load_layout =
+        parse_load_layout(std::string(layout.data(), layout.size()), kPlan);
     std::vector<ExpertLoad> loads;
     for (std::size_t i = 0; i < windows.size(); ++i) {
       const std::string name = "load window " + std::to_string(i);
       loads.push_back(make_expert_load(shape_of(windows[i]),
                                        float64_values(kPlan, name.c_str(), windows[i]), world_size,
-                                       kPlan));
+                                       load_layout, kPlan));
     }
     PlanOptions options;
     options.world_size = world_size;
@@ -156,27 +160,29 @@ const std::vector<std::string> kAnalyzeFields = {
 // (slot_load (W*S,), rank_load (W,), scalars (len(kAnalyzeFields),) float64).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> analyze_op(
     const at::Tensor& table, const at::Tensor& load, std::int64_t world_size,
-    std::int64_t slots_per_rank, c10::optional<std::int64_t> balance_mode,
+    std::int64_t slots_per_rank, c10::string_view layout, c10::optional<std::int64_t> balance_mode,
     c10::optional<c10::string_view> rule, std::int64_t ranks_per_node) {
   constexpr const char* kAnalyze = "analyze()";
   return translate_errors([&] {
     const TableView view = host_table(kAnalyze, "table", table);
-    MOE_EPLB_CHECK(load.dim() == 1 || load.dim() == 2, kAnalyze,
-                   ": load must be (E,) global or (W, E) per source rank, got ", load.dim(),
-                   " dimensions");
-    const std::vector<double> counts = float64_values(kAnalyze, "load", load);
-    const std::int64_t num_source_ranks = load.dim() == 2 ? load.size(0) : 1;
-    const std::int64_t num_experts = load.size(load.dim() - 1);
-    MOE_EPLB_CHECK(num_experts == view.num_experts, kAnalyze, ": load has ", num_experts,
-                   " experts but table has ", view.num_experts, " rows");
-    MOE_EPLB_CHECK(load.dim() == 1 || num_source_ranks == world_size, kAnalyze, ": load has ",
-                   num_source_ranks, " source ranks, expected world_size ", world_size);
+    const LoadLayout load_layout =
+        parse_load_layout(std::string(layout.data(), layout.size()), kAnalyze);
+    MOE_EPLB_CHECK(load_layout != LoadLayout::kLayersExperts &&
+                       load_layout != LoadLayout::kLayersRanksExperts && load.dim() != 3,
+                   kAnalyze, ": analyze() scores one layer: load must be (E,) or (W, E) (layout E "
+                   "or WE), got shape ", load.sizes());
+    const ExpertLoad counts = make_expert_load(
+        shape_of(load), float64_values(kAnalyze, "load", load), world_size, load_layout, kAnalyze);
+    MOE_EPLB_CHECK(counts.num_experts == view.num_experts, kAnalyze, ": load has ",
+                   counts.num_experts, " experts but table has ", view.num_experts, " rows");
+    const std::int64_t num_source_ranks = counts.num_source_ranks;
     AnalyzeOptions options;
     options.world_size = world_size;
     options.slots_per_rank = slots_per_rank;
     options.ranks_per_node = ranks_per_node;
     options.rule = resolve_rule(kAnalyze, rule, balance_mode);
-    const BalanceReport report = analyze_load(view, counts.data(), num_source_ranks, options);
+    const BalanceReport report =
+        analyze_load(view, counts.layer(0), num_source_ranks, options, kAnalyze);
     const auto float64 = at::TensorOptions().dtype(at::kDouble);
     at::Tensor slot_load = at::empty({static_cast<std::int64_t>(report.slot_load.size())}, float64);
     std::copy(report.slot_load.begin(), report.slot_load.end(), slot_load.data_ptr<double>());
@@ -205,9 +211,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analyze_op(
   });
 }
 
-TopologyOptions make_topology(std::int64_t world_size, std::int64_t slots_per_rank,
+Topology make_topology(std::int64_t world_size, std::int64_t slots_per_rank,
                               std::int64_t ranks_per_node) {
-  TopologyOptions topology;
+  Topology topology;
   topology.world_size = world_size;
   topology.slots_per_rank = slots_per_rank;
   topology.ranks_per_node = ranks_per_node;
@@ -248,13 +254,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> migration_plan_op(
   });
 }
 
-at::Tensor align_to_previous_op(const at::Tensor& new_table, const at::Tensor& old_table,
+at::Tensor align_to_previous_op(const at::Tensor& old_table, const at::Tensor& new_table,
                                 std::int64_t world_size, std::int64_t slots_per_rank) {
   constexpr const char* kAlign = "align_to_previous()";
   return translate_errors([&] {
     const TableView new_view = host_table(kAlign, "new_table", new_table);
     const std::vector<std::int32_t> aligned =
-        align_to_previous(new_view, host_table(kAlign, "old_table", old_table),
+        align_to_previous(host_table(kAlign, "old_table", old_table), new_view,
                           make_topology(world_size, slots_per_rank, 0));
     at::Tensor result = at::empty({new_view.num_experts, new_view.num_columns},
                                   at::TensorOptions().dtype(at::kInt));
@@ -291,20 +297,23 @@ std::tuple<std::int64_t, std::int64_t, at::Tensor> table_diff_op(const at::Tenso
   });
 }
 
-std::int64_t widest_plan_columns_op(std::int64_t num_experts, std::int64_t world_size,
-                                    std::int64_t slots_per_rank) {
-  return translate_errors([&] {
-    return widest_plan_columns(num_experts, world_size, slots_per_rank, "widest_plan_columns()");
-  });
-}
-
 // SlotAction's names, in enum order (moe_eplb.MigrationAction reads them).
 const std::vector<std::string> kSlotActionNames = {"keep", "copy_local", "receive",
                                                    "copy_received"};
 static_assert(static_cast<int>(SlotAction::kCopyReceived) == 3);
 
+}  // namespace
+
+std::int64_t widest_plan_columns(std::int64_t num_experts, std::int64_t world_size,
+                                 std::int64_t slots_per_rank) {
+  return translate_errors([&] {
+    return moe_eplb::widest_plan_columns(num_experts, world_size, slots_per_rank,
+                                         "widest_plan_columns()");
+  });
+}
+
 // The names Python and the CLI read from C++ instead of keeping copies.
-std::vector<std::string> names_op(c10::string_view what) {
+std::vector<std::string> names(c10::string_view what) {
   return translate_errors([&] {
     const std::string name(what.data(), what.size());
     if (name == "replica_rules") {
@@ -329,6 +338,8 @@ std::vector<std::string> names_op(c10::string_view what) {
                   name, "\"");
   });
 }
+
+namespace {
 
 // ---- layout converters (convert.hpp), one layer (E, ...) or per layer (L, E, ...) ----
 
@@ -498,35 +509,6 @@ at::Tensor table_from_log2phy_op(const at::Tensor& log2phy, const c10::optional<
 }  // namespace
 }  // namespace moe_eplb::torch_adapter
 
-TORCH_LIBRARY_FRAGMENT(moe_eplb, m) {
-  m.def(
-      "plan(Tensor[] windows, int world_size, int slots_per_rank, *, int? balance_mode=None, "
-      "str? rule=None, int ranks_per_node=0, int num_columns=0, str algorithm=\"moe-eplb\", "
-      "int num_groups=1, Tensor? previous=None, int max_moves=-1, float move_cost=0.0) "
-      "-> (Tensor, Tensor)");
-  m.def(
-      "analyze(Tensor table, Tensor load, int world_size, int slots_per_rank, *, "
-      "int? balance_mode=None, str? rule=None, int ranks_per_node=0) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "migration_plan(Tensor old_table, Tensor new_table, int world_size, int slots_per_rank, *, "
-      "int ranks_per_node=0) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "align_to_previous(Tensor new_table, Tensor old_table, int world_size, "
-      "int slots_per_rank) -> Tensor");
-  m.def("slot_experts(Tensor table, int world_size, int slots_per_rank) -> Tensor");
-  m.def(
-      "table_diff(Tensor old_table, Tensor new_table, int world_size, int slots_per_rank) "
-      "-> (int, int, Tensor)");
-  // No tensor argument to dispatch on: one catch-all kernel.
-  m.def("widest_plan_columns(int num_experts, int world_size, int slots_per_rank) -> int",
-        TORCH_FN(moe_eplb::torch_adapter::widest_plan_columns_op));
-  m.def("names(str what) -> str[]", TORCH_FN(moe_eplb::torch_adapter::names_op));
-  m.def("table_to_phy2log(Tensor table, int num_physical, *, bool sort_replicas=False) -> Tensor");
-  m.def("table_to_log2phy(Tensor table, *, int max_replicas=0) -> (Tensor, Tensor)");
-  m.def("table_from_phy2log(Tensor phy2log, int num_experts, *, int num_columns=0) -> Tensor");
-  m.def("table_from_log2phy(Tensor log2phy, Tensor? logcnt=None, *, int num_columns=0) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(moe_eplb, CompositeExplicitAutograd, m) {
   m.impl("plan", TORCH_FN(moe_eplb::torch_adapter::plan_op));
   m.impl("analyze", TORCH_FN(moe_eplb::torch_adapter::analyze_op));
@@ -538,13 +520,4 @@ TORCH_LIBRARY_IMPL(moe_eplb, CompositeExplicitAutograd, m) {
   m.impl("table_to_log2phy", TORCH_FN(moe_eplb::torch_adapter::table_to_log2phy_op));
   m.impl("table_from_phy2log", TORCH_FN(moe_eplb::torch_adapter::table_from_phy2log_op));
   m.impl("table_from_log2phy", TORCH_FN(moe_eplb::torch_adapter::table_from_log2phy_op));
-}
-
-// Plans and tables carry no gradient.
-TORCH_LIBRARY_IMPL(moe_eplb, Autograd, m) {
-  for (const char* name :
-       {"plan", "analyze", "migration_plan", "align_to_previous", "slot_experts", "table_diff",
-        "table_to_phy2log", "table_to_log2phy", "table_from_phy2log", "table_from_log2phy"}) {
-    m.impl(name, torch::CppFunction::makeFallthrough());
-  }
 }

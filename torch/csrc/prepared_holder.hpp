@@ -30,14 +30,16 @@ class PreparedTableHolder : public torch::CustomClassHolder {
   using Table = typename Backend::Table;
 
   // Validates eplb_table (any device; read on the host) like prepare_table().
+  // Errors name Python's moe_eplb.PreparedTable, which holds this object.
   PreparedTableHolder(const at::Tensor& eplb_table, std::int64_t local_rank_id,
                       std::int64_t world_size, std::int64_t balance_mode,
                       std::int64_t num_physical_experts, const std::string& profile,
                       std::int64_t device_index) {
+    constexpr const char* kOperation = "PreparedTable()";
     const at::Tensor host = eplb_table.cpu();
     table_ = translate_errors([&] {
-      return Backend::create(table_view("prepare_table()", host),
-                             make_params("prepare_table()", local_rank_id, world_size, balance_mode,
+      return Backend::create(table_view(kOperation, host),
+                             make_params(kOperation, local_rank_id, world_size, balance_mode,
                                          num_physical_experts, profile),
                              device_index);
     });
@@ -55,8 +57,7 @@ class PreparedTableHolder : public torch::CustomClassHolder {
   // Validates and installs a table of the same shape; keeps the old one on error.
   void update(const at::Tensor& eplb_table) {
     const at::Tensor host = eplb_table.cpu();
-    translate_errors(
-        [&] { Backend::update(*table_, table_view("PreparedTable::update()", host)); });
+    translate_errors([&] { Backend::update(*table_, table_view("PreparedTable.update()", host)); });
   }
 
   std::int64_t num_physical_experts() const {

@@ -58,11 +58,14 @@ struct BalanceReport {
 
 // Routes per-source-rank statistics `counts` ((num_source_ranks, E), with
 // num_source_ranks W, or 1 for global counts spread evenly over the ranks)
-// through `eplb_table` arithmetically. Throws moe_eplb::Error: kInvalidTable
-// when the operator could not route the table (bad counts or slots;
-// slots claimed twice are reported, not refused), kInvalidArgument for sizes.
+// through `eplb_table` arithmetically. Throws moe_eplb::Error starting with
+// `operation`: kInvalidTable when the operator could not route the table
+// (bad counts or slots; slots claimed twice are reported, not refused),
+// kInvalidArgument for sizes and for a negative or non-finite count (as
+// plan() refuses them).
 BalanceReport analyze_load(const TableView& eplb_table, const double* counts,
-                           std::int64_t num_source_ranks, const AnalyzeOptions& options);
+                           std::int64_t num_source_ranks, const AnalyzeOptions& options,
+                           const char* operation = "analyze_load()");
 
 // Routes every rank of `trace` through update_expert() (rank r with
 // local_rank_id = r), honouring its active_mask. Errors as analyze_load(),

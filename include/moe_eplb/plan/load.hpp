@@ -40,17 +40,37 @@ struct ExpertLoad {
   bool per_rank() const { return num_source_ranks > 1; }
 };
 
+// What the dimensions of a load array are. A 2-D array is either per source
+// rank or per layer; only the caller knows which, so kInfer refuses it.
+enum class LoadLayout : std::uint8_t {
+  kInfer,               // from the number of dimensions: "E" (1-D) or "LWE" (3-D); 2-D refused
+  kExperts,             // "E":   (E,) global counts, one layer
+  kRanksExperts,        // "WE":  (W, E) per-source-rank counts, one layer; W == world_size
+  kLayersExperts,       // "LE":  (L, E) global counts per layer
+  kLayersRanksExperts,  // "LWE": (L, R, E) per layer; R is world_size or 1 (global counts)
+};
+
+// "E", "WE", "LE", "LWE", or "" for kInfer; throws moe_eplb::Error
+// (kInvalidArgument) starting with `operation` for any other name.
+LoadLayout parse_load_layout(const std::string& name, const char* operation);
+const char* load_layout_name(LoadLayout layout);  // "" for kInfer
+
 // Builds an ExpertLoad from an array as read from a .npy file, taking
-// ownership of `values` (C order):
-//   (E,)         global counts, one layer
-//   (W, E)       per-source-rank counts, one layer; W must equal world_size
-//   (L, R, E)    per layer; R is world_size or 1 (global counts per layer)
-// Throws moe_eplb::Error (kInvalidArgument) starting with `operation` for any
-// other shape, an empty dimension, more than kMaxLoadExperts experts, or a negative / non-finite
-// value, naming its (layer, rank, expert) position, e.g. "plan(): load has a negative value -3 at
-// (rank 2, expert 17)".
+// ownership of `values` (C order), its dimensions read as `layout` says.
+// Throws moe_eplb::Error (kInvalidArgument) starting with `operation` for a
+// 2-D array under kInfer (saying how to name the layout), a shape the layout
+// does not fit, an empty dimension, more than kMaxLoadExperts experts, or a
+// negative / non-finite value, naming its (layer, rank, expert) position,
+// e.g. "plan(): load has a negative value -3 at (rank 2, expert 17)".
 ExpertLoad make_expert_load(const std::vector<std::int64_t>& shape, std::vector<double> values,
-                            std::int64_t world_size, const char* operation = "plan()");
+                            std::int64_t world_size, LoadLayout layout, const char* operation);
+
+// Refuses a negative or non-finite count among (num_layers,
+// num_source_ranks, num_experts) `counts` (kInvalidArgument, starting with
+// `operation`, naming the first one's position). Every planner and the
+// analyzer check their loads with it.
+void check_load_values(const double* counts, std::int64_t num_layers, std::int64_t num_source_ranks,
+                       std::int64_t num_experts, const char* operation);
 
 // Sums a per-rank load over its source ranks: (L, 1, E). Never throws.
 ExpertLoad global_load(const ExpertLoad& load);

@@ -86,7 +86,8 @@ MigrationPlan migration_plan(const TableView& old_table, const TableView& new_ta
 // rank keeps its old slot; returns the (E, F) row-major table (new_table's
 // F). No rank's set of experts changes, so balance is unchanged, and the
 // replica order within each row (which the rank rule depends on) is kept.
-std::vector<std::int32_t> align_to_previous(const TableView& new_table, const TableView& old_table,
+// Arguments in (old, new) order, as migration_plan() and diff_tables().
+std::vector<std::int32_t> align_to_previous(const TableView& old_table, const TableView& new_table,
                                             const TopologyOptions& topology);
 
 }  // namespace moe_eplb

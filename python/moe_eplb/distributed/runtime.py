@@ -397,7 +397,8 @@ class EplbRuntime:
         if initial_tables is None:
             table = moe_eplb.plan(torch.ones(experts), self.world_size, slots_per_rank,
                                   balance_mode=config["balance_mode"],
-                                  ranks_per_node=config["ranks_per_node"], num_columns=width)
+                                  ranks_per_node=config["ranks_per_node"],
+                                  num_columns=width).table
             return table.unsqueeze(0).repeat(layers, 1, 1)
         if isinstance(initial_tables, (list, tuple)):
             if len(initial_tables) != layers or not all(
@@ -487,13 +488,13 @@ class EplbRuntime:
         for layer in range(self.num_layers):
             options = dict(balance_mode=self.balance_mode, ranks_per_node=self.ranks_per_node)
             before = moe_eplb.analyze(old[layer], last[layer], world_size, self.slots_per_rank,
-                                      **options)["max_over_mean"]
+                                      layout="WE", **options).max_over_mean
             record.max_over_mean_before.append(before)
             moved = 0
             if layer in changed:
                 record.max_over_mean_after.append(moe_eplb.analyze(
-                    new[layer], last[layer], world_size, self.slots_per_rank,
-                    **options)["max_over_mean"])
+                    new[layer], last[layer], world_size, self.slots_per_rank, layout="WE",
+                    **options).max_over_mean)
                 moved = moe_eplb.migration_plan(old[layer], new[layer], world_size,
                                                 self.slots_per_rank,
                                                 ranks_per_node=self.ranks_per_node).received
@@ -570,7 +571,7 @@ class EplbRuntime:
         return moe_eplb.plan(list(windows.unbind(0)), self.world_size, self.slots_per_rank,
                              balance_mode=self.balance_mode, ranks_per_node=self.ranks_per_node,
                              num_columns=self.num_columns, previous=old,
-                             max_moves=self.max_moves, move_cost=self.move_cost)
+                             max_moves=self.max_moves, move_cost=self.move_cost).table
 
     def _check_planned(self, new):
         """Every rank checks the broadcast tables and that all hold the same."""
