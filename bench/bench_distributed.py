@@ -77,7 +77,7 @@ def round_trip_rank(rank, world_size, options):
     baseline, why = load_baseline(options.baseline) if options.baseline else (None, "none")
     generator = torch.Generator().manual_seed(rank)
     slots_per_rank = options.experts // world_size + 2
-    table = moe_eplb.plan(torch.ones(options.experts), world_size, slots_per_rank)
+    table = moe_eplb.plan(torch.ones(options.experts), world_size, slots_per_rank).table
     hidden = torch.randn(options.tokens, options.hidden, generator=generator)
     ids = torch.stack([torch.randperm(options.experts, generator=generator)[:options.top_k]
                        for _ in range(options.tokens)])
