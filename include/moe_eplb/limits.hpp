@@ -29,6 +29,10 @@ struct Limits {
   std::int64_t max_physical_experts;            // world_size * place_per_rank
   std::int64_t max_balance_mode;                // balance_mode in 0..this
   bool allows_pruning;                          // expert_scales / pruning_threshold / active_mask
+  // active_mask must have every true entry before every false one (Ascend's
+  // precondition; refused on the CPU, where it is read, when broken). Without
+  // it each token's entry decides for that token alone.
+  bool ordered_active_mask;
 };
 
 // The limits of a profile. Never fails.

@@ -22,8 +22,10 @@ FORMULA = """\
     balanced_expert_ids[b, k] = eplb_table[e, j]     (the slot of replica j)
 
     pruning (optional):
-    balanced_active_mask[b, k] = active_mask[b] and
-        float32(expert_scales[b, k]) >= pruning_threshold[k] * sum_k float32(expert_scales[b, k])
+    balanced_active_mask[b, k] = active_mask[b] and not (
+        float32(expert_scales[b, k]) < pruning_threshold[k] * sum_k float32(expert_scales[b, k]))
+    (kept unless smaller: a NaN scale or threshold never prunes; each token's
+    active_mask entry decides for that token alone)
 """
 
 

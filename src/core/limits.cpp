@@ -15,17 +15,17 @@ constexpr Limits kAscendSeedLimits{
     "ascend_seed",
     /*tokens*/ 1, 512, /*top_k*/ 1, 16, /*K <= E*/ true, /*experts*/ 1, 512,
     /*world_size*/ 2, 384, /*min_columns*/ 2, /*F <= W + 1*/ false,
-    /*physical*/ 1024, /*balance modes*/ 0, /*pruning*/ false};
+    /*physical*/ 1024, /*balance modes*/ 0, /*pruning*/ false, /*ordered mask*/ true};
 constexpr Limits kAscendLimits{
     "ascend",
     /*tokens*/ 1, 512, /*top_k*/ 1, 16, /*K <= E*/ true, /*experts*/ 1, 1024,
     /*world_size*/ 2, 768, /*min_columns*/ 2, /*F <= W + 1*/ true,
-    /*physical*/ 1024, /*balance modes*/ 1, /*pruning*/ true};
+    /*physical*/ 1024, /*balance modes*/ 1, /*pruning*/ true, /*ordered mask*/ true};
 constexpr Limits kNativeLimits{
     "native",
     /*tokens*/ 0, kNoLimit, /*top_k*/ 0, kNoLimit, /*K <= E*/ false, /*experts*/ 1, kInt32Max,
     /*world_size*/ 1, kInt32Max, /*min_columns*/ 2, /*F <= W + 1*/ false,
-    /*physical*/ kInt32Max, /*balance modes*/ 2, /*pruning*/ true};
+    /*physical*/ kInt32Max, /*balance modes*/ 2, /*pruning*/ true, /*ordered mask*/ false};
 // clang-format on
 
 }  // namespace

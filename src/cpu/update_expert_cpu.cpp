@@ -141,6 +141,23 @@ std::string position(std::int64_t token, std::int64_t k, std::int64_t expert) {
 
 std::string range_end(std::int64_t end) { return detail::concat("0..", end - 1); }
 
+// Under a profile that keeps Ascend's precondition, refuses an active_mask
+// with a true entry after a false one (on the host, where it can be read).
+void check_active_mask_order(const char* operation, const PruningInputs* pruning,
+                             std::int64_t num_tokens, LimitProfile profile) {
+  const Limits& limits = limits_of(profile);
+  if (pruning == nullptr || !pruning->has_active_mask || !limits.ordered_active_mask) return;
+  std::int64_t first_false = -1;
+  for (std::int64_t token = 0; token < num_tokens; ++token) {
+    const bool active = pruning->active_mask[token] != 0;
+    if (!active && first_false < 0) first_false = token;
+    MOE_EPLB_CHECK(!active || first_false < 0, operation, ": active_mask[", token,
+                   "] is true after active_mask[", first_false, "] is false; the ", limits.name,
+                   " profile requires every true entry before every false one (Ascend's "
+                   "precondition; the native profile lets each token's entry decide alone)");
+  }
+}
+
 void compute_pruning_mask(const PruningInputs& pruning, std::int64_t num_tokens, std::int64_t top_k,
                           std::uint8_t* mask) {
   const ScalesView& scales = pruning.expert_scales;
@@ -247,6 +264,7 @@ void update_expert(const UpdateExpertInputs& inputs, const UpdateExpertParams& p
                    const UpdateExpertOutputs& outputs) {
   const char* const kOperation = detail::mapping_operation(inputs);
   check_update_expert(inputs, params, outputs);
+  check_active_mask_order(kOperation, inputs.pruning, inputs.expert_ids.num_tokens, params.profile);
   const ExpertIdsView& ids = inputs.expert_ids;
   if (ids.num_tokens == 0 || ids.top_k == 0) return;
 
@@ -288,6 +306,7 @@ void update_expert_prepared(const PreparedView& prepared, const ExpertIdsView& i
                             const PruningInputs* pruning, const UpdateExpertOutputs& outputs) {
   constexpr const char* kOperation = "update_expert_prepared()";
   check_update_expert_prepared(prepared, ids, pruning, outputs);
+  check_active_mask_order(kOperation, pruning, ids.num_tokens, prepared.profile);
   if (ids.num_tokens == 0 || ids.top_k == 0) return;
 
   const detail::PreparedRouter router = detail::prepared_router(prepared);

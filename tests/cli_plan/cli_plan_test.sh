@@ -29,6 +29,17 @@ case $case_name in
     [[ -n $ours && -n $theirs ]] || { cat out.txt >&2; fail "could not read the table"; }
     awk -v a="$ours" -v b="$theirs" 'BEGIN { exit !(a < b && a < 1.10) }' ||
       fail "moe-eplb $ours is not below DeepSeek $theirs and 1.10"
+    # The README shows this table: it must be what the tool prints (a planner
+    # change that moves a number updates the README; the table to paste is below).
+    awk '/^  placement /, /^  moe-eplb \(planned for token\)/' out.txt | sed 's/ *$//' >printed.txt
+    awk '/^`moe-eplb demo` on the built-in/ {on = 1; next}
+         on && /^```$/ {if (started) exit; started = 1; next}
+         on && started {print}' "$here/../../README.md" >readme.txt
+    [[ -s printed.txt ]] || { cat out.txt >&2; fail "no table in the demo output"; }
+    cmp -s printed.txt readme.txt || {
+      diff readme.txt printed.txt >&2 || true
+      fail "the README's demo table differs from what moe-eplb demo prints (above: < README, > printed)"
+    }
     run "$tool" demo --list
     expect "mixtral-ep6-lognormal" out.txt
     ;;

@@ -77,9 +77,10 @@ inline std::vector<std::uint8_t> reference_pruning_mask(const std::vector<float>
     float sum = 0.0f;
     for (std::int64_t k = 0; k < top_k; ++k) sum += scales[static_cast<std::size_t>(b * top_k + k)];
     for (std::int64_t k = 0; k < top_k; ++k) {
+      // Kept unless smaller: a NaN scale (NaN sum) or threshold keeps it.
       mask[static_cast<std::size_t>(b * top_k + k)] =
-          scales[static_cast<std::size_t>(b * top_k + k)] >=
-          threshold[static_cast<std::size_t>(k)] * sum;
+          !(scales[static_cast<std::size_t>(b * top_k + k)] <
+            threshold[static_cast<std::size_t>(k)] * sum);
     }
   }
   return mask;

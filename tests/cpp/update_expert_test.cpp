@@ -319,28 +319,71 @@ TEST(UpdateExpertPruning, MatchesReferenceInAllDtypes) {
   }
 }
 
-// Pruning rule edge cases: equality keeps, NaN prunes, inactive tokens prune all.
-TEST(UpdateExpertPruning, EqualityKeepsNanPrunesInactivePrunesAll) {
+// Pruning rule edge cases (SPEC.md): equality keeps, a NaN keeps (pruning
+// never drops a choice on a NaN), inactive tokens prune all.
+TEST(UpdateExpertPruning, EqualityKeepsNanKeepsInactivePrunesAll) {
   OwnedTable table(matrix_from_rows({{1, 0, 0}}));
-  const std::int32_t ids[] = {0, 0, 0, 0, 0, 0};
+  const std::int32_t ids[] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
   // token 0: scales 0.5, 0.25, 0.25 (sum 1); thresholds 0.5, 0.25, 0.3 -> keep, keep, prune
-  // token 1: a NaN scale -> the sum is NaN, every comparison is false
-  const float scales[] = {0.5f, 0.25f, 0.25f, 1.0f, NAN, 0.0f};
+  // token 1: a NaN scale -> the sum is NaN: nothing is pruned
+  // token 2: as token 0 under a NaN third threshold -> keep, keep, keep
+  const float scales[] = {0.5f, 0.25f, 0.25f, 1.0f, NAN, 0.0f, 0.5f, 0.25f, 0.25f};
   const float threshold[] = {0.5f, 0.25f, 0.3f};
-  const std::uint8_t active[] = {1, 1};
+  const float nan_threshold[] = {0.5f, 0.25f, NAN};
+  const std::uint8_t active[] = {1, 1, 1};
   PruningInputs pruning{
       {scales, Dtype::kFloat32, 2, 3, 3, 1}, {threshold, 3, 1}, true, {active, 2, 1}};
-  std::int32_t out[6];
-  std::uint8_t mask[6];
+  std::int32_t out[9];
+  std::uint8_t mask[9];
   UpdateExpertOutputs outputs{{out, 6}, {mask, 6}, {}};
   update_expert(UpdateExpertInputs{{ids, Dtype::kInt32, 2, 3, 3, 1}, table.view, &pruning},
                 rank_params(0, 2), outputs);
-  EXPECT_THAT(std::vector<int>(mask, mask + 6), ::testing::ElementsAre(1, 1, 0, 0, 0, 0));
+  EXPECT_THAT(std::vector<int>(mask, mask + 6), ::testing::ElementsAre(1, 1, 0, 1, 1, 1));
+  PruningInputs nan_pruning{
+      {scales + 6, Dtype::kFloat32, 1, 3, 3, 1}, {nan_threshold, 3, 1}, true, {active, 1, 1}};
+  UpdateExpertOutputs one{{out, 3}, {mask, 3}, {}};
+  update_expert(UpdateExpertInputs{{ids, Dtype::kInt32, 1, 3, 3, 1}, table.view, &nan_pruning},
+                rank_params(0, 2), one);
+  EXPECT_THAT(std::vector<int>(mask, mask + 3), ::testing::ElementsAre(1, 1, 1));
   const std::uint8_t inactive[] = {0, 1};
   pruning.active_mask = {inactive, 2, 1};
   update_expert(UpdateExpertInputs{{ids, Dtype::kInt32, 2, 3, 3, 1}, table.view, &pruning},
                 rank_params(0, 2), outputs);
   EXPECT_THAT(std::vector<int>(mask, mask + 3), ::testing::ElementsAre(0, 0, 0));
+}
+
+// An active_mask with a true entry after a false one: each entry decides for
+// its token under the native profile; the ascend profile refuses it (Ascend's
+// precondition), naming both entries, stateless and prepared.
+TEST(UpdateExpertPruning, ActiveMaskOrderIsTheAscendProfilesPrecondition) {
+  OwnedTable table(matrix_from_rows({{1, 0, 0}}));
+  const std::int32_t ids[] = {0, 0, 0};
+  const float scales[] = {1.0f, 1.0f, 1.0f};
+  const float threshold[] = {0.0f};
+  const std::uint8_t out_of_order[] = {0, 1, 1};
+  PruningInputs pruning{
+      {scales, Dtype::kFloat32, 3, 1, 1, 1}, {threshold, 1, 1}, true, {out_of_order, 3, 1}};
+  std::int32_t out[3];
+  std::uint8_t mask[3];
+  const UpdateExpertOutputs outputs{{out, 3}, {mask, 3}, {}};
+  const UpdateExpertInputs inputs{{ids, Dtype::kInt32, 3, 1, 1, 1}, table.view, &pruning};
+  update_expert(inputs, rank_params(0, 2), outputs);
+  EXPECT_THAT(std::vector<int>(mask, mask + 3), ::testing::ElementsAre(0, 1, 1));
+  UpdateExpertParams ascend = rank_params(0, 2);
+  ascend.profile = LimitProfile::kAscend;
+  try {
+    update_expert(inputs, ascend, outputs);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
+    EXPECT_STREQ(error.what(),
+                 "update_expert_pruned(): active_mask[1] is true after active_mask[0] is false; "
+                 "the ascend profile requires every true entry before every false one (Ascend's "
+                 "precondition; the native profile lets each token's entry decide alone)");
+  }
+  const PreparedTable prepared(table.view, ascend);
+  EXPECT_THROW(update_expert_prepared(prepared.view(), inputs.expert_ids, &pruning, outputs),
+               Error);
 }
 
 // ---- load recording ---------------------------------------------------------------

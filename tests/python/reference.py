@@ -71,7 +71,8 @@ def as_tensor(rows, dtype, bad_value=-1):
 
 
 def reference_pruning_mask(expert_scales, pruning_threshold, active_mask=None):
-    """(BS, K) bool: float32 sum in k order, float32 compare (SPEC.md)."""
+    """(BS, K) bool: float32 sum in k order, float32 compare (SPEC.md); a
+    choice is kept unless it is smaller, so a NaN scale or threshold keeps it."""
     scales = expert_scales.float().numpy()
     threshold = pruning_threshold.reshape(-1).numpy().astype(np.float32)
     mask = np.zeros(scales.shape, dtype=bool)
@@ -82,7 +83,7 @@ def reference_pruning_mask(expert_scales, pruning_threshold, active_mask=None):
         for k in range(scales.shape[1]):
             total = np.float32(total + np.float32(scales[token, k]))
         for k in range(scales.shape[1]):
-            mask[token, k] = np.float32(scales[token, k]) >= np.float32(threshold[k] * total)
+            mask[token, k] = not (np.float32(scales[token, k]) < np.float32(threshold[k] * total))
     return torch.from_numpy(mask)
 
 

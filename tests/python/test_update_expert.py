@@ -99,6 +99,68 @@ def test_pruning_inputs_and_load_counts_through_every_op(rng, scale_dtype, with_
     assert torch.equal(load, reference_load(rows, mask, num_physical))
 
 
+# A NaN never prunes: a NaN scale (its token's sum is NaN) keeps every
+# choice of that token, and a NaN threshold keeps that choice of every token;
+# other tokens are pruned as usual. (It used to prune the whole token, or,
+# with a NaN threshold, everything.)
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_pruning_keeps_choices_on_nan(scale_dtype):
+    table = torch.tensor([[1, 0, -1], [1, 1, -1], [1, 2, -1], [1, 3, -1]], dtype=torch.int32)
+    ids = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 3, 0]])
+    scales = torch.tensor([[0.7, 0.2, 0.1], [0.6, float("nan"), 0.1], [0.8, 0.1, 0.1]],
+                          dtype=scale_dtype)
+    threshold = torch.tensor([0.0, 0.25, float("nan")])
+    _, mask = moe_eplb.update_expert_pruned(ids, table, 0, 2, expert_scales=scales,
+                                            pruning_threshold=threshold)
+    assert mask.tolist() == [[True, False, True],   # 0.2 < 0.25: pruned; k = 2: NaN threshold
+                             [True, True, True],    # a NaN scale: nothing pruned
+                             [True, False, True]]
+    assert torch.equal(mask, reference_pruning_mask(scales, threshold))
+    prepared = moe_eplb.PreparedTable(table, 0, 2)
+    assert torch.equal(prepared.map_pruned(ids, scales, threshold)[1], mask)
+    everything_nan = torch.full((3,), float("nan"))
+    _, kept = moe_eplb.update_expert_pruned(ids, table, 0, 2, expert_scales=scales,
+                                            pruning_threshold=everything_nan)
+    assert bool(kept.all())
+
+
+# An active_mask that breaks "all True before all False": under the native
+# profile each token's entry decides alone; the Ascend profiles, whose
+# precondition it is, refuse it on the CPU, naming both entries.
+def test_active_mask_out_of_order(rng):
+    table = make_table(rng, 16, 4, 8, 5, "random")
+    ids = make_ids(rng, 6, 4, 16, torch.int64, "contiguous")
+    scales = torch.from_numpy(rng.random((6, 4))).float()
+    threshold = torch.full((4,), 0.1)
+    active = torch.tensor([True, False, True, True, False, True])
+    _, mask = moe_eplb.update_expert_pruned(ids, table, 1, 4, expert_scales=scales,
+                                            pruning_threshold=threshold, active_mask=active)
+    assert torch.equal(mask, reference_pruning_mask(scales, threshold, active))
+    assert not bool(mask[1].any()) and not bool(mask[4].any())
+    assert torch.equal(moe_eplb.PreparedTable(table, 1, 4).map_pruned(
+        ids, scales, threshold, active)[1], mask)
+    message = (r"^update_expert_pruned\(\): active_mask\[2\] is true after active_mask\[1\] is "
+               r"false; the ascend profile requires every true entry before every false one "
+               r"\(Ascend's precondition; the native profile lets each token's entry decide "
+               r"alone\)$")
+    with pytest.raises(ValueError, match=message):
+        moe_eplb.update_expert_pruned(ids, table, 1, 4, expert_scales=scales,
+                                      pruning_threshold=threshold, active_mask=active,
+                                      profile="ascend")
+    with pytest.raises(ValueError, match=message):
+        moe_eplb.npu_moe_update_expert(ids, table, expert_scales=scales,
+                                       pruning_threshold=threshold, active_mask=active,
+                                       local_rank_id=1, world_size=4)
+    with pytest.raises(ValueError, match=r"^update_expert_prepared\(\): active_mask\[2\] is true"):
+        moe_eplb.PreparedTable(table, 1, 4, profile="ascend").map_pruned(
+            ids, scales, threshold, active)
+    in_order = torch.tensor([True, True, True, False, False, False])
+    _, mask = moe_eplb.update_expert_pruned(ids, table, 1, 4, expert_scales=scales,
+                                            pruning_threshold=threshold, active_mask=in_order,
+                                            profile="ascend")
+    assert torch.equal(mask, reference_pruning_mask(scales, threshold, in_order))
+
+
 def test_output_is_fresh_and_contiguous_input_untouched(rng):
     # The output never aliases the (non-contiguous) input; the input is unchanged.
     table = make_table(rng, 16, 4, 8, 5, "random")

@@ -287,13 +287,16 @@ MOE_EPLB_HOST_DEVICE float token_scale_sum(const ScalesView& scales, std::int64_
   return sum;
 }
 
-// Whether choice k of a token survives pruning, given its token's scale sum.
+// Whether choice k of a token survives pruning, given its token's scale sum:
+// scale >= threshold * sum, written so that a NaN anywhere (a NaN scale makes
+// the sum NaN; a NaN threshold) keeps the choice. Pruning only ever drops a
+// choice the comparison says is small; it never drops one on a NaN.
 MOE_EPLB_HOST_DEVICE bool keep_choice(const ScalesView& scales, const float* threshold,
                                       std::int64_t threshold_stride, std::int64_t token_idx,
                                       std::int64_t k, float scale_sum) {
   const float scale =
       load_scale(scales.data, scales.dtype, token_idx * scales.token_stride + k * scales.k_stride);
-  return scale >= threshold[k * threshold_stride] * scale_sum;
+  return !(scale < threshold[k * threshold_stride] * scale_sum);
 }
 
 }  // namespace moe_eplb::detail
