@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "moe_eplb/error.hpp"
+#include "moe_eplb/plan/topology.hpp"
 #include "moe_eplb/table.hpp"
 #include "routing.hpp"
 
@@ -10,37 +11,11 @@ namespace moe_eplb {
 namespace {
 
 void check_options(const char* operation, const TableView& table, const AnalyzeOptions& options) {
-  MOE_EPLB_CHECK(options.world_size >= 1 && options.world_size <= INT32_MAX, operation,
-                 ": world_size must be in 1..", INT32_MAX, ", got ", options.world_size);
-  MOE_EPLB_CHECK(
-      options.slots_per_rank >= 1 && options.slots_per_rank <= INT32_MAX / options.world_size,
-      operation, ": slots_per_rank must be in 1..", INT32_MAX / options.world_size, ", got ",
-      options.slots_per_rank);
-  MOE_EPLB_CHECK(options.ranks_per_node >= 0 && (options.ranks_per_node == 0 ||
-                                                 options.world_size % options.ranks_per_node == 0),
-                 operation, ": ranks_per_node must be 0 (unknown) or divide world_size ",
-                 options.world_size, ", got ", options.ranks_per_node);
+  options.topology().check(operation);
   rule_info(options.rule);  // throws for a value outside the registry
   // Refuse what the operator could not route; slots claimed twice (or twice
   // in a row) route fine and are what the report is for.
-  ValidateTableOptions validate_options;
-  validate_options.check_rank_mode_reachability = false;
-  validate_options.warn_unused_slots = false;
-  const TableReport report = validate_table(
-      table, options.world_size, options.world_size * options.slots_per_rank, validate_options);
-  std::string problems;
-  std::int64_t num_problems = 0;
-  for (const TableIssue& issue : report.issues) {
-    if (issue.severity != TableIssue::Severity::kError ||
-        issue.kind == TableIssue::Kind::kSlotClaimedTwice ||
-        issue.kind == TableIssue::Kind::kDuplicateInRow) {
-      continue;
-    }
-    if (num_problems++ < 5) problems += "\n  " + issue.message;
-  }
-  MOE_EPLB_CHECK_CODE(num_problems == 0, ErrorCode::kInvalidTable, operation,
-                      ": the operator cannot route this eplb_table (", num_problems,
-                      " problems, first ones below; `moe-eplb validate` lists all)", problems);
+  check_table_for(options.topology(), table, operation, "table", TableUse::kRouting);
 }
 
 RuleTopology topology_of(const AnalyzeOptions& options) {

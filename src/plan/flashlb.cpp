@@ -347,7 +347,7 @@ ReplicaSlots plan_flashlb(const LayerRequest& request) {
   }
 
   // Step 4: keep the previous table unless its balance degraded.
-  const TopologyOptions topology{world_size, slots_per_rank, request.ranks_per_node};
+  const Topology topology{world_size, slots_per_rank, request.ranks_per_node};
   const std::vector<std::int32_t> old_owner = slot_experts(request.previous, topology);
   Placement old_placement;
   if (previous_placement(request.previous, old_owner, slots_per_rank, max_count, old_placement) &&

@@ -21,35 +21,6 @@ namespace {
 
 constexpr const char* kMigrationPlan = "migration_plan()";
 
-void check_topology(const TopologyOptions& topology) {
-  MOE_EPLB_CHECK(topology.world_size >= 1 && topology.world_size <= INT32_MAX, kMigrationPlan,
-                 ": world_size must be in 1..", INT32_MAX, ", got ", topology.world_size);
-  MOE_EPLB_CHECK(
-      topology.slots_per_rank >= 1 && topology.slots_per_rank <= INT32_MAX / topology.world_size,
-      kMigrationPlan, ": slots_per_rank must be in 1..", INT32_MAX / topology.world_size,
-      " (world_size x slots_per_rank fits int32), got ", topology.slots_per_rank);
-  MOE_EPLB_CHECK(
-      topology.ranks_per_node >= 0 && topology.ranks_per_node <= topology.world_size &&
-          (topology.ranks_per_node == 0 || topology.world_size % topology.ranks_per_node == 0),
-      kMigrationPlan, ": ranks_per_node must be 0 (one node) or divide world_size ",
-      topology.world_size, ", got ", topology.ranks_per_node);
-}
-
-void check_table(const TableView& table, const char* name, const TopologyOptions& topology) {
-  MOE_EPLB_CHECK(table.data != nullptr && table.num_experts >= 1 && table.num_columns >= 2,
-                 kMigrationPlan, ": ", name, " must be a non-empty (E, F) table with F >= 2, got (",
-                 table.num_experts, ", ", table.num_columns, ")");
-  ValidateTableOptions options;
-  options.check_rank_mode_reachability = false;
-  options.warn_unused_slots = false;
-  options.max_issues = 3;
-  const TableReport report = validate_table(table, topology.world_size,
-                                            topology.world_size * topology.slots_per_rank, options);
-  MOE_EPLB_CHECK_CODE(report.ok(), ErrorCode::kInvalidTable, kMigrationPlan, ": ", name,
-                      " is not valid for world_size ", topology.world_size, " x slots_per_rank ",
-                      topology.slots_per_rank, ": ", report.to_string());
-}
-
 // One (rank, expert) the rank must receive: its first destination slot, and
 // the old holders it may receive from (its most preferred tier).
 struct Receive {
@@ -61,10 +32,10 @@ struct Receive {
 }  // namespace
 
 MigrationPlan migration_plan(const TableView& old_table, const TableView& new_table,
-                             const TopologyOptions& topology) {
-  check_topology(topology);
-  check_table(old_table, "old_table", topology);
-  check_table(new_table, "new_table", topology);
+                             const Topology& topology) {
+  topology.check(kMigrationPlan);
+  check_table_for(topology, old_table, kMigrationPlan, "old_table");
+  check_table_for(topology, new_table, kMigrationPlan, "new_table");
   MOE_EPLB_CHECK(old_table.num_experts == new_table.num_experts, kMigrationPlan, ": old_table has ",
                  old_table.num_experts, " experts but new_table has ", new_table.num_experts,
                  "; the two tables must have the same E");

@@ -18,10 +18,7 @@ void check_plan_request(const ExpertLoad& load, const PlanOptions& options) {
   const std::int64_t world_size = options.world_size;
   const std::int64_t slots_per_rank = options.slots_per_rank;
   const std::int64_t num_experts = load.num_experts;
-  MOE_EPLB_CHECK(world_size >= 1 && world_size <= INT32_MAX, kPlan, ": world_size must be in 1..",
-                 INT32_MAX, ", got ", world_size);
-  MOE_EPLB_CHECK(slots_per_rank >= 1, kPlan, ": slots_per_rank must be at least 1, got ",
-                 slots_per_rank);
+  options.topology().check(kPlan);
   MOE_EPLB_CHECK(load.num_layers >= 1 && num_experts >= 1, kPlan,
                  ": load has no experts or no layers");
   MOE_EPLB_CHECK(load.num_source_ranks == 1 || load.num_source_ranks == world_size, kPlan,
@@ -31,8 +28,6 @@ void check_plan_request(const ExpertLoad& load, const PlanOptions& options) {
                      load.num_layers * load.num_source_ranks * num_experts,
                  kPlan, ": load has ", load.counts.size(), " values, expected ",
                  load.num_layers * load.num_source_ranks * num_experts);
-  MOE_EPLB_CHECK(slots_per_rank <= INT32_MAX / world_size, kPlan, ": world_size ", world_size,
-                 " x slots_per_rank ", slots_per_rank, " physical slots do not fit in int32");
   const std::int64_t num_physical = world_size * slots_per_rank;
   MOE_EPLB_CHECK(num_physical >= num_experts, kPlan, ": world_size ", world_size,
                  " x slots_per_rank ", slots_per_rank, " = ", num_physical,
@@ -43,10 +38,6 @@ void check_plan_request(const ExpertLoad& load, const PlanOptions& options) {
                  " is more than the ", num_experts,
                  " experts, so some rank would hold two replicas of one expert; expected 1..",
                  num_experts);
-  MOE_EPLB_CHECK(options.ranks_per_node >= 0 &&
-                     (options.ranks_per_node == 0 || world_size % options.ranks_per_node == 0),
-                 kPlan, ": ranks_per_node must be 0 (one node) or divide world_size ", world_size,
-                 ", got ", options.ranks_per_node);
   MOE_EPLB_CHECK(options.num_columns == 0 || options.num_columns >= 2, kPlan,
                  ": num_columns (F) must be 0 (fit) or at least 2, got ", options.num_columns);
   rule_info(options.rule);  // throws for a value outside the registry
@@ -109,17 +100,9 @@ void check_migration_options(const ExpertLoad& load, const PlanOptions& options)
                      previous.num_layers * previous.num_experts * previous.num_columns,
                  kPlan, ": previous table has ", previous.values.size(), " values, expected ",
                  previous.num_layers * previous.num_experts * previous.num_columns);
-  const std::int64_t num_physical = options.world_size * options.slots_per_rank;
-  ValidateTableOptions validate;
-  validate.check_rank_mode_reachability = false;
-  validate.warn_unused_slots = false;
-  validate.max_issues = 3;
   for (std::int64_t layer = 0; layer < previous.num_layers; ++layer) {
-    const TableReport report =
-        validate_table(previous.layer(layer), options.world_size, num_physical, validate);
-    MOE_EPLB_CHECK(report.ok(), kPlan, ": previous table, layer ", layer, ", is not valid for ",
-                   options.world_size, " ranks x ", options.slots_per_rank,
-                   " slots: ", report.to_string());
+    check_table_for(options.topology(), previous.layer(layer), kPlan,
+                    "previous table, layer " + std::to_string(layer));
   }
 }
 
@@ -315,10 +298,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
   }
   LayeredTable table = make_layered_table(layers, options.num_columns);
   if (report != nullptr && options.previous != nullptr) {
-    TopologyOptions topology;
-    topology.world_size = options.world_size;
-    topology.slots_per_rank = options.slots_per_rank;
-    topology.ranks_per_node = options.ranks_per_node;
+    const Topology topology = options.topology();
     for (std::int64_t layer_idx = 0; layer_idx < table.num_layers; ++layer_idx) {
       report->layers[static_cast<std::size_t>(layer_idx)].slots_changed =
           diff_tables(options.previous->layer(layer_idx), table.layer(layer_idx), topology)

@@ -672,8 +672,8 @@ std::vector<std::int32_t> to_table(const ReplicaSlots& slots, std::int64_t& num_
   return table;
 }
 
-TopologyOptions topology_of(const LayerRequest& request) {
-  TopologyOptions topology;
+Topology topology_of(const LayerRequest& request) {
+  Topology topology;
   topology.world_size = request.world_size;
   topology.slots_per_rank = request.slots_per_rank;
   topology.ranks_per_node = request.ranks_per_node;
@@ -722,7 +722,7 @@ Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
 // receives the slots whose (expert, position) then differs from the previous
 // table.
 Placement align(const LayerRequest& request, Placement placement, std::int64_t& moves) {
-  const TopologyOptions topology = topology_of(request);
+  const Topology topology = topology_of(request);
   std::int64_t num_columns = 0;
   const std::vector<std::int32_t> table = to_table(placement.slots, num_columns);
   const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};

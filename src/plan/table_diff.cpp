@@ -9,35 +9,14 @@
 namespace moe_eplb {
 namespace {
 
-void check_topology(const TopologyOptions& topology, const char* operation) {
-  MOE_EPLB_CHECK(topology.world_size >= 1 && topology.world_size <= INT32_MAX, operation,
-                 ": world_size must be in 1..", INT32_MAX, ", got ", topology.world_size);
-  MOE_EPLB_CHECK(
-      topology.slots_per_rank >= 1 && topology.slots_per_rank <= INT32_MAX / topology.world_size,
-      operation, ": slots_per_rank must be in 1..", INT32_MAX / topology.world_size,
-      " for world_size ", topology.world_size, ", got ", topology.slots_per_rank);
-  MOE_EPLB_CHECK(
-      topology.ranks_per_node >= 0 &&
-          (topology.ranks_per_node == 0 || topology.world_size % topology.ranks_per_node == 0),
-      operation, ": ranks_per_node must be 0 (one node) or divide world_size ", topology.world_size,
-      ", got ", topology.ranks_per_node);
-}
-
 // slot_experts() for a table named `argument` of `operation`; `positions`,
 // when not null, receives each slot's replica position in its row (0-based,
 // -1 where no row names the slot).
-std::vector<std::int32_t> experts_by_slot(const TableView& table, const TopologyOptions& topology,
+std::vector<std::int32_t> experts_by_slot(const TableView& table, const Topology& topology,
                                           const char* operation, const char* argument,
                                           std::vector<std::int32_t>* positions = nullptr) {
-  const std::int64_t num_physical = topology.world_size * topology.slots_per_rank;
-  ValidateTableOptions options;
-  options.check_rank_mode_reachability = false;
-  options.warn_unused_slots = false;
-  options.max_issues = 3;
-  const TableReport report = validate_table(table, topology.world_size, num_physical, options);
-  MOE_EPLB_CHECK(report.ok(), operation, ": ", argument, " is not a valid table for ",
-                 topology.world_size, " ranks x ", topology.slots_per_rank,
-                 " slots: ", report.to_string());
+  const std::int64_t num_physical = topology.num_slots();
+  check_table_for(topology, table, operation, argument);
   std::vector<std::int32_t> experts(static_cast<std::size_t>(num_physical), -1);
   if (positions != nullptr) positions->assign(experts.size(), -1);
   for (std::int64_t e = 0; e < table.num_experts; ++e) {
@@ -60,14 +39,14 @@ void check_same_experts(const TableView& from, const TableView& to, const char* 
 
 }  // namespace
 
-std::vector<std::int32_t> slot_experts(const TableView& table, const TopologyOptions& topology) {
-  check_topology(topology, "slot_experts()");
+std::vector<std::int32_t> slot_experts(const TableView& table, const Topology& topology) {
+  topology.check("slot_experts()");
   return experts_by_slot(table, topology, "slot_experts()", "table");
 }
 
-TableDiff diff_tables(const TableView& from, const TableView& to, const TopologyOptions& topology) {
+TableDiff diff_tables(const TableView& from, const TableView& to, const Topology& topology) {
   constexpr const char* kDiff = "diff_tables()";
-  check_topology(topology, kDiff);
+  topology.check(kDiff);
   check_same_experts(from, to, kDiff, "from", "to");
   std::vector<std::int32_t> old_positions, new_positions;
   const std::vector<std::int32_t> old_experts =
@@ -107,9 +86,9 @@ TableDiff diff_tables(const TableView& from, const TableView& to, const Topology
 }
 
 std::vector<std::int32_t> align_to_previous(const TableView& old_table, const TableView& new_table,
-                                            const TopologyOptions& topology) {
+                                            const Topology& topology) {
   constexpr const char* kAlign = "align_to_previous()";
-  check_topology(topology, kAlign);
+  topology.check(kAlign);
   check_same_experts(old_table, new_table, kAlign, "old_table", "new_table");
   const std::vector<std::int32_t> old_experts =
       experts_by_slot(old_table, topology, kAlign, "old_table");

@@ -71,10 +71,10 @@ run_fails "diff(): --from has 2 layer(s) of 6 experts but --to has 1 layer(s)" \
 bad_rows=("${new_rows[@]}")
 bad_rows[26]=12  # e5's slot: outside 0..11
 npy_int32 bad.npy "(6, 5)" "${bad_rows[@]}"
-run_fails "diff(): --to bad.npy, layer 0, is not a valid table for world_size 4 x slots_per_rank 3" \
+run_fails "diff(): --to bad.npy, layer 0 is not a valid table for 4 ranks x 3 slots" \
   "$tool" diff --from old.npy --to bad.npy "${topology[@]}"
 run_fails "slot 12 is outside" "$tool" diff --from old.npy --to bad.npy "${topology[@]}"
-run_fails "diff(): --from old.npy, layer 0, is not a valid table for world_size 2" \
+run_fails "diff(): --from old.npy, layer 0 is not a valid table for 2 ranks x 3 slots" \
   "$tool" diff --from old.npy --to old.npy --world-size 2 --slots-per-rank 3
 run_fails "moe-eplb: error: --expert-bytes: must be 0 or more, got -5" \
   "$tool" diff --from old.npy --to new.npy "${topology[@]}" --expert-bytes -5

@@ -249,7 +249,7 @@ case $case_name in
       --out t.npy
     no_output
     npy_int32 bad.npy "(4, 2)" 1 0 1 1 1 2 1 9
-    run_fails "plan(): previous table, layer 0, is not valid for 2 ranks x 3 slots" \
+    run_fails "plan(): previous table, layer 0 is not a valid table for 2 ranks x 3 slots" \
       "$tool" plan --layout WE --load load.npy --world-size 2 --slots-per-rank 3 --previous bad.npy \
       --out t.npy
     no_output

@@ -182,7 +182,8 @@ TEST(Analyze, UnroutableTableIsAnError) {
   } catch (const Error& error) {
     EXPECT_EQ(error.code(), ErrorCode::kInvalidTable);
     const std::string message = error.what();
-    EXPECT_NE(message.find("analyze_load(): the operator cannot route this eplb_table (2 problems"),
+    EXPECT_NE(message.find("analyze_load(): table is not a valid table for 2 ranks x 2 slots (2 "
+                           "problems, the first below"),
               std::string::npos)
         << message;
     EXPECT_NE(message.find("row 0: replica count 0 is outside 1..1"), std::string::npos) << message;

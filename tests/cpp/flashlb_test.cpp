@@ -51,7 +51,7 @@ std::vector<std::int64_t> replica_counts(const LayeredTable& table) {
 
 // The sorted expert set of every rank.
 std::vector<std::vector<std::int32_t>> rank_sets(const LayeredTable& table,
-                                                 const TopologyOptions& topology) {
+                                                 const Topology& topology) {
   const std::vector<std::int32_t> owner = slot_experts(table.layer(0), topology);
   std::vector<std::vector<std::int32_t>> sets;
   for (std::int64_t r = 0; r < topology.world_size; ++r) {
@@ -207,7 +207,7 @@ TEST(FlashLB, ValidOnTheWindowSuite) {
 TEST(FlashLB, ReplansWhenDegradedAndMovesOnlyWhatItMust) {
   const std::vector<ExpertLoad> windows = global_windows({{800, 400, 200, 100, 50, 25, 12, 6}});
   const PlanOptions options = flashlb_options(4, 2);
-  const TopologyOptions topology{4, 2, 0};
+  const Topology topology{4, 2, 0};
   const LayeredTable fresh = plan(windows, options);
   // Hottest first onto the lightest rank: {0, 7}, {1, 6}, {2, 5}, {3, 4}.
   EXPECT_EQ(rank_sets(fresh, topology),

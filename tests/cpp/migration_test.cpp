@@ -42,9 +42,9 @@ Table table_from_rows(const std::vector<std::vector<std::int32_t>>& rows,
   return table;
 }
 
-TopologyOptions topology(std::int64_t world_size, std::int64_t slots_per_rank,
-                         std::int64_t ranks_per_node = 0) {
-  TopologyOptions options;
+Topology topology(std::int64_t world_size, std::int64_t slots_per_rank,
+                  std::int64_t ranks_per_node = 0) {
+  Topology options;
   options.world_size = world_size;
   options.slots_per_rank = slots_per_rank;
   options.ranks_per_node = ranks_per_node;
@@ -195,7 +195,7 @@ std::vector<std::int32_t> experts_by_slot(const Table& table, std::int64_t num_s
 
 // Executes `plan` on contents = expert ids and checks every rule.
 void check_plan(const MigrationPlan& plan, const Table& old_table, const Table& new_table,
-                const TopologyOptions& topo) {
+                const Topology& topo) {
   const std::int64_t world_size = topo.world_size;
   const std::int64_t slots_per_rank = topo.slots_per_rank;
   const std::int64_t num_slots = world_size * slots_per_rank;
@@ -328,7 +328,7 @@ TEST(MigrationPlan, RandomPairsSimulate) {
       SCOPED_TRACE(testing::Message() << "W=" << shape[0] << " S=" << shape[1] << " E=" << shape[2]
                                       << " ranks_per_node=" << shape[3] << " seed=" << seed);
       std::mt19937_64 rng(seed);
-      const TopologyOptions topo = topology(shape[0], shape[1], shape[3]);
+      const Topology topo = topology(shape[0], shape[1], shape[3]);
       const Table old_table = random_table(rng, shape[0], shape[1], shape[2], trial % 3 == 0);
       const Table new_table =
           trial % 2 == 0
@@ -353,7 +353,7 @@ TEST(MigrationPlan, RandomPairsSimulate) {
 TEST(MigrationPlan, OneHolderServesEveryone) {
   const Table old_table = table_from_rows({{0}, {1}, {3}, {4}, {6}, {7}, {9}, {10}}, 2);
   const Table new_table = table_from_rows({{0, 5, 8, 11}, {1}, {3}, {4}, {6}, {7}, {9}, {10}}, 5);
-  const TopologyOptions topo = topology(4, 3);
+  const Topology topo = topology(4, 3);
   const MigrationPlan plan = migration_plan(old_table.view(), new_table.view(), topo);
   check_plan(plan, old_table, new_table, topo);
   EXPECT_EQ(plan.sent_per_rank, (std::vector<std::int64_t>{3, 0, 0, 0}));
@@ -362,8 +362,8 @@ TEST(MigrationPlan, OneHolderServesEveryone) {
 
 // ---- errors ----------------------------------------------------------------
 
-std::string error_of(const TableView& old_table, const TableView& new_table,
-                     const TopologyOptions& topo, ErrorCode* code = nullptr) {
+std::string error_of(const TableView& old_table, const TableView& new_table, const Topology& topo,
+                     ErrorCode* code = nullptr) {
   try {
     migration_plan(old_table, new_table, topo);
   } catch (const Error& error) {
@@ -381,7 +381,7 @@ TEST(MigrationPlan, Errors) {
   struct Case {
     const Table* old_table;
     const Table* new_table;
-    TopologyOptions topo;
+    Topology topo;
     const char* pattern;
     ErrorCode code;
   };
@@ -393,10 +393,11 @@ TEST(MigrationPlan, Errors) {
        ErrorCode::kInvalidArgument},
       {&good, &good, topology(2, 2, -1), "ranks_per_node", ErrorCode::kInvalidArgument},
       {&good, &good, topology(2, INT32_MAX), "slots_per_rank", ErrorCode::kInvalidArgument},
-      {&bad_slot, &good, topology(2, 2),
-       "old_table is not valid for world_size 2 x slots_per_rank 2", ErrorCode::kInvalidTable},
-      {&good, &bad_count, topology(2, 2), "new_table is not valid", ErrorCode::kInvalidTable},
-      {&good, &good, topology(1, 2), "old_table is not valid", ErrorCode::kInvalidTable},
+      {&bad_slot, &good, topology(2, 2), "old_table is not a valid table for 2 ranks x 2 slots",
+       ErrorCode::kInvalidTable},
+      {&good, &bad_count, topology(2, 2), "new_table is not a valid table",
+       ErrorCode::kInvalidTable},
+      {&good, &good, topology(1, 2), "old_table is not a valid table", ErrorCode::kInvalidTable},
       {&good, &three, topology(2, 2), "old_table has 4 experts but new_table has 3",
        ErrorCode::kInvalidArgument},
   };

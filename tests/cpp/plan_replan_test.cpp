@@ -47,8 +47,8 @@ ExpertLoad skewed_window(std::int64_t world_size, std::int64_t num_experts, std:
 
 using test::options_for;
 
-TopologyOptions topology_of(const PlanOptions& options) {
-  TopologyOptions topology;
+Topology topology_of(const PlanOptions& options) {
+  Topology topology;
   topology.world_size = options.world_size;
   topology.slots_per_rank = options.slots_per_rank;
   return topology;
@@ -204,7 +204,7 @@ TEST(PlanReplan, StayingExpertsKeepTheirSlots) {
       options.max_moves = cap;
       const LayeredTable table =
           plan(skewed_window(shape.world_size, shape.num_experts, 6, 2), options);
-      const TopologyOptions topology = topology_of(options);
+      const Topology topology = topology_of(options);
       const auto before = slot_experts(old_table.layer(0), topology);
       const auto after = slot_experts(table.layer(0), topology);
       const std::int64_t slots = shape.slots_per_rank;
@@ -322,7 +322,8 @@ TEST(PlanReplan, BadOptionsAreClearErrors) {
   expect_plan_error(load, options, "plan(): previous table has 1 layers of 5 experts");
   const LayeredTable out_of_range{1, 4, 2, {1, 0, 1, 1, 1, 2, 1, 9}};
   options.previous = &out_of_range;
-  expect_plan_error(load, options, "plan(): previous table, layer 0, is not valid for 2 ranks");
+  expect_plan_error(load, options,
+                    "plan(): previous table, layer 0 is not a valid table for 2 ranks");
   options.previous = &old_table;
   options.max_moves = 2;
   options.algorithm = PlanAlgorithm::kDeepSeek;

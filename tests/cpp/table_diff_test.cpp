@@ -106,7 +106,7 @@ TEST(TableDiff, HandWorkedCase) {
   // New: rank 0 = {e2, e0}, rank 1 = {e1, e0}.
   const Table old_table = make_table(3, {{0}, {1, 3}, {2}});
   const Table new_table = make_table(3, {{1, 3}, {2}, {0}});
-  const TopologyOptions topology{2, 2, 0};
+  const Topology topology{2, 2, 0};
   EXPECT_EQ(slot_experts(old_table.view(), topology), (std::vector<std::int32_t>{0, 1, 2, 1}));
   const TableDiff diff = diff_tables(old_table.view(), new_table.view(), topology);
   EXPECT_EQ(diff.slots_changed, 4);
@@ -137,7 +137,7 @@ TEST(TableDiff, MatchesBruteForceOnRandomTables) {
     const bool every_slot = trial % 3 != 0;
     const Table old_table = random_table(rng, num_experts, num_physical, every_slot);
     const Table new_table = random_table(rng, num_experts, num_physical, trial % 2 == 0);
-    const TopologyOptions topology{world_size, slots_per_rank, 0};
+    const Topology topology{world_size, slots_per_rank, 0};
     SCOPED_TRACE(testing::Message() << "trial " << trial << " W=" << world_size
                                     << " S=" << slots_per_rank << " E=" << num_experts);
     const auto old_experts = reference_slot_experts(old_table, num_physical);
@@ -220,7 +220,7 @@ TEST(TableDiff, MatchesBruteForceOnRandomTables) {
 // A reorder within a row moves no expert but changes routing (which replica
 // serves which source group), and padding columns change nothing.
 TEST(TableDiff, CountsReorderedRowsAndIgnoresPadding) {
-  const TopologyOptions topology{2, 2, 0};
+  const Topology topology{2, 2, 0};
   const Table table = make_table(3, {{0}, {1, 3}, {2}});
   const Table reordered = make_table(3, {{0}, {3, 1}, {2}});
   const Table wider = make_table(4, {{0}, {1, 3}, {2}});
@@ -264,6 +264,54 @@ TEST(TableDiff, RefusesBadArguments) {
         slot_experts(table.view(), {2, 2, 3});
       },
       "slot_experts(): ranks_per_node must be 0 (one node) or divide world_size 2, got 3");
+}
+
+}  // namespace
+}  // namespace moe_eplb
+
+namespace moe_eplb {
+namespace {
+
+// The topology and "a table valid for these slots" are checked in one place;
+// each bad value with the message every planner-layer function now gives.
+TEST(Topology, CheckAndCheckTableFor) {
+  const auto error_of = [](auto&& call) {
+    try {
+      call();
+    } catch (const Error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  const auto check = [](std::int64_t w, std::int64_t s, std::int64_t n) {
+    Topology{w, s, n}.check("f()");
+  };
+  EXPECT_EQ(error_of([&] { check(0, 2, 0); }), "f(): world_size must be in 1..2147483647, got 0");
+  EXPECT_EQ(error_of([&] { check(4, 0, 0); }),
+            "f(): slots_per_rank must be in 1..536870911 for world_size 4 (every slot id fits "
+            "int32), got 0");
+  EXPECT_EQ(error_of([&] { check(4, 2, 3); }),
+            "f(): ranks_per_node must be 0 (one node) or divide world_size 4, got 3");
+  const Topology topology{2, 2, 1};
+  EXPECT_EQ(topology.num_slots(), 4);
+  EXPECT_EQ(topology.rank_of(3), 1);
+  EXPECT_EQ(topology.node_of(1), 1);
+  EXPECT_EQ((Topology{2, 2, 0}.node_of(1)), 0);
+
+  // Slot 0 in two rows: routable (the analyzer reports it), not a placement.
+  const std::vector<std::int32_t> shared = {1, 0, 1, 0};
+  const TableView view{shared.data(), 2, 2, 2, 1};
+  check_table_for(topology, view, "f()", "table", TableUse::kRouting);
+  EXPECT_EQ(error_of([&] { check_table_for(topology, view, "f()", "old_table"); }),
+            "f(): old_table is not a valid table for 2 ranks x 2 slots (1 problem, the first "
+            "below; validate_table() lists all)\n  physical slot 0 is claimed by row 0 (column "
+            "1) and row 1 (column 1)");
+  const std::vector<std::int32_t> out_of_range = {1, 0, 1, 7};
+  const TableView bad{out_of_range.data(), 2, 2, 2, 1};
+  EXPECT_NE(error_of([&] {
+              check_table_for(topology, bad, "f()", "t", TableUse::kRouting);
+            }).find("f(): t is not a valid table for 2 ranks x 2 slots (1 problem"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -364,8 +364,8 @@ TABLE_2 = torch.tensor([[1, 0], [1, 1]], dtype=torch.int32)
     (TABLE_2.float(), np.ones(2), {}, TypeError,
      r"analyze\(\): table must be int32 \(or int64 whose values fit\), got torch.float32"),
     (torch.tensor([[1, 0], [1, 5]], dtype=torch.int32), np.ones(2), {}, ValueError,
-     r"analyze\(\): the operator cannot route this eplb_table \(1 problems, first ones below; "
-     r"`moe-eplb validate` lists all\)\n  row 1, column 1: slot 5 is outside 0..1 "
+     r"analyze\(\): table is not a valid table for 2 ranks x 1 slots \(1 problem, the first "
+     r"below; validate_table\(\) lists all\)\n  row 1, column 1: slot 5 is outside 0..1 "
      r"\(num_physical_experts 2\)"),
     ([[1, 0], [1, 1]], np.ones(2), {}, TypeError,
      r"analyze\(\): table must be a CPU tensor or a NumPy array, got list"),

@@ -24,7 +24,7 @@ constexpr const char* kDiff = "diff()";
 struct DiffOptions {
   std::string from_path;
   std::string to_path;
-  TopologyOptions topology;
+  Topology topology;
   std::int64_t expert_bytes = 0;
   bool json = false;
 };
@@ -60,21 +60,7 @@ struct LayerDiff {
   }
 };
 
-void check_layer(const TableView& table, const char* flag, const std::string& path,
-                 std::int64_t layer, const TopologyOptions& topology) {
-  ValidateTableOptions options;
-  options.check_rank_mode_reachability = false;
-  options.warn_unused_slots = false;
-  options.max_issues = 3;
-  const TableReport report = validate_table(table, topology.world_size,
-                                            topology.world_size * topology.slots_per_rank, options);
-  MOE_EPLB_CHECK_CODE(report.ok(), ErrorCode::kInvalidTable, kDiff, ": ", flag, " ", path,
-                      ", layer ", layer, ", is not a valid table for world_size ",
-                      topology.world_size, " x slots_per_rank ", topology.slots_per_rank, ":\n",
-                      report.to_string());
-}
-
-LayerDiff diff_layer(const TableView& from, const TableView& to, const TopologyOptions& topology) {
+LayerDiff diff_layer(const TableView& from, const TableView& to, const Topology& topology) {
   const TableDiff diff = diff_tables(from, to, topology);
   const MigrationPlan plan = migration_plan(from, to, topology);
   LayerDiff result;
@@ -135,20 +121,16 @@ void print_diff(const char* label, const LayerDiff& diff, std::int64_t num_slots
 }
 
 void run_diff(const DiffOptions& options) {
-  const TopologyOptions& topology = options.topology;
-  MOE_EPLB_CHECK(topology.world_size >= 1 && topology.world_size <= INT32_MAX, kDiff,
-                 ": --world-size must be in 1..", INT32_MAX, ", got ", topology.world_size);
-  MOE_EPLB_CHECK(
-      topology.slots_per_rank >= 1 && topology.slots_per_rank <= INT32_MAX / topology.world_size,
-      kDiff, ": --slots-per-rank must be in 1..", INT32_MAX / topology.world_size, ", got ",
-      topology.slots_per_rank);
+  const Topology& topology = options.topology;
+  MOE_EPLB_CHECK(topology.slots_per_rank <= INT32_MAX / topology.world_size, kDiff,
+                 ": --slots-per-rank must be in 1..", INT32_MAX / topology.world_size,
+                 " for --world-size ", topology.world_size, " (every slot id fits int32), got ",
+                 topology.slots_per_rank);
   MOE_EPLB_CHECK(
       topology.ranks_per_node >= 0 &&
           (topology.ranks_per_node == 0 || topology.world_size % topology.ranks_per_node == 0),
       kDiff, ": --ranks-per-node must be 0 (one node) or divide --world-size ", topology.world_size,
       ", got ", topology.ranks_per_node);
-  MOE_EPLB_CHECK(options.expert_bytes >= 0, kDiff, ": --expert-bytes must be at least 0, got ",
-                 options.expert_bytes);
   const LoadedTables from = load_layered_table("--from", options.from_path);
   const LoadedTables to = load_layered_table("--to", options.to_path);
   MOE_EPLB_CHECK(from.table.num_layers == to.table.num_layers &&
@@ -163,8 +145,10 @@ void run_diff(const DiffOptions& options) {
   std::vector<LayerDiff> layers;
   LayerDiff total;
   for (std::int64_t layer = 0; layer < num_layers; ++layer) {
-    check_layer(from.table.layer(layer), "--from", options.from_path, layer, topology);
-    check_layer(to.table.layer(layer), "--to", options.to_path, layer, topology);
+    const std::string where = ", layer " + std::to_string(layer);
+    check_table_for(topology, from.table.layer(layer), kDiff,
+                    "--from " + options.from_path + where);
+    check_table_for(topology, to.table.layer(layer), kDiff, "--to " + options.to_path + where);
     layers.push_back(diff_layer(from.table.layer(layer), to.table.layer(layer), topology));
     total.add(layers.back());
   }

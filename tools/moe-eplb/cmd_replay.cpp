@@ -243,8 +243,7 @@ void run_replay(ReplayOptions options) {
   analyze.slots_per_rank = options.slots_per_rank;
   analyze.ranks_per_node = options.ranks_per_node;
   analyze.rule = base.rule;
-  const TopologyOptions topology{options.world_size, options.slots_per_rank,
-                                 options.ranks_per_node};
+  const Topology topology{options.world_size, options.slots_per_rank, options.ranks_per_node};
 
   std::vector<Policy> policies = make_policies();
   policies[4].description += " at " + std::to_string(max_moves) + " moves per layer";

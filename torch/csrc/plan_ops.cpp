@@ -212,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analyze_op(
 }
 
 Topology make_topology(std::int64_t world_size, std::int64_t slots_per_rank,
-                              std::int64_t ranks_per_node) {
+                       std::int64_t ranks_per_node) {
   Topology topology;
   topology.world_size = world_size;
   topology.slots_per_rank = slots_per_rank;

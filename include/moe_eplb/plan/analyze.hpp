@@ -22,6 +22,7 @@
 
 #include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/plan/rule.hpp"
+#include "moe_eplb/plan/topology.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {
@@ -33,6 +34,8 @@ struct AnalyzeOptions {
   // sglang-static rule reads it.
   std::int64_t ranks_per_node = 0;
   ReplicaRule rule = ReplicaRule::kAscendRank;
+
+  Topology topology() const { return {world_size, slots_per_rank, ranks_per_node}; }
 };
 
 struct BalanceReport {

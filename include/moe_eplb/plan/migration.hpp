@@ -15,18 +15,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "moe_eplb/plan/topology.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {
 
-struct TopologyOptions {
-  std::int64_t world_size = 0;      // W
-  std::int64_t slots_per_rank = 0;  // S
-  std::int64_t ranks_per_node = 0;  // 0 = one node; else divides W
-};
-
 // (W * S,) logical expert of every physical slot, -1 where no row names it.
-std::vector<std::int32_t> slot_experts(const TableView& table, const TopologyOptions& topology);
+std::vector<std::int32_t> slot_experts(const TableView& table, const Topology& topology);
 
 struct TableDiff {
   std::int64_t slots_changed = 0;               // slots whose expert differs
@@ -36,7 +31,7 @@ struct TableDiff {
   std::int64_t experts_received = 0;            // sum over ranks of experts new to the rank
   std::vector<std::int64_t> received_per_rank;  // (W,) distinct experts new to each rank
 };
-TableDiff diff_tables(const TableView& from, const TableView& to, const TopologyOptions& topology);
+TableDiff diff_tables(const TableView& from, const TableView& to, const Topology& topology);
 
 // What destination slot p (its content under the new table) is made from.
 enum class SlotAction : std::int8_t {
@@ -52,7 +47,7 @@ struct SlotMove {
   std::int32_t source_slot = 0;  // local slot index in [0, S) on source_rank
 };
 struct MigrationPlan {
-  TopologyOptions topology;
+  Topology topology;
   std::vector<SlotMove> moves;  // (W * S,) by destination physical slot
   std::int64_t kept = 0;
   std::int64_t local_copies = 0;                // kCopyLocal + kCopyReceived
@@ -80,7 +75,7 @@ struct MigrationPlan {
 // world_size * slots_per_rank slots (warnings allowed); E must match, F may
 // differ. Allocates O(W * (S + E)); thread-safe (no shared state).
 MigrationPlan migration_plan(const TableView& old_table, const TableView& new_table,
-                             const TopologyOptions& topology);
+                             const Topology& topology);
 
 // Permutes each rank's slots of `new_table` so that an expert staying on a
 // rank keeps its old slot; returns the (E, F) row-major table (new_table's
@@ -88,6 +83,6 @@ MigrationPlan migration_plan(const TableView& old_table, const TableView& new_ta
 // replica order within each row (which the rank rule depends on) is kept.
 // Arguments in (old, new) order, as migration_plan() and diff_tables().
 std::vector<std::int32_t> align_to_previous(const TableView& old_table, const TableView& new_table,
-                                            const TopologyOptions& topology);
+                                            const Topology& topology);
 
 }  // namespace moe_eplb

@@ -92,6 +92,7 @@
 
 #include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/plan/rule.hpp"
+#include "moe_eplb/plan/topology.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {
@@ -156,6 +157,8 @@ struct PlanOptions {
   // >= 0: the predicted max/mean a move must buy to be made (0 = balance
   // first, moves only where they tie). Needs `previous`.
   double move_cost = 0.0;
+
+  Topology topology() const { return {world_size, slots_per_rank, ranks_per_node}; }
 };
 
 // The table width F that holds every plan kRuleAware can make for
