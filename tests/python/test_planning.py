@@ -563,17 +563,19 @@ def test_every_rule_reaches_the_planner_and_the_analyzer(rng):
                               "sglang-dynamic", "trtllm")
     assert moe_eplb.planning.BALANCE_MODE_RULES == ("ascend-rank", "ascend-token", "vllm")
     load = np.exp(rng.normal(0.0, 1.0, size=(8, 16))) * 100
+
+    def plan(**kwargs):
+        return moe_eplb.plan(load, 8, 3, layout="WE", **kwargs).table
+
     for rule in moe_eplb.RULES:
-        table = moe_eplb.plan(load, 8, 3, rule=rule, ranks_per_node=4)
-        report = moe_eplb.analyze(table, load, 8, 3, rule=rule, ranks_per_node=4)
-        assert report["rule"] == rule and report["dead_replicas"] == 0
-        assert 1.0 <= report["max_over_mean"] < 1.5
+        table = plan(rule=rule, ranks_per_node=4)
+        report = moe_eplb.analyze(table, load, 8, 3, layout="WE", rule=rule, ranks_per_node=4)
+        assert report.rule == rule and report.dead_replicas == 0
+        assert 1.0 <= report.max_over_mean < 1.5
     for mode, rule in enumerate(moe_eplb.planning.BALANCE_MODE_RULES):
-        assert torch.equal(moe_eplb.plan(load, 8, 3, balance_mode=mode),
-                           moe_eplb.plan(load, 8, 3, rule=rule))
-        assert moe_eplb.analyze(moe_eplb.plan(load, 8, 3), load, 8, 3, balance_mode=mode)["rule"] \
-            == rule
+        assert torch.equal(plan(balance_mode=mode), plan(rule=rule))
+        assert moe_eplb.analyze(plan(), load, 8, 3, layout="WE", balance_mode=mode).rule == rule
     # The even splits plan alike (token mode).
-    token = moe_eplb.plan(load, 8, 3, rule="ascend-token")
+    token = plan(rule="ascend-token")
     for rule in ("vllm", "sglang-dynamic", "trtllm"):
-        assert torch.equal(moe_eplb.plan(load, 8, 3, rule=rule), token)
+        assert torch.equal(plan(rule=rule), token)
