@@ -81,14 +81,14 @@ def trivial_table(num_layers, num_experts, num_physical):
 def deepseek_table(weight, shape):
     return moe_eplb.plan(weight.unsqueeze(1), shape.world_size, shape.slots_per_rank,
                          algorithm="deepseek", num_groups=shape.num_groups,
-                         ranks_per_node=shape.ranks_per_node)
+                         ranks_per_node=shape.ranks_per_node).table
 
 
 # ---- the policies, each: (weight (L, E), table in force (L, E, F)) -> new table ----
 
 def vllm_default(weight, in_force, shape):
     fresh = deepseek_table(weight, shape)
-    aligned = torch.stack([moe_eplb.align_to_previous(fresh[layer], in_force[layer],
+    aligned = torch.stack([moe_eplb.align_to_previous(in_force[layer], fresh[layer],
                                                       shape.world_size, shape.slots_per_rank)
                            for layer in range(fresh.shape[0])])
     return eplb_vllm.from_vllm(eplb_vllm.to_vllm(aligned, shape.num_physical)[0],
@@ -133,7 +133,7 @@ def run(policy, windows, shape, rule):
             report = moe_eplb.analyze(new[layer], following[layer], shape.world_size,
                                       shape.slots_per_rank, rule=rule,
                                       ranks_per_node=shape.ranks_per_node)
-            balance.append(report["max_over_mean"])
+            balance.append(report.max_over_mean)
             moves += moe_eplb.table_diff(in_force[layer], new[layer], shape.world_size,
                                          shape.slots_per_rank).slots_changed
         moved.append(moves / (num_layers * shape.num_physical))

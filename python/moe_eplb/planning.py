@@ -342,7 +342,7 @@ def plan(load, world_size, slots_per_rank, *, layout=None, rule=None, balance_mo
         raise ValueError("plan(): max_moves and move_cost need previous=, the table in force")
     if previous is not None:
         previous = _table(operation, "previous", previous, (2, 3))
-    table, report, fields = _call(
+    table, report = _call(
         _OPS.plan.default, windows, _int(operation, "world_size", world_size),
         _int(operation, "slots_per_rank", slots_per_rank), layout=layout,
         **_rule(operation, rule, balance_mode),

@@ -182,7 +182,7 @@ def test_vllm_map_to_physical_and_record_large_token_indices():
 
 
 def test_vllm_converters_round_trip(rng):
-    table = moe_eplb.plan(np.exp(rng.normal(size=(3, 1, 24))) * 100, 8, 4)
+    table = moe_eplb.plan(np.exp(rng.normal(size=(3, 1, 24))) * 100, 8, 4).table
     phy2log, log2phy, count = vllm.to_vllm(table, 32)
     assert phy2log.shape == (3, 32) and phy2log.dtype == torch.int64
     expected_log2phy, expected_count = logical_maps(phy2log, 24)
@@ -268,10 +268,10 @@ def test_sglang_static_plan_beats_deepseek_under_static_dispatch(rng):
     ours = vllm.from_vllm(logical_to_physical_map=log2phy, logical_replica_count=count)
     # SGLang's auto: DeepSeek's hierarchical EPLB, in DeepSeek's replica order.
     theirs = moe_eplb.plan(weight.unsqueeze(1), 16, 8, algorithm="deepseek", num_groups=8,
-                           ranks_per_node=8)
+                           ranks_per_node=8).table
     for layer in range(4):
         score = [moe_eplb.analyze(table[layer], weight[layer], 16, 8, rule="sglang-static",
-                                  ranks_per_node=8)["max_over_mean"] for table in (ours, theirs)]
+                                  ranks_per_node=8).max_over_mean for table in (ours, theirs)]
         assert score[0] < score[1]
 
 
@@ -306,10 +306,10 @@ def test_sglang_static_rule_matches_a_restatement_of_sglang(rng):
         ranks_per_node = int(rng.choice([r for r in (1, 2, 4, world_size) if world_size % r == 0]))
         num_experts = world_size * slots_per_rank - int(rng.integers(0, world_size))
         table = moe_eplb.plan(rng.random((world_size, num_experts)) * 100, world_size,
-                              slots_per_rank, rule="ascend-token")
+                              slots_per_rank, layout="WE", rule="ascend-token").table
         load = rng.integers(0, 50, size=(world_size, num_experts)).astype(np.float64)
-        got = moe_eplb.analyze(table, load, world_size, slots_per_rank, rule="sglang-static",
-                               ranks_per_node=ranks_per_node)["slot_load"]
+        got = moe_eplb.analyze(table, load, world_size, slots_per_rank, layout="WE",
+                               rule="sglang-static", ranks_per_node=ranks_per_node).slot_load
         expected = torch.zeros(world_size * slots_per_rank, dtype=torch.float64)
         for expert in range(num_experts):
             c = int(table[expert, 0])
@@ -444,7 +444,7 @@ def test_trtllm_statistics_config_and_yaml(tmp_path, rng):
 
 def test_vllm_ascend_policy_passes_its_placement_check(rng):
     policy = vllm_ascend.MoeEplbPolicy()
-    table = moe_eplb.plan(rng.random((3, 1, 32)) * 100, 8, 5)  # 3 layers, 8 devices x 5 slots
+    table = moe_eplb.plan(rng.random((3, 1, 32)) * 100, 8, 5).table  # 3 layers, 8 devices x 5 slots
     current = vllm.to_vllm(table, 40)[0].reshape(3, 8, 5)
     for trial in range(6):
         workload = torch.from_numpy(rng.integers(0, 1000, size=tuple(current.shape)))

@@ -481,7 +481,7 @@ def test_migration_plan_between_plans(rng, world_size, slots_per_rank, num_exper
      r"migration_plan\(\): old_table has 2 experts but new_table has 3"),
     (torch.tensor([[1, 0], [1, 9]], dtype=torch.int32),
      torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), {},
-     r"migration_plan\(\): old_table is not valid"),
+     r"migration_plan\(\): old_table is not a valid table for 2 ranks x 2 slots"),
     (torch.tensor([[1, 0], [1, 1]], dtype=torch.int32),
      torch.tensor([[1, 0], [1, 1]], dtype=torch.int32), dict(expert_bytes=-1),
      r"expert_bytes must be at least 0, got -1"),

@@ -697,7 +697,7 @@ def test_int64_tables_whose_values_fit(rng):
     with pytest.raises(ValueError, match=r"^update_expert\(\): eplb_table is int64 with value "
                                          r"2147483648, outside int32"):
         moe_eplb.update_expert(ids, bad, 1, 4)
-    with pytest.raises(ValueError, match=r"^prepare_table\(\): eplb_table is int64 with value"):
+    with pytest.raises(ValueError, match=r"^PreparedTable\(\): eplb_table is int64 with value"):
         moe_eplb.PreparedTable(bad, 1, 4)
     bad[2, 1] = -2**31 - 1
     with pytest.raises(ValueError, match=r"PreparedTable.update\(\): eplb_table is int64 with "

@@ -113,4 +113,4 @@ def plan_layers(load, num_ranks, slots_per_rank, *, rule, ranks_per_node=0, prev
         options.pop("max_moves", None)
         options.pop("move_cost", None)
     return planning.plan(load, num_ranks, slots_per_rank, rule=rule,
-                         ranks_per_node=ranks_per_node, previous=previous, **options)
+                         ranks_per_node=ranks_per_node, previous=previous, **options).table

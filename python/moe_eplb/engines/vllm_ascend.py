@@ -85,16 +85,16 @@ class MoeEplbPolicy(_PolicyBase):
         loads = [torch.zeros(num_layers, num_experts, dtype=torch.float64).scatter_add_(
             1, phy2log, window.reshape(num_layers, -1)) for window in windows]
         table = planning.plan([load.unsqueeze(1) for load in loads], num_ranks, slots_per_rank,
-                              rule=self.rule, previous=previous, **self.options)
+                              rule=self.rule, previous=previous, **self.options).table
         new_phy2log = _common.phy2log_from_table(table, phy2log.shape[1], sort_replicas=True)
         new_table = new_phy2log.reshape(current.shape)
         check_placement(current, new_table)
         ratios = []
         for layer in range(num_layers):
             before = planning.analyze(previous[layer], loads[-1][layer], num_ranks,
-                                      slots_per_rank, rule=self.rule)["max_over_mean"]
+                                      slots_per_rank, rule=self.rule).max_over_mean
             after = planning.analyze(table[layer], loads[-1][layer], num_ranks, slots_per_rank,
-                                     rule=self.rule)["max_over_mean"]
+                                     rule=self.rule).max_over_mean
             ratios.append(after / before)
         priority = sorted(range(num_layers), key=lambda layer: (ratios[layer], layer))
         changed = int(bool((new_table != current).any()))
