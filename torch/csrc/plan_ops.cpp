@@ -16,8 +16,8 @@
 #include "host_ops.hpp"
 #include "mapping_call.hpp"
 #include "moe_eplb/plan/analyze.hpp"
-#include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/plan/convert.hpp"
+#include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/plan/planner.hpp"
 
@@ -169,8 +169,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analyze_op(
         parse_load_layout(std::string(layout.data(), layout.size()), kAnalyze);
     MOE_EPLB_CHECK(load_layout != LoadLayout::kLayersExperts &&
                        load_layout != LoadLayout::kLayersRanksExperts && load.dim() != 3,
-                   kAnalyze, ": analyze() scores one layer: load must be (E,) or (W, E) (layout E "
-                   "or WE), got shape ", load.sizes());
+                   kAnalyze,
+                   ": analyze() scores one layer: load must be (E,) or (W, E) (layout E "
+                   "or WE), got shape ",
+                   load.sizes());
     const ExpertLoad counts = make_expert_load(
         shape_of(load), float64_values(kAnalyze, "load", load), world_size, load_layout, kAnalyze);
     MOE_EPLB_CHECK(counts.num_experts == view.num_experts, kAnalyze, ": load has ",
