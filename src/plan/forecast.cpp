@@ -1,5 +1,6 @@
-// The next window of a layer from the windows seen: the method and its
-// parameters are stated in planner.hpp ("How several windows are used").
+// The next window of a layer from the windows seen, in the four stages
+// planner.hpp states ("How several windows are used"): persistence,
+// shrinkage, level and drift, noise.
 #include "forecast.hpp"
 
 #include <algorithm>
@@ -10,144 +11,175 @@ namespace {
 
 double clip01(double value) { return std::min(1.0, std::max(0.0, value)); }
 
-// Per-window sums: each expert's total and each source rank's share of all
-// tokens.
-struct WindowSums {
-  std::vector<double> expert_total;  // (E,)
-  std::vector<double> rank_share;    // (R,)
-  double total = 0.0;
+// What every stage reads: the windows (oldest first), each window's expert
+// totals and source-rank shares of all tokens, and their means.
+struct Windows {
+  std::vector<const double*> counts;              // T windows of (R, E)
+  std::int64_t num_ranks = 1;                     // R
+  std::int64_t num_experts = 0;                   // E
+  std::vector<std::vector<double>> expert_total;  // (T, E)
+  std::vector<std::vector<double>> rank_share;    // (T, R)
+  std::vector<double> total;                      // (T,)
+  double mean_total = 0.0;
+  std::vector<double> mean_share;   // (R,)
+  std::vector<double> mean_expert;  // (E,)
+
+  std::int64_t size() const { return static_cast<std::int64_t>(counts.size()); }
+  // Window t's total of expert e scaled to the mean window size.
+  double scaled_total(std::int64_t t, std::int64_t e) const {
+    return total[t] > 0.0 ? expert_total[t][e] * mean_total / total[t] : 0.0;
+  }
 };
 
-WindowSums window_sums(const double* counts, std::int64_t num_ranks, std::int64_t num_experts) {
-  WindowSums sums;
-  sums.expert_total.assign(static_cast<std::size_t>(num_experts), 0.0);
-  sums.rank_share.assign(static_cast<std::size_t>(num_ranks), 0.0);
-  for (std::int64_t w = 0; w < num_ranks; ++w) {
-    const double* row = counts + w * num_experts;
-    for (std::int64_t e = 0; e < num_experts; ++e) {
-      sums.expert_total[e] += row[e];
-      sums.rank_share[w] += row[e];
-    }
-    sums.total += sums.rank_share[w];
-  }
-  for (double& share : sums.rank_share) {
-    share = sums.total > 0.0 ? share / sums.total : 1.0 / static_cast<double>(num_ranks);
-  }
-  return sums;
-}
-
-// Sum over (w, e) of weight * a * b for two windows' deviations from their
-// global share. weight = 1 / expected count makes sampling noise count the
-// same for every pair (a Pearson residual), so that no few hot experts
-// decide the estimate.
-double deviation_product(const double* a, const WindowSums& sums_a, const double* b,
-                         const WindowSums& sums_b, const std::vector<double>& weight,
-                         std::int64_t num_ranks, std::int64_t num_experts) {
-  double sum = 0.0;
-  for (std::int64_t w = 0; w < num_ranks; ++w) {
-    for (std::int64_t e = 0; e < num_experts; ++e) {
-      const std::int64_t i = w * num_experts + e;
-      const double dev_a = a[i] - sums_a.expert_total[e] * sums_a.rank_share[w];
-      const double dev_b = b[i] - sums_b.expert_total[e] * sums_b.rank_share[w];
-      sum += weight[i] * dev_a * dev_b;
-    }
-  }
-  return sum;
-}
-
-}  // namespace
-
-LayerForecast forecast_layer(const LayerRequest& request) {
-  const std::int64_t num_ranks = request.num_source_ranks;
-  const std::int64_t num_experts = request.num_experts;
-  const std::vector<const double*> windows =
+Windows summarize(const LayerRequest& request) {
+  Windows windows;
+  windows.counts =
       request.windows.empty() ? std::vector<const double*>{request.counts} : request.windows;
-  const auto num_windows = static_cast<std::int64_t>(windows.size());
+  const std::int64_t num_ranks = windows.num_ranks = request.num_source_ranks;
+  const std::int64_t num_experts = windows.num_experts = request.num_experts;
+  const std::int64_t num_windows = windows.size();
   const double inv_windows = 1.0 / static_cast<double>(num_windows);
-
-  std::vector<WindowSums> sums;
-  sums.reserve(windows.size());
-  for (const double* window : windows) sums.push_back(window_sums(window, num_ranks, num_experts));
-  double mean_total = 0.0;
-  std::vector<double> mean_share(static_cast<std::size_t>(num_ranks), 0.0);
-  std::vector<double> mean_expert(static_cast<std::size_t>(num_experts), 0.0);
-  for (const WindowSums& window : sums) {
-    mean_total += window.total * inv_windows;
+  windows.expert_total.assign(static_cast<std::size_t>(num_windows),
+                              std::vector<double>(static_cast<std::size_t>(num_experts), 0.0));
+  windows.rank_share.assign(static_cast<std::size_t>(num_windows),
+                            std::vector<double>(static_cast<std::size_t>(num_ranks), 0.0));
+  windows.total.assign(static_cast<std::size_t>(num_windows), 0.0);
+  windows.mean_share.assign(static_cast<std::size_t>(num_ranks), 0.0);
+  windows.mean_expert.assign(static_cast<std::size_t>(num_experts), 0.0);
+  for (std::int64_t t = 0; t < num_windows; ++t) {
+    std::vector<double>& expert_total = windows.expert_total[t];
+    std::vector<double>& rank_share = windows.rank_share[t];
+    for (std::int64_t w = 0; w < num_ranks; ++w) {
+      const double* row = windows.counts[t] + w * num_experts;
+      for (std::int64_t e = 0; e < num_experts; ++e) {
+        expert_total[e] += row[e];
+        rank_share[w] += row[e];
+      }
+      windows.total[t] += rank_share[w];
+    }
+    for (double& share : rank_share) {
+      share =
+          windows.total[t] > 0.0 ? share / windows.total[t] : 1.0 / static_cast<double>(num_ranks);
+    }
+    windows.mean_total += windows.total[t] * inv_windows;
     for (std::int64_t w = 0; w < num_ranks; ++w)
-      mean_share[w] += window.rank_share[w] * inv_windows;
+      windows.mean_share[w] += rank_share[w] * inv_windows;
     for (std::int64_t e = 0; e < num_experts; ++e) {
-      mean_expert[e] += window.expert_total[e] * inv_windows;
+      windows.mean_expert[e] += expert_total[e] * inv_windows;
     }
   }
+  return windows;
+}
 
-  LayerForecast forecast;
-  forecast.num_source_ranks = num_ranks;
-  forecast.num_experts = num_experts;
+// Stage 1: the persistence of each source rank's deviation from the global
+// share, with what the noise stage needs of the deviations. Sums are
+// weighted by 1 / expected count (Pearson residuals), under which a count's
+// sampling noise (Poisson: variance = count) adds count / expected, so that
+// no few hot experts decide the estimate.
+struct Deviations {
+  double persistence = 1.0;
+  double mean_deviation_sq = 0.0;  // weighted squared deviation, mean over windows
+  double mean_noise = 0.0;         // the part of it sampling noise explains
+  double expected_sum = 0.0;       // sum of the expected counts
+};
 
-  // Persistence of the per-rank deviations, and the variance that does not
-  // persist, relative to the squared expected counts (kappa). Sums are
-  // weighted by 1 / expected count, under which a count's sampling noise
-  // (Poisson: variance = count) adds the count / expected.
-  double kappa = 0.0;
-  if (num_ranks > 1) {
-    std::vector<double> weight(static_cast<std::size_t>(num_ranks * num_experts), 0.0);
-    double expected_sum = 0.0;
+Deviations measure_deviations(const Windows& windows) {
+  const std::int64_t num_ranks = windows.num_ranks, num_experts = windows.num_experts;
+  const std::int64_t num_windows = windows.size();
+  const double inv_windows = 1.0 / static_cast<double>(num_windows);
+  const auto num_counts = static_cast<std::size_t>(num_ranks * num_experts);
+  Deviations result;
+  std::vector<double> weight(num_counts, 0.0);
+  for (std::int64_t w = 0; w < num_ranks; ++w) {
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      const double expected = windows.mean_expert[e] * windows.mean_share[w];
+      if (expected <= 0.0) continue;
+      weight[w * num_experts + e] = 1.0 / expected;
+      result.expected_sum += expected;
+    }
+  }
+  // One pass per window: its deviations, their weighted square, the noise
+  // term and the product with the previous window's deviations.
+  std::vector<double> deviation(num_counts), previous(num_counts);
+  double cross = 0.0, scale = 0.0, previous_sq = 0.0;
+  for (std::int64_t t = 0; t < num_windows; ++t) {
+    const double* counts = windows.counts[t];
+    const std::vector<double>& expert_total = windows.expert_total[t];
+    const std::vector<double>& rank_share = windows.rank_share[t];
+    double deviation_sq = 0.0, lagged = 0.0;
     for (std::int64_t w = 0; w < num_ranks; ++w) {
       for (std::int64_t e = 0; e < num_experts; ++e) {
-        const double expected = mean_expert[e] * mean_share[w];
-        if (expected <= 0.0) continue;
-        weight[w * num_experts + e] = 1.0 / expected;
-        expected_sum += expected;
+        const std::int64_t i = w * num_experts + e;
+        const double dev = counts[i] - expert_total[e] * rank_share[w];
+        deviation[i] = dev;
+        deviation_sq += weight[i] * dev * dev;
+        result.mean_noise += weight[i] * counts[i] * inv_windows;
+        if (t > 0) lagged += weight[i] * previous[i] * dev;
       }
     }
-    double mean_deviation_sq = 0.0, mean_noise = 0.0;
-    std::vector<double> deviation_sq(windows.size());
-    for (std::int64_t t = 0; t < num_windows; ++t) {
-      deviation_sq[t] = deviation_product(windows[t], sums[t], windows[t], sums[t], weight,
-                                          num_ranks, num_experts);
-      mean_deviation_sq += deviation_sq[t] * inv_windows;
-      for (std::size_t i = 0; i < weight.size(); ++i) {
-        mean_noise += weight[i] * windows[t][i] * inv_windows;
-      }
+    result.mean_deviation_sq += deviation_sq * inv_windows;
+    if (t > 0) {
+      cross += lagged;
+      scale += 0.5 * (previous_sq + deviation_sq);
     }
-    if (num_windows >= 2) {
-      double cross = 0.0, scale = 0.0;
-      for (std::int64_t t = 1; t < num_windows; ++t) {
-        cross += deviation_product(windows[t - 1], sums[t - 1], windows[t], sums[t], weight,
-                                   num_ranks, num_experts);
-        scale += 0.5 * (deviation_sq[t - 1] + deviation_sq[t]);
-      }
-      forecast.persistence = scale > 0.0 ? clip01(cross / scale) : 1.0;
-      const double p = forecast.persistence;
-      forecast.shrink = p > 0.0 ? p / (p + (1.0 - p) * inv_windows) : 0.0;
-    } else {
-      const double signal =
-          mean_deviation_sq > 0.0 ? clip01(1.0 - mean_noise / mean_deviation_sq) : 0.0;
-      forecast.persistence = kSingleWindowPersistence * signal;
-      forecast.shrink = forecast.persistence;
-    }
-    // Weighted, a variance kappa * expected^2 adds kappa * expected.
-    const double transient = (1.0 - forecast.persistence) * mean_deviation_sq - mean_noise;
-    kappa = expected_sum > 0.0 ? std::max(0.0, transient / expected_sum) : 0.0;
+    previous_sq = deviation_sq;
+    previous.swap(deviation);
   }
+  if (num_windows >= 2) {
+    result.persistence = scale > 0.0 ? clip01(cross / scale) : 1.0;
+  } else {
+    // One window: persistence cannot be measured; a share of the deviation
+    // beyond sampling noise is assumed to persist.
+    const double signal = result.mean_deviation_sq > 0.0
+                              ? clip01(1.0 - result.mean_noise / result.mean_deviation_sq)
+                              : 0.0;
+    result.persistence = kSingleWindowPersistence * signal;
+  }
+  return result;
+}
 
-  // Each expert's level: a local-level Kalman filter over its totals (scaled
-  // to the mean window size), with sampling noise from the model above and
-  // drift estimated from consecutive windows.
+// Stage 2: the weight the windows' mean deviation keeps, the best linear
+// predictor when the non-persistent part is independent between windows.
+double shrinkage(double persistence, std::int64_t num_windows) {
+  if (num_windows < 2) return persistence;
+  const double p = persistence;
+  const double inv_windows = 1.0 / static_cast<double>(num_windows);
+  return p > 0.0 ? p / (p + (1.0 - p) * inv_windows) : 0.0;
+}
+
+// Stage 4, its parameter: the variance of the deviation that does not
+// persist, relative to the squared expected count (a variance
+// kappa * expected^2 adds kappa * expected to the weighted sums).
+double transient_kappa(const Deviations& deviations) {
+  const double transient =
+      (1.0 - deviations.persistence) * deviations.mean_deviation_sq - deviations.mean_noise;
+  return deviations.expected_sum > 0.0 ? std::max(0.0, transient / deviations.expected_sum) : 0.0;
+}
+
+// Stage 3: each expert's level, a local-level Kalman filter over its totals
+// (scaled to the mean window size), and the variance of its next total
+// shared by its ranks (the level's error plus one drift step).
+struct Levels {
+  std::vector<double> level;              // (E,)
+  std::vector<double> coherent_variance;  // (E,)
+};
+
+Levels estimate_levels(const Windows& windows, double kappa) {
+  const std::int64_t num_ranks = windows.num_ranks, num_experts = windows.num_experts;
+  const std::int64_t num_windows = windows.size();
+  const std::vector<double>& mean_expert = windows.mean_expert;
+  // Sampling noise of each total, from the noise model.
   std::vector<double> noise(static_cast<std::size_t>(num_experts));
   double mean_expert_sq = 0.0;
   for (std::int64_t e = 0; e < num_experts; ++e) {
     double sq = 0.0;
     for (std::int64_t w = 0; w < num_ranks; ++w) {
-      const double expected = mean_expert[e] * mean_share[w];
+      const double expected = mean_expert[e] * windows.mean_share[w];
       sq += expected * expected;
     }
     noise[e] = mean_expert[e] + kappa * sq;
     mean_expert_sq += mean_expert[e] * mean_expert[e];
   }
-  auto scaled_total = [&](std::int64_t t, std::int64_t e) {
-    return sums[t].total > 0.0 ? sums[t].expert_total[e] * mean_total / sums[t].total : 0.0;
-  };
   // Drift: a step's variance is E[(x_t - x_{t-2})^2] - E[(x_t - x_{t-1})^2]
   // when steps are independent (the sampling noise cancels); pooled over the
   // experts, relative to their squared levels. Needs three windows. Only
@@ -161,11 +193,11 @@ LayerForecast forecast_layer(const LayerRequest& request) {
     for (std::int64_t e = 0; e < num_experts; ++e) {
       double lag1 = 0.0, lag2 = 0.0;
       for (std::int64_t t = 1; t < num_windows; ++t) {
-        const double step = scaled_total(t, e) - scaled_total(t - 1, e);
+        const double step = windows.scaled_total(t, e) - windows.scaled_total(t - 1, e);
         lag1 += step * step / static_cast<double>(num_windows - 1);
       }
       for (std::int64_t t = 2; t < num_windows; ++t) {
-        const double step = scaled_total(t, e) - scaled_total(t - 2, e);
+        const double step = windows.scaled_total(t, e) - windows.scaled_total(t - 2, e);
         lag2 += step * step / static_cast<double>(num_windows - 2);
       }
       const double share = (lag2 - lag1) / mean_expert_sq;
@@ -176,35 +208,58 @@ LayerForecast forecast_layer(const LayerRequest& request) {
     const double standard_error = std::sqrt(std::max(0.0, sum_sq - sum * sum / n) * n / (n - 1.0));
     drift = std::max(0.0, sum - kDriftStandardErrors * standard_error);
   }
-  std::vector<double> level(static_cast<std::size_t>(num_experts));
-  forecast.coherent_variance.assign(static_cast<std::size_t>(num_experts), 0.0);
+  Levels levels;
+  levels.level.resize(static_cast<std::size_t>(num_experts));
+  levels.coherent_variance.assign(static_cast<std::size_t>(num_experts), 0.0);
   for (std::int64_t e = 0; e < num_experts; ++e) {
     const double step_variance = drift * mean_expert[e] * mean_expert[e];
-    double estimate = scaled_total(0, e);
+    double estimate = windows.scaled_total(0, e);
     double error = noise[e];
     for (std::int64_t t = 1; t < num_windows; ++t) {
       error += step_variance;
       const double gain =
           error + noise[e] > 0.0 ? error / (error + noise[e]) : 1.0 / static_cast<double>(t + 1);
-      estimate += gain * (scaled_total(t, e) - estimate);
+      estimate += gain * (windows.scaled_total(t, e) - estimate);
       error *= 1.0 - gain;
     }
-    level[e] = std::max(0.0, estimate);
-    forecast.coherent_variance[e] = error + step_variance;
+    levels.level[e] = std::max(0.0, estimate);
+    levels.coherent_variance[e] = error + step_variance;
   }
+  return levels;
+}
+
+}  // namespace
+
+LayerForecast forecast_layer(const LayerRequest& request) {
+  const Windows windows = summarize(request);
+  const std::int64_t num_ranks = windows.num_ranks, num_experts = windows.num_experts;
+  LayerForecast forecast;
+  forecast.num_source_ranks = num_ranks;
+  forecast.num_experts = num_experts;
+  double kappa = 0.0;
+  if (num_ranks > 1) {
+    const Deviations deviations = measure_deviations(windows);  // stage 1
+    forecast.persistence = deviations.persistence;
+    forecast.shrink = shrinkage(deviations.persistence, windows.size());  // stage 2
+    kappa = transient_kappa(deviations);                                  // stage 4
+  }
+  Levels levels = estimate_levels(windows, kappa);  // stage 3
+  forecast.coherent_variance = std::move(levels.coherent_variance);
 
   // Expected counts: the level spread over the ranks by the global share,
-  // plus the persisting part of the windows' mean deviation.
+  // plus the persisting part of the windows' mean deviation (stage 2); each
+  // with Poisson noise plus the deviation that does not persist (stage 4).
   forecast.mean.resize(static_cast<std::size_t>(num_ranks * num_experts));
   forecast.variance.resize(forecast.mean.size());
   for (std::int64_t w = 0; w < num_ranks; ++w) {
     for (std::int64_t e = 0; e < num_experts; ++e) {
       const std::int64_t i = w * num_experts + e;
-      double profile = mean_share[w];
-      if (num_ranks > 1 && mean_expert[e] > 0.0) {
-        profile += forecast.shrink * (request.counts[i] / mean_expert[e] - mean_share[w]);
+      double profile = windows.mean_share[w];
+      if (num_ranks > 1 && windows.mean_expert[e] > 0.0) {
+        profile +=
+            forecast.shrink * (request.counts[i] / windows.mean_expert[e] - windows.mean_share[w]);
       }
-      const double expected = level[e] * std::max(0.0, profile);
+      const double expected = levels.level[e] * std::max(0.0, profile);
       forecast.mean[i] = expected;
       forecast.variance[i] = expected + kappa * expected * expected;
     }
