@@ -102,6 +102,8 @@ class RankPacker {
         world_size_(request.world_size),
         slots_per_rank_(request.slots_per_rank),
         rank_replicas_(static_cast<std::size_t>(request.world_size)),
+        rank_means_(static_cast<std::size_t>(request.world_size)),
+        version_(static_cast<std::size_t>(request.world_size), 0),
         rank_load_(static_cast<std::size_t>(request.world_size)),
         rank_cost_(static_cast<std::size_t>(request.world_size), 0.0),
         holds_(static_cast<std::size_t>(request.num_experts * request.world_size), 0),
@@ -211,6 +213,15 @@ class RankPacker {
   std::vector<Replica> replicas_;
   std::vector<std::int64_t> rank_of_;
   std::vector<std::vector<std::int64_t>> rank_replicas_;
+  std::vector<std::vector<double>> rank_means_;  // each rank's replica means, ascending
+  std::vector<std::uint32_t> version_;           // per rank: bumped by every put() and take()
+  // (heavy, light) -> the largest bound best_swap() found no swap under, at
+  // those two ranks' versions; a smaller bound finds none either.
+  struct NoSwap {
+    std::uint32_t version_heavy = 0, version_light = 0;
+    double bound = -1.0;
+  };
+  mutable std::vector<NoSwap> no_swap_;
   std::vector<Load> rank_load_;
   std::vector<double> rank_cost_;    // cost(rank_load_), kept in step
   std::vector<std::uint8_t> holds_;  // (expert, rank)
@@ -222,8 +233,12 @@ class RankPacker {
 };
 
 void RankPacker::put(std::int64_t item, std::int64_t rank) {
+  ++version_[rank];
   rank_of_[item] = rank;
   rank_replicas_[rank].push_back(item);
+  std::vector<double>& means = rank_means_[rank];
+  const double mean = replicas_[item].load.mean;
+  means.insert(std::upper_bound(means.begin(), means.end(), mean), mean);
   rank_load_[rank].mean += replicas_[item].load.mean;
   rank_load_[rank].variance += replicas_[item].load.variance;
   rank_cost_[rank] = cost(rank_load_[rank]);
@@ -232,8 +247,11 @@ void RankPacker::put(std::int64_t item, std::int64_t rank) {
 
 void RankPacker::take(std::int64_t item) {
   const std::int64_t rank = rank_of_[item];
+  ++version_[rank];
   auto& list = rank_replicas_[rank];
   list.erase(std::find(list.begin(), list.end(), item));
+  std::vector<double>& means = rank_means_[rank];
+  means.erase(std::lower_bound(means.begin(), means.end(), replicas_[item].load.mean));
   rank_load_[rank].mean -= replicas_[item].load.mean;
   rank_load_[rank].variance -= replicas_[item].load.variance;
   rank_cost_[rank] = cost(rank_load_[rank]);
@@ -311,17 +329,39 @@ void RankPacker::place_by_moving(std::int64_t item) {
 std::pair<std::int64_t, std::int64_t> RankPacker::best_swap(std::int64_t heavy, std::int64_t light,
                                                             double& bound) const {
   std::pair<std::int64_t, std::int64_t> best{-1, -1};
+  // Neither rank changed since a search under a bound at least this large
+  // found nothing: nothing to find (every test below only tightens as the
+  // bound falls).
+  if (no_swap_.empty()) no_swap_.resize(static_cast<std::size_t>(world_size_ * world_size_));
+  NoSwap& known = no_swap_[static_cast<std::size_t>(heavy * world_size_ + light)];
+  const bool known_versions =
+      known.version_heavy == version_[heavy] && known.version_light == version_[light];
+  if (known_versions && bound <= known.bound) return best;
+  const double initial_bound = bound;
   // Costs are mean + a non-negative noise term, so the new means bound the
   // new costs from below: a pair must move a mean in (low, high), and most
   // pairs are ruled out on their means alone.
   const double heavy_mean = rank_load_[heavy].mean, light_mean = rank_load_[light].mean;
   const std::vector<std::int64_t>& light_items = rank_replicas_[light];
-  light_means_.resize(light_items.size());
-  for (std::size_t i = 0; i < light_items.size(); ++i) {
-    light_means_[i] = replicas_[light_items[i]].load.mean;
-  }
+  // So y's mean must lie in (x's + light_mean - bound, x's - heavy_mean +
+  // bound): an x with no light replica in that window (widened by far more
+  // than rounding) is ruled out at once, from the light rank's sorted means.
+  const std::vector<double>& by_mean = rank_means_[light];
+  const double slack = 1e-9 * (bound + heavy_mean + light_mean + 1.0);
+  light_means_.clear();
   for (std::int64_t x : rank_replicas_[heavy]) {
     const Load& load_x = replicas_[x].load;
+    const double lowest = load_x.mean + light_mean - bound - slack;
+    const double highest = load_x.mean - heavy_mean + bound + slack;
+    if (by_mean.empty() || lowest > by_mean.back() || highest < by_mean.front()) continue;
+    // (With a handful of replicas the loop below is as quick as a search.)
+    if (by_mean.size() > 6) {
+      const auto first = std::lower_bound(by_mean.begin(), by_mean.end(), lowest);
+      if (first == by_mean.end() || *first > highest) continue;
+    }
+    if (light_means_.empty()) {
+      for (std::int64_t y : light_items) light_means_.push_back(replicas_[y].load.mean);
+    }
     for (std::size_t i = 0; i < light_items.size(); ++i) {
       const double moved = load_x.mean - light_means_[i];
       if (light_mean + moved >= bound - epsilon_ || heavy_mean - moved >= bound - epsilon_) {
@@ -338,6 +378,7 @@ std::pair<std::int64_t, std::int64_t> RankPacker::best_swap(std::int64_t heavy, 
       }
     }
   }
+  if (best.first < 0) known = {version_[heavy], version_[light], initial_bound};
   return best;
 }
 
@@ -398,19 +439,27 @@ void RankPacker::improve_locality() {
       const auto x = static_cast<std::int64_t>(xi);
       const std::int64_t rank_x = rank_of_[x];
       const double cost_x = rank_cost(rank_x);
+      const double mean_x = replicas_[x].load.mean;
       std::int64_t best_y = -1;
       double best_gain = epsilon_;
       for (std::int64_t rank_y = 0; rank_y < world_size_; ++rank_y) {
         if (rank_y == rank_x) continue;
-        // The two ranks must end no further apart than they are: both new
-        // costs stay between the two old ones.
-        const double cost_y = rank_cost(rank_y);
-        const double low = std::min(cost_x, cost_y) - epsilon_;
-        const double high = std::max(cost_x, cost_y) + epsilon_;
         const double gain_x = locality(x, rank_y) - locality(x, rank_x);
         // A swap where x gains nothing is found from y's side, if it helps.
         if (gain_x <= 0.0) continue;
-        for (std::int64_t y : rank_replicas_[rank_y]) {
+        // The two ranks must end no further apart than they are: both new
+        // costs stay between the two old ones. A cost is at least its mean,
+        // so y's mean must lie in a window around x's (widened by far more
+        // than rounding), which rules most replicas out cheaply.
+        const double cost_y = rank_cost(rank_y);
+        const double low = std::min(cost_x, cost_y) - epsilon_;
+        const double high = std::max(cost_x, cost_y) + epsilon_;
+        const double slack = 1e-9 * (high + 1.0);
+        const double lowest = mean_x + rank_load_[rank_y].mean - high - slack;
+        const double highest = mean_x + high - rank_load_[rank_x].mean + slack;
+        for (const std::int64_t y : rank_replicas_[rank_y]) {
+          const double mean_y = replicas_[y].load.mean;
+          if (mean_y < lowest || mean_y > highest) continue;
           const double gain = gain_x + locality(y, rank_x) - locality(y, rank_y);
           if (gain <= best_gain || !can_swap(x, rank_x, y, rank_y)) continue;
           const double new_x = cost_after(rank_x, replicas_[y].load, replicas_[x].load);
