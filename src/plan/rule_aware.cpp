@@ -35,6 +35,7 @@
 // Deterministic: ties go to the lower expert, replica and rank index.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <queue>
 #include <tuple>
 
@@ -106,8 +107,14 @@ class RankPacker {
         version_(static_cast<std::size_t>(request.world_size), 0),
         rank_load_(static_cast<std::size_t>(request.world_size)),
         rank_cost_(static_cast<std::size_t>(request.world_size), 0.0),
+        rank_std_(static_cast<std::size_t>(request.world_size), 0.0),
         holds_(static_cast<std::size_t>(request.num_experts * request.world_size), 0),
         global_counts_(request.num_source_ranks == 1) {
+    for (std::int64_t rank = 0; rank < world_size_; ++rank) {
+      rank_replicas_[rank].reserve(static_cast<std::size_t>(slots_per_rank_));
+      rank_means_[rank].reserve(static_cast<std::size_t>(slots_per_rank_));
+    }
+    replicas_.reserve(static_cast<std::size_t>(world_size_ * slots_per_rank_));
     double total = 0.0;
     for (std::int64_t e = 0; e < request.num_experts; ++e) {
       for (std::int64_t j = 0; j < counts_[e]; ++j) {
@@ -179,6 +186,11 @@ class RankPacker {
     }
     return best;
   }
+  // rank_cost_ and rank_std_ of `rank` from its load (cost() exactly).
+  void set_cost(std::int64_t rank) {
+    rank_std_[rank] = kNoiseWeight * std::sqrt(std::max(0.0, rank_load_[rank].variance));
+    rank_cost_[rank] = rank_load_[rank].mean + rank_std_[rank];
+  }
   void put(std::int64_t item, std::int64_t rank);
   void take(std::int64_t item);
   // Whether x (on rank_x) and y (on rank_y) may trade ranks.
@@ -224,6 +236,7 @@ class RankPacker {
   mutable std::vector<NoSwap> no_swap_;
   std::vector<Load> rank_load_;
   std::vector<double> rank_cost_;    // cost(rank_load_), kept in step
+  std::vector<double> rank_std_;     // its noise term, sqrt(variance)
   std::vector<std::uint8_t> holds_;  // (expert, rank)
   std::vector<double> locality_;     // (replica, rank): traffic kept local there
   bool global_counts_;               // one source row: planned from expert totals
@@ -241,7 +254,7 @@ void RankPacker::put(std::int64_t item, std::int64_t rank) {
   means.insert(std::upper_bound(means.begin(), means.end(), mean), mean);
   rank_load_[rank].mean += replicas_[item].load.mean;
   rank_load_[rank].variance += replicas_[item].load.variance;
-  rank_cost_[rank] = cost(rank_load_[rank]);
+  set_cost(rank);
   holds_[replicas_[item].expert * world_size_ + rank] = 1;
 }
 
@@ -254,7 +267,7 @@ void RankPacker::take(std::int64_t item) {
   means.erase(std::lower_bound(means.begin(), means.end(), replicas_[item].load.mean));
   rank_load_[rank].mean -= replicas_[item].load.mean;
   rank_load_[rank].variance -= replicas_[item].load.variance;
-  rank_cost_[rank] = cost(rank_load_[rank]);
+  set_cost(rank);
   holds_[replicas_[item].expert * world_size_ + rank] = 0;
   rank_of_[item] = -1;
 }
@@ -266,17 +279,47 @@ void RankPacker::pack_greedy() {
   for (std::size_t i = 0; i < replicas_.size(); ++i) item_cost[i] = cost(replicas_[i].load);
   std::stable_sort(order.begin(), order.end(),
                    [&](std::int64_t a, std::int64_t b) { return item_cost[a] > item_cost[b]; });
+  // Ranks with a free slot, cheapest first.
+  std::vector<std::int64_t> open(static_cast<std::size_t>(world_size_));
+  const auto sort_open = [&] {
+    open.clear();
+    for (std::int64_t rank = 0; rank < world_size_; ++rank) {
+      if (slots_free(rank) > 0) open.push_back(rank);
+    }
+    std::stable_sort(open.begin(), open.end(),
+                     [&](std::int64_t a, std::int64_t b) { return rank_cost(a) < rank_cost(b); });
+  };
+  sort_open();
+  // Each item goes where the scan below, over the ranks in index order,
+  // puts it: the lowest cost, and on a tie (within epsilon) the rank keeping
+  // more traffic local. Only ranks whose cost ends within kFar epsilons of
+  // the lowest can take part in that scan's outcome (a tie moves the best
+  // cost by at most epsilon per rank, and every rank further out is skipped
+  // or, when it leads, replaced on cost alone), so the ranks are visited
+  // cheapest first, each cost bounded below by its present noise term plus
+  // the item's mean, until that bound passes the lowest cost by kFar
+  // epsilons; the scan then runs over those ranks alone.
+  const double far = (2.0 * static_cast<double>(world_size_) + 8.0) * epsilon_;
+  std::vector<std::pair<std::int64_t, double>> near;  // (rank, cost with the item)
   const Load none;
   for (std::int64_t item : order) {
+    const Load& load = replicas_[item].load;
+    const std::int64_t expert = replicas_[item].expert;
+    double lowest = std::numeric_limits<double>::infinity();
+    near.clear();
+    for (const std::int64_t rank : open) {
+      // rank_cost(rank) + mean differs from that bound by rounding only.
+      if (rank_cost(rank) + load.mean > lowest + far + 1e-12 * (lowest + 1.0)) break;
+      if (holds(rank, expert)) continue;
+      const double after = cost_after(rank, load, none);
+      lowest = std::min(lowest, after);
+      near.emplace_back(rank, after);
+    }
+    std::sort(near.begin(), near.end());
     std::int64_t best = -1;
     double best_cost = 0.0, best_locality = 0.0;
-    for (std::int64_t rank = 0; rank < world_size_; ++rank) {
-      if (slots_free(rank) == 0 || holds(rank, replicas_[item].expert)) continue;
-      // The mean alone bounds the cost from below.
-      if (best >= 0 && rank_load_[rank].mean + replicas_[item].load.mean > best_cost + epsilon_) {
-        continue;
-      }
-      const double after = cost_after(rank, replicas_[item].load, none);
+    for (const auto& [rank, after] : near) {
+      if (after > lowest + far) continue;
       if (best >= 0 && after > best_cost + epsilon_) continue;
       const double local = locality(item, rank);
       // Lower cost wins; on a tie (within epsilon) the rank keeping more local.
@@ -288,8 +331,19 @@ void RankPacker::pack_greedy() {
     }
     if (best >= 0) {
       put(item, best);
+      // Back into cost order, or out when full.
+      auto at = std::find(open.begin(), open.end(), best);
+      open.erase(at);
+      if (slots_free(best) > 0) {
+        open.insert(std::upper_bound(open.begin(), open.end(), best,
+                                     [&](std::int64_t a, std::int64_t b) {
+                                       return rank_cost(a) < rank_cost(b);
+                                     }),
+                    best);
+      }
     } else {
       place_by_moving(item);
+      sort_open();
     }
   }
 }
