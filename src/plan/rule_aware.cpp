@@ -123,10 +123,15 @@ class RankPacker {
       }
     }
     rank_of_.assign(replicas_.size(), -1);
+    residual_std_.assign(replicas_.size(), 0.0);
+    residual_version_.assign(replicas_.size(), 0);
     locality_.resize(replicas_.size() * static_cast<std::size_t>(world_size_));
+    locality_top_.resize(replicas_.size());
     for (std::size_t item = 0; item < replicas_.size(); ++item) {
       const Replica& r = replicas_[item];
-      shares.locality(r.expert, counts_[r.expert], r.index, locality_.data() + item * world_size_);
+      double* row = locality_.data() + item * world_size_;
+      shares.locality(r.expert, counts_[r.expert], r.index, row);
+      locality_top_[item] = *std::max_element(row, row + world_size_);
     }
     total_load_ = total;
     // Differences below this are ties (rounding of sums of counts).
@@ -186,6 +191,18 @@ class RankPacker {
     }
     return best;
   }
+  // kNoiseWeight * sqrt of the variance of `item`'s rank without the item's
+  // own: its rank's noise term were it to leave.
+  double residual_std(std::int64_t item) const {
+    const std::int64_t rank = rank_of_[item];
+    if (residual_version_[item] != version_[rank]) {
+      residual_version_[item] = version_[rank];
+      residual_std_[item] =
+          kNoiseWeight *
+          std::sqrt(std::max(0.0, rank_load_[rank].variance - replicas_[item].load.variance));
+    }
+    return residual_std_[item];
+  }
   // rank_cost_ and rank_std_ of `rank` from its load (cost() exactly).
   void set_cost(std::int64_t rank) {
     rank_std_[rank] = kNoiseWeight * std::sqrt(std::max(0.0, rank_load_[rank].variance));
@@ -226,27 +243,35 @@ class RankPacker {
   std::vector<std::int64_t> rank_of_;
   std::vector<std::vector<std::int64_t>> rank_replicas_;
   std::vector<std::vector<double>> rank_means_;  // each rank's replica means, ascending
-  std::vector<std::uint32_t> version_;           // per rank: bumped by every put() and take()
+  // Per rank: a fresh number from next_version_ at every put() and take(),
+  // so that no two states of any ranks share one.
+  std::vector<std::uint64_t> version_;
+  std::uint64_t next_version_ = 0;
+  // Per replica: sqrt of its rank's variance without its own, and the rank
+  // version it was computed at (residual_std()).
+  mutable std::vector<double> residual_std_;
+  mutable std::vector<std::uint64_t> residual_version_;
   // (heavy, light) -> the largest bound best_swap() found no swap under, at
   // those two ranks' versions; a smaller bound finds none either.
   struct NoSwap {
-    std::uint32_t version_heavy = 0, version_light = 0;
+    std::uint64_t version_heavy = 0, version_light = 0;
     double bound = -1.0;
   };
   mutable std::vector<NoSwap> no_swap_;
   std::vector<Load> rank_load_;
-  std::vector<double> rank_cost_;    // cost(rank_load_), kept in step
-  std::vector<double> rank_std_;     // its noise term, sqrt(variance)
-  std::vector<std::uint8_t> holds_;  // (expert, rank)
-  std::vector<double> locality_;     // (replica, rank): traffic kept local there
-  bool global_counts_;               // one source row: planned from expert totals
+  std::vector<double> rank_cost_;     // cost(rank_load_), kept in step
+  std::vector<double> rank_std_;      // its noise term, sqrt(variance)
+  std::vector<std::uint8_t> holds_;   // (expert, rank)
+  std::vector<double> locality_;      // (replica, rank): traffic kept local there
+  std::vector<double> locality_top_;  // (replica,): its most on any rank
+  bool global_counts_;                // one source row: planned from expert totals
   double total_load_ = 0.0;
   double epsilon_ = 0.0;
   mutable std::vector<double> light_means_;  // best_swap() scratch
 };
 
 void RankPacker::put(std::int64_t item, std::int64_t rank) {
-  ++version_[rank];
+  version_[rank] = ++next_version_;
   rank_of_[item] = rank;
   rank_replicas_[rank].push_back(item);
   std::vector<double>& means = rank_means_[rank];
@@ -260,7 +285,7 @@ void RankPacker::put(std::int64_t item, std::int64_t rank) {
 
 void RankPacker::take(std::int64_t item) {
   const std::int64_t rank = rank_of_[item];
-  ++version_[rank];
+  version_[rank] = ++next_version_;
   auto& list = rank_replicas_[rank];
   list.erase(std::find(list.begin(), list.end(), item));
   std::vector<double>& means = rank_means_[rank];
@@ -400,13 +425,17 @@ std::pair<std::int64_t, std::int64_t> RankPacker::best_swap(std::int64_t heavy, 
   // So y's mean must lie in (x's + light_mean - bound, x's - heavy_mean +
   // bound): an x with no light replica in that window (widened by far more
   // than rounding) is ruled out at once, from the light rank's sorted means.
+  // Tighter still: a rank's new noise term is at least its present one
+  // without the replica that leaves, so the heavy rank ends at least at
+  // heavy_mean - x's + y's + residual_std(x), and the light one likewise.
   const std::vector<double>& by_mean = rank_means_[light];
   const double slack = 1e-9 * (bound + heavy_mean + light_mean + 1.0);
   light_means_.clear();
   for (std::int64_t x : rank_replicas_[heavy]) {
     const Load& load_x = replicas_[x].load;
+    const double heavy_rest = heavy_mean - load_x.mean + residual_std(x);
     const double lowest = load_x.mean + light_mean - bound - slack;
-    const double highest = load_x.mean - heavy_mean + bound + slack;
+    const double highest = bound - heavy_rest + slack;
     if (by_mean.empty() || lowest > by_mean.back() || highest < by_mean.front()) continue;
     // (With a handful of replicas the loop below is as quick as a search.)
     if (by_mean.size() > 6) {
@@ -422,6 +451,11 @@ std::pair<std::int64_t, std::int64_t> RankPacker::best_swap(std::int64_t heavy, 
         continue;
       }
       const std::int64_t y = light_items[i];
+      if (heavy_rest + light_means_[i] >= bound - epsilon_ + slack ||
+          light_mean - light_means_[i] + residual_std(y) + load_x.mean >=
+              bound - epsilon_ + slack) {
+        continue;
+      }
       const Load& load_y = replicas_[y].load;
       if (moved <= epsilon_ && load_x.variance <= load_y.variance) continue;
       const double costlier =
@@ -487,41 +521,77 @@ bool RankPacker::narrow_pairs() {
 }
 
 void RankPacker::improve_locality() {
+  // A swap keeps both ranks' costs between their old ones, and a cost is at
+  // least its mean, so y's mean lies within the costs' spread of x's: the
+  // replicas sorted by mean give the few candidates of each x. Among them x
+  // takes the largest gain, ties to the lowest (rank, position in its list)
+  // as a scan over ranks and lists in order would.
+  std::vector<std::int64_t> by_mean(replicas_.size());
+  for (std::size_t i = 0; i < by_mean.size(); ++i) by_mean[i] = static_cast<std::int64_t>(i);
+  std::stable_sort(by_mean.begin(), by_mean.end(), [&](std::int64_t a, std::int64_t b) {
+    return replicas_[a].load.mean < replicas_[b].load.mean;
+  });
+  std::vector<double> sorted_means(by_mean.size());
+  for (std::size_t i = 0; i < by_mean.size(); ++i)
+    sorted_means[i] = replicas_[by_mean[i]].load.mean;
+  const auto position = [&](std::int64_t item) {
+    const std::vector<std::int64_t>& list = rank_replicas_[rank_of_[item]];
+    return std::find(list.begin(), list.end(), item) - list.begin();
+  };
   for (int pass = 0; pass < 2; ++pass) {
     bool improved = false;
     for (std::size_t xi = 0; xi < replicas_.size(); ++xi) {
       const auto x = static_cast<std::int64_t>(xi);
       const std::int64_t rank_x = rank_of_[x];
+      // On a rank where it keeps the most it can, x gains nothing by moving.
+      if (locality(x, rank_x) >= locality_top_[x]) continue;
       const double cost_x = rank_cost(rank_x);
       const double mean_x = replicas_[x].load.mean;
+      double top_cost = cost_x, least_mean = rank_load_[0].mean;
+      for (std::int64_t rank = 0; rank < world_size_; ++rank) {
+        top_cost = std::max(top_cost, rank_cost(rank));
+        least_mean = std::min(least_mean, rank_load_[rank].mean);
+      }
+      // The window of every rank's test below, widened by far more than rounding.
+      const double slack = 1e-9 * (top_cost + epsilon_ + 1.0);
+      const double window_low = mean_x + least_mean - top_cost - epsilon_ - 2.0 * slack;
+      const double window_high =
+          mean_x + top_cost + epsilon_ - rank_load_[rank_x].mean + 2.0 * slack;
       std::int64_t best_y = -1;
       double best_gain = epsilon_;
-      for (std::int64_t rank_y = 0; rank_y < world_size_; ++rank_y) {
+      for (auto it = std::lower_bound(sorted_means.begin(), sorted_means.end(), window_low);
+           it != sorted_means.end() && *it <= window_high; ++it) {
+        const std::int64_t y = by_mean[static_cast<std::size_t>(it - sorted_means.begin())];
+        const std::int64_t rank_y = rank_of_[y];
         if (rank_y == rank_x) continue;
         const double gain_x = locality(x, rank_y) - locality(x, rank_x);
         // A swap where x gains nothing is found from y's side, if it helps.
         if (gain_x <= 0.0) continue;
         // The two ranks must end no further apart than they are: both new
-        // costs stay between the two old ones. A cost is at least its mean,
-        // so y's mean must lie in a window around x's (widened by far more
-        // than rounding), which rules most replicas out cheaply.
+        // costs stay between the two old ones (first on the means alone).
         const double cost_y = rank_cost(rank_y);
         const double low = std::min(cost_x, cost_y) - epsilon_;
         const double high = std::max(cost_x, cost_y) + epsilon_;
-        const double slack = 1e-9 * (high + 1.0);
-        const double lowest = mean_x + rank_load_[rank_y].mean - high - slack;
-        const double highest = mean_x + high - rank_load_[rank_x].mean + slack;
-        for (const std::int64_t y : rank_replicas_[rank_y]) {
-          const double mean_y = replicas_[y].load.mean;
-          if (mean_y < lowest || mean_y > highest) continue;
-          const double gain = gain_x + locality(y, rank_x) - locality(y, rank_y);
-          if (gain <= best_gain || !can_swap(x, rank_x, y, rank_y)) continue;
-          const double new_x = cost_after(rank_x, replicas_[y].load, replicas_[x].load);
-          const double new_y = cost_after(rank_y, replicas_[x].load, replicas_[y].load);
-          if (new_x < low || new_x > high || new_y < low || new_y > high) continue;
-          best_gain = gain;
-          best_y = y;
+        const double mean_y = *it;
+        if (mean_y < mean_x + rank_load_[rank_y].mean - high - slack ||
+            mean_y > mean_x + high - rank_load_[rank_x].mean + slack) {
+          continue;
         }
+        const double gain = gain_x + locality(y, rank_x) - locality(y, rank_y);
+        if (gain < best_gain || (gain == best_gain && best_y < 0)) continue;
+        if (gain == best_gain) {
+          // A tie: the earlier of the two in (rank, position) order.
+          const std::int64_t best_rank = rank_of_[best_y];
+          if (rank_y > best_rank || (rank_y == best_rank && position(y) > position(best_y))) {
+            continue;
+          }
+        }
+        if (!can_swap(x, rank_x, y, rank_y)) continue;
+        const double new_x = cost_after(rank_x, replicas_[y].load, replicas_[x].load);
+        const double new_y = cost_after(rank_y, replicas_[x].load, replicas_[y].load);
+        if (new_x < low || new_x > high || new_y < low || new_y > high) continue;
+        best_gain = gain;
+        best_y = y;
       }
       if (best_y >= 0) {
         swap(x, best_y);
