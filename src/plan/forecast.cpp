@@ -46,17 +46,26 @@ Windows summarize(const LayerRequest& request) {
   windows.total.assign(static_cast<std::size_t>(num_windows), 0.0);
   windows.mean_share.assign(static_cast<std::size_t>(num_ranks), 0.0);
   windows.mean_expert.assign(static_cast<std::size_t>(num_experts), 0.0);
-  for (std::int64_t t = 0; t < num_windows; ++t) {
-    std::vector<double>& expert_total = windows.expert_total[t];
-    std::vector<double>& rank_share = windows.rank_share[t];
-    for (std::int64_t w = 0; w < num_ranks; ++w) {
-      const double* row = windows.counts[t] + w * num_experts;
-      for (std::int64_t e = 0; e < num_experts; ++e) {
-        expert_total[e] += row[e];
-        rank_share[w] += row[e];
+  // Every window's sums in one pass over the ranks; each sum still adds its
+  // terms in (rank, expert) order, the windows' sums side by side.
+  std::vector<double> rank_sum(static_cast<std::size_t>(num_windows));
+  for (std::int64_t w = 0; w < num_ranks; ++w) {
+    std::fill(rank_sum.begin(), rank_sum.end(), 0.0);
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      for (std::int64_t t = 0; t < num_windows; ++t) {
+        const double count = windows.counts[t][w * num_experts + e];
+        windows.expert_total[t][e] += count;
+        rank_sum[t] += count;
       }
-      windows.total[t] += rank_share[w];
     }
+    for (std::int64_t t = 0; t < num_windows; ++t) {
+      windows.rank_share[t][w] = rank_sum[t];
+      windows.total[t] += rank_sum[t];
+    }
+  }
+  for (std::int64_t t = 0; t < num_windows; ++t) {
+    const std::vector<double>& expert_total = windows.expert_total[t];
+    std::vector<double>& rank_share = windows.rank_share[t];
     for (double& share : rank_share) {
       share =
           windows.total[t] > 0.0 ? share / windows.total[t] : 1.0 / static_cast<double>(num_ranks);
@@ -89,13 +98,12 @@ Deviations measure_deviations(const Windows& windows) {
   const double inv_windows = 1.0 / static_cast<double>(num_windows);
   const auto num_counts = static_cast<std::size_t>(num_ranks * num_experts);
   Deviations result;
-  std::vector<double> weight(num_counts, 0.0);
+  std::vector<double> weight(num_counts);
   for (std::int64_t w = 0; w < num_ranks; ++w) {
     for (std::int64_t e = 0; e < num_experts; ++e) {
       const double expected = windows.mean_expert[e] * windows.mean_share[w];
-      if (expected <= 0.0) continue;
-      weight[w * num_experts + e] = 1.0 / expected;
-      result.expected_sum += expected;
+      const bool counted = expected > 0.0;
+      weight[w * num_experts + e] = counted ? 1.0 / expected : 0.0;
     }
   }
   // One pass per window: its deviations, their weighted square, the noise
@@ -114,7 +122,12 @@ Deviations measure_deviations(const Windows& windows) {
         deviation[i] = dev;
         deviation_sq += weight[i] * dev * dev;
         result.mean_noise += weight[i] * counts[i] * inv_windows;
-        if (t > 0) lagged += weight[i] * previous[i] * dev;
+        if (t > 0) {
+          lagged += weight[i] * previous[i] * dev;
+        } else if (weight[i] > 0.0) {
+          // (With the first window, in the same order as before.)
+          result.expected_sum += windows.mean_expert[e] * windows.mean_share[w];
+        }
       }
     }
     result.mean_deviation_sq += deviation_sq * inv_windows;
@@ -254,11 +267,11 @@ LayerForecast forecast_layer(const LayerRequest& request) {
   for (std::int64_t w = 0; w < num_ranks; ++w) {
     for (std::int64_t e = 0; e < num_experts; ++e) {
       const std::int64_t i = w * num_experts + e;
-      double profile = windows.mean_share[w];
-      if (num_ranks > 1 && windows.mean_expert[e] > 0.0) {
-        profile +=
-            forecast.shrink * (request.counts[i] / windows.mean_expert[e] - windows.mean_share[w]);
-      }
+      // (Computed for every expert, kept where it applies: no branch.)
+      const double share = windows.mean_share[w];
+      const double shrunk =
+          share + forecast.shrink * (request.counts[i] / windows.mean_expert[e] - share);
+      const double profile = num_ranks > 1 && windows.mean_expert[e] > 0.0 ? shrunk : share;
       const double expected = levels.level[e] * std::max(0.0, profile);
       forecast.mean[i] = expected;
       forecast.variance[i] = expected + kappa * expected * expected;
