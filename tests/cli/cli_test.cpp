@@ -277,7 +277,10 @@ TEST(CliGeneral, NumericOptionsOutOfRangeAreRefusedFirst) {
   const Case cases[] = {
       {map + "--rank 0 --print-rows -5", "--print-rows: must be 0 or more, got -5"},
       {map + "--rank -1", "--rank: must be 0 or more, got -1"},
-      {map + "--rank 0 --balance-mode 2", "--balance-mode: must be in 0..1, got 2"},
+      {map + "--rank 0 --balance-mode 3", "--balance-mode: must be in 0..2, got 3"},
+      {"simulate --table none.npy --load none.npy --world-size 4 --slots-per-rank 2 --rule sglang",
+       "--rule: sglang not in {ascend-rank,ascend-token,vllm,sglang-static,sglang-dynamic,"
+       "trtllm}"},
       {map + "--rank 0 --num-physical 0",
        "--num-physical: must be -1 (not checked exactly) or 1 or more, got 0"},
       {"validate --table " + table + " --world-size 4 --max-issues -1",

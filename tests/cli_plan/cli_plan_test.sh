@@ -263,6 +263,43 @@ case $case_name in
     no_output
     ;;
 
+  rules)
+    # SGLang's statistics as JSON: (passes, layers, experts) summed over the passes.
+    printf '{"logical_count": [[[10, 1, 1, 1, 1, 1, 1, 90], [1, 1, 1, 1, 1, 1, 1, 1]],
+                               [[10, 1, 1, 1, 1, 1, 1, 90], [1, 1, 1, 1, 1, 1, 1, 1]]]}' >stat.json
+    run "$tool" plan --load stat.json --world-size 4 --slots-per-rank 3 --ranks-per-node 2 \
+      --rule sglang-static --out static.npy
+    expect "sglang-static rule" out.txt
+    run "$tool" simulate --table static.npy --load stat.json --world-size 4 --slots-per-rank 3 \
+      --ranks-per-node 2 --rule sglang-static --json
+    expect '"rule": "sglang-static"' out.txt
+    expect '"balance_mode": -1' out.txt
+    # The hot expert's replicas sit on distinct nodes: its traffic splits in two there.
+    run "$tool" simulate --table static.npy --load stat.json --world-size 4 --slots-per-rank 3 \
+      --ranks-per-node 2 --rule sglang-static --layer 0
+    expect "sglang-static rule" out.txt
+    for rule in ascend-rank ascend-token vllm sglang-dynamic trtllm; do
+      run "$tool" plan --load stat.json --world-size 4 --slots-per-rank 3 --rule $rule --out t.npy
+      run "$tool" simulate --table t.npy --load stat.json --world-size 4 --slots-per-rank 3 \
+        --rule $rule --json
+      expect "\"rule\": \"$rule\"" out.txt
+    done
+    # --balance-mode 2 is the vllm rule.
+    run "$tool" plan --load stat.json --world-size 4 --slots-per-rank 3 --balance-mode 2 --out m.npy
+    expect "vllm rule" out.txt
+    run "$tool" plan --load stat.json --world-size 4 --slots-per-rank 3 --rule vllm --out v.npy
+    cmp m.npy v.npy || fail "--balance-mode 2 and --rule vllm planned differently"
+    run "$tool" replay --load stat.json --load stat.json --load stat.json --world-size 4 \
+      --slots-per-rank 3 --rule vllm
+    expect "vllm rule" out.txt
+    printf '{"physical_to_logical_map": [[0, 1]]}' >bad.json
+    run_fails "--load bad.json: expected SGLang's statistics {\"logical_count\": [...]}" \
+      "$tool" plan --load bad.json --world-size 4 --slots-per-rank 3 --out t.npy
+    printf '{"logical_count": [[1, 2], [3]]}' >ragged.json
+    run_fails "logical_count is not rectangular" \
+      "$tool" plan --load ragged.json --world-size 4 --slots-per-rank 3 --out t.npy
+    ;;
+
   *)
     fail "unknown case"
     ;;

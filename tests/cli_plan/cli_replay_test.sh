@@ -155,8 +155,10 @@ case $case_name in
       "$tool" replay --load e4.npy --load e4.npy --max-moves -3 "${local_args[@]}"
     run_fails "moe-eplb: error: --expert-bytes: must be a finite number >= 0, got -1" \
       "$tool" replay --load e4.npy --load e4.npy --expert-bytes -1 "${local_args[@]}"
-    run_fails "moe-eplb: error: --balance-mode: must be in 0..1, got 2" \
-      "$tool" replay --load e4.npy --load e4.npy --balance-mode 2 "${local_args[@]}"
+    run_fails "moe-eplb: error: --balance-mode: must be in 0..2, got 3" \
+      "$tool" replay --load e4.npy --load e4.npy --balance-mode 3 "${local_args[@]}"
+    run_fails "moe-eplb: error: --rule: sglang not in" \
+      "$tool" replay --load e4.npy --load e4.npy --rule sglang "${local_args[@]}"
     run_fails "replay(): --world-size is required with --load or --trace and must be positive, got 0" \
       "$tool" replay --load e4.npy --load e4.npy --slots-per-rank 2
     run_fails "plan(): world_size 2 x slots_per_rank 1 = 2 physical slots cannot hold 4 experts" \

@@ -19,7 +19,7 @@ std::string compact_count(double value);
 // One row of the comparison table.
 struct BalanceRow {
   std::string placement;  // e.g. "moe-eplb", "DeepSeek EPLB", "no redundancy"
-  std::string mode;       // "rank", "token" or "-" (one replica each: the mode does not matter)
+  std::string mode;       // rule_label() or "-" (one replica each: the rule does not matter)
   BalanceReport report;
 };
 

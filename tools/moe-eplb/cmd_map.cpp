@@ -99,8 +99,9 @@ void add_map_command(CLI::App& app) {
   map->add_option("--world-size", options->world_size, "EP group size")
       ->required()
       ->check(in_range(1));
-  map->add_option("--balance-mode", options->balance_mode, "0 = by rank, 1 = by token")
-      ->check(in_range(0, 1))
+  map->add_option("--balance-mode", options->balance_mode,
+                  "0 = by rank, 1 = by token, 2 = vLLM's token hash (native profile)")
+      ->check(in_range(0, 2))
       ->capture_default_str();
   map->add_option("--num-physical", options->num_physical_experts,
                   "physical slots (world_size * slots_per_rank); -1 = not checked exactly")

@@ -22,7 +22,7 @@ struct PlanCommandOptions {
   std::string previous_path;
   std::string out_path;
   PlanOptions plan;
-  std::int64_t balance_mode = 0;
+  RuleOptions rule;
   std::string algorithm = "moe-eplb";
   std::string layout;  // --layout
 };
@@ -77,7 +77,7 @@ void run_plan(PlanCommandOptions options) {
                  "plan(): --max-moves needs --previous (the table in force)");
   MOE_EPLB_CHECK(!options.previous_path.empty() || options.plan.move_cost == 0.0,
                  "plan(): --move-cost needs --previous (the table in force)");
-  options.plan.rule = rule_of_balance_mode(static_cast<BalanceMode>(options.balance_mode));
+  options.plan.rule = chosen_rule(options.rule);
   options.plan.algorithm = parse_plan_algorithm(options.algorithm);
   std::vector<ExpertLoad> windows;
   bool per_layer_file = false;
@@ -115,9 +115,10 @@ void run_plan(PlanCommandOptions options) {
   save_layered_table(options.out_path, table, !per_layer_file);
 
   const std::int64_t num_physical = options.plan.world_size * options.plan.slots_per_rank;
-  const char* mode = options.balance_mode == 0 ? "rank" : "token";
+  const std::string phrase = rule_phrase(options.plan.rule);
+  const char* mode = phrase.c_str();
   std::printf(
-      "planned %lld layer%s on %zu window%s in %.1f ms (%s, %s mode): %lld experts on %lld ranks "
+      "planned %lld layer%s on %zu window%s in %.1f ms (%s, %s): %lld experts on %lld ranks "
       "x %lld slots = %lld physical (%lld redundant), %s statistics\n",
       static_cast<long long>(load.num_layers), load.num_layers == 1 ? "" : "s", windows.size(),
       windows.size() == 1 ? "" : "s", seconds * 1e3, options.algorithm.c_str(), mode,
@@ -140,8 +141,8 @@ void run_plan(PlanCommandOptions options) {
                       ? "one window: a conservative default, give several --load windows"
                       : "lag-1 correlation between consecutive windows");
     }
-    std::printf("predicted max/mean per-rank load on the next window, %s mode: %s\n",
-                options.balance_mode == 0 ? "rank" : "token", describe_prediction(report).c_str());
+    std::printf("predicted max/mean per-rank load on the next window, %s: %s\n", mode,
+                describe_prediction(report).c_str());
   }
   if (options.plan.previous != nullptr) {
     std::int64_t changed = 0, worst = 0;
@@ -186,7 +187,7 @@ void run_plan(PlanCommandOptions options) {
   other.move_cost = 0.0;
   const LayeredTable alternative = plan(windows, other);
   std::printf(
-      "max/mean per-rank load on the newest window, %s mode: this plan %s, %s %s\n", mode,
+      "max/mean per-rank load on the newest window, %s: this plan %s, %s %s\n", mode,
       describe_balance(predicted_balance(table, load, analyze), load.num_layers).c_str(),
       other.algorithm == PlanAlgorithm::kDeepSeek ? "DeepSeek EPLB" : "moe-eplb",
       describe_balance(predicted_balance(alternative, load, analyze), load.num_layers).c_str());
@@ -225,15 +226,12 @@ void add_plan_command(CLI::App& app) {
                    "F, columns of the table (0 = largest replica count + 1)")
       ->check(in_range_or(0, "fit", 2, INT32_MAX))
       ->capture_default_str();
-  command
-      ->add_option("--balance-mode", options->balance_mode,
-                   "the operator's rule to plan for: 0 = by rank, 1 = by token")
-      ->check(in_range(0, 1))
-      ->capture_default_str();
+  add_rule_options(command, &options->rule);
   command
       ->add_option("--algorithm", options->algorithm,
-                   "moe-eplb (rule-aware), deepseek or flashlb (the published baselines)")
-      ->check(CLI::IsMember({"moe-eplb", "deepseek", "flashlb"}))
+                   joined_names(plan_algorithm_names()) +
+                       ": moe-eplb is rule-aware, the others the published baselines")
+      ->check(CLI::IsMember(plan_algorithm_names()))
       ->capture_default_str();
   command
       ->add_option("--num-groups", options->plan.num_groups,

@@ -45,7 +45,7 @@ struct ReplayOptions {
   std::int64_t world_size = 0;
   std::int64_t slots_per_rank = 0;
   std::int64_t ranks_per_node = 0;
-  std::int64_t balance_mode = 0;
+  RuleOptions rule;
   std::int64_t every = 1;
   std::int64_t history = 4;
   std::int64_t max_moves = kDefaultMaxMoves;
@@ -237,7 +237,7 @@ void run_replay(ReplayOptions options) {
   base.world_size = options.world_size;
   base.slots_per_rank = options.slots_per_rank;
   base.ranks_per_node = options.ranks_per_node;
-  base.rule = rule_of_balance_mode(static_cast<BalanceMode>(options.balance_mode));
+  base.rule = chosen_rule(options.rule);
   AnalyzeOptions analyze;
   analyze.world_size = options.world_size;
   analyze.slots_per_rank = options.slots_per_rank;
@@ -308,11 +308,11 @@ void run_replay(ReplayOptions options) {
     }
   }
 
-  const char* mode = options.balance_mode == 0 ? "rank" : "token";
+  const std::string phrase = rule_phrase(base.rule);
+  const char* mode = phrase.c_str();
   const double layer_slots = static_cast<double>(first.num_layers * num_slots);
   if (!options.svg_path.empty()) {
-    TimePanel balance{"max/mean per-rank load on the next window (" + std::string(mode) + " mode)",
-                      {}};
+    TimePanel balance{"max/mean per-rank load on the next window (" + phrase + ")", {}};
     TimePanel moves{
         "slots changed per rebalance (of " + std::to_string(first.num_layers * num_slots) + ")",
         {}};
@@ -337,7 +337,8 @@ void run_replay(ReplayOptions options) {
     json["per_rank_statistics"] = first.per_rank();
     json["world_size"] = options.world_size;
     json["slots_per_rank"] = options.slots_per_rank;
-    json["balance_mode"] = options.balance_mode;
+    json["balance_mode"] = rule_info(base.rule).balance_mode;
+    json["rule"] = rule_info(base.rule).name;
     json["every"] = options.every;
     json["history"] = options.history;
     json["max_moves"] = max_moves;
@@ -380,7 +381,7 @@ void run_replay(ReplayOptions options) {
 
   std::printf(
       "replay of %lld windows: %s; %lld layer%s x %lld experts, %s statistics\n"
-      "%lld ranks x %lld slots, %s mode; rebalance after every %lld window%s on the last %lld; "
+      "%lld ranks x %lld slots, %s; rebalance after every %lld window%s on the last %lld; "
       "each scored on the next window\n\n",
       static_cast<long long>(num_windows), windows.source.c_str(),
       static_cast<long long>(first.num_layers), first.num_layers == 1 ? "" : "s",
@@ -477,11 +478,7 @@ void add_replay_command(CLI::App& app) {
                    "ranks per node (0 = one node; with --scenario: default the scenario's)")
       ->check(in_range(0, INT32_MAX))
       ->capture_default_str();
-  command
-      ->add_option("--balance-mode", options->balance_mode,
-                   "the operator's rule, to plan for and score with: 0 = by rank, 1 = by token")
-      ->check(in_range(0, 1))
-      ->capture_default_str();
+  add_rule_options(command, &options->rule);
   command->add_option("--every", options->every, "rebalance after every N windows")
       ->check(in_range(1))
       ->capture_default_str();

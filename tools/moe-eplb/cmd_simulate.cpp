@@ -27,7 +27,7 @@ struct SimulateOptions {
   std::int64_t world_size = 0;
   std::int64_t slots_per_rank = 0;
   std::int64_t ranks_per_node = 0;
-  std::int64_t balance_mode = 0;
+  RuleOptions rule;
   std::int64_t layer = -1;
   bool json = false;
   std::string svg_path;
@@ -98,7 +98,7 @@ void run_simulate(const SimulateOptions& options) {
   analyze.world_size = options.world_size;
   analyze.slots_per_rank = options.slots_per_rank;
   analyze.ranks_per_node = options.ranks_per_node;
-  analyze.rule = rule_of_balance_mode(static_cast<BalanceMode>(options.balance_mode));
+  analyze.rule = chosen_rule(options.rule);
   AnalyzeOptions before_options = analyze;
   before_options.slots_per_rank = (table.num_experts + options.world_size - 1) / options.world_size;
   const LayeredTable before_table = no_redundancy_table(table.num_experts, options.world_size);
@@ -119,11 +119,11 @@ void run_simulate(const SimulateOptions& options) {
   }
   const std::int64_t shown_layer = first + static_cast<std::int64_t>(shown);
   const TableView shown_table = table.layer(table.num_layers == 1 ? 0 : shown_layer);
-  const char* mode = options.balance_mode == 0 ? "rank" : "token";
+  const std::string mode = rule_phrase(analyze.rule);
 
   if (!options.svg_path.empty()) {
-    const std::string title = "Per-rank load, " + std::string(mode) + " mode" +
-                              (num_layers > 1 ? ", layer " + std::to_string(shown_layer) : "");
+    const std::string title =
+        "Per-rank load, " + mode + (num_layers > 1 ? ", layer " + std::to_string(shown_layer) : "");
     write_text(options.svg_path,
                balance_svg(title, {{"before: no redundancy", before[shown].rank_load},
                                    {"after: " + options.table_path, after[shown].rank_load}}));
@@ -132,7 +132,8 @@ void run_simulate(const SimulateOptions& options) {
     nlohmann::json json;
     json["table"] = options.table_path;
     json["traffic"] = traffic.describe();
-    json["balance_mode"] = options.balance_mode;
+    json["balance_mode"] = rule_info(analyze.rule).balance_mode;
+    json["rule"] = rule_info(analyze.rule).name;
     for (std::size_t i = 0; i < after.size(); ++i) {
       nlohmann::json layer = balance_json(after[i]);
       layer["layer"] = first + static_cast<std::int64_t>(i);
@@ -143,10 +144,10 @@ void run_simulate(const SimulateOptions& options) {
     return;
   }
 
-  std::printf("%s: %lld experts, %lld ranks x %lld slots, %s mode; traffic: %s\n",
-              options.table_path.c_str(), static_cast<long long>(table.num_experts),
-              static_cast<long long>(options.world_size),
-              static_cast<long long>(options.slots_per_rank), mode, traffic.describe().c_str());
+  std::printf(
+      "%s: %lld experts, %lld ranks x %lld slots, %s; traffic: %s\n", options.table_path.c_str(),
+      static_cast<long long>(table.num_experts), static_cast<long long>(options.world_size),
+      static_cast<long long>(options.slots_per_rank), mode.c_str(), traffic.describe().c_str());
   if (after.size() > 1) {
     std::printf("\n  layer  before  after  dead  share rank  claimed twice\n");
     for (std::size_t i = 0; i < after.size(); ++i) {
@@ -160,7 +161,8 @@ void run_simulate(const SimulateOptions& options) {
     std::printf("\nlayer %lld (the worst):\n", static_cast<long long>(shown_layer));
   }
   std::printf("\n");
-  print_comparison({{"before: no redundancy", "-", before[shown]}, {"after", mode, after[shown]}});
+  print_comparison({{"before: no redundancy", "-", before[shown]},
+                    {"after", rule_label(analyze.rule), after[shown]}});
   const BalanceReport& r = after[shown];
   std::printf(
       "\n  %lld tokens; per rank: mean %s, max %s; %lld replicas, %lld idle, %lld slots "
@@ -194,9 +196,7 @@ void add_simulate_command(CLI::App& app) {
                       "routing traces .npy: (W, BS, K) logical expert ids per source rank");
   command->add_option("--active-mask", options->active_mask_path,
                       "(W, BS) bool .npy: tokens to count (with --expert-ids)");
-  command->add_option("--balance-mode", options->balance_mode, "0 = by rank, 1 = by token")
-      ->check(in_range(0, 1))
-      ->capture_default_str();
+  add_rule_options(command, &options->rule);
   command
       ->add_option("--ranks-per-node", options->ranks_per_node,
                    "ranks per node, to report node locality (0 = unknown)")

@@ -75,3 +75,44 @@ std::string command_names(const CLI::App& app) {
 }
 
 }  // namespace moe_eplb::cli
+
+namespace moe_eplb::cli {
+
+std::string joined_names(const std::vector<std::string>& names) {
+  std::string joined;
+  for (const std::string& name : names) joined += (joined.empty() ? "" : "|") + name;
+  return joined;
+}
+
+void add_rule_options(CLI::App* command, RuleOptions* options) {
+  std::vector<std::string> names;
+  for (const RuleInfo& info : replica_rules()) names.emplace_back(info.name);
+  command
+      ->add_option("--rule", options->rule,
+                   "the engine's replica rule: " + joined_names(names) +
+                       " (docs/SPEC.md, \"Replica rules\"; default: --balance-mode's)")
+      ->check(CLI::IsMember(names));
+  command
+      ->add_option("--balance-mode", options->balance_mode,
+                   "the operator's mode: 0 = by rank (ascend-rank), 1 = by token "
+                   "(ascend-token), 2 = vLLM's token hash (vllm)")
+      ->check(in_range(0, 2));
+}
+
+std::string rule_label(ReplicaRule rule) {
+  if (rule == ReplicaRule::kAscendRank) return "rank";
+  if (rule == ReplicaRule::kAscendToken) return "token";
+  return rule_info(rule).name;
+}
+
+std::string rule_phrase(ReplicaRule rule) {
+  const bool ascend = rule == ReplicaRule::kAscendRank || rule == ReplicaRule::kAscendToken;
+  return rule_label(rule) + (ascend ? " mode" : " rule");
+}
+
+ReplicaRule chosen_rule(const RuleOptions& options) {
+  return options.rule.empty() ? rule_of_balance_mode(static_cast<BalanceMode>(options.balance_mode))
+                              : parse_replica_rule(options.rule, "--rule");
+}
+
+}  // namespace moe_eplb::cli

@@ -2,7 +2,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <limits>
+
+#include <nlohmann/json.hpp>
 
 #include "arrays.hpp"
 #include "moe_eplb/error.hpp"
@@ -27,6 +30,54 @@ std::vector<std::int32_t> narrow_to_int32(const std::string& flag, const std::st
   return narrowed;
 }
 
+// Flattens a rectangular nested JSON array of numbers, appending its shape
+// (on first sight of each depth) and values.
+void flatten_json(const std::string& where, const nlohmann::json& value, std::size_t depth,
+                  std::vector<std::int64_t>& shape, std::vector<double>& values) {
+  if (!value.is_array()) {
+    MOE_EPLB_CHECK(value.is_number() && depth == shape.size(), where,
+                   ": logical_count must be a rectangular array of numbers");
+    values.push_back(value.get<double>());
+    return;
+  }
+  const auto size = static_cast<std::int64_t>(value.size());
+  if (depth == shape.size()) shape.push_back(size);
+  MOE_EPLB_CHECK(shape[depth] == size, where, ": logical_count is not rectangular (", size,
+                 " entries where an earlier row has ", shape[depth], ")");
+  for (const nlohmann::json& item : value) flatten_json(where, item, depth + 1, shape, values);
+}
+
+// SGLang's expert-distribution statistics as JSON, {"logical_count": ...}:
+// (layers, experts), or (passes, layers, experts) summed over the passes; as
+// the (layers, 1, experts) global counts the planner takes.
+LoadedNumbers load_sglang_stat(const std::string& flag, const std::string& path) {
+  const std::string where = flag + " " + path;
+  std::ifstream stream(path);
+  MOE_EPLB_CHECK_CODE(stream.good(), ErrorCode::kIo, where, ": cannot open it");
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(stream);
+  } catch (const nlohmann::json::exception& error) {
+    MOE_EPLB_FAIL(ErrorCode::kIo, where, ": not JSON (", error.what(), ")");
+  }
+  MOE_EPLB_CHECK(json.is_object() && json.contains("logical_count"), where,
+                 ": expected SGLang's statistics {\"logical_count\": [...]}");
+  std::vector<std::int64_t> shape;
+  std::vector<double> values;
+  flatten_json(where, json["logical_count"], 0, shape, values);
+  MOE_EPLB_CHECK(shape.size() == 2 || shape.size() == 3, where,
+                 ": logical_count must be (layers, experts) or (passes, layers, experts), got ",
+                 shape.size(), " dimensions");
+  LoadedNumbers loaded;
+  loaded.dtype = Dtype::kFloat64;
+  const std::int64_t num_layers = shape[shape.size() - 2], num_experts = shape.back();
+  loaded.shape = {num_layers, 1, num_experts};
+  loaded.values.assign(static_cast<std::size_t>(num_layers * num_experts), 0.0);
+  for (std::size_t i = 0; i < values.size(); ++i)
+    loaded.values[i % loaded.values.size()] += values[i];
+  return loaded;
+}
+
 }  // namespace
 
 LoadedIntegers load_integers(const std::string& flag, const std::string& path) {
@@ -47,8 +98,9 @@ LoadedIntegers load_integers(const std::string& flag, const std::string& path) {
 LoadedLoad load_expert_load(const std::string& flag, const std::string& path,
                             std::int64_t world_size, const std::string& layout,
                             const char* operation) {
-  const LoadLayout parsed = parse_load_layout(layout, operation);
-  LoadedNumbers numbers = load_numbers(flag, path);
+  const bool json = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
+  const LoadLayout parsed = json ? LoadLayout::kInfer : parse_load_layout(layout, operation);
+  LoadedNumbers numbers = json ? load_sglang_stat(flag, path) : load_numbers(flag, path);
   MOE_EPLB_CHECK(parsed != LoadLayout::kInfer || numbers.shape.size() != 2, operation, ": ", flag,
                  " ", path, " has shape ", shape_string(numbers.shape),
                  ": are its rows source ranks (W, E) or layers (L, E)? Pass --layout WE or "

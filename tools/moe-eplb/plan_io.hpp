@@ -22,8 +22,10 @@ struct LoadedIntegers {
 LoadedIntegers load_integers(const std::string& flag, const std::string& path);
 
 // Load statistics of any numeric dtype, its dimensions as `layout` (the
-// --layout flag: E, WE, LE, LWE, or "" for a 1-D or 3-D file) says.
-// per_layer_file says the file had the layer dimension.
+// --layout flag: E, WE, LE, LWE, or "" for a 1-D or 3-D file) says; or, from
+// a .json file, SGLang's {"logical_count": (layers, experts) or (passes,
+// layers, experts)} as (L, 1, E) global counts. per_layer_file says the file
+// had the layer dimension.
 struct LoadedLoad {
   ExpertLoad load;
   bool per_layer_file = false;
