@@ -19,8 +19,12 @@ Baselines, reimplemented from the engines' sources (docs/SPEC.md "Replica rules"
                   their slot (moe-eplb's align_to_previous does the same).
   SGLang auto     DeepSeek's EPLB (hierarchical likewise), log2phy in DeepSeek's
                   replica order, no placement in force.
+  TensorRT-LLM    doReplication / doPlacement (moeLoadBalancer.cpp): water-filling
+                  on load / count, then replicas heaviest first onto the least
+                  loaded rank with room: DeepSeek's global policy, one node. It
+                  has no online planner hook; both sides plan from scratch.
 Scores: next-window max/mean per-rank load under the engine's rule (analyze),
-averaged over layers and windows; slots moved per rebalance (slots whose
+averaged over layers and windows; slots changed per rebalance (slots whose
 expert changes, as the engines move weights), as a share of all slots.
 """
 import argparse
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 
 import moe_eplb
+from moe_eplb.engines import _common
 from moe_eplb.engines import sglang as eplb_sglang
 from moe_eplb.engines import vllm as eplb_vllm
 
@@ -119,11 +124,25 @@ def sglang_adapter(dispatch, options):
     return policy
 
 
+def trtllm_default(weight, in_force, shape):
+    return moe_eplb.plan(weight.unsqueeze(1), shape.world_size, shape.slots_per_rank,
+                         algorithm="deepseek")
+
+
+def trtllm_adapter(options):
+    def policy(weight, in_force, shape):
+        # What plan_config() plans offline: TensorRT-LLM's rule, from scratch.
+        return _common.plan_layers(weight, shape.world_size, shape.slots_per_rank,
+                                   rule="trtllm", ranks_per_node=shape.ranks_per_node)
+    return policy
+
+
 def run(policy, windows, shape, rule):
-    """(mean next-window max/mean, mean slots moved per rebalance / slots, seconds per call)."""
+    """(mean next-window max/mean, mean slots moved per rebalance / slots, seconds per call,
+    per-transition max/mean)."""
     num_layers, num_experts = windows[0].shape
     in_force = trivial_table(num_layers, num_experts, shape.num_physical)
-    balance, moved, seconds = [], [], []
+    balance, moved, seconds, per_window = [], [], [], []
     for window, following in zip(windows, windows[1:]):
         start = time.perf_counter()
         new = policy(window, in_force, shape)
@@ -137,36 +156,44 @@ def run(policy, windows, shape, rule):
             moves += moe_eplb.table_diff(in_force[layer], new[layer], shape.world_size,
                                          shape.slots_per_rank).slots_changed
         moved.append(moves / (num_layers * shape.num_physical))
+        per_window.append(float(np.mean(balance[-num_layers:])))
         in_force = new
-    return float(np.mean(balance)), float(np.mean(moved)), float(np.median(seconds))
+    return (float(np.mean(balance)), float(np.mean(moved)), float(np.median(seconds)),
+            per_window)
 
 
 ENGINES = [("vLLM", "vllm", vllm_default, lambda options: vllm_adapter(options)),
            ("SGLang static", "sglang-static", sglang_auto,
             lambda options: sglang_adapter("static", options)),
            ("SGLang dynamic", "sglang-dynamic", sglang_auto,
-            lambda options: sglang_adapter("dynamic", options))]
+            lambda options: sglang_adapter("dynamic", options)),
+           ("TensorRT-LLM", "trtllm", trtllm_default, trtllm_adapter)]
 
 
 def report(title, windows, shape, move_costs):
     print("### %s\n" % title)
-    print("| engine (rule) | planner | next-window max/mean | slots moved per rebalance | "
-          "moved / default's | time per call |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| engine (rule) | planner | next-window max/mean | windows better | slots changed per "
+          "rebalance | changed / default's | time per call |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for engine, rule, default, adapter in ENGINES:
-        balance, moved, seconds = run(default, windows, shape, rule)
-        print("| %s (%s) | %s | %.4f | %.1f%% | 1 | %.2f s |"
-              % (engine, rule, "default policy" if rule == "vllm" else "auto", balance,
-                 100 * moved, seconds))
+        balance, moved, seconds, theirs = run(default, windows, shape, rule)
+        name = {"vllm": "default policy", "trtllm": "doReplication/doPlacement"}.get(rule, "auto")
+        print("| %s (%s) | %s | %.4f | | %.1f%% | 1 | %.2f s |"
+              % (engine, rule, name, balance, 100 * moved, seconds))
         for move_cost in move_costs:
             options = dict(eplb_vllm.DEFAULT_OPTIONS)
             if move_cost is not None:
                 options["move_cost"] = move_cost
-            ours, ours_moved, ours_seconds = run(adapter(options), windows, shape, rule)
-            print("| %s (%s) | moe-eplb, move_cost %g%s | %.4f | %.1f%% | %.3f | %.2f s |"
-                  % (engine, rule, options["move_cost"], "" if move_cost is not None else
-                     " (default)", ours, 100 * ours_moved, ours_moved / moved if moved else 0.0,
-                     ours_seconds))
+            ours, ours_moved, ours_seconds, per_window = run(adapter(options), windows, shape,
+                                                             rule)
+            wins = sum(a < b for a, b in zip(per_window, theirs))
+            label = "from scratch" if rule == "trtllm" else "move_cost %g%s" % (
+                options["move_cost"], "" if move_cost is not None else " (default)")
+            print("| %s (%s) | moe-eplb, %s | %.4f | %d of %d | %.1f%% | %.3f | %.2f s |"
+                  % (engine, rule, label, ours, wins, len(theirs), 100 * ours_moved,
+                     ours_moved / moved if moved else 0.0, ours_seconds))
+            if rule == "trtllm":
+                break
     print()
 
 

@@ -40,12 +40,12 @@ std::string describe_replica_order(const ReplicaSlots& slots, std::int64_t exper
                         " and replica ", replica + 1, " in slot ", *unsorted);
 }
 
-ReplicaSlots slots_from_table(const TableView& table, std::int64_t num_physical) {
+ReplicaSlots slots_from_table(const TableView& table, std::int64_t num_physical_experts) {
   ValidateTableOptions options;
   options.check_rank_mode_reachability = false;
   options.warn_unused_slots = false;
   options.max_issues = 5;
-  throw_if_invalid(validate_table(table, -1, num_physical, options), "slots_from_table()");
+  throw_if_invalid(validate_table(table, -1, num_physical_experts, options), "slots_from_table()");
   ReplicaSlots slots(static_cast<std::size_t>(table.num_experts));
   for (std::int64_t e = 0; e < table.num_experts; ++e) {
     const std::int64_t count = table.at(e, 0);
@@ -55,20 +55,21 @@ ReplicaSlots slots_from_table(const TableView& table, std::int64_t num_physical)
   return slots;
 }
 
-std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots, std::int64_t num_physical,
-                                           bool sort_replicas) {
-  MOE_EPLB_CHECK(num_physical >= 1, "slots_to_phy2log(): num_physical must be positive, got ",
-                 num_physical);
+std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots,
+                                           std::int64_t num_physical_experts, bool sort_replicas) {
+  MOE_EPLB_CHECK(num_physical_experts >= 1,
+                 "slots_to_phy2log(): num_physical_experts must be positive, got ",
+                 num_physical_experts);
   const std::int64_t unordered = sort_replicas ? -1 : first_unordered_expert(slots);
   MOE_EPLB_CHECK(unordered < 0, "slots_to_phy2log(): ", describe_replica_order(slots, unordered),
                  "; phy2log keeps no replica order (read back, an expert's replicas come in "
                  "ascending slot order), and the order is the routing: sort_replicas = true "
                  "accepts the reorder, log2phy keeps the order");
-  std::vector<std::int64_t> phy2log(static_cast<std::size_t>(num_physical), -1);
+  std::vector<std::int64_t> phy2log(static_cast<std::size_t>(num_physical_experts), -1);
   for (std::size_t e = 0; e < slots.size(); ++e) {
     for (std::int32_t slot : slots[e]) {
-      MOE_EPLB_CHECK(slot >= 0 && slot < num_physical, "slots_to_phy2log(): expert ", e,
-                     " uses slot ", slot, ", outside 0..", num_physical - 1);
+      MOE_EPLB_CHECK(slot >= 0 && slot < num_physical_experts, "slots_to_phy2log(): expert ", e,
+                     " uses slot ", slot, ", outside 0..", num_physical_experts - 1);
       MOE_EPLB_CHECK(phy2log[slot] == -1, "slots_to_phy2log(): slot ", slot,
                      " is claimed by experts ", phy2log[slot], " and ", e);
       phy2log[slot] = static_cast<std::int64_t>(e);
@@ -97,15 +98,15 @@ Log2Phy slots_to_log2phy(const ReplicaSlots& slots, std::int64_t max_replicas) {
   return maps;
 }
 
-ReplicaSlots slots_from_phy2log(const std::int64_t* phy2log, std::int64_t num_physical,
+ReplicaSlots slots_from_phy2log(const std::int64_t* phy2log, std::int64_t num_physical_experts,
                                 std::int64_t num_experts) {
-  MOE_EPLB_CHECK(num_physical >= 1 && num_physical <= INT32_MAX,
+  MOE_EPLB_CHECK(num_physical_experts >= 1 && num_physical_experts <= INT32_MAX,
                  "slots_from_phy2log(): phy2log must have 1..", INT32_MAX, " slots, got ",
-                 num_physical);
+                 num_physical_experts);
   MOE_EPLB_CHECK(num_experts >= 1, "slots_from_phy2log(): num_experts must be positive, got ",
                  num_experts);
   ReplicaSlots slots(static_cast<std::size_t>(num_experts));
-  for (std::int64_t slot = 0; slot < num_physical; ++slot) {
+  for (std::int64_t slot = 0; slot < num_physical_experts; ++slot) {
     const std::int64_t expert = phy2log[slot];
     MOE_EPLB_CHECK(expert >= -1 && expert < num_experts, "slots_from_phy2log(): phy2log[", slot,
                    "] = ", expert, " is outside -1..", num_experts - 1);

@@ -61,7 +61,8 @@ constexpr const char* kTensorOps[] = {
     "table_diff(Tensor old_table, Tensor new_table, int world_size, int slots_per_rank) "
     "-> (int, int, Tensor)",
     // Layout converters (plan_ops.cpp).
-    "table_to_phy2log(Tensor table, int num_physical, *, bool sort_replicas=False) -> Tensor",
+    "table_to_phy2log(Tensor table, int num_physical_experts, *, bool sort_replicas=False) "
+    "-> Tensor",
     "table_to_log2phy(Tensor table, *, int max_replicas=0) -> (Tensor, Tensor)",
     "table_from_phy2log(Tensor phy2log, int num_experts, *, int num_columns=0) -> Tensor",
     "table_from_log2phy(Tensor log2phy, Tensor? logcnt=None, *, int num_columns=0) -> Tensor",

@@ -409,32 +409,34 @@ at::Tensor int64_tensor(std::vector<std::int64_t> shape, const std::vector<std::
 }
 
 // The replicas of every layer of a table (E, F) or (L, E, F), checked for
-// num_physical slots.
+// num_physical_experts slots.
 std::vector<ReplicaSlots> table_slots(const char* operation, const at::Tensor& table,
-                                      std::int64_t num_physical, bool& layered) {
+                                      std::int64_t num_physical_experts, bool& layered) {
   const LayeredTable tables = host_layered_table(operation, "table", table);
   layered = table.dim() == 3;
   return for_each_layer(operation, tables.num_layers, layered, [&](std::int64_t layer) {
-    return slots_from_table(tables.layer(layer), num_physical);
+    return slots_from_table(tables.layer(layer), num_physical_experts);
   });
 }
 
 // phy2log (P,) or (L, P) int64: the expert in every slot, -1 where none.
-at::Tensor table_to_phy2log_op(const at::Tensor& table, std::int64_t num_physical,
+at::Tensor table_to_phy2log_op(const at::Tensor& table, std::int64_t num_physical_experts,
                                bool sort_replicas) {
   constexpr const char* kOperation = "table_to_phy2log()";
   return translate_errors([&] {
     bool layered = false;
-    const std::vector<ReplicaSlots> layers = table_slots(kOperation, table, num_physical, layered);
+    const std::vector<ReplicaSlots> layers =
+        table_slots(kOperation, table, num_physical_experts, layered);
     std::vector<std::int64_t> values;
     for_each_layer(kOperation, static_cast<std::int64_t>(layers.size()), layered,
                    [&](std::int64_t layer) {
                      const std::vector<std::int64_t> phy2log =
-                         slots_to_phy2log(layers[layer], num_physical, sort_replicas);
+                         slots_to_phy2log(layers[layer], num_physical_experts, sort_replicas);
                      values.insert(values.end(), phy2log.begin(), phy2log.end());
                      return 0;
                    });
-    return int64_tensor({static_cast<std::int64_t>(layers.size()), num_physical}, values, layered);
+    return int64_tensor({static_cast<std::int64_t>(layers.size()), num_physical_experts}, values,
+                        layered);
   });
 }
 

@@ -27,15 +27,16 @@
 
 namespace moe_eplb {
 
-// The rows of a table (which must pass validate_table() for num_physical
-// slots, world_size unknown). num_physical = -1 infers it.
-ReplicaSlots slots_from_table(const TableView& eplb_table, std::int64_t num_physical = -1);
+// The rows of a table (which must pass validate_table() for num_physical_experts
+// slots, world_size unknown). num_physical_experts = -1 infers it.
+ReplicaSlots slots_from_table(const TableView& eplb_table, std::int64_t num_physical_experts = -1);
 
-// (num_physical,) phy2log; -1 marks a slot no expert uses. Throws when a slot
+// (num_physical_experts,) phy2log; -1 marks a slot no expert uses. Throws when a slot
 // is out of range or claimed twice, and, unless sort_replicas, when an
 // expert's replicas are not in ascending slot order (phy2log would drop that
 // order, and with it the routing).
-std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots, std::int64_t num_physical,
+std::vector<std::int64_t> slots_to_phy2log(const ReplicaSlots& slots,
+                                           std::int64_t num_physical_experts,
                                            bool sort_replicas = false);
 
 // (E, max_replicas) log2phy padded with -1, and logcnt (E,). max_replicas = 0
@@ -53,9 +54,9 @@ std::int64_t first_unordered_expert(const ReplicaSlots& slots);
 // "expert 3 has replica 1 in slot 7 and replica 2 in slot 2" for that expert.
 std::string describe_replica_order(const ReplicaSlots& slots, std::int64_t expert);
 
-// From phy2log (num_physical,) with values in [-1, num_experts); every expert
+// From phy2log (num_physical_experts,) with values in [-1, num_experts); every expert
 // needs at least one slot. Replicas come out in ascending slot order.
-ReplicaSlots slots_from_phy2log(const std::int64_t* phy2log, std::int64_t num_physical,
+ReplicaSlots slots_from_phy2log(const std::int64_t* phy2log, std::int64_t num_physical_experts,
                                 std::int64_t num_experts);
 
 // From log2phy (num_experts, max_replicas) and logcnt, or with logcnt =

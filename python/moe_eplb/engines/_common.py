@@ -66,12 +66,12 @@ def table_from_log2phy(log2phy, logcnt=None, num_columns=0):
     return call(_OPS.table_from_log2phy.default, log2phy, logcnt, num_columns=num_columns)
 
 
-def phy2log_from_table(table, num_physical, sort_replicas=False):
+def phy2log_from_table(table, num_physical_experts, sort_replicas=False):
     """phy2log (L, P) int64 of a table (L, E, F); sort_replicas accepts that
     phy2log drops the replicas' order (else a table not in ascending slot
     order is refused)."""
     table = int32_table("phy2log_from_table()", "table", table)
-    return call(_OPS.table_to_phy2log.default, table, num_physical, sort_replicas=sort_replicas)
+    return call(_OPS.table_to_phy2log.default, table, num_physical_experts, sort_replicas=sort_replicas)
 
 
 def log2phy_from_table(table, max_replicas=0):
@@ -89,7 +89,7 @@ def ranks_per_node(num_ranks, num_nodes):
     return num_ranks // num_nodes
 
 
-def previous_table(operation, phy2log, num_layers, num_physical, num_experts):
+def previous_table(operation, phy2log, num_layers, num_physical_experts, num_experts):
     """The table in force from an engine's phy2log (L, P), or None when there
     is none to plan against: absent, another shape, or with slots no expert
     holds (e.g. vLLM's elastic scale-up marks new slots -1)."""
@@ -98,7 +98,7 @@ def previous_table(operation, phy2log, num_layers, num_physical, num_experts):
     phy2log = host_int64(operation, "the placement in force", phy2log)
     if phy2log.dim() == 1:
         phy2log = phy2log.unsqueeze(0)
-    if tuple(phy2log.shape) != (num_layers, num_physical) or bool((phy2log < 0).any()):
+    if tuple(phy2log.shape) != (num_layers, num_physical_experts) or bool((phy2log < 0).any()):
         return None
     return table_from_phy2log(phy2log, num_experts)
 

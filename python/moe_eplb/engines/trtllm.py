@@ -51,8 +51,8 @@ class ExpertStatistic:
         self.meta_info = meta_info
 
     def __repr__(self):
-        return ("ExpertStatistic(counts=%s, layers=%d from %d, iterations %d..%d)"
-                % (tuple(self.counts.shape), len(self.layers), self.layers[0], self.iter_start,
+        return ("ExpertStatistic(counts=%s, layers=%s, iterations %d..%d)"
+                % (tuple(self.counts.shape), self.layers, self.iter_start,
                    self.iter_start + self.counts.shape[0] - 1))
 
 

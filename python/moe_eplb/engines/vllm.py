@@ -117,13 +117,13 @@ def map_to_physical_and_record(topk_ids, expert_load_view, logical_to_physical_m
     goes to replica ((t * 2654435769) & 0xFFFFFFFF) % count of its expert, in
     logical_to_physical_map's order: moe-eplb's operator with balance_mode=2
     (one kernel; the maps become an (E, 1 + X) table per call, X at most
-    num_physical - E + 1 columns). When record_enabled is nonzero, each
+    num_physical_experts - E + 1 columns). When record_enabled is nonzero, each
     mapped choice of the first num_unpadded_tokens tokens adds 1 to
     expert_load_view[slot].
 
     Args:
         topk_ids: (..., top_k) logical expert ids, any integer dtype.
-        expert_load_view: (num_physical,) load counters (int32 in vLLM).
+        expert_load_view: (num_physical_experts,) load counters (int32 in vLLM).
         logical_to_physical_map: (E, X) int64 slots, -1 padded.
         logical_replica_count: (E,) int64.
         record_enabled: a one-element tensor (vLLM's should_record_tensor).
@@ -133,16 +133,16 @@ def map_to_physical_and_record(topk_ids, expert_load_view, logical_to_physical_m
         the physical ids, topk_ids' shape and dtype.
 
     Differences from vLLM, on bad input only: an id outside [0, E), a count
-    outside [1, X] or a selected slot outside [0, num_physical) raises
+    outside [1, X] or a selected slot outside [0, num_physical_experts) raises
     IndexError on the CPU; on CUDA its output is -1 and it is counted
     (moe_eplb.read_error_counter()), where vLLM writes -1 or reads past the
     row.
     """
     if topk_ids.numel() == 0:
         return topk_ids
-    num_physical = expert_load_view.shape[0]
+    num_physical_experts = expert_load_view.shape[0]
     num_experts = logical_replica_count.shape[0]
-    width = min(logical_to_physical_map.shape[1], max(1, num_physical - num_experts + 1))
+    width = min(logical_to_physical_map.shape[1], max(1, num_physical_experts - num_experts + 1))
     table = torch.cat([logical_replica_count.reshape(-1, 1),
                        logical_to_physical_map[:, :width]], dim=1)
     top_k = topk_ids.shape[-1]
@@ -150,7 +150,7 @@ def map_to_physical_and_record(topk_ids, expert_load_view, logical_to_physical_m
     if ids.dtype not in (torch.int32, torch.int64):
         ids = ids.to(torch.int32)
     physical = _ops.update_expert(ids, table, 0, 1, balance_mode=2,
-                                  num_physical_experts=num_physical)
+                                  num_physical_experts=num_physical_experts)
     flat = physical.reshape(-1)
     record = (record_enabled.reshape(()) != 0) & (flat >= 0)
     if num_unpadded_tokens is not None:
@@ -161,7 +161,7 @@ def map_to_physical_and_record(topk_ids, expert_load_view, logical_to_physical_m
     return physical.reshape(topk_ids.shape).to(topk_ids.dtype)
 
 
-def to_vllm(table, num_physical, max_replicas=0):
+def to_vllm(table, num_physical_experts, max_replicas=0):
     """vLLM's three maps of a table (E, F) or (L, E, F):
     (physical_to_logical_map (L, P) int64, logical_to_physical_map (L, E, X)
     int64 padded with -1, logical_replica_count (L, E) int64), the layer
@@ -169,7 +169,7 @@ def to_vllm(table, num_physical, max_replicas=0):
     expert's slots in ascending order from physical_to_logical_map
     (compute_logical_maps), and so does this. X = max_replicas (vLLM's state
     uses 1024), or the largest count when 0."""
-    phy2log = _common.phy2log_from_table(table, num_physical, sort_replicas=True)
+    phy2log = _common.phy2log_from_table(table, num_physical_experts, sort_replicas=True)
     ordered = _common.table_from_phy2log(phy2log, _num_experts(table))
     log2phy, logcnt = _common.log2phy_from_table(ordered, max_replicas=max_replicas)
     return phy2log, log2phy, logcnt
