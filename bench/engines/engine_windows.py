@@ -170,30 +170,56 @@ ENGINES = [("vLLM", "vllm", vllm_default, lambda options: vllm_adapter(options))
            ("TensorRT-LLM", "trtllm", trtllm_default, trtllm_adapter)]
 
 
-def report(title, windows, shape, move_costs):
-    print("### %s\n" % title)
-    print("| engine (rule) | planner | next-window max/mean | windows better | slots changed per "
-          "rebalance | changed / default's | time per call |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+def evaluate(windows, shape, move_costs):
+    """One row per (engine, planner): dicts of the table's columns."""
+    rows = []
     for engine, rule, default, adapter in ENGINES:
-        balance, moved, seconds, theirs = run(default, windows, shape, rule)
+        balance, changed, seconds, theirs = run(default, windows, shape, rule)
         name = {"vllm": "default policy", "trtllm": "doReplication/doPlacement"}.get(rule, "auto")
-        print("| %s (%s) | %s | %.4f | | %.1f%% | 1 | %.2f s |"
-              % (engine, rule, name, balance, 100 * moved, seconds))
+        rows.append(dict(engine="%s (%s)" % (engine, rule), planner=name, balance=[balance],
+                         wins=0, windows=0, changed=[changed], ratio=[1.0], seconds=[seconds]))
         for move_cost in move_costs:
             options = dict(eplb_vllm.DEFAULT_OPTIONS)
             if move_cost is not None:
                 options["move_cost"] = move_cost
-            ours, ours_moved, ours_seconds, per_window = run(adapter(options), windows, shape,
-                                                             rule)
-            wins = sum(a < b for a, b in zip(per_window, theirs))
+            ours, ours_changed, ours_seconds, per_window = run(adapter(options), windows, shape,
+                                                               rule)
             label = "from scratch" if rule == "trtllm" else "move_cost %g%s" % (
                 options["move_cost"], "" if move_cost is not None else " (default)")
-            print("| %s (%s) | moe-eplb, %s | %.4f | %d of %d | %.1f%% | %.3f | %.2f s |"
-                  % (engine, rule, label, ours, wins, len(theirs), 100 * ours_moved,
-                     ours_moved / moved if moved else 0.0, ours_seconds))
+            rows.append(dict(engine="%s (%s)" % (engine, rule), planner="moe-eplb, " + label,
+                             balance=[ours], wins=sum(a < b for a, b in zip(per_window, theirs)),
+                             windows=len(theirs), changed=[ours_changed],
+                             ratio=[ours_changed / changed if changed else 0.0],
+                             seconds=[ours_seconds]))
             if rule == "trtllm":
                 break
+    return rows
+
+
+def merge(rows, more):
+    """Adds a draw's rows to the rows of earlier draws."""
+    if not rows:
+        return more
+    for row, extra in zip(rows, more):
+        for key in ("balance", "changed", "ratio", "seconds"):
+            row[key] += extra[key]
+        row["wins"] += extra["wins"]
+        row["windows"] += extra["windows"]
+    return rows
+
+
+def print_rows(title, rows, draws=1):
+    print("### %s\n" % title)
+    print("| engine (rule) | planner | next-window max/mean%s | windows better | slots changed "
+          "per rebalance | changed / default's | time per call |"
+          % (" (geometric mean of %d draws)" % draws if draws > 1 else ""))
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        balance = float(np.exp(np.mean(np.log(row["balance"]))))
+        better = "%d of %d" % (row["wins"], row["windows"]) if row["windows"] else ""
+        print("| %s | %s | %.4f | %s | %.1f%% | %.3f | %.2f s |"
+              % (row["engine"], row["planner"], balance, better, 100 * np.mean(row["changed"]),
+                 np.mean(row["ratio"]), np.median(row["seconds"])))
     print()
 
 
@@ -220,15 +246,16 @@ def main():
     print("- command: python3 bench/engines/engine_windows.py %s\n" % " ".join(sys.argv[1:]))
     names, windows = real_windows(args.data) if args.data else ([], [])
     if windows:
-        report("Real DeepSeek-V3 runs (%s), EP 32 x 9, 4 nodes" % ", ".join(names), windows,
-               Shape(32, 9, 8, 8), move_costs)
+        print_rows("Real DeepSeek-V3 runs (%s), EP 32 x 9, 4 nodes" % ", ".join(names),
+                   evaluate(windows, Shape(32, 9, 8, 8), move_costs))
     for scenario in args.scenario:
+        rows = []
         for draw in range(args.draws):
             shape, windows = scenario_windows(args.dump_tool, scenario, draw, args.windows)
-            report("%s, draw %d (%d windows), EP %d x %d" % (scenario, draw, args.windows,
-                                                           shape.world_size,
-                                                           shape.slots_per_rank),
-                   windows, shape, move_costs)
+            rows = merge(rows, evaluate(windows, shape, move_costs))
+        print_rows("%s, draws 0-%d (%d windows each), EP %d x %d"
+                   % (scenario, args.draws - 1, args.windows, shape.world_size,
+                      shape.slots_per_rank), rows, args.draws)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,13 @@
 
 TensorRT-LLM writes EXPERT_STATISTIC_PATH/meta_info.json and
 rank<r>.safetensors ("<iteration>_<layer>" -> expert counts of that rank);
-this example writes a small dump of that form, plans from it for TensorRT-LLM's
-rule and writes the YAML that moe_config.load_balancer takes. Runs without
-TensorRT-LLM:
+this example writes a small dump of that form (write_expert_statistic), plans
+from it for TensorRT-LLM's rule and writes the YAML that moe_config.load_balancer
+takes. Runs without TensorRT-LLM:
 
     python3 examples/engines/trtllm_eplb.py [OUT_DIR]
 """
-import json
 import os
-import struct
 import sys
 import tempfile
 
@@ -18,30 +16,15 @@ import torch
 
 from moe_eplb.engines import trtllm as eplb_trtllm
 
-
-def write_safetensors(path, tensors):
-    header, body = {}, b""
-    for name, tensor in tensors.items():
-        data = tensor.numpy().tobytes()
-        header[name] = {"dtype": "I32", "shape": list(tensor.shape),
-                        "data_offsets": [len(body), len(body) + len(data)]}
-        body += data
-    text = json.dumps(header).encode()
-    with open(path, "wb") as stream:
-        stream.write(struct.pack("<Q", len(text)) + text + body)
-
-
 out = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 torch.manual_seed(2)
-ep_size, num_experts, layers = 8, 32, (3, 4, 5)
-with open(os.path.join(out, "meta_info.json"), "w") as stream:
-    json.dump({"num_experts": num_experts, "num_experts_per_token": 8}, stream)
+ep_size, num_experts, layers, iterations = 8, 32, [3, 4, 5], 4
 popularity = torch.rand(len(layers), num_experts) ** 3
-for rank in range(ep_size):
-    write_safetensors(os.path.join(out, "rank%d.safetensors" % rank), {
-        "%d_%d" % (iteration, layer): torch.multinomial(popularity[j], 4096, replacement=True)
-        .bincount(minlength=num_experts).to(torch.int32)
-        for iteration in range(100, 104) for j, layer in enumerate(layers)})
+counts = torch.stack([torch.stack([torch.stack([
+    torch.multinomial(popularity[j], 4096, replacement=True).bincount(minlength=num_experts)
+    for _ in range(ep_size)]) for j in range(len(layers))]) for _ in range(iterations)])
+eplb_trtllm.write_expert_statistic(out, eplb_trtllm.ExpertStatistic(
+    counts.double(), layers, 100, {"num_experts": num_experts, "num_experts_per_token": 8}))
 
 statistic = eplb_trtllm.read_expert_statistic(out)
 print(statistic)

@@ -392,34 +392,21 @@ def test_deepseek_drop_in_formats():
 
 # ---- TensorRT-LLM -------------------------------------------------------------
 
-def write_safetensors(path, tensors):
-    header, body = {}, b""
-    for name, tensor in tensors.items():
-        data = tensor.contiguous().numpy().tobytes()
-        header[name] = {"dtype": "I32", "shape": list(tensor.shape),
-                        "data_offsets": [len(body), len(body) + len(data)]}
-        body += data
-    text = json.dumps(header).encode()
-    with open(path, "wb") as stream:
-        stream.write(struct.pack("<Q", len(text)) + text + body)
-
-
 def test_trtllm_statistics_config_and_yaml(tmp_path, rng):
     yaml = pytest.importorskip("yaml")
     # EXPERT_STATISTIC_PATH: meta_info.json and rank<r>.safetensors with "<iter>_<layer>" counts.
-    (tmp_path / "meta_info.json").write_text(json.dumps(
-        {"num_experts": 16, "num_experts_per_token": 2}))
-    expected = torch.zeros(3, 2, 4, 16, dtype=torch.float64)
-    for rank in range(4):
-        tensors = {}
-        for iteration in range(100, 103):
-            for j, layer in enumerate((3, 4)):
-                counts = torch.from_numpy(rng.integers(0, 60, 16)).to(torch.int32)
-                tensors["%d_%d" % (iteration, layer)] = counts
-                expected[iteration - 100, j, rank] = counts.double()
-        write_safetensors(tmp_path / ("rank%d.safetensors" % rank), tensors)
-    write_safetensors(tmp_path / "rank0_raw.safetensors", {"100_3": torch.zeros(4, 2)
-                                                          .to(torch.int32)})
+    expected = torch.from_numpy(rng.integers(0, 60, size=(3, 2, 4, 16))).double()
+    trtllm.write_expert_statistic(str(tmp_path), trtllm.ExpertStatistic(
+        expected, [3, 4], 100, {"num_experts": 16, "num_experts_per_token": 2}))
+    # The files are TensorRT-LLM's: a little-endian header length, JSON, then int32 data.
+    data = (tmp_path / "rank1.safetensors").read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    begin, end = header["101_4"]["data_offsets"]
+    assert header["101_4"]["dtype"] == "I32" and header["101_4"]["shape"] == [16]
+    assert np.frombuffer(data[8 + size + begin:8 + size + end], dtype="<i4").tolist() == \
+        expected[1, 1, 1].long().tolist()
+    (tmp_path / "rank0_raw.safetensors").write_bytes(data)  # raw ids: not counts, skipped
     statistic = trtllm.read_expert_statistic(str(tmp_path))
     assert torch.equal(statistic.counts, expected)
     assert statistic.layers == [3, 4] and statistic.iter_start == 100

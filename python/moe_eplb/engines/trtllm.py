@@ -30,7 +30,7 @@ import torch
 from . import _common
 
 __all__ = ["ExpertStatistic", "config_from_table", "plan_config", "read_expert_statistic",
-           "write_config_yaml"]
+           "write_config_yaml", "write_expert_statistic"]
 
 # safetensors' dtype names.
 _SAFETENSORS_DTYPES = {"I8": torch.int8, "U8": torch.uint8, "I16": torch.int16,
@@ -84,6 +84,33 @@ def _read_safetensors(path):
             else torch.empty(0, dtype=dtype)
         tensors[name] = flat.reshape(info["shape"])
     return tensors
+
+
+def _write_safetensors(path, tensors):
+    """A .safetensors file of int32 tensors (the layout _read_safetensors reads)."""
+    header, body = {}, b""
+    for name, tensor in tensors.items():
+        data = tensor.to(torch.int32).contiguous().numpy().tobytes()
+        header[name] = {"dtype": "I32", "shape": list(tensor.shape),
+                        "data_offsets": [len(body), len(body) + len(data)]}
+        body += data
+    text = json.dumps(header).encode()
+    with open(path, "wb") as stream:
+        stream.write(struct.pack("<Q", len(text)) + text + body)
+
+
+def write_expert_statistic(path, statistic):
+    """Writes an ExpertStatistic as TensorRT-LLM dumps it (meta_info.json and
+    rank<r>.safetensors of int32 counts): read_expert_statistic()'s inverse,
+    for tests and offline tools."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "meta_info.json"), "w", encoding="utf-8") as stream:
+        json.dump(statistic.meta_info, stream)
+    counts = statistic.counts
+    for rank in range(counts.shape[2]):
+        _write_safetensors(os.path.join(path, "rank%d.safetensors" % rank), {
+            "%d_%d" % (statistic.iter_start + i, layer): counts[i, j, rank]
+            for i in range(counts.shape[0]) for j, layer in enumerate(statistic.layers)})
 
 
 def read_expert_statistic(path):
