@@ -43,8 +43,8 @@ DISPATCH_RULES = {"static": "sglang-static", "dynamic": "sglang-dynamic",
                   "fake": "sglang-dynamic"}
 
 # Chosen by measurement (bench/engines/engine_windows.py, bench/RESULTS.md
-# "Engines"), under both dispatch rules.
-DEFAULT_OPTIONS = dict(move_cost=0.002)
+# section 8), under both dispatch rules, as vLLM's.
+DEFAULT_OPTIONS = dict(move_cost=0.001)
 
 _installed = dict(options=dict(DEFAULT_OPTIONS), dispatch=None)
 
