@@ -126,7 +126,7 @@ def sglang_adapter(dispatch, options):
 
 def trtllm_default(weight, in_force, shape):
     return moe_eplb.plan(weight.unsqueeze(1), shape.world_size, shape.slots_per_rank,
-                         algorithm="deepseek")
+                         algorithm="deepseek").table
 
 
 def trtllm_adapter(options):

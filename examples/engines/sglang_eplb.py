@@ -31,6 +31,6 @@ for dispatch in ("static", "dynamic"):
                                 logical_replica_count=expert_count)
     balance = [moe_eplb.analyze(table[layer], logical_count.sum(0)[layer], ep_size, local,
                                 rule="sglang-" + dispatch,
-                                ranks_per_node=ep_size // nnodes)["max_over_mean"]
+                                ranks_per_node=ep_size // nnodes).max_over_mean
                for layer in range(num_layers)]
     print("%s dispatch: max/mean %.3f (worst layer)" % (dispatch, max(balance)))
