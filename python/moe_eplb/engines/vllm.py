@@ -17,7 +17,7 @@ rule (an even split by a token hash, the same on every rank) against the
 placement in force (old_global_expert_indices), keeping experts where they
 are unless a move buys balance: with the default options it balances the
 next window better and moves a fraction of the slots (README, "vLLM";
-bench/RESULTS.md, "Engines").
+bench/RESULTS.md section 8).
 
 Also here: map_to_physical_and_record(), vLLM's eplb_map_to_physical_and_record
 with its exact rule through moe-eplb's kernel (balance_mode=2), on CPU and
