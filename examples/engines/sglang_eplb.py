@@ -11,8 +11,8 @@ without SGLang:
 import torch
 
 import moe_eplb
-from moe_eplb.engines import sglang as eplb_sglang
-from moe_eplb.engines import vllm as eplb_vllm
+import moe_eplb.engines.sglang as eplb_sglang
+import moe_eplb.engines.vllm as eplb_vllm
 
 num_layers, num_experts, ep_size, local, nnodes, num_groups = 4, 64, 16, 5, 2, 8
 num_physical = ep_size * local
@@ -34,3 +34,10 @@ for dispatch in ("static", "dynamic"):
                                 ranks_per_node=ep_size // nnodes).max_over_mean
                for layer in range(num_layers)]
     print("%s dispatch: max/mean %.3f (worst layer)" % (dispatch, max(balance)))
+
+# In SGLang, one call before it plans makes its EPLB manager use moe-eplb for
+# the dispatch rule in force (--ep-dispatch-algorithm).
+try:
+    eplb_sglang.install()
+except ImportError:
+    print("SGLang is not installed here: install() skipped")

@@ -14,7 +14,7 @@ import tempfile
 
 import torch
 
-from moe_eplb.engines import trtllm as eplb_trtllm
+import moe_eplb.engines.trtllm as eplb_trtllm
 
 out = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 torch.manual_seed(2)
@@ -29,7 +29,7 @@ eplb_trtllm.write_expert_statistic(out, eplb_trtllm.ExpertStatistic(
 statistic = eplb_trtllm.read_expert_statistic(out)
 print(statistic)
 config = eplb_trtllm.plan_config(statistic, ep_size=ep_size, num_slots=48)
-eplb_trtllm.write_config_yaml(os.path.join(out, "moe_load_balancer.yaml"), config)
-print("wrote %s: %d slots, layers %s" % (os.path.join(out, "moe_load_balancer.yaml"),
-                                         config["num_slots"],
+yaml_path = os.path.join(out, "moe_load_balancer.yaml")
+eplb_trtllm.write_config_yaml(yaml_path, config)
+print("wrote %s: %d slots, layers %s" % (yaml_path, config["num_slots"],
                                          sorted(config["initial_global_assignments"])))

@@ -9,14 +9,14 @@ vllm-ascend:
 """
 import torch
 
-from moe_eplb.engines import vllm_ascend as eplb_ascend
+import moe_eplb.engines.vllm_ascend as eplb_ascend
 
 num_layers, num_ranks, slots, num_experts = 3, 8, 5, 32
 torch.manual_seed(3)
 # vllm-ascend's default placement (generate_global_placement): experts, then redundant copies.
 current = torch.cat([torch.arange(num_experts), torch.arange(num_ranks * slots - num_experts)])
 current = current.view(num_ranks, slots).expand(num_layers, -1, -1).contiguous()
-policy = eplb_ascend.MoeEplbPolicy()
+policy = eplb_ascend.MoeEplbPolicy()  # where vllm-ascend's EPLB worker takes PolicyFactory.generate_policy(...)
 for step in range(3):
     workload = (torch.rand(num_layers, num_ranks, slots) ** 3 * 1000).round()
     changed, priority, new_table = policy.rebalance_experts(current, workload)

@@ -10,7 +10,7 @@ eplb_map_to_physical_and_record(). Runs without vLLM:
 """
 import torch
 
-from moe_eplb.engines import vllm as eplb_vllm
+import moe_eplb.engines.vllm as eplb_vllm
 
 num_layers, num_experts, num_ranks, slots_per_rank, top_k = 4, 64, 8, 10, 6
 num_replicas = num_ranks * slots_per_rank
@@ -41,3 +41,10 @@ physical = eplb_vllm.map_to_physical_and_record(
 per_rank = expert_load_view.view(num_ranks, -1).sum(dim=1).double()
 print("mapped %s ids, per-rank max/mean %.3f" % (tuple(physical.shape),
                                                  float(per_rank.max() / per_rank.mean())))
+
+# In vLLM, one call before it builds its EplbState (e.g. from a
+# vllm.general_plugins entry point) makes sync and async EPLB plan with moe-eplb.
+try:
+    eplb_vllm.install()
+except ImportError:
+    print("vLLM is not installed here: install() skipped")

@@ -3,10 +3,10 @@
 - The PyTorch snippet runs as written, on whatever device this build and
   machine have (the CPU torch the project installs included); every line
   whose comment starts with `# tensor(...)` prints exactly that.
-- The distributed and C++ snippets are excerpts of programs the tests run
-  (examples/online_moe.py in test_examples.py, examples/consumer in the
-  install test): every code line of each, comments aside, appears in that
-  program, in order.
+- The distributed, engine and C++ snippets are excerpts of programs the
+  tests run (examples/online_moe.py and examples/engines/*.py in
+  test_examples.py, examples/consumer in the install test): every code line
+  of each, comments aside, appears in that program, in order.
 - The `moe-eplb demo` table is checked against the tool's output by the CLI
   tests (tests/cli_plan/cli_plan_test.sh, case demo).
 """
@@ -71,6 +71,14 @@ def test_distributed_snippet_is_the_runnable_example():
     assert_excerpt(snippet, read("examples", "online_moe.py"), "#", "distributed")
 
 
+@pytest.mark.parametrize("index, program", [
+    (2, "vllm_eplb.py"), (3, "sglang_eplb.py"), (4, "trtllm_eplb.py"), (5, "vllm_ascend_eplb.py")])
+def test_engine_snippets_are_the_runnable_examples(index, program):
+    snippet = blocks("python")[index]
+    assert "import moe_eplb.engines.%s " % program[:-len("_eplb.py")] in snippet
+    assert_excerpt(snippet, read("examples", "engines", program), "#", program)
+
+
 def test_cpp_snippet_is_the_consumer_program():
     (snippet,) = blocks("cpp")
     assert_excerpt(snippet, read("examples", "consumer", "main.cpp"), "//", "C++")
@@ -79,4 +87,4 @@ def test_cpp_snippet_is_the_consumer_program():
 @pytest.mark.parametrize("language", ["python", "cpp"])
 def test_every_snippet_is_checked(language):
     # A snippet added to the README needs a test here.
-    assert len(blocks(language)) == {"python": 2, "cpp": 1}[language]
+    assert len(blocks(language)) == {"python": 6, "cpp": 1}[language]
