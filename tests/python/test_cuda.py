@@ -213,7 +213,8 @@ def test_corrupted_prepared_routes_are_contained(rng):
 
 def test_poisoned_outputs_are_fully_written(rng):
     # Poison a block of the output's size and free it: the caching allocator
-    # hands the same block to the next allocation of that size on this stream.
+    # hands the same block to the next allocation of that size on this stream
+    # (asserted: the test fails rather than pass without poison).
     table = make_table(rng, 64, 8, 16, 4, "random").to(CUDA)
     prepared = moe_eplb.PreparedTable(table, 3, 8, num_physical_experts=128)
     for dtype in (torch.int32, torch.int64):
@@ -223,8 +224,11 @@ def test_poisoned_outputs_are_fully_written(rng):
             for run in (lambda: OPS.update_expert(ids, table, 3, 8), lambda: prepared.map(ids),
                         lambda: OPS.update_expert(ids, table, 3, 8, balance_mode=1)):
                 poison = torch.full((num_tokens, top_k), POISON, dtype=dtype, device=CUDA)
+                block = poison.data_ptr()
                 del poison
                 out = run()
+                # The test needs the output in the poisoned block: checked, not hoped.
+                assert out.data_ptr() == block, "the caching allocator gave another block"
                 assert not bool((out == POISON).any())
                 assert bool((out >= 0).all())
             assert_same(prepared.map(ids), expected, "poisoned")

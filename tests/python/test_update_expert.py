@@ -1,7 +1,10 @@
 """torch.ops.moe_eplb on the CPU and Meta backends, against the scalar
 reference in reference.py. GPU tests live in test_cuda.py."""
+import os
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -664,18 +667,57 @@ def test_reference_marks_bad_elements():
     assert rows == [[0, BAD]]
 
 
-def test_poisoned_outputs_are_fully_written(rng):
-    # Fill a block of the output's size with poison and free it, so the
-    # allocator likely hands it out again; no output element may keep it.
-    table = make_table(rng, 32, 4, 8, 4, "random")
-    for dtype in ID_DTYPES:
-        for num_tokens, top_k in [(1, 1), (511, 16), (97, 3)]:
-            poison = torch.full((num_tokens, top_k), POISON, dtype=dtype)
-            del poison
-            ids = make_ids(rng, num_tokens, top_k, 32, dtype, "contiguous")
-            out = moe_eplb.update_expert(ids, table, 1, 4)
-            assert not bool((out == POISON).any())
+# Runs in a process whose every fresh CPU allocation glibc fills with the
+# byte 0x5A (MALLOC_PERTURB_=0xA5; the mmap threshold raised so that large
+# blocks come from the heap too): every output the ops allocate starts as
+# POISON, so an element they leave unwritten shows. It first checks that
+# fresh tensors do start so, and fails rather than pass without poison.
+POISONED_RUN = r"""
+import sys
+import numpy as np
+import torch
+import moe_eplb
+from reference import POISON, make_ids, make_table
+
+POISON64 = int.from_bytes(b"\x5a" * 8, "little", signed=True)
+for dtype, value in ((torch.int32, POISON), (torch.int64, POISON64)):
+    fresh = torch.empty(100000, dtype=dtype)
+    assert bool((fresh == value).all()), "fresh %s memory is not poisoned" % dtype
+assert bool((torch.empty(1000, dtype=torch.bool).view(torch.uint8) == 0x5A).all())
+
+rng = np.random.default_rng(int(sys.argv[1]))
+table = make_table(rng, 32, 4, 8, 4, "random")
+prepared = moe_eplb.PreparedTable(table, 1, 4)
+token = moe_eplb.PreparedTable(table, balance_mode=1)
+threshold = torch.full((16,), 0.05)
+for dtype in (torch.int32, torch.int64):
+    poison = POISON if dtype == torch.int32 else POISON64
+    for num_tokens, top_k in [(1, 1), (97, 3), (511, 16), (40000, 8)]:
+        ids = make_ids(rng, num_tokens, top_k, 32, dtype, "contiguous")
+        scales = torch.rand(num_tokens, top_k)
+        outputs = [moe_eplb.update_expert(ids, table, 1, 4), prepared.map(ids), token.map(ids),
+                   moe_eplb.update_expert(ids, table, 0, 1, balance_mode=1)]
+        pruned = moe_eplb.update_expert_pruned(ids, table, 1, 4, expert_scales=scales,
+                                               pruning_threshold=threshold[:top_k])
+        outputs.append(pruned[0])
+        for out in outputs:
+            assert not bool((out == poison).any()), (dtype, num_tokens, top_k)
             assert bool((out >= 0).all()) and bool((out < 32).all())
+        mask_bytes = pruned[1].view(torch.uint8)
+        assert bool((mask_bytes <= 1).all()), "the pruning mask has unwritten bytes"
+print("poisoned outputs fully written")
+"""
+
+
+def test_poisoned_outputs_are_fully_written(rng):
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, MALLOC_PERTURB_="165", MALLOC_MMAP_THRESHOLD_=str(1 << 30),
+               PYTHONPATH=os.pathsep.join([here] + sys.path))
+    env.pop("MOE_EPLB_MODULES_LOG", None)
+    result = subprocess.run([sys.executable, "-c", POISONED_RUN, str(int(rng.integers(1 << 30)))],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "poisoned outputs fully written" in result.stdout
 
 
 def test_int64_tables_whose_values_fit(rng):
