@@ -3,9 +3,9 @@
 #   1. the multi-window suite (4 families), rank and token mode, moe-eplb vs
 #      DeepSeek vs FlashLB, planned on windows 0-3 and scored on window 4;
 #   2. real DeepSeek-V3 statistics: plan on one SGLang run, score on the next;
-#   3. replays: `moe-eplb replay` on every suite scenario (several draws),
-#      moves per rebalance and time-averaged balance per family,
-#      migration-aware vs from scratch;
+#   3. replays: replay() (what `moe-eplb replay` prints) on every suite
+#      scenario (several draws), moves per rebalance and time-averaged
+#      balance per family, migration-aware vs from scratch;
 #   4. planning time next to DeepSeek's algorithm in PyTorch, timed in this run.
 #
 #   bash bench/planner/run.sh [BUILD_DIR] [DATA_DIR] [--quick]
@@ -19,13 +19,11 @@ cd "$(dirname "$0")/../.."
 build=${1:-build-bench}
 data=${2:-../shared/data/sglang-deepseek-v3}
 quick=${3:-}
-windows=16
-[[ $quick == --quick ]] && windows=8
 
 [[ -d $data ]] || { echo "run.sh: no data folder $data" >&2; exit 1; }
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_EPLB_CUDA=OFF \
   -DMOE_EPLB_BUILD_BENCH=ON >/dev/null
-cmake --build "$build" -j2 --target moe_eplb_bench_windows moe-eplb >/dev/null
+cmake --build "$build" -j2 --target moe_eplb_bench_windows >/dev/null
 
 echo "# moe-eplb planner benchmarks (issue 10)"
 echo
@@ -59,25 +57,7 @@ if [[ -n ${MOE_EPLB_BASELINE:-} ]]; then
   python3 bench/planner/pair_draws.py "$pairs/new.csv" "$pairs/old.csv"
 fi
 
-draws=8
-[[ $quick == --quick ]] && draws=2
-echo "## Replays: $windows windows of every suite scenario, $draws draws each, rebalancing after every window on the last 4"
-echo
-echo "\`moe-eplb replay --scenario NAME --draw K --windows $windows --json\` for K = 0..$((draws - 1)), rank mode:"
-echo "each policy is scored on the next window; moe-eplb-capped plans against the table in force with"
-echo "--max-moves = 10% of the slots. Time-averaged max/mean over windows 1..$((windows - 1)), geometric mean"
-echo "over the draws; slots changed per rebalance, of W x S, mean over the draws (max: the largest)."
-echo
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp" "$pairs"' EXIT
-scenarios=$("$build/bench/planner/moe_eplb_bench_windows" --list)
-for scenario in $scenarios; do
-  for ((draw = 0; draw < draws; ++draw)); do
-    "$build/tools/moe-eplb" replay --scenario "$scenario" --draw "$draw" --windows "$windows" \
-      --json >"$tmp/$scenario.$draw.json" 2>/dev/null
-  done
-done
-python3 bench/planner/summarize_replays.py "$tmp" $scenarios
+"$build/bench/planner/moe_eplb_bench_windows" --section replay ${quick:+--quick}
 
 "$build/bench/planner/moe_eplb_bench_windows" --data "$data" --section timing ${quick:+--quick}
 /usr/bin/python3 bench/planner/deepseek_reference.py --data "$data" --repetitions "$([[ $quick == --quick ]] && echo 3 || echo 11)"

@@ -1,7 +1,7 @@
 // Planner benchmarks for issue 10: several windows in, a later window scored.
 //
 //   moe_eplb_bench_windows [--data DIR] [--quick] [--draws N] [--per-draw CSV] [--section
-//   suite|real|timing]... moe_eplb_bench_windows --list        (the suite's scenario names)
+//   suite|real|timing|replay]... moe_eplb_bench_windows --list  (the suite's scenario names)
 //
 // suite   the multi-window suite (window_suite(): transient, persistent, mixed
 //         and drifting families): every planner plans on windows 0-3 and is
@@ -15,6 +15,11 @@
 //         plan on run i, score on run i + 1, with per-rank noise (below).
 // timing  plan() on 61 layers x 256 experts x EP 64 with 4 windows, and on
 //         58 layers x 256 x EP 32 from global counts (needs DIR).
+// replay  replay() (plan/replay.hpp, what `moe-eplb replay` prints) of 16
+//         windows (8 with --quick) of every suite scenario, over --draws draws
+//         (8; 2 with --quick), rebalancing after every window on the last 4:
+//         per family the time-averaged max/mean and the share of slots changed
+//         per rebalance of each policy, then the drifting family in detail.
 //
 // Per-rank noise on global counts g[e] (the data has no per-source-rank
 // split): rank r gets g[e] * w[r][e] / sum_r' w[r'][e] with
@@ -44,6 +49,7 @@
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
+#include "moe_eplb/plan/replay.hpp"
 #include "moe_eplb/plan/scenario.hpp"
 #include "moe_eplb/table.hpp"
 
@@ -308,12 +314,7 @@ ExpertLoad real_load(const RealRun& run, std::int64_t first, std::int64_t last,
 
 double mean_balance(const LayeredTable& table, const ExpertLoad& load,
                     const AnalyzeOptions& options) {
-  double sum = 0.0;
-  for (std::int64_t layer = 0; layer < load.num_layers; ++layer) {
-    sum += analyze_load(table.layer(layer), load.layer(layer), load.num_source_ranks, options)
-               .max_over_mean;
-  }
-  return sum / static_cast<double>(load.num_layers);
+  return analyze_layers(table, load, options).mean;
 }
 
 struct RealConfig {
@@ -443,6 +444,135 @@ void run_timing(const std::vector<RealRun>& runs, bool quick) {
   }
 }
 
+// ---------------------------------------------------------------- replays
+
+// One policy over a scenario's draws: time-averaged max/mean (geometric mean
+// over the draws), slots changed per rebalance and experts received (means),
+// and the largest change of any draw.
+struct PolicySummary {
+  std::string name;
+  double balance = 0.0;
+  double slots_changed = std::nan("");
+  double max_slots_changed = std::nan("");
+  double received = 0.0;
+};
+
+std::vector<PolicySummary> replay_scenario(const ScenarioSpec& scenario, std::int64_t num_windows,
+                                           int draws) {
+  std::vector<PolicySummary> summary;
+  for (int draw = 0; draw < draws; ++draw) {
+    const ScenarioSpec spec = scenario_draw(scenario, draw);
+    ReplayOptions options;
+    options.topology = {spec.world_size, spec.slots_per_rank, spec.ranks_per_node};
+    options.max_moves = spec.world_size * spec.slots_per_rank / 10;
+    const ReplayResult result = replay(generate_windows(spec, 0, num_windows), options,
+                                       default_replay_policies(options.max_moves));
+    summary.resize(result.policies.size());
+    for (std::size_t p = 0; p < result.policies.size(); ++p) {
+      const PolicyReplay& replayed = result.policies[p];
+      PolicySummary& entry = summary[p];
+      entry.name = replayed.policy.name;
+      entry.balance += std::log(mean_of(replayed.balance)) / draws;
+      const double changed = mean_of(replayed.slots_changed);
+      entry.slots_changed = std::isfinite(changed)
+                                ? (draw == 0 ? 0.0 : entry.slots_changed) + changed / draws
+                                : std::nan("");
+      entry.max_slots_changed =
+          std::isfinite(changed)
+              ? std::max(draw == 0 ? 0.0 : entry.max_slots_changed, max_of(replayed.slots_changed))
+              : std::nan("");
+      for (const double received : replayed.received) {
+        if (std::isfinite(received)) entry.received += received / draws;
+      }
+    }
+  }
+  for (PolicySummary& entry : summary) entry.balance = std::exp(entry.balance);
+  return summary;
+}
+
+void run_replays(bool quick, int draws) {
+  const std::int64_t num_windows = quick ? 8 : 16;
+  std::printf(
+      "## Replays: %lld windows of every suite scenario, %d draws each, rebalancing after every "
+      "window on the last 4\n\n"
+      "replay() (plan/replay.hpp; `moe-eplb replay --scenario NAME --draw K` prints the same), "
+      "rank mode: each policy is scored on the next window; moe-eplb-capped plans against the "
+      "table in force with max_moves = 10%% of the slots. Time-averaged max/mean over windows "
+      "1..%lld, geometric mean over the draws; slots changed per rebalance, of W x S, mean over "
+      "the draws (max: the largest).\n\n",
+      static_cast<long long>(num_windows), draws, static_cast<long long>(num_windows - 1));
+  std::map<std::string, std::vector<std::pair<double, std::vector<PolicySummary>>>> by_family;
+  for (const ScenarioSpec& scenario : window_suite()) {
+    const double slots = static_cast<double>(scenario.world_size * scenario.slots_per_rank);
+    by_family[scenario.family].emplace_back(slots, replay_scenario(scenario, num_windows, draws));
+  }
+  const std::vector<PolicySummary>& any = by_family.begin()->second.front().second;
+  std::printf(
+      "Per family: geometric mean of the time-averaged max/mean, and the mean share of slots "
+      "changed per rebalance.\n\n| family |");
+  for (const PolicySummary& policy : any) std::printf(" %s |", policy.name.c_str());
+  std::printf("\n|---|");
+  for (std::size_t p = 0; p < any.size(); ++p) std::printf("---:|");
+  std::printf("\n");
+  for (const char* family : {"transient", "persistent", "mixed", "drifting"}) {
+    const auto& members = by_family[family];
+    if (members.empty()) continue;
+    std::printf("| %s |", family);
+    for (std::size_t p = 0; p < any.size(); ++p) {
+      std::vector<double> balance, shares;
+      for (const auto& [slots, summary] : members) {
+        balance.push_back(summary[p].balance);
+        if (std::isfinite(summary[p].slots_changed)) {
+          shares.push_back(summary[p].slots_changed / slots);
+        }
+      }
+      std::printf(" %.3f", geomean(balance));
+      if (!shares.empty()) std::printf(", %.0f%% moved", 100.0 * mean_of(shares));
+      std::printf(" |");
+    }
+    std::printf("\n");
+  }
+  std::printf(
+      "\nDrifting family in detail:\n\n| scenario | policy | time-avg max/mean | vs moe-eplb "
+      "from scratch | slots changed per rebalance (mean) | max | experts received |\n"
+      "|---|---|---:|---:|---:|---:|---:|\n");
+  std::vector<double> ratios, shares;
+  double worst_share = 0.0;
+  std::size_t member = 0;
+  for (const ScenarioSpec& scenario : window_suite()) {
+    if (scenario.family != "drifting") continue;
+    const auto& [slots, summary] = by_family["drifting"][member++];
+    const auto find = [&](const char* name) {
+      return *std::find_if(summary.begin(), summary.end(),
+                           [&](const PolicySummary& entry) { return entry.name == name; });
+    };
+    const double scratch = find("moe-eplb").balance;
+    for (const PolicySummary& policy : summary) {
+      char moved[48] = "-", most[24] = "-";
+      if (std::isfinite(policy.slots_changed)) {
+        std::snprintf(moved, sizeof(moved), "%.1f (%.1f%%)", policy.slots_changed,
+                      100.0 * policy.slots_changed / slots);
+        std::snprintf(most, sizeof(most), "%.0f", policy.max_slots_changed);
+      }
+      std::printf("| %s | %s | %.4f | %+.1f%% | %s | %s | %.0f |\n",
+                  scenario.name.substr(std::strlen("drifting-")).c_str(), policy.name.c_str(),
+                  policy.balance, 100.0 * (policy.balance / scratch - 1.0), moved, most,
+                  policy.received);
+    }
+    const PolicySummary capped = find("moe-eplb-capped");
+    ratios.push_back(capped.balance / scratch);
+    shares.push_back(capped.slots_changed / slots);
+    worst_share = std::max(worst_share, capped.max_slots_changed / slots);
+  }
+  std::printf(
+      "\nDrifting, moe-eplb-capped against moe-eplb from scratch: time-averaged max/mean "
+      "%+.2f%% (geometric mean), worst scenario %+.2f%%; slots changed per rebalance %.1f%% on "
+      "average, at most %.1f%%\n\n",
+      100.0 * (geomean(ratios) - 1.0),
+      100.0 * (*std::max_element(ratios.begin(), ratios.end()) - 1.0), 100.0 * mean_of(shares),
+      100.0 * worst_share);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -472,13 +602,13 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--data DIR] [--quick] [--draws N] [--per-draw CSV] [--section "
-                   "suite|real|timing]... "
+                   "suite|real|timing|replay]... "
                    "| --list\n",
                    argv[0]);
       return 2;
     }
   }
-  if (sections.empty()) sections = {"suite", "real", "timing"};
+  if (sections.empty()) sections = {"suite", "real", "timing", "replay"};
   const auto wants = [&](const char* name) {
     return std::find(sections.begin(), sections.end(), name) != sections.end();
   };
@@ -493,6 +623,7 @@ int main(int argc, char** argv) {
       run_suite(quick, draws > 0 ? draws : (quick ? 4 : 32), per_draw);
       if (per_draw != nullptr) std::fclose(per_draw);
     }
+    if (wants("replay")) run_replays(quick, draws > 0 ? draws : (quick ? 2 : 8));
     if (wants("real") || wants("timing")) {
       if (data_dir.empty()) {
         std::printf("(real data and timing skipped: no --data DIR)\n");

@@ -10,6 +10,8 @@
 #include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/plan/planner.hpp"
+#include "moe_eplb/plan/replay.hpp"
 #include "moe_eplb/plan/rule.hpp"
 #include "moe_eplb/plan/scenario.hpp"
 #include "moe_eplb/plan/svg.hpp"
+#include "moe_eplb/plan/topology.hpp"

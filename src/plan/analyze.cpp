@@ -218,4 +218,22 @@ BalanceReport analyze_trace(const TableView& table, const RoutingTrace& trace,
   return report;
 }
 
+LayersBalance analyze_layers(const LayeredTable& table, const ExpertLoad& load,
+                             const AnalyzeOptions& options, const char* operation) {
+  MOE_EPLB_CHECK(table.num_layers == 1 || table.num_layers == load.num_layers, operation,
+                 ": the table has ", table.num_layers, " layers, the load ", load.num_layers,
+                 "; expected one table layer or one per load layer");
+  LayersBalance balance;
+  for (std::int64_t layer = 0; layer < load.num_layers; ++layer) {
+    const double ratio = analyze_load(table.layer(table.num_layers == 1 ? 0 : layer),
+                                      load.layer(layer), load.num_source_ranks, options, operation)
+                             .max_over_mean;
+    balance.max_over_mean.push_back(ratio);
+    balance.mean += ratio;
+    balance.worst = std::max(balance.worst, ratio);
+  }
+  if (load.num_layers > 0) balance.mean /= static_cast<double>(load.num_layers);
+  return balance;
+}
+
 }  // namespace moe_eplb

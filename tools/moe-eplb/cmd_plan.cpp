@@ -27,26 +27,12 @@ struct PlanCommandOptions {
   std::string layout;  // --layout
 };
 
-// Mean and worst max/mean per-rank load over the layers, routed arithmetically.
-std::pair<double, double> predicted_balance(const LayeredTable& table, const ExpertLoad& load,
-                                            const AnalyzeOptions& options) {
-  double sum = 0.0, worst = 0.0;
-  for (std::int64_t layer = 0; layer < load.num_layers; ++layer) {
-    const double ratio =
-        analyze_load(table.layer(layer), load.layer(layer), load.num_source_ranks, options)
-            .max_over_mean;
-    sum += ratio;
-    worst = std::max(worst, ratio);
-  }
-  return {sum / static_cast<double>(load.num_layers), worst};
-}
-
-std::string describe_balance(std::pair<double, double> balance, std::int64_t num_layers) {
+std::string describe_balance(const LayersBalance& balance) {
   char text[64];
-  if (num_layers == 1) {
-    std::snprintf(text, sizeof(text), "%.3f", balance.first);
+  if (balance.max_over_mean.size() == 1) {
+    std::snprintf(text, sizeof(text), "%.3f", balance.mean);
   } else {
-    std::snprintf(text, sizeof(text), "%.3f (worst layer %.3f)", balance.first, balance.second);
+    std::snprintf(text, sizeof(text), "%.3f (worst layer %.3f)", balance.mean, balance.worst);
   }
   return text;
 }
@@ -186,11 +172,10 @@ void run_plan(PlanCommandOptions options) {
   other.max_moves = -1;
   other.move_cost = 0.0;
   const LayeredTable alternative = plan(windows, other);
-  std::printf(
-      "max/mean per-rank load on the newest window, %s: this plan %s, %s %s\n", mode,
-      describe_balance(predicted_balance(table, load, analyze), load.num_layers).c_str(),
-      other.algorithm == PlanAlgorithm::kDeepSeek ? "DeepSeek EPLB" : "moe-eplb",
-      describe_balance(predicted_balance(alternative, load, analyze), load.num_layers).c_str());
+  std::printf("max/mean per-rank load on the newest window, %s: this plan %s, %s %s\n", mode,
+              describe_balance(analyze_layers(table, load, analyze, "plan()")).c_str(),
+              other.algorithm == PlanAlgorithm::kDeepSeek ? "DeepSeek EPLB" : "moe-eplb",
+              describe_balance(analyze_layers(alternative, load, analyze, "plan()")).c_str());
   std::printf(
       "(statistics it was planned on; `moe-eplb simulate` scores a table on other traffic)\n");
 }

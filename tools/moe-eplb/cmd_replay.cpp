@@ -1,8 +1,7 @@
-// moe-eplb replay: a sequence of load windows in; how rebalancing policies fare
-// over time out. After window t (t = 0, N, 2N, ... for --every N) each policy
-// rebalances, planning on the last --history windows, and the table in force
-// is always scored on the *next* window: no policy sees the traffic it is
-// scored on. Window 0's plan is every policy's first table (no moves counted).
+// moe-eplb replay: a sequence of load windows in (files, traces or a built-in
+// scenario); how rebalancing policies fare over time out. The replay itself
+// is moe_eplb::replay() (plan/replay.hpp); this file reads the windows and
+// prints the result three ways: a table, --json and --svg.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,6 +19,7 @@
 #include "moe_eplb/plan/load.hpp"
 #include "moe_eplb/plan/migration.hpp"
 #include "moe_eplb/plan/planner.hpp"
+#include "moe_eplb/plan/replay.hpp"
 #include "moe_eplb/plan/scenario.hpp"
 #include "moe_eplb/plan/svg.hpp"
 #include "options.hpp"
@@ -34,7 +34,7 @@ constexpr std::int64_t kDefaultMaxMoves = std::numeric_limits<std::int64_t>::min
 // --windows: a replay of more than this many generated windows is a mistake.
 constexpr std::int64_t kMaxReplayWindows = 100000;
 
-struct ReplayOptions {
+struct ReplayCommandOptions {
   std::vector<std::string> load_paths;
   std::vector<std::string> trace_paths;
   std::int64_t num_experts = 0;  // with --trace
@@ -82,7 +82,7 @@ std::string shape_of(const ExpertLoad& load) {
          std::to_string(load.num_experts) + " experts)";
 }
 
-Windows read_windows(ReplayOptions& options) {
+Windows read_windows(ReplayCommandOptions& options) {
   const int sources = (options.load_paths.empty() ? 0 : 1) + (options.trace_paths.empty() ? 0 : 1) +
                       (options.scenario.empty() ? 0 : 1);
   MOE_EPLB_CHECK(sources == 1, kReplay,
@@ -150,60 +150,6 @@ Windows read_windows(ReplayOptions& options) {
   return windows;
 }
 
-// One rebalancing policy and what happened to it.
-struct Policy {
-  std::string name;         // short, for columns and JSON keys
-  std::string description;  // one line for the legend
-  PlanAlgorithm algorithm = PlanAlgorithm::kRuleAware;
-  bool rebalances = true;        // false: keeps window 0's plan
-  bool migration_aware = false;  // plans against the table in force
-  LayeredTable table;            // in force
-  // Per scored window (windows 1 .. N-1):
-  std::vector<double> balance;        // max/mean, mean over layers
-  std::vector<double> slots_changed;  // at the rebalance before it; NaN = none
-  std::vector<double> received;       // experts received over the network, same
-  std::vector<double> plan_seconds;   // per rebalance after window 0
-};
-
-std::vector<Policy> make_policies() {
-  std::vector<Policy> policies(5);
-  policies[0].name = "never";
-  policies[0].description = "never rebalance: moe-eplb planned once on window 0, kept";
-  policies[0].rebalances = false;
-  policies[1].name = "deepseek";
-  policies[1].description = "DeepSeek EPLB from scratch";
-  policies[1].algorithm = PlanAlgorithm::kDeepSeek;
-  policies[2].name = "flashlb";
-  policies[2].description = "FlashLB (replans degraded layers, matches slots)";
-  policies[2].algorithm = PlanAlgorithm::kFlashLB;
-  policies[2].migration_aware = true;
-  policies[3].name = "moe-eplb";
-  policies[3].description = "moe-eplb from scratch";
-  policies[4].name = "moe-eplb-capped";
-  policies[4].description = "moe-eplb migration-aware, capped";
-  policies[4].migration_aware = true;
-  return policies;
-}
-
-double mean_of(const std::vector<double>& values) {
-  double sum = 0.0;
-  std::int64_t n = 0;
-  for (double value : values) {
-    if (!std::isfinite(value)) continue;
-    sum += value;
-    ++n;
-  }
-  return n > 0 ? sum / static_cast<double>(n) : std::nan("");
-}
-
-double max_of(const std::vector<double>& values) {
-  double result = std::nan("");
-  for (double value : values) {
-    if (std::isfinite(value) && !(value <= result)) result = value;
-  }
-  return result;
-}
-
 nlohmann::json number_or_null(double value) {
   return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
 }
@@ -220,212 +166,155 @@ std::string human_bytes(double bytes) {
   return text;
 }
 
-void run_replay(ReplayOptions options) {
-  if (options.list) {
-    list_scenarios();
-    return;
+// Experts received over the whole replay.
+double total_received(const PolicyReplay& replayed) {
+  double received = 0.0;
+  for (const double value : replayed.received) received += std::isfinite(value) ? value : 0.0;
+  return received;
+}
+
+// What the three printers share: the replay, where its windows came from and
+// the command's options.
+struct ReplayReport {
+  const ReplayResult& result;
+  const Windows& windows;
+  const ReplayCommandOptions& options;
+  std::int64_t max_moves;
+  ReplicaRule rule;
+  std::string mode() const { return rule_phrase(rule); }
+  std::int64_t num_windows() const { return static_cast<std::int64_t>(windows.loads.size()); }
+  const ExpertLoad& first() const { return windows.loads.front(); }
+  double layer_slots() const {
+    return static_cast<double>(first().num_layers * options.world_size * options.slots_per_rank);
   }
-  const Windows windows = read_windows(options);
-  const std::vector<ExpertLoad>& loads = windows.loads;
-  const auto num_windows = static_cast<std::int64_t>(loads.size());
-  const ExpertLoad& first = loads.front();
-  const std::int64_t num_slots = options.world_size * options.slots_per_rank;
-  const std::int64_t max_moves =
-      options.max_moves == kDefaultMaxMoves ? num_slots / 10 : options.max_moves;
+};
 
-  PlanOptions base;
-  base.world_size = options.world_size;
-  base.slots_per_rank = options.slots_per_rank;
-  base.ranks_per_node = options.ranks_per_node;
-  base.rule = chosen_rule(options.rule);
-  AnalyzeOptions analyze;
-  analyze.world_size = options.world_size;
-  analyze.slots_per_rank = options.slots_per_rank;
-  analyze.ranks_per_node = options.ranks_per_node;
-  analyze.rule = base.rule;
-  const Topology topology{options.world_size, options.slots_per_rank, options.ranks_per_node};
-
-  std::vector<Policy> policies = make_policies();
-  policies[4].description += " at " + std::to_string(max_moves) + " moves per layer";
-  std::vector<double> scored_windows;
-  std::vector<bool> rebalanced;
-  const auto start = std::chrono::steady_clock::now();
-  double last_progress = 0.0;
-  for (std::int64_t t = 0; t + 1 < num_windows; ++t) {
-    const bool rebalance = t % options.every == 0;
-    if (rebalance) {
-      const std::int64_t oldest = std::max<std::int64_t>(0, t - options.history + 1);
-      const std::vector<ExpertLoad> history(loads.begin() + oldest, loads.begin() + t + 1);
-      for (Policy& policy : policies) {
-        if (t > 0 && !policy.rebalances) continue;
-        PlanOptions plan_options = base;
-        plan_options.algorithm = policy.algorithm;
-        if (t > 0 && policy.migration_aware) {
-          plan_options.previous = &policy.table;
-          if (policy.algorithm == PlanAlgorithm::kRuleAware) plan_options.max_moves = max_moves;
-        }
-        const auto plan_start = std::chrono::steady_clock::now();
-        LayeredTable table = plan(history, plan_options);
-        const double seconds =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - plan_start).count();
-        if (t > 0) {
-          std::int64_t changed = 0, received = 0;
-          for (std::int64_t layer = 0; layer < table.num_layers; ++layer) {
-            const TableDiff diff =
-                diff_tables(policy.table.layer(layer), table.layer(layer), topology);
-            changed += diff.slots_changed;
-            received += diff.experts_received;
-          }
-          policy.slots_changed.push_back(static_cast<double>(changed));
-          policy.received.push_back(static_cast<double>(received));
-          policy.plan_seconds.push_back(seconds);
-        }
-        policy.table = std::move(table);
-      }
-    }
-    for (Policy& policy : policies) {
-      if (t == 0 || !rebalance || !policy.rebalances) {
-        policy.slots_changed.push_back(std::nan(""));
-        policy.received.push_back(std::nan(""));
-      }
-      const ExpertLoad& next = loads[static_cast<std::size_t>(t + 1)];
-      double sum = 0.0;
-      for (std::int64_t layer = 0; layer < next.num_layers; ++layer) {
-        sum += analyze_load(policy.table.layer(layer), next.layer(layer), next.num_source_ranks,
-                            analyze)
-                   .max_over_mean;
-      }
-      policy.balance.push_back(sum / static_cast<double>(next.num_layers));
-    }
-    scored_windows.push_back(static_cast<double>(t + 1));
-    rebalanced.push_back(rebalance && t > 0);
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (elapsed - last_progress >= 1.0 && t + 2 < num_windows) {
-      std::fprintf(stderr, "replay: scored window %lld of %lld (%.0f s)\n",
-                   static_cast<long long>(t + 1), static_cast<long long>(num_windows - 1), elapsed);
-      last_progress = elapsed;
-    }
+// --svg: balance over time and moves per rebalance.
+void write_replay_svg(const ReplayReport& report) {
+  const ReplayCommandOptions& options = report.options;
+  TimePanel balance{
+      "max/mean per-rank load on the next window (" + report.mode() + ")", {}};
+  TimePanel moves{"slots changed per rebalance (of " +
+                      std::to_string(static_cast<std::int64_t>(report.layer_slots())) + ")",
+                  {}};
+  for (const PolicyReplay& replayed : report.result.policies) {
+    balance.series.push_back({replayed.policy.name, replayed.balance});
+    moves.series.push_back({replayed.policy.name, replayed.slots_changed});
   }
+  const std::vector<double> scored(report.result.scored_windows.begin(),
+                                   report.result.scored_windows.end());
+  write_text(options.svg_path,
+             time_series_svg("Replay of " + std::to_string(report.num_windows()) +
+                                 " windows: " + report.windows.label,
+                             "scored window (rebalance every " + std::to_string(options.every) +
+                                 " window(s) on the last " + std::to_string(options.history) + ")",
+                             scored, {balance, moves}));
+}
 
-  const std::string phrase = rule_phrase(base.rule);
-  const char* mode = phrase.c_str();
-  const double layer_slots = static_cast<double>(first.num_layers * num_slots);
-  if (!options.svg_path.empty()) {
-    TimePanel balance{"max/mean per-rank load on the next window (" + phrase + ")", {}};
-    TimePanel moves{
-        "slots changed per rebalance (of " + std::to_string(first.num_layers * num_slots) + ")",
-        {}};
-    for (const Policy& policy : policies) {
-      balance.series.push_back({policy.name, policy.balance});
-      moves.series.push_back({policy.name, policy.slots_changed});
-    }
-    write_text(
-        options.svg_path,
-        time_series_svg("Replay of " + std::to_string(num_windows) + " windows: " + windows.label,
-                        "scored window (rebalance every " + std::to_string(options.every) +
-                            " window(s) on the last " + std::to_string(options.history) + ")",
-                        scored_windows, {balance, moves}));
+// --json: every window and the summary.
+void print_replay_json(const ReplayReport& report) {
+  const ReplayCommandOptions& options = report.options;
+  const ExpertLoad& first = report.first();
+  nlohmann::json json;
+  json["source"] = report.windows.source;
+  json["windows"] = report.num_windows();
+  json["layers"] = first.num_layers;
+  json["num_experts"] = first.num_experts;
+  json["per_rank_statistics"] = first.per_rank();
+  json["world_size"] = options.world_size;
+  json["slots_per_rank"] = options.slots_per_rank;
+  json["balance_mode"] = rule_info(report.rule).balance_mode;
+  json["rule"] = rule_info(report.rule).name;
+  json["every"] = options.every;
+  json["history"] = options.history;
+  json["max_moves"] = report.max_moves;
+  json["expert_bytes"] = options.expert_bytes;
+  for (const PolicyReplay& replayed : report.result.policies) {
+    nlohmann::json entry;
+    entry["name"] = replayed.policy.name;
+    entry["description"] = replayed.policy.description;
+    entry["mean_max_over_mean"] = mean_of(replayed.balance);
+    entry["worst_max_over_mean"] = max_of(replayed.balance);
+    entry["rebalances"] = replayed.plan_seconds.size();
+    entry["mean_slots_changed"] = number_or_null(mean_of(replayed.slots_changed));
+    entry["max_slots_changed"] = number_or_null(max_of(replayed.slots_changed));
+    entry["mean_slots_changed_share"] =
+        number_or_null(mean_of(replayed.slots_changed) / report.layer_slots());
+    entry["experts_received"] = total_received(replayed);
+    entry["bytes_moved"] = total_received(replayed) * options.expert_bytes;
+    entry["mean_plan_ms"] = number_or_null(mean_of(replayed.plan_seconds) * 1e3);
+    json["policies"].push_back(entry);
   }
-
-  if (options.json) {
-    nlohmann::json json;
-    json["source"] = windows.source;
-    json["windows"] = num_windows;
-    json["layers"] = first.num_layers;
-    json["num_experts"] = first.num_experts;
-    json["per_rank_statistics"] = first.per_rank();
-    json["world_size"] = options.world_size;
-    json["slots_per_rank"] = options.slots_per_rank;
-    json["balance_mode"] = rule_info(base.rule).balance_mode;
-    json["rule"] = rule_info(base.rule).name;
-    json["every"] = options.every;
-    json["history"] = options.history;
-    json["max_moves"] = max_moves;
-    json["expert_bytes"] = options.expert_bytes;
-    for (const Policy& policy : policies) {
-      nlohmann::json entry;
-      entry["name"] = policy.name;
-      entry["description"] = policy.description;
-      entry["mean_max_over_mean"] = mean_of(policy.balance);
-      entry["worst_max_over_mean"] = max_of(policy.balance);
-      entry["rebalances"] = policy.plan_seconds.size();
-      entry["mean_slots_changed"] = number_or_null(mean_of(policy.slots_changed));
-      entry["max_slots_changed"] = number_or_null(max_of(policy.slots_changed));
-      entry["mean_slots_changed_share"] =
-          number_or_null(mean_of(policy.slots_changed) / layer_slots);
-      double received = 0.0;
-      for (double value : policy.received) received += std::isfinite(value) ? value : 0.0;
-      entry["experts_received"] = received;
-      entry["bytes_moved"] = received * options.expert_bytes;
-      entry["mean_plan_ms"] = number_or_null(mean_of(policy.plan_seconds) * 1e3);
-      json["policies"].push_back(entry);
+  for (std::size_t i = 0; i < report.result.scored_windows.size(); ++i) {
+    nlohmann::json step;
+    step["window"] = static_cast<double>(report.result.scored_windows[i]);
+    step["rebalanced_before"] = static_cast<bool>(report.result.rebalanced[i]);
+    for (const PolicyReplay& replayed : report.result.policies) {
+      nlohmann::json cell;
+      cell["max_over_mean"] = replayed.balance[i];
+      cell["slots_changed"] = number_or_null(replayed.slots_changed[i]);
+      cell["experts_received"] = number_or_null(replayed.received[i]);
+      cell["bytes_moved"] = number_or_null(replayed.received[i] * options.expert_bytes);
+      step["policies"][replayed.policy.name] = cell;
     }
-    for (std::size_t i = 0; i < scored_windows.size(); ++i) {
-      nlohmann::json step;
-      step["window"] = scored_windows[i];
-      step["rebalanced_before"] = static_cast<bool>(rebalanced[i]);
-      for (const Policy& policy : policies) {
-        nlohmann::json cell;
-        cell["max_over_mean"] = policy.balance[i];
-        cell["slots_changed"] = number_or_null(policy.slots_changed[i]);
-        cell["experts_received"] = number_or_null(policy.received[i]);
-        cell["bytes_moved"] = number_or_null(policy.received[i] * options.expert_bytes);
-        step["policies"][policy.name] = cell;
-      }
-      json["steps"].push_back(step);
-    }
-    std::printf("%s\n", json.dump(2).c_str());
-    return;
+    json["steps"].push_back(step);
   }
+  std::printf("%s\n", json.dump(2).c_str());
+}
 
+// The default output: the legend, every window, the summary.
+void print_replay_table(const ReplayReport& report) {
+  const ReplayCommandOptions& options = report.options;
+  const ExpertLoad& first = report.first();
+  const std::vector<PolicyReplay>& policies = report.result.policies;
   std::printf(
       "replay of %lld windows: %s; %lld layer%s x %lld experts, %s statistics\n"
       "%lld ranks x %lld slots, %s; rebalance after every %lld window%s on the last %lld; "
       "each scored on the next window\n\n",
-      static_cast<long long>(num_windows), windows.source.c_str(),
+      static_cast<long long>(report.num_windows()), report.windows.source.c_str(),
       static_cast<long long>(first.num_layers), first.num_layers == 1 ? "" : "s",
       static_cast<long long>(first.num_experts), first.per_rank() ? "per-source-rank" : "global",
       static_cast<long long>(options.world_size), static_cast<long long>(options.slots_per_rank),
-      mode, static_cast<long long>(options.every), options.every == 1 ? "" : "s",
+      report.mode().c_str(), static_cast<long long>(options.every), options.every == 1 ? "" : "s",
       static_cast<long long>(options.history));
-  for (const Policy& policy : policies) {
-    std::printf("  %-16s %s\n", policy.name.c_str(), policy.description.c_str());
+  for (const PolicyReplay& replayed : policies) {
+    std::printf("  %-16s %s\n", replayed.policy.name.c_str(), replayed.policy.description.c_str());
   }
   std::printf("\nmax/mean on the window, slots changed at the rebalance before it\n\n  window");
-  for (const Policy& policy : policies) std::printf("  %16s", policy.name.c_str());
+  for (const PolicyReplay& replayed : policies) {
+    std::printf("  %16s", replayed.policy.name.c_str());
+  }
   std::printf("\n");
-  for (std::size_t i = 0; i < scored_windows.size(); ++i) {
-    std::printf("  %6.0f", scored_windows[i]);
-    for (const Policy& policy : policies) {
+  for (std::size_t i = 0; i < report.result.scored_windows.size(); ++i) {
+    std::printf("  %6lld", static_cast<long long>(report.result.scored_windows[i]));
+    for (const PolicyReplay& replayed : policies) {
       char moved[24] = "";
-      if (std::isfinite(policy.slots_changed[i])) {
-        std::snprintf(moved, sizeof(moved), "%.0f", policy.slots_changed[i]);
+      if (std::isfinite(replayed.slots_changed[i])) {
+        std::snprintf(moved, sizeof(moved), "%.0f", replayed.slots_changed[i]);
       }
-      std::printf("  %6.3f %9s", policy.balance[i], moved);
+      std::printf("  %6.3f %9s", replayed.balance[i], moved);
     }
     std::printf("\n");
   }
   std::printf("\n  %-16s  %12s  %6s  %10s  %-28s  %12s  %8s\n", "policy", "avg max/mean", "worst",
               "rebalances", "slots changed per rebalance", "bytes moved", "plan ms");
-  for (const Policy& policy : policies) {
-    const double changed = mean_of(policy.slots_changed);
+  for (const PolicyReplay& replayed : policies) {
+    const double changed = mean_of(replayed.slots_changed);
     char moves[64] = "-";
     if (std::isfinite(changed)) {
       std::snprintf(moves, sizeof(moves), "%.1f (%.1f%%), max %.0f", changed,
-                    100.0 * changed / layer_slots, max_of(policy.slots_changed));
+                    100.0 * changed / report.layer_slots(), max_of(replayed.slots_changed));
     }
-    double received = 0.0;
-    for (double value : policy.received) received += std::isfinite(value) ? value : 0.0;
+    const double received = total_received(replayed);
     const std::string bytes = options.expert_bytes > 0
                                   ? human_bytes(received * options.expert_bytes)
                                   : std::to_string(static_cast<long long>(received)) + " experts";
-    const double plan_ms = mean_of(policy.plan_seconds) * 1e3;
+    const double plan_ms = mean_of(replayed.plan_seconds) * 1e3;
     char plan_text[24] = "-";
     if (std::isfinite(plan_ms)) std::snprintf(plan_text, sizeof(plan_text), "%.1f", plan_ms);
-    std::printf("  %-16s  %12.4f  %6.3f  %10zu  %-28s  %12s  %8s\n", policy.name.c_str(),
-                mean_of(policy.balance), max_of(policy.balance), policy.plan_seconds.size(), moves,
-                bytes.c_str(), plan_text);
+    std::printf("  %-16s  %12.4f  %6.3f  %10zu  %-28s  %12s  %8s\n", replayed.policy.name.c_str(),
+                mean_of(replayed.balance), max_of(replayed.balance), replayed.plan_seconds.size(),
+                moves, bytes.c_str(), plan_text);
   }
   std::printf(
       "\n(bytes moved: experts each rank receives over the network x --expert-bytes; further "
@@ -433,10 +322,49 @@ void run_replay(ReplayOptions options) {
   if (!options.svg_path.empty()) std::printf("wrote %s\n", options.svg_path.c_str());
 }
 
+void run_replay(ReplayCommandOptions options) {
+  if (options.list) {
+    list_scenarios();
+    return;
+  }
+  const Windows windows = read_windows(options);
+  const std::int64_t num_slots = options.world_size * options.slots_per_rank;
+  const std::int64_t max_moves =
+      options.max_moves == kDefaultMaxMoves ? num_slots / 10 : options.max_moves;
+
+  ReplayOptions replay_options;
+  replay_options.topology = {options.world_size, options.slots_per_rank, options.ranks_per_node};
+  replay_options.rule = chosen_rule(options.rule);
+  replay_options.every = options.every;
+  replay_options.history = options.history;
+  replay_options.max_moves = max_moves;
+  const auto start = std::chrono::steady_clock::now();
+  double last_progress = 0.0;
+  replay_options.progress = [&](std::int64_t scored, std::int64_t total) {
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (elapsed - last_progress >= 1.0 && scored < total) {
+      std::fprintf(stderr, "replay: scored window %lld of %lld (%.0f s)\n",
+                   static_cast<long long>(scored), static_cast<long long>(total), elapsed);
+      last_progress = elapsed;
+    }
+  };
+  const ReplayResult result =
+      replay(windows.loads, replay_options, default_replay_policies(max_moves));
+
+  const ReplayReport report{result, windows, options, max_moves, replay_options.rule};
+  if (!options.svg_path.empty()) write_replay_svg(report);
+  if (options.json) {
+    print_replay_json(report);
+  } else {
+    print_replay_table(report);
+  }
+}
+
 }  // namespace
 
 void add_replay_command(CLI::App& app) {
-  auto options = std::make_shared<ReplayOptions>();
+  auto options = std::make_shared<ReplayCommandOptions>();
   CLI::App* command = app.add_subcommand(
       "replay",
       "Replay a sequence of load windows: how never rebalancing, DeepSeek, FlashLB and moe-eplb "

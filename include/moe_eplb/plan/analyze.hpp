@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "moe_eplb/plan/load.hpp"
+#include "moe_eplb/plan/planner.hpp"
 #include "moe_eplb/plan/rule.hpp"
 #include "moe_eplb/plan/topology.hpp"
 #include "moe_eplb/types.hpp"
@@ -75,5 +76,18 @@ BalanceReport analyze_load(const TableView& eplb_table, const double* counts,
 // plus the operator's own for an expert id outside [0, E).
 BalanceReport analyze_trace(const TableView& eplb_table, const RoutingTrace& trace,
                             const AnalyzeOptions& options);
+
+// max/mean per-rank load of every layer of `load` routed through `table`:
+// its layer l, or its only layer for every layer of the load. `mean` and
+// `worst` summarise them. Errors as analyze_load(), plus a table whose layer
+// count is neither 1 nor the load's.
+struct LayersBalance {
+  std::vector<double> max_over_mean;  // (L,)
+  double mean = 0.0;
+  double worst = 0.0;
+};
+LayersBalance analyze_layers(const LayeredTable& table, const ExpertLoad& load,
+                             const AnalyzeOptions& options,
+                             const char* operation = "analyze_layers()");
 
 }  // namespace moe_eplb
