@@ -118,6 +118,20 @@ ExpertLoad make_expert_load(const std::vector<std::int64_t>& shape, std::vector<
   return load;
 }
 
+void check_same_shape(const std::vector<ExpertLoad>& windows, const char* operation) {
+  for (std::size_t i = 1; i < windows.size(); ++i) {
+    const ExpertLoad& first = windows.front();
+    const ExpertLoad& window = windows[i];
+    MOE_EPLB_CHECK(window.num_layers == first.num_layers &&
+                       window.num_source_ranks == first.num_source_ranks &&
+                       window.num_experts == first.num_experts,
+                   operation, ": load window ", i, " is (", window.num_layers, " layers, ",
+                   window.num_source_ranks, " source ranks, ", window.num_experts,
+                   " experts), but window 0 is (", first.num_layers, ", ", first.num_source_ranks,
+                   ", ", first.num_experts, "); every window must have the same shape");
+  }
+}
+
 ExpertLoad global_load(const ExpertLoad& load) {
   ExpertLoad global;
   global.num_layers = load.num_layers;

@@ -64,17 +64,7 @@ void check_windows(const std::vector<ExpertLoad>& windows) {
     check_load_values(window.counts.data(), window.num_layers, window.num_source_ranks,
                       window.num_experts, kPlan);
   }
-  const ExpertLoad& first = windows.front();
-  for (std::size_t i = 1; i < windows.size(); ++i) {
-    const ExpertLoad& window = windows[i];
-    MOE_EPLB_CHECK(window.num_layers == first.num_layers &&
-                       window.num_source_ranks == first.num_source_ranks &&
-                       window.num_experts == first.num_experts,
-                   kPlan, ": load window ", i, " is (", window.num_layers, " layers, ",
-                   window.num_source_ranks, " source ranks, ", window.num_experts,
-                   " experts), but window 0 is (", first.num_layers, ", ", first.num_source_ranks,
-                   ", ", first.num_experts, "); every window must have the same shape");
-  }
+  check_same_shape(windows, kPlan);
 }
 
 void check_migration_options(const ExpertLoad& load, const PlanOptions& options) {

@@ -19,17 +19,7 @@ void check_replay(const std::vector<ExpertLoad>& windows, const ReplayOptions& o
   MOE_EPLB_CHECK(windows.size() >= 2, kReplay,
                  ": needs at least 2 windows (plan on one, score on the next), got ",
                  windows.size());
-  const ExpertLoad& first = windows.front();
-  for (std::size_t i = 1; i < windows.size(); ++i) {
-    const ExpertLoad& load = windows[i];
-    MOE_EPLB_CHECK(load.num_layers == first.num_layers &&
-                       load.num_source_ranks == first.num_source_ranks &&
-                       load.num_experts == first.num_experts,
-                   kReplay, ": window ", i, " is (", load.num_layers, " layers, ",
-                   load.num_source_ranks, " source ranks, ", load.num_experts,
-                   " experts), but window 0 is (", first.num_layers, ", ", first.num_source_ranks,
-                   ", ", first.num_experts, "); every window must have the same shape");
-  }
+  check_same_shape(windows, kReplay);
   options.topology.check(kReplay);
   MOE_EPLB_CHECK(options.every >= 1, kReplay, ": every must be 1 or more, got ", options.every);
   MOE_EPLB_CHECK(options.history >= 1, kReplay, ": history must be 1 or more, got ",

@@ -87,7 +87,7 @@ TEST(Replay, BadInputsAreClearErrors) {
             "replay(): ranks_per_node must be 0 (one node) or divide world_size 6, got 4");
   std::vector<ExpertLoad> mixed = windows;
   mixed[1] = global_load(mixed[1]);
-  EXPECT_NE(message(mixed, options).find("replay(): window 1 is (1 layers, 1 source ranks"),
+  EXPECT_NE(message(mixed, options).find("replay(): load window 1 is (1 layers, 1 source ranks"),
             std::string::npos);
 }
 

@@ -72,6 +72,11 @@ ExpertLoad make_expert_load(const std::vector<std::int64_t>& shape, std::vector<
 void check_load_values(const double* counts, std::int64_t num_layers, std::int64_t num_source_ranks,
                        std::int64_t num_experts, const char* operation);
 
+// Refuses windows of different shapes (layers, source ranks, experts),
+// naming the first that differs from window 0 (kInvalidArgument, starting
+// with `operation`). Several windows are one series: plan() and replay().
+void check_same_shape(const std::vector<ExpertLoad>& windows, const char* operation);
+
 // Sums a per-rank load over its source ranks: (L, 1, E). Never throws.
 ExpertLoad global_load(const ExpertLoad& load);
 
