@@ -192,8 +192,7 @@ struct ReplayReport {
 // --svg: balance over time and moves per rebalance.
 void write_replay_svg(const ReplayReport& report) {
   const ReplayCommandOptions& options = report.options;
-  TimePanel balance{
-      "max/mean per-rank load on the next window (" + report.mode() + ")", {}};
+  TimePanel balance{"max/mean per-rank load on the next window (" + report.mode() + ")", {}};
   TimePanel moves{"slots changed per rebalance (of " +
                       std::to_string(static_cast<std::int64_t>(report.layer_slots())) + ")",
                   {}};
