@@ -1,5 +1,7 @@
 #include "moe_eplb/plan/rule.hpp"
 
+#include <algorithm>
+
 #include "moe_eplb/detail/route.hpp"
 #include "moe_eplb/error.hpp"
 
@@ -16,25 +18,30 @@ std::string rule_names() {
 
 // SGLang's static dispatch (compute_logical_to_rank_dispatch_physical_map):
 // the replica on the source rank, else the first on its node, else a fair
-// share of the ranks left over.
+// share of the ranks left over. O(W + count): each rank's first replica
+// first, then each node's, the first of its ranks' firsts.
 void nearest_replicas(const std::int32_t* slots, std::int64_t count, const RuleTopology& topology,
                       std::int32_t* replica_of_source) {
   const std::int64_t world_size = topology.world_size;
   const std::int64_t ranks_per_node =
       topology.ranks_per_node > 0 ? topology.ranks_per_node : world_size;
+  std::fill(replica_of_source, replica_of_source + world_size, count == 1 ? 0 : -1);
+  if (count == 1) return;
+  for (std::int64_t j = count - 1; j >= 0; --j) {
+    replica_of_source[slots[j] / topology.slots_per_rank] = static_cast<std::int32_t>(j);
+  }
   std::int64_t left_over = 0;
-  for (std::int64_t source = 0; source < world_size; ++source) {
-    std::int64_t pick = count == 1 ? 0 : -1;
-    for (std::int64_t j = 0; j < count && pick < 0; ++j) {
-      if (slots[j] / topology.slots_per_rank == source) pick = j;
+  for (std::int64_t node_begin = 0; node_begin < world_size; node_begin += ranks_per_node) {
+    const std::int64_t node_end = std::min(node_begin + ranks_per_node, world_size);
+    std::int32_t head = -1;
+    for (std::int64_t rank = node_begin; rank < node_end; ++rank) {
+      const std::int32_t own = replica_of_source[rank];
+      if (own >= 0 && (head < 0 || own < head)) head = own;
     }
-    for (std::int64_t j = 0; j < count && pick < 0; ++j) {
-      if (slots[j] / topology.slots_per_rank / ranks_per_node == source / ranks_per_node) {
-        pick = j;
-      }
+    for (std::int64_t rank = node_begin; rank < node_end; ++rank) {
+      if (replica_of_source[rank] >= 0) continue;
+      replica_of_source[rank] = head >= 0 ? head : static_cast<std::int32_t>(left_over++ % count);
     }
-    if (pick < 0) pick = left_over++ % count;
-    replica_of_source[source] = static_cast<std::int32_t>(pick);
   }
 }
 

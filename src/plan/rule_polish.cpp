@@ -59,23 +59,31 @@ class NearestPolisher {
       }
       for (std::int64_t e = 0; e < num_experts_; ++e) moves_ += changed_in_row(e, rows_[e]);
     }
-    // Per (source rank, expert): the forecast's counts, global ones spread evenly.
+    // Per (expert, source rank): the forecast's counts, global ones spread
+    // evenly; and each expert's sum over the source ranks, in rank order.
     const bool per_rank = forecast.num_source_ranks > 1;
-    source_mean_.resize(static_cast<std::size_t>(world_size_ * num_experts_));
-    source_variance_.resize(source_mean_.size());
+    source_.resize(static_cast<std::size_t>(num_experts_ * world_size_));
+    expert_total_.resize(static_cast<std::size_t>(num_experts_));
     total_ = 0.0;
     for (std::int64_t w = 0; w < world_size_; ++w) {
       for (std::int64_t e = 0; e < num_experts_; ++e) {
         const std::size_t from = static_cast<std::size_t>(per_rank ? w * num_experts_ + e : e);
         const double scale = per_rank ? 1.0 : 1.0 / static_cast<double>(world_size_);
-        source_mean_[w * num_experts_ + e] = forecast.mean[from] * scale;
-        source_variance_[w * num_experts_ + e] = forecast.variance[from] * scale;
+        source_[e * world_size_ + w] =
+            Load{forecast.mean[from] * scale, forecast.variance[from] * scale};
         total_ += forecast.mean[from] * scale;
+      }
+    }
+    for (std::int64_t e = 0; e < num_experts_; ++e) {
+      Load& sum = expert_total_[e];
+      for (std::int64_t w = 0; w < world_size_; ++w) {
+        sum.mean += source_[e * world_size_ + w].mean;
+        sum.variance += source_[e * world_size_ + w].variance;
       }
     }
     coherent_ = forecast.coherent_variance;
     for (std::int64_t e = 0; e < num_experts_; ++e) {
-      replica_loads_[e] = loads_of(e, rows_[e]);
+      loads_of(e, rows_[e], replica_loads_[e]);
       for (std::size_t j = 0; j < rows_[e].size(); ++j) {
         add(rank_of(rows_[e][j]), replica_loads_[e][j], 1.0);
       }
@@ -99,6 +107,16 @@ class NearestPolisher {
     std::vector<std::int32_t> row_a, row_b;
     std::int64_t moves = 0;  // change in slots that differ from the previous table
     double max_cost = 0.0, spread = 0.0;
+
+    // Expert a's row alone, the rows' storage kept.
+    void reset(std::int64_t a, const std::vector<std::int32_t>& row) {
+      expert_a = a;
+      expert_b = -1;
+      row_a.assign(row.begin(), row.end());
+      row_b.clear();
+      moves = 0;
+      max_cost = spread = 0.0;
+    }
   };
 
   std::int64_t rank_of(std::int32_t slot) const { return slot / request_.slots_per_rank; }
@@ -136,23 +154,26 @@ class NearestPolisher {
     rank_load_[rank].variance += sign * load.variance;
   }
 
-  // What each replica of the row receives under the exact rule.
-  std::vector<Load> loads_of(std::int64_t e, const std::vector<std::int32_t>& row) {
-    std::vector<Load> loads(row.size());
-    source_replicas(request_.rule, row.data(), static_cast<std::int64_t>(row.size()), topology_,
-                    replica_of_source_.data());
-    double expert_total = 0.0;
-    for (std::int64_t w = 0; w < world_size_; ++w) {
-      Load& load = loads[replica_of_source_[w]];
-      load.mean += source_mean_[w * num_experts_ + e];
-      load.variance += source_variance_[w * num_experts_ + e];
-      expert_total += source_mean_[w * num_experts_ + e];
+  // What each replica of the row receives under the exact rule, into `loads`.
+  void loads_of(std::int64_t e, const std::vector<std::int32_t>& row, std::vector<Load>& loads) {
+    const double expert_total = expert_total_[e].mean;
+    loads.assign(row.size(), Load{});
+    if (row.size() == 1) {  // everything, summed once
+      loads[0] = expert_total_[e];
+    } else {
+      source_replicas(request_.rule, row.data(), static_cast<std::int64_t>(row.size()), topology_,
+                      replica_of_source_.data());
+      const Load* source = source_.data() + e * world_size_;
+      for (std::int64_t w = 0; w < world_size_; ++w) {
+        Load& load = loads[replica_of_source_[w]];
+        load.mean += source[w].mean;
+        load.variance += source[w].variance;
+      }
     }
     for (Load& load : loads) {
       const double fraction = expert_total > 0.0 ? load.mean / expert_total : 0.0;
       load.variance += fraction * fraction * coherent_[e];
     }
-    return loads;
   }
 
   // Fills step.max_cost (the costliest rank after the step) and step.spread
@@ -170,11 +191,11 @@ class NearestPolisher {
       deltas_[at].variance += sign * load.variance;
     };
     const auto account = [&](std::int64_t e, const std::vector<std::int32_t>& row) {
-      const std::vector<Load> after = loads_of(e, row);
+      loads_of(e, row, after_);
       for (std::size_t j = 0; j < rows_[e].size(); ++j) {
         touch(rank_of(rows_[e][j]), replica_loads_[e][j], -1.0);
       }
-      for (std::size_t j = 0; j < row.size(); ++j) touch(rank_of(row[j]), after[j], 1.0);
+      for (std::size_t j = 0; j < row.size(); ++j) touch(rank_of(row[j]), after_[j], 1.0);
     };
     account(step.expert_a, step.row_a);
     if (step.expert_b >= 0) account(step.expert_b, step.row_b);
@@ -231,9 +252,7 @@ class NearestPolisher {
       const std::vector<std::int32_t>& row = rows_[a];
       // Reorders: replica j becomes the first of the row.
       for (std::size_t j = 1; j < row.size(); ++j) {
-        step = Step{};
-        step.expert_a = a;
-        step.row_a = row;
+        step.reset(a, row);
         std::rotate(step.row_a.begin(), step.row_a.begin() + static_cast<std::ptrdiff_t>(j),
                     step.row_a.begin() + static_cast<std::ptrdiff_t>(j) + 1);
         step.moves = step_moves(step);
@@ -250,13 +269,11 @@ class NearestPolisher {
           const std::int64_t rank_q = rank_of(q);
           if (b == a || rank_q == rank_p || holds(a, rank_q, p)) continue;
           if (b >= 0 && holds(b, rank_p, q)) continue;
-          step = Step{};
-          step.expert_a = a;
-          step.row_a = row;
+          step.reset(a, row);
           step.row_a[i] = q;
           if (b >= 0) {
             step.expert_b = b;
-            step.row_b = rows_[b];
+            step.row_b.assign(rows_[b].begin(), rows_[b].end());
             *std::find(step.row_b.begin(), step.row_b.end(), q) = p;
           }
           step.moves = step_moves(step);
@@ -279,7 +296,7 @@ class NearestPolisher {
   }
   void install_row(std::int64_t e, std::vector<std::int32_t> row) {
     rows_[e] = std::move(row);
-    replica_loads_[e] = loads_of(e, rows_[e]);
+    loads_of(e, rows_[e], replica_loads_[e]);
     for (std::size_t j = 0; j < rows_[e].size(); ++j) {
       add(rank_of(rows_[e][j]), replica_loads_[e][j], 1.0);
       slot_expert_[rows_[e][j]] = static_cast<std::int32_t>(e);
@@ -308,13 +325,16 @@ class NearestPolisher {
   std::vector<std::int32_t> previous_expert_;    // empty without a previous table
   std::vector<std::int32_t> previous_position_;  // the slot's place in its previous row
   std::int64_t moves_ = 0;
-  std::vector<double> source_mean_, source_variance_, coherent_;
+  std::vector<Load> source_;        // (expert, source rank)
+  std::vector<Load> expert_total_;  // per expert, over the source ranks
+  std::vector<double> coherent_;
   double total_ = 0.0;
   double epsilon_ = 0.0;
   std::vector<std::int32_t> replica_of_source_;
   std::vector<std::int64_t> order_;  // ranks, costliest first (refreshed every step)
   std::vector<std::int64_t> touched_;
   std::vector<Load> deltas_;
+  std::vector<Load> after_;  // judge()'s scratch
 };
 
 }  // namespace

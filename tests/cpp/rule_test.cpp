@@ -151,6 +151,49 @@ TEST(ReplicaRules, SglangStaticPrefersTheRankThenTheNodeThenAFairShare) {
   EXPECT_THROW(source_replicas(ReplicaRule::kVllm, slots, 2, t, out.data()), Error);
 }
 
+// SGLang's static rule as its source states it, source by source: the
+// first replica on the rank, else the first on the node, else the next of a
+// fair share.
+std::vector<std::int32_t> nearest_reference(const std::vector<std::int32_t>& slots,
+                                            const RuleTopology& t) {
+  const std::int64_t count = static_cast<std::int64_t>(slots.size());
+  const std::int64_t per_node = t.ranks_per_node > 0 ? t.ranks_per_node : t.world_size;
+  std::vector<std::int32_t> out;
+  std::int64_t left_over = 0;
+  for (std::int64_t source = 0; source < t.world_size; ++source) {
+    std::int64_t pick = count == 1 ? 0 : -1;
+    for (std::int64_t j = 0; j < count && pick < 0; ++j) {
+      if (slots[j] / t.slots_per_rank == source) pick = j;
+    }
+    for (std::int64_t j = 0; j < count && pick < 0; ++j) {
+      if (slots[j] / t.slots_per_rank / per_node == source / per_node) pick = j;
+    }
+    out.push_back(static_cast<std::int32_t>(pick < 0 ? left_over++ % count : pick));
+  }
+  return out;
+}
+
+TEST(ReplicaRules, SglangStaticMatchesItsPlainStatementOnRandomRows) {
+  std::mt19937_64 rng(17);
+  for (int trial = 0; trial < 3000; ++trial) {
+    const std::int64_t world_size = std::uniform_int_distribution<std::int64_t>(1, 40)(rng);
+    const std::int64_t slots_per_rank = std::uniform_int_distribution<std::int64_t>(1, 4)(rng);
+    // Nodes that divide W, do not (a short last node), one node (0).
+    const std::int64_t ranks_per_node =
+        std::uniform_int_distribution<std::int64_t>(0, world_size)(rng);
+    const RuleTopology t = topology(world_size, slots_per_rank, ranks_per_node);
+    std::vector<std::int32_t> all(static_cast<std::size_t>(world_size * slots_per_rank));
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    // Distinct slots, possibly two on one rank.
+    const std::size_t count = std::uniform_int_distribution<std::size_t>(1, all.size())(rng);
+    const std::vector<std::int32_t> slots(all.begin(), all.begin() + count);
+    ASSERT_EQ(replicas_of(ReplicaRule::kSglangStatic, slots, t), nearest_reference(slots, t))
+        << "trial " << trial << ", W " << world_size << ", S " << slots_per_rank
+        << ", ranks per node " << ranks_per_node << ", " << count << " replicas";
+  }
+}
+
 // The planner's expected shares: they cover every source rank, and under
 // sglang-static they are what the exact rule gives on the placement the
 // planner aims for (replica j on node j % N) when the ranks send alike.
