@@ -197,7 +197,7 @@ def runtime_faults(rank, world_size, seed):
     bad = dict(
         window_steps=dict(window_steps=0),
         num_experts=dict(num_experts=world_size * slots_per_rank + 1),
-        balance_mode=dict(balance_mode=2),
+        balance_mode=dict(balance_mode=3),
         initial_tables=dict(initial_tables=torch.zeros(NUM_EXPERTS, 3, dtype=torch.int64)),
         max_moves=dict(max_moves=-1),
         move_cost=dict(move_cost=-0.5),
