@@ -178,17 +178,49 @@ def test_plan_against_previous(rng):
 
 
 @pytest.mark.parametrize("algorithm", ["moe-eplb", "deepseek", "flashlb"])
-@pytest.mark.parametrize("balance_mode", [0, 1])
-def test_plan_options_reach_the_planner(rng, algorithm, balance_mode):
-    load = random_load(rng, 4, 8)
-    num_columns = 5 if algorithm == "moe-eplb" else 9
-    table = moe_eplb.plan(load, 4, 4, layout="WE", balance_mode=balance_mode, algorithm=algorithm,
-                          ranks_per_node=2, num_columns=num_columns).table
-    assert table.shape == (8, num_columns)
-    check_valid_plan(table, 4, 4, 8, distinct_ranks=algorithm == "moe-eplb")
-    report = moe_eplb.analyze(table, load, 4, 4, layout="WE", balance_mode=balance_mode)
-    if algorithm == "moe-eplb":  # the baselines do not know the rank rule
-        assert report.dead_replicas == 0
+def test_plan_options_reach_the_planner(rng, algorithm):
+    """Every option of plan() reaches the C++ planner: the table is the op's
+    with the same options spelled out, and the options a planner uses change
+    its table on some of a few loads (so an adapter that dropped one fails);
+    the baselines plan the same table for every balance_mode (they do not
+    know the rule), and analyze() reads the mode it is given."""
+    world_size, slots_per_rank, num_experts = 8, 4, 16
+    num_columns = world_size + 1
+
+    def plan_both(load, **options):
+        table = moe_eplb.plan(load, world_size, slots_per_rank, layout="WE", algorithm=algorithm,
+                              num_columns=num_columns, **options).table
+        op_table, _ = OPS.plan([torch.from_numpy(load)], world_size, slots_per_rank,
+                               layout="WE", algorithm=algorithm, num_columns=num_columns,
+                               balance_mode=options.get("balance_mode", 0),
+                               ranks_per_node=options.get("ranks_per_node", 0),
+                               num_groups=options.get("num_groups", 1))
+        assert torch.equal(table, op_table[0]), options
+        check_valid_plan(table, world_size, slots_per_rank, num_experts,
+                         distinct_ranks=algorithm == "moe-eplb")
+        return table
+
+    loads = [random_load(rng, world_size, num_experts) for _ in range(6)]
+    changed = {"balance_mode": False, "ranks_per_node": False, "analyze": False}
+    for load in loads:
+        rank = plan_both(load, balance_mode=0)
+        token = plan_both(load, balance_mode=1)
+        if algorithm == "moe-eplb":
+            changed["balance_mode"] |= not torch.equal(rank, token)
+            assert moe_eplb.analyze(rank, load, world_size, slots_per_rank, layout="WE",
+                                    balance_mode=0).dead_replicas == 0
+        else:
+            assert torch.equal(rank, token)  # the baselines ignore the rule
+        # Nodes of 2 ranks: DeepSeek's hierarchical policy (4 expert groups
+        # over 4 nodes), moe-eplb's locality; FlashLB plans the same.
+        nodes = plan_both(load, balance_mode=0, ranks_per_node=2, num_groups=4)
+        changed["ranks_per_node"] |= not torch.equal(rank, nodes)
+        reports = [moe_eplb.analyze(token, load, world_size, slots_per_rank, layout="WE",
+                                    balance_mode=mode) for mode in (0, 1)]
+        changed["analyze"] |= reports[0].max_over_mean != reports[1].max_over_mean
+    assert changed["balance_mode"] == (algorithm == "moe-eplb")
+    assert changed["ranks_per_node"] == (algorithm != "flashlb")
+    assert changed["analyze"]
 
 
 def test_plan_matches_the_cli(rng, tmp_path):
