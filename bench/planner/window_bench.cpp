@@ -3,11 +3,13 @@
 //   moe_eplb_bench_windows [--data DIR] [--quick] [--draws N] [--per-draw CSV] [--section
 //   suite|real|timing|replay]... moe_eplb_bench_windows --list  (the suite's scenario names)
 //
-// suite   the multi-window suite (window_suite(): transient, persistent, mixed
-//         and drifting families): every planner plans on windows 0-3 and is
-//         scored on window 4's tokens routed through update_expert(), rank
-//         mode and token mode, over N independent draws of each scenario
-//         (--draws, default 32; 4 with --quick); per-family geometric means.
+// suite   the multi-window suite (window_suite(): transient, persistent, mixed,
+//         drifting and the three large-noise families): every planner plans
+//         on windows 0-3 and is scored on window 4's tokens routed through
+//         update_expert(), rank mode and token mode, over N independent draws
+//         of each scenario (--draws, default 32; 4 with --quick); moe-eplb
+//         also fed the plain mean of the windows; per-family geometric means
+//         and paired comparisons of moe-eplb with DeepSeek and with that mean.
 //         --per-draw CSV also writes every draw's max/mean (scenario, draw,
 //         mode, planner), which pair_draws.py pairs between two builds.
 // real    DeepSeek-V3 expert loads from SGLang (DIR: the folder of
@@ -127,120 +129,201 @@ std::string cells(const double* values, std::size_t n) {
   return out;
 }
 
+// The suite's planners: the three of the timing table, plus moe-eplb fed the
+// element-wise mean of the windows as one window (what it must never lose
+// to beyond noise).
+struct SuitePlanner {
+  const char* label;
+  PlanAlgorithm algorithm;
+  bool mean_of_windows;
+};
+constexpr SuitePlanner kSuitePlanners[] = {{"moe-eplb", PlanAlgorithm::kRuleAware, false},
+                                           {"moe-eplb-mean", PlanAlgorithm::kRuleAware, true},
+                                           {"DeepSeek", PlanAlgorithm::kDeepSeek, false},
+                                           {"FlashLB", PlanAlgorithm::kFlashLB, false}};
+constexpr std::size_t kNumSuitePlanners = std::size(kSuitePlanners);
+constexpr std::size_t kColumns = 2 * kNumSuitePlanners;  // (mode, planner)
+
+ExpertLoad mean_of(const std::vector<ExpertLoad>& windows) {
+  ExpertLoad mean = windows.front();
+  for (std::size_t v = 0; v < mean.counts.size(); ++v) {
+    double sum = 0.0;
+    for (const ExpertLoad& window : windows) sum += window.counts[v];
+    mean.counts[v] = sum / static_cast<double>(windows.size());
+  }
+  return mean;
+}
+
+// Paired log ratios of moe-eplb against another planner, draw by draw.
+struct Paired {
+  std::vector<double> log_ratios;
+  void add(double ours, double theirs) { log_ratios.push_back(std::log(ours / theirs)); }
+  double mean() const {
+    double sum = 0.0;
+    for (double value : log_ratios) sum += value;
+    return log_ratios.empty() ? 0.0 : sum / static_cast<double>(log_ratios.size());
+  }
+  double standard_error() const {
+    const auto n = static_cast<double>(log_ratios.size());
+    if (n < 2) return 0.0;
+    double sq = 0.0;
+    for (double value : log_ratios) sq += (value - mean()) * (value - mean());
+    return std::sqrt(sq / (n - 1.0) / n);
+  }
+  int worse() const {
+    int count = 0;
+    for (double value : log_ratios) count += value > 5e-4;
+    return count;
+  }
+  // "1.012 +- 0.004" (ratio and one standard error), "**" when beyond two.
+  std::string text() const {
+    char buffer[64];
+    const double ratio = std::exp(mean());
+    std::snprintf(buffer, sizeof(buffer), "%.4f +- %.4f%s", ratio, ratio * standard_error(),
+                  beyond_noise() ? " **" : "");
+    return buffer;
+  }
+  bool beyond_noise() const { return mean() > 2.0 * standard_error(); }
+};
+
 // One scenario of the suite is a generator; a single draw of an 8-expert
 // scenario decides a comparison by luck (one draw's max/mean moves by 5-10%).
 // Every scenario is therefore drawn `draws` times (scenario_draw(), draw 0
 // being the scenario's own seed) and each column reports the geometric mean
-// over the draws; the rank-mode comparison with DeepSeek is paired, per
-// draw, with the standard error of the mean log ratio.
+// over the draws; moe-eplb is compared with DeepSeek and with itself fed the
+// plain mean of the windows draw by draw (paired), with the standard error of
+// the mean log ratio, per scenario and per family.
 void run_suite(bool quick, int draws, std::FILE* per_draw) {
   std::printf(
       "## Multi-window suite: planned on windows 0-3, scored on window 4\n\n"
       "max/mean per-rank load of window 4's tokens routed through update_expert(), geometric "
-      "mean over %d independent draws of each scenario (scenario_draw() k = 0..%d); "
-      "moe-eplb is planned for the mode it is scored in, DeepSeek and FlashLB plan once (global "
-      "counts). The last column compares rank mode with DeepSeek draw by draw: the draws where "
-      "moe-eplb is worse, and the mean max/mean ratio moe-eplb / DeepSeek +- one standard "
-      "error.%s\n\n",
+      "mean over %d independent draws of each scenario (scenario_draw() k = 0..%d). moe-eplb is "
+      "planned on the 4 windows for the mode it is scored in; 'mean' is the same planner fed "
+      "the element-wise mean of the 4 windows as one window; DeepSeek and FlashLB plan on "
+      "global counts. The last two columns pair rank-mode moe-eplb with DeepSeek and with "
+      "'mean' draw by draw: the draws where moe-eplb is worse, and the mean max/mean ratio +- "
+      "one standard error (** beyond two).%s\n\n",
       draws, draws - 1, quick ? " (--quick: 1024 tokens per rank)" : "");
   std::printf(
-      "| family | scenario | E/K | EP x S | persist | drift | rank: moe-eplb | rank: DeepSeek | "
-      "rank: FlashLB | token: moe-eplb | token: DeepSeek | token: FlashLB | rank vs DeepSeek |\n"
-      "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-  std::map<std::string, std::vector<std::vector<double>>> by_family;  // family -> column -> values
-  std::vector<std::vector<double>> all(2 * kNumPlanners);
-  std::vector<std::string> rank_losses, losses_beyond_noise, first_draw_losses;
+      "| family | scenario | E/K | EP x S | persist | drift | rank: moe-eplb | rank: mean | rank: "
+      "DeepSeek | rank: FlashLB | token: moe-eplb | token: mean | token: DeepSeek | token: "
+      "FlashLB | rank vs DeepSeek | rank vs mean |\n"
+      "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  // Per family: each column's per-scenario means, and the paired comparisons
+  // (mode x {vs DeepSeek, vs mean}) over every draw of the family.
+  struct Family {
+    std::vector<std::vector<double>> columns = std::vector<std::vector<double>>(kColumns);
+    Paired versus[2][2];
+  };
+  std::vector<std::string> family_order;
+  std::map<std::string, Family> families;
+  Family all;
+  std::vector<std::string> first_draw_losses;
   for (const ScenarioSpec& scenario : window_suite()) {
-    double log_sum[2 * kNumPlanners] = {};
-    double ratio_sum = 0.0, ratio_sq = 0.0;
-    int worse_draws = 0;
+    if (!families.count(scenario.family)) family_order.push_back(scenario.family);
+    Family& family = families[scenario.family];
+    double log_sum[kColumns] = {};
+    Paired versus[2][2];
     for (int draw = 0; draw < draws; ++draw) {
       ScenarioSpec spec = scenario_draw(scenario, draw);
       if (quick) spec.tokens_per_rank = 1024;
       const std::vector<ExpertLoad> windows = generate_windows(spec, 0, kPlanWindows);
+      const std::vector<ExpertLoad> mean_window{mean_of(windows)};
       const RoutingTrace scored = generate_trace(spec, kPlanWindows);
-      double balance[2 * kNumPlanners];
+      double balance[kColumns];
       for (std::size_t m = 0; m < 2; ++m) {
-        for (std::size_t p = 0; p < kNumPlanners; ++p) {
+        for (std::size_t p = 0; p < kNumSuitePlanners; ++p) {
+          const SuitePlanner& planner = kSuitePlanners[p];
           const LayeredTable table =
-              plan(windows, scenario_plan_options(spec, kModes[m], kPlanners[p].algorithm));
-          if (kPlanners[p].algorithm != PlanAlgorithm::kDeepSeek) {
-            check_plan(table, spec.world_size, spec.slots_per_rank,
-                       kPlanners[p].algorithm == PlanAlgorithm::kRuleAware &&
-                           kModes[m] == BalanceMode::kByRank,
-                       spec.name + " " + kPlanners[p].label);
+              plan(planner.mean_of_windows ? mean_window : windows,
+                   scenario_plan_options(spec, kModes[m], planner.algorithm));
+          if (planner.algorithm != PlanAlgorithm::kDeepSeek) {
+            check_plan(
+                table, spec.world_size, spec.slots_per_rank,
+                planner.algorithm == PlanAlgorithm::kRuleAware && kModes[m] == BalanceMode::kByRank,
+                spec.name + " " + planner.label);
           }
-          balance[m * kNumPlanners + p] =
+          const std::size_t c = m * kNumSuitePlanners + p;
+          balance[c] =
               analyze_trace(table.layer(0), scored, scenario_analyze_options(spec, kModes[m]))
                   .max_over_mean;
-          log_sum[m * kNumPlanners + p] += std::log(balance[m * kNumPlanners + p]);
+          log_sum[c] += std::log(balance[c]);
           if (per_draw != nullptr) {
             std::fprintf(per_draw, "%s,%d,%s,%s,%.9f\n", scenario.name.c_str(), draw,
-                         m == 0 ? "rank" : "token", kPlanners[p].label,
-                         balance[m * kNumPlanners + p]);
+                         m == 0 ? "rank" : "token", planner.label, balance[c]);
           }
         }
+        const double ours = balance[m * kNumSuitePlanners];
+        for (std::size_t k = 0; k < 2; ++k) {
+          // k = 0: against DeepSeek (planner 2), k = 1: against the mean (planner 1).
+          const double theirs = balance[m * kNumSuitePlanners + (k == 0 ? 2 : 1)];
+          versus[m][k].add(ours, theirs);
+          family.versus[m][k].add(ours, theirs);
+          all.versus[m][k].add(ours, theirs);
+        }
       }
-      const double log_ratio = std::log(balance[0] / balance[1]);
-      ratio_sum += log_ratio;
-      ratio_sq += log_ratio * log_ratio;
-      if (balance[0] > balance[1] + 5e-4) {
-        ++worse_draws;
-        if (draw == 0) first_draw_losses.push_back(scenario.name);
-      }
+      if (draw == 0 && balance[0] > balance[2] + 5e-4) first_draw_losses.push_back(scenario.name);
     }
-    double balance[2 * kNumPlanners];
-    for (std::size_t c = 0; c < 2 * kNumPlanners; ++c) balance[c] = std::exp(log_sum[c] / draws);
-    auto& family = by_family[scenario.family];
-    family.resize(2 * kNumPlanners);
-    for (std::size_t c = 0; c < 2 * kNumPlanners; ++c) {
-      family[c].push_back(balance[c]);
-      all[c].push_back(balance[c]);
-    }
-    const double mean_log_ratio = ratio_sum / draws;
-    const double standard_error =
-        draws > 1 ? std::sqrt(std::max(0.0, ratio_sq / draws - mean_log_ratio * mean_log_ratio) /
-                              (draws - 1))
-                  : 0.0;
-    if (balance[0] > balance[1] + 5e-4) rank_losses.push_back(scenario.name);
-    if (balance[0] > balance[1] + 5e-4 && mean_log_ratio > 2.0 * standard_error) {
-      losses_beyond_noise.push_back(scenario.name);
+    double balance[kColumns];
+    for (std::size_t c = 0; c < kColumns; ++c) {
+      balance[c] = std::exp(log_sum[c] / draws);
+      family.columns[c].push_back(balance[c]);
+      all.columns[c].push_back(balance[c]);
     }
     const std::string shape = scenario.name.substr(scenario.family.size() + 1);
     std::printf(
-        "| %s | %s | %lld/%lld | %lld x %lld | %.1f | %.2f |%s%s %d/%d, %.3f +- %.3f |\n",
+        "| %s | %s | %lld/%lld | %lld x %lld | %.1f | %.2f |%s%s %d/%d, %s | %d/%d, %s |\n",
         scenario.family.c_str(), shape.c_str(), static_cast<long long>(scenario.num_experts),
         static_cast<long long>(scenario.top_k), static_cast<long long>(scenario.world_size),
         static_cast<long long>(scenario.slots_per_rank), scenario.rank_persistence, scenario.drift,
-        cells(balance, kNumPlanners).c_str(), cells(balance + kNumPlanners, kNumPlanners).c_str(),
-        worse_draws, draws, std::exp(mean_log_ratio), std::exp(mean_log_ratio) * standard_error);
+        cells(balance, kNumSuitePlanners).c_str(),
+        cells(balance + kNumSuitePlanners, kNumSuitePlanners).c_str(), versus[0][0].worse(), draws,
+        versus[0][0].text().c_str(), versus[0][1].worse(), draws, versus[0][1].text().c_str());
     std::fflush(stdout);
   }
   std::printf(
-      "\nGeometric means:\n\n| family | rank: moe-eplb | rank: DeepSeek | rank: FlashLB | "
-      "token: moe-eplb | token: DeepSeek | token: FlashLB |\n"
-      "|---|---:|---:|---:|---:|---:|---:|\n");
-  const auto print_means = [](const std::string& name, const std::vector<std::vector<double>>& c) {
-    double means[2 * kNumPlanners];
-    for (std::size_t i = 0; i < 2 * kNumPlanners; ++i) means[i] = geomean(c[i]);
-    std::printf("| %s |%s%s\n", name.c_str(), cells(means, kNumPlanners).c_str(),
-                cells(means + kNumPlanners, kNumPlanners).c_str());
+      "\nGeometric means over each family's scenarios:\n\n| family | rank: moe-eplb | rank: "
+      "mean | rank: DeepSeek | rank: FlashLB | token: moe-eplb | token: mean | token: DeepSeek "
+      "| token: FlashLB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  const auto print_means = [](const std::string& name, const Family& family) {
+    double means[kColumns];
+    for (std::size_t c = 0; c < kColumns; ++c) means[c] = geomean(family.columns[c]);
+    std::printf("| %s |%s%s\n", name.c_str(), cells(means, kNumSuitePlanners).c_str(),
+                cells(means + kNumSuitePlanners, kNumSuitePlanners).c_str());
   };
-  for (const char* family : {"transient", "persistent", "mixed", "drifting"}) {
-    print_means(family, by_family[family]);
-  }
-  print_means("**all 20**", all);
-  const auto names = [](const std::vector<std::string>& list) {
-    std::string text;
-    for (const std::string& name : list) text += (text.empty() ? "" : ", ") + name;
-    return list.empty() ? std::string("none") : text;
-  };
+  for (const std::string& name : family_order) print_means(name, families[name]);
+  print_means("**all " + std::to_string(all.columns[0].size()) + "**", all);
   std::printf(
-      "\nrank mode, moe-eplb worse than DeepSeek over the %d draws: %s\n"
-      "(by more than two standard errors of the paired ratio: %s;\n"
-      "on draw k = 0 alone, the single draw of earlier runs: %s)\n\n",
-      draws, names(rank_losses).c_str(), names(losses_beyond_noise).c_str(),
-      names(first_draw_losses).c_str());
+      "\nPer family, moe-eplb against DeepSeek and against itself fed the plain mean of the "
+      "windows, paired over every draw of the family's scenarios: geometric mean of the "
+      "max/mean ratio +- one standard error (** worse by more than two):\n\n| family | draws | "
+      "rank: vs DeepSeek | rank: vs mean | token: vs DeepSeek | token: vs mean |\n"
+      "|---|---:|---:|---:|---:|---:|\n");
+  std::vector<std::string> beyond_noise;
+  for (const std::string& name : family_order) {
+    const Family& family = families[name];
+    std::printf("| %s | %zu | %s | %s | %s | %s |\n", name.c_str(),
+                family.versus[0][0].log_ratios.size(), family.versus[0][0].text().c_str(),
+                family.versus[0][1].text().c_str(), family.versus[1][0].text().c_str(),
+                family.versus[1][1].text().c_str());
+    for (std::size_t m = 0; m < 2; ++m) {
+      for (std::size_t k = 0; k < 2; ++k) {
+        if (family.versus[m][k].beyond_noise()) {
+          beyond_noise.push_back(name + (m == 0 ? " rank" : " token") +
+                                 (k == 0 ? " vs DeepSeek" : " vs mean"));
+        }
+      }
+    }
+  }
+  std::string losses;
+  for (const std::string& loss : beyond_noise) losses += (losses.empty() ? "" : ", ") + loss;
+  std::string first;
+  for (const std::string& name : first_draw_losses) first += (first.empty() ? "" : ", ") + name;
+  std::printf(
+      "\nfamilies where moe-eplb loses by more than two standard errors: %s\n"
+      "(rank mode, worse than DeepSeek on draw k = 0 alone, the single draw of earlier runs: "
+      "%s)\n\n",
+      losses.empty() ? "none" : losses.c_str(), first.empty() ? "none" : first.c_str());
 }
 
 // ---------------------------------------------------------------- real data

@@ -271,6 +271,15 @@ constexpr WindowScenarioRow kWindowScenarios[] = {
   {"drifting", "qwen3-ep16", "Qwen3-MoE, EP 16, Zipf 1.0",                       {128, 8, 16, 9, 8, kZipf,      1.0, 0.3}, 0.0, 0.5, 0.2,  118},
   {"drifting", "mixtral-ep6", "Mixtral, EP 6, log-normal 0.8",                   {8,   2, 6,  2, 0, kLogNormal, 0.8, 0.3}, 0.0, 0.5, 0.25, 119},
   {"drifting", "deepseek-v3-ep48", "DeepSeek-V3, EP 48, Zipf 0.9",               {256, 8, 48, 6, 8, kZipf,      0.9, 0.3}, 0.0, 0.5, 0.15, 120},
+  // Large per-rank noise (issue 18): per-(rank, expert) log-normal sigma 1,
+  // routed top-1 so that every count carries its rank's deviation in full
+  // (top-8 sampling without replacement saturates the hot experts).
+  {"noisy-transient", "qwen3-ep16", "128 experts top-1, EP 16, Zipf 1.0, rank sigma 1",  {128, 1, 16, 9, 8, kZipf, 1.0, 1.0}, 0.0, 0.0, 0.0, 121},
+  {"noisy-transient", "deepseek-v3-ep32", "256 experts top-1, EP 32, Zipf 0.9, rank sigma 1", {256, 1, 32, 9, 8, kZipf, 0.9, 1.0}, 0.0, 0.0, 0.0, 122},
+  {"noisy-mixed", "qwen3-ep16", "128 experts top-1, EP 16, Zipf 1.0, rank sigma 1",      {128, 1, 16, 9, 8, kZipf, 1.0, 1.0}, 0.0, 0.3, 0.0, 123},
+  {"noisy-mixed", "deepseek-v3-ep32", "256 experts top-1, EP 32, Zipf 0.9, rank sigma 1", {256, 1, 32, 9, 8, kZipf, 0.9, 1.0}, 0.0, 0.3, 0.0, 124},
+  {"noisy-persistent", "qwen3-ep16", "128 experts top-1, EP 16, Zipf 1.0, rank sigma 1", {128, 1, 16, 9, 8, kZipf, 1.0, 1.0}, 0.0, 1.0, 0.0, 125},
+  {"noisy-persistent", "deepseek-v3-ep32", "256 experts top-1, EP 32, Zipf 0.9, rank sigma 1", {256, 1, 32, 9, 8, kZipf, 0.9, 1.0}, 0.0, 1.0, 0.0, 126},
 };
 // clang-format on
 

@@ -57,8 +57,9 @@ struct ScenarioSpec {
   // fixed distribution, as the single-window suite uses.
   double rank_persistence = 1.0;  // in [0, 1]: correlation of per-rank preferences across windows
   double drift = 0.0;             // >= 0: per-window std of each expert's log-popularity change
-  // The multi-window suite's family: "transient", "persistent", "mixed" or
-  // "drifting"; empty for the single-window suite.
+  // The multi-window suite's family: "transient", "persistent", "mixed",
+  // "drifting", "noisy-transient", "noisy-mixed" or "noisy-persistent";
+  // empty for the single-window suite.
   std::string family;
 };
 
@@ -100,12 +101,17 @@ std::vector<ScenarioSpec> scenario_suite();
 
 // The multi-window suite, four families of five shapes each (DeepSeek-V3 256
 // experts top-8 on EP 32 and 64, Qwen3-MoE 128 experts top-8, Mixtral 8
-// experts top-2, and world sizes that are not powers of two: 6, 24, 48):
+// experts top-2, and world sizes that are not powers of two: 6, 24, 48),
+// with per-rank preferences of sigma 0.3 to 0.6:
 //   transient   rank_persistence 0 (preferences redrawn every window),
 //   persistent  rank_persistence 1,
 //   mixed       rank_persistence 0.3 to 0.7,
-//   drifting    popularity drift 0.1 to 0.25 per window, persistence 0.5.
-// Meant to be planned on windows 0..3 and scored on window 4 (or replayed).
+//   drifting    popularity drift 0.1 to 0.25 per window, persistence 0.5;
+// and three families of large per-rank noise (sigma 1, routed top-1 so that
+// every count carries it in full; 128 experts Zipf 1.0 on EP 16 x 9, 256
+// experts Zipf 0.9 on EP 32 x 9): noisy-transient (persistence 0),
+// noisy-mixed (0.3) and noisy-persistent (1). Meant to be planned on windows
+// 0..3 and scored on window 4 (or replayed).
 std::vector<ScenarioSpec> window_suite();
 
 // The demo scenario or a member of either suite by name; throws
