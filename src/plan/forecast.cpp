@@ -175,6 +175,7 @@ double transient_kappa(const Deviations& deviations) {
 struct Levels {
   std::vector<double> level;              // (E,)
   std::vector<double> coherent_variance;  // (E,)
+  double drift = 0.0;                     // a step's variance, relative to level^2
 };
 
 Levels estimate_levels(const Windows& windows, double kappa) {
@@ -222,6 +223,7 @@ Levels estimate_levels(const Windows& windows, double kappa) {
     drift = std::max(0.0, sum - kDriftStandardErrors * standard_error);
   }
   Levels levels;
+  levels.drift = drift;
   levels.level.resize(static_cast<std::size_t>(num_experts));
   levels.coherent_variance.assign(static_cast<std::size_t>(num_experts), 0.0);
   for (std::int64_t e = 0; e < num_experts; ++e) {
@@ -257,6 +259,21 @@ LayerForecast forecast_layer(const LayerRequest& request) {
     kappa = transient_kappa(deviations);                                  // stage 4
   }
   Levels levels = estimate_levels(windows, kappa);  // stage 3
+  if (levels.drift == 0.0 && forecast.persistence < kMeanWindowPersistence && windows.size() > 1 &&
+      !order_matters(request)) {
+    // Even splits, no drift, deviations that do not all persist: the
+    // windows' mean as one window. Their per-rank split forecasts nothing
+    // there (a replica gets 1 / c of the expert's total), a level without
+    // drift is the mean, and the transient deviations measured per rank
+    // overstate the noise of an expert's total (each rank routes a fixed
+    // number of tokens, so they cancel across its experts). The measured
+    // persistence is still the one reported.
+    LayerRequest mean_only = request;
+    mean_only.windows = {request.counts};
+    LayerForecast mean_forecast = forecast_layer(mean_only);
+    mean_forecast.persistence = forecast.persistence;
+    return mean_forecast;
+  }
   forecast.coherent_variance = std::move(levels.coherent_variance);
 
   // Expected counts: the level spread over the ranks by the global share,

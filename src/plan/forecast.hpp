@@ -19,6 +19,10 @@ constexpr double kSingleWindowPersistence = 0.5;
 // misses a real drift of 0.25 per window there (suite and replays, bench/
 // RESULTS.md section 5).
 constexpr double kDriftStandardErrors = 0.5;
+// Under the even-split rules, windows without drift whose per-rank
+// deviations persist less than this are planned on as their mean (one
+// window): see forecast_layer().
+constexpr double kMeanWindowPersistence = 0.9;
 
 struct LayerForecast {
   std::int64_t num_source_ranks = 1;  // R: world_size, or 1 for global counts

@@ -123,15 +123,31 @@ const AlgorithmEntry& entry_of(PlanAlgorithm algorithm) {
                 static_cast<int>(algorithm));
 }
 
-// The element-wise mean of the windows (the first window itself when alone).
-ExpertLoad mean_load(const std::vector<ExpertLoad>& windows) {
-  ExpertLoad mean = windows.front();
-  if (windows.size() == 1) return mean;
+// The element-wise mean of the windows' layer `layer_idx`, written to `out`
+// (the first window's layer itself when alone, without a copy).
+const double* mean_layer(const std::vector<ExpertLoad>& windows, std::int64_t layer_idx,
+                         std::vector<double>& out) {
+  const ExpertLoad& first = windows.front();
+  if (windows.size() == 1) return first.layer(layer_idx);
+  const double* values = first.layer(layer_idx);
+  out.assign(values, values + first.num_source_ranks * first.num_experts);
   for (std::size_t i = 1; i < windows.size(); ++i) {
-    for (std::size_t v = 0; v < mean.counts.size(); ++v) mean.counts[v] += windows[i].counts[v];
+    values = windows[i].layer(layer_idx);
+    for (std::size_t v = 0; v < out.size(); ++v) out[v] += values[v];
   }
   const double scale = 1.0 / static_cast<double>(windows.size());
-  for (double& value : mean.counts) value *= scale;
+  for (double& value : out) value *= scale;
+  return out.data();
+}
+
+// All layers' mean (mean_layer() of each).
+ExpertLoad mean_load(const std::vector<ExpertLoad>& windows) {
+  ExpertLoad mean = windows.front();
+  std::vector<double> layer;
+  for (std::int64_t layer_idx = 0; layer_idx < mean.num_layers; ++layer_idx) {
+    const double* values = mean_layer(windows, layer_idx, layer);
+    std::copy(values, values + mean.num_source_ranks * mean.num_experts, mean.layer(layer_idx));
+  }
   return mean;
 }
 
@@ -235,18 +251,21 @@ LayeredTable plan(const ExpertLoad& load, const PlanOptions& options) {
 LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& options,
                   PlanReport* report) {
   check_windows(windows);
-  const ExpertLoad mean = mean_load(windows);
-  check_plan_request(mean, options);
-  check_migration_options(mean, options);
+  // Every window has the first one's shape (checked): the checks read it.
+  check_plan_request(windows.front(), options);
+  check_migration_options(windows.front(), options);
   const bool global_only = options.algorithm == PlanAlgorithm::kDeepSeek;
   std::vector<ExpertLoad> global_windows;
-  if (global_only && mean.per_rank()) {
+  if (global_only && windows.front().per_rank()) {
     for (const ExpertLoad& window : windows) global_windows.push_back(global_load(window));
   }
   const std::vector<ExpertLoad>& window_input = global_windows.empty() ? windows : global_windows;
-  // DeepSeek's algorithm plans on global counts and has no count cap.
-  const ExpertLoad global = global_only && mean.per_rank() ? global_load(mean) : ExpertLoad{};
-  const ExpertLoad& input = global_only && mean.per_rank() ? global : mean;
+  // DeepSeek's algorithm plans on global counts and has no count cap. The
+  // planners read each layer's mean of the windows (computed layer by layer).
+  const ExpertLoad global =
+      global_only && windows.front().per_rank() ? global_load(mean_load(windows)) : ExpertLoad{};
+  const ExpertLoad& input = global_only && windows.front().per_rank() ? global : windows.front();
+  std::vector<double> layer_mean;
 
   plan_detail::LayerRequest request;
   request.num_source_ranks = input.num_source_ranks;
@@ -266,7 +285,9 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
   std::vector<ReplicaSlots> layers;
   layers.reserve(static_cast<std::size_t>(input.num_layers));
   for (std::int64_t layer_idx = 0; layer_idx < input.num_layers; ++layer_idx) {
-    request.counts = input.layer(layer_idx);
+    request.counts = global_only && windows.front().per_rank()
+                         ? input.layer(layer_idx)
+                         : mean_layer(window_input, layer_idx, layer_mean);
     request.layer_idx = layer_idx;
     request.windows.clear();
     for (const ExpertLoad& window : window_input)

@@ -54,6 +54,14 @@
 //     sampling noise); each expert's total also carries the level's error and
 //     one drift step, shared by its ranks in proportion.
 //
+// Under the even-split rules (ascend-token, vllm, sglang-dynamic, trtllm) a
+// replica gets 1 / c of its expert's total, so the per-rank split forecasts
+// nothing; when no drift is found and the deviations persist less than 0.9,
+// the windows' mean is then planned on as one window (their transient
+// deviations would overstate the noise of an expert's total: a rank routes a
+// fixed number of tokens, so they cancel across its experts). The report
+// still gives the measured persistence.
+//
 // The rank-mode (and token-mode) objective
 // ----------------------------------------
 // A replica's load on the next window has the mean and variance of its
