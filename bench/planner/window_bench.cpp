@@ -144,7 +144,7 @@ constexpr SuitePlanner kSuitePlanners[] = {{"moe-eplb", PlanAlgorithm::kRuleAwar
 constexpr std::size_t kNumSuitePlanners = std::size(kSuitePlanners);
 constexpr std::size_t kColumns = 2 * kNumSuitePlanners;  // (mode, planner)
 
-ExpertLoad mean_of(const std::vector<ExpertLoad>& windows) {
+ExpertLoad windows_mean(const std::vector<ExpertLoad>& windows) {
   ExpertLoad mean = windows.front();
   for (std::size_t v = 0; v < mean.counts.size(); ++v) {
     double sum = 0.0;
@@ -228,7 +228,7 @@ void run_suite(bool quick, int draws, std::FILE* per_draw) {
       ScenarioSpec spec = scenario_draw(scenario, draw);
       if (quick) spec.tokens_per_rank = 1024;
       const std::vector<ExpertLoad> windows = generate_windows(spec, 0, kPlanWindows);
-      const std::vector<ExpertLoad> mean_window{mean_of(windows)};
+      const std::vector<ExpertLoad> mean_window{windows_mean(windows)};
       const RoutingTrace scored = generate_trace(spec, kPlanWindows);
       double balance[kColumns];
       for (std::size_t m = 0; m < 2; ++m) {
@@ -585,8 +585,10 @@ void run_replays(bool quick, int draws) {
       "the draws (max: the largest).\n\n",
       static_cast<long long>(num_windows), draws, static_cast<long long>(num_windows - 1));
   std::map<std::string, std::vector<std::pair<double, std::vector<PolicySummary>>>> by_family;
+  std::vector<std::string> family_order;  // as the suite lists them
   for (const ScenarioSpec& scenario : window_suite()) {
     const double slots = static_cast<double>(scenario.world_size * scenario.slots_per_rank);
+    if (!by_family.count(scenario.family)) family_order.push_back(scenario.family);
     by_family[scenario.family].emplace_back(slots, replay_scenario(scenario, num_windows, draws));
   }
   const std::vector<PolicySummary>& any = by_family.begin()->second.front().second;
@@ -597,10 +599,9 @@ void run_replays(bool quick, int draws) {
   std::printf("\n|---|");
   for (std::size_t p = 0; p < any.size(); ++p) std::printf("---:|");
   std::printf("\n");
-  for (const char* family : {"transient", "persistent", "mixed", "drifting"}) {
+  for (const std::string& family : family_order) {
     const auto& members = by_family[family];
-    if (members.empty()) continue;
-    std::printf("| %s |", family);
+    std::printf("| %s |", family.c_str());
     for (std::size_t p = 0; p < any.size(); ++p) {
       std::vector<double> balance, shares;
       for (const auto& [slots, summary] : members) {
