@@ -39,23 +39,23 @@ bool present(const OptionalTensor& tensor) { return tensor.has_value() && tensor
 
 void check_rank(const char* operation, const char* name, const at::Tensor& tensor,
                 std::int64_t rank, const char* shape) {
-  TORCH_CHECK_VALUE(tensor.dim() == rank, operation, ": ", name, " must be ", rank, "-D ", shape,
-                    ", got a ", tensor.dim(), "-D tensor");
+  MOE_EPLB_CHECK(tensor.dim() == rank, operation, ": ", name, " must be ", rank, "-D ", shape,
+                 ", got a ", tensor.dim(), "-D tensor");
 }
 
 // For arguments whose core view is typed (the core cannot see their dtype).
 void check_dtype(const char* operation, const char* name, const at::Tensor& tensor,
                  at::ScalarType expected) {
-  TORCH_CHECK_VALUE(tensor.scalar_type() == expected, operation, ": ", name, " must be ",
-                    to_string(dtype_of(expected)), ", got ",
-                    to_string(dtype_of(tensor.scalar_type())));
+  MOE_EPLB_CHECK(tensor.scalar_type() == expected, operation, ": ", name, " must be ",
+                 to_string(dtype_of(expected)), ", got ",
+                 to_string(dtype_of(tensor.scalar_type())));
 }
 
 void check_device(const char* operation, const char* name, const at::Tensor& tensor,
                   const at::Tensor& expert_ids) {
-  TORCH_CHECK_VALUE(tensor.device() == expert_ids.device(), operation, ": ", name, " is on ",
-                    tensor.device(), " but expert_ids is on ", expert_ids.device(),
-                    "; all tensors must be on one device");
+  MOE_EPLB_CHECK(tensor.device() == expert_ids.device(), operation, ": ", name, " is on ",
+                 tensor.device(), " but expert_ids is on ", expert_ids.device(),
+                 "; all tensors must be on one device");
 }
 
 // Meta tensors have no memory: their views carry this placeholder, which
@@ -98,8 +98,8 @@ PreparedView prepared_view(const char* operation, const at::Tensor& routes,
                            const UpdateExpertParams& params) {
   check_rank(operation, "routes", routes, 2, "(E, row_width) from prepare_table()");
   check_dtype(operation, "routes", routes, at::kInt);
-  TORCH_CHECK_VALUE(routes.is_contiguous(), operation,
-                    ": routes must be contiguous (as prepare_table() returns them)");
+  MOE_EPLB_CHECK(routes.is_contiguous(), operation,
+                 ": routes must be contiguous (as prepare_table() returns them)");
   PreparedView view;
   view.routes = static_cast<const std::int32_t*>(data_of(routes));
   view.num_experts = routes.size(0);
@@ -116,11 +116,11 @@ bool pruning_view(const char* operation, const MappingArgs& args, PruningInputs&
   const bool has_scales = present(args.expert_scales);
   const bool has_threshold = present(args.pruning_threshold);
   const bool has_mask = present(args.active_mask);
-  TORCH_CHECK_VALUE(has_scales == has_threshold, operation,
-                    ": expert_scales and pruning_threshold come together, got only ",
-                    has_scales ? "expert_scales" : "pruning_threshold");
-  TORCH_CHECK_VALUE(has_scales || !has_mask, operation,
-                    ": active_mask needs expert_scales and pruning_threshold");
+  MOE_EPLB_CHECK(has_scales == has_threshold, operation,
+                 ": expert_scales and pruning_threshold come together, got only ",
+                 has_scales ? "expert_scales" : "pruning_threshold");
+  MOE_EPLB_CHECK(has_scales || !has_mask, operation,
+                 ": active_mask needs expert_scales and pruning_threshold");
   if (!has_scales) return false;
 
   const at::Tensor& scales = *args.expert_scales;
@@ -130,9 +130,9 @@ bool pruning_view(const char* operation, const MappingArgs& args, PruningInputs&
                                      scales.size(0),   scales.size(1),
                                      scales.stride(0), scales.stride(1)};
   const at::Tensor& threshold = *args.pruning_threshold;
-  TORCH_CHECK_VALUE(threshold.dim() == 1 || (threshold.dim() == 2 && threshold.size(0) == 1),
-                    operation, ": pruning_threshold must be (K,) or (1, K), got shape ",
-                    threshold.sizes());
+  MOE_EPLB_CHECK(threshold.dim() == 1 || (threshold.dim() == 2 && threshold.size(0) == 1),
+                 operation, ": pruning_threshold must be (K,) or (1, K), got shape ",
+                 threshold.sizes());
   check_dtype(operation, "pruning_threshold", threshold, at::kFloat);
   check_device(operation, "pruning_threshold", threshold, ids);
   pruning.pruning_threshold = {static_cast<const float*>(data_of(threshold)), threshold.size(-1),
@@ -155,8 +155,8 @@ std::int32_t* error_counter_pointer(const char* operation, const OptionalTensor&
   if (!present(counter)) return nullptr;
   check_dtype(operation, "error_counter", *counter, at::kInt);
   check_device(operation, "error_counter", *counter, ids);
-  TORCH_CHECK_VALUE(counter->numel() == 1, operation, ": error_counter must have one element, got ",
-                    counter->numel());
+  MOE_EPLB_CHECK(counter->numel() == 1, operation, ": error_counter must have one element, got ",
+                 counter->numel());
   return static_cast<std::int32_t*>(data_of(*counter));
 }
 
@@ -168,8 +168,8 @@ OutputSpan<std::int64_t> load_counts_span(const char* operation, const OptionalT
   check_rank(operation, "load_counts", *load_counts, 1, "(num_physical_experts,)");
   check_dtype(operation, "load_counts", *load_counts, at::kLong);
   check_device(operation, "load_counts", *load_counts, ids);
-  TORCH_CHECK_VALUE(load_counts->stride(0) == 1 || load_counts->size(0) <= 1, operation,
-                    ": load_counts must be contiguous, got stride ", load_counts->stride(0));
+  MOE_EPLB_CHECK(load_counts->stride(0) == 1 || load_counts->size(0) <= 1, operation,
+                 ": load_counts must be contiguous, got stride ", load_counts->stride(0));
   return {static_cast<std::int64_t*>(data_of(*load_counts)), load_counts->size(0)};
 }
 
