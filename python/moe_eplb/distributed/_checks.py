@@ -26,9 +26,9 @@ import zlib
 import torch
 import torch.distributed as dist
 
-from .._ops import table_fingerprint
+from .._ops import int32_table, table_fingerprint
 
-__all__ = ["Agreement", "BadArgument", "as_int32_table", "check_device", "check_int", "check_tensor",
+__all__ = ["Agreement", "BadArgument", "int32_table_argument", "check_device", "check_int", "check_tensor",
            "communication_device", "dtype_code", "fail", "group_ranks", "is_int",
            "layout_fingerprint", "normal_tensors", "table_fingerprint", "text_fingerprint",
            "writable_problem"]
@@ -87,13 +87,13 @@ def writable_problem(tensor):
     return None
 
 
-def as_int32_table(table):
-    """An int32 copy of an int64 table, values outside int32 as -1 (which
-    every table check refuses); an int32 table as it is. Device ops only."""
-    if table.dtype == torch.int32:
-        return table
-    fits = (table >= -2**31) & (table < 2**31)
-    return torch.where(fits, table, torch.full_like(table, -1)).to(torch.int32)
+def int32_table_argument(operation, name, table):
+    """moe_eplb's one table rule (_ops.int32_table: int64 tables whose values
+    fit become int32) for an argument: a value outside int32 is a BadArgument."""
+    try:
+        return int32_table("%s()" % operation, name, table)
+    except ValueError as error:
+        raise BadArgument(operation, name, str(error).split(": ", 1)[-1]) from error
 
 
 @contextlib.contextmanager

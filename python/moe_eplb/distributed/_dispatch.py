@@ -64,9 +64,10 @@ import torch
 import torch.distributed as dist
 
 from .._ops import PreparedTable, update_expert
-from ._checks import (Agreement, as_int32_table, check_device, check_int, check_tensor,
+from ._checks import (Agreement, check_device, check_int, check_tensor,
                       communication_device, dtype_code, fail, group_ranks,
-                      is_int, layout_fingerprint, normal_tensors, table_fingerprint)
+                      int32_table_argument, is_int, layout_fingerprint, normal_tensors,
+                      table_fingerprint)
 from ._transport import RowLayout, row_bytes
 
 SHARED_ROW = -1   # recv_slot of a row for the shared expert
@@ -149,8 +150,8 @@ class DispatchHandle:
 
 
 _Request = collections.namedtuple(
-    "_Request", "tensors single topk_ids layout num_tokens top_k num_shared moe_world_size "
-                "moe_rank num_slots num_experts capacity fingerprint")
+    "_Request", "tensors single topk_ids table layout num_tokens top_k num_shared "
+                "moe_world_size moe_rank num_slots num_experts capacity fingerprint")
 
 
 def dispatch(hidden, topk_ids, table, *, slots_per_rank, balance_mode=0, group=None,
@@ -342,19 +343,22 @@ def _check_dispatch(rank, world_size, hidden, topk_ids, table, slots_per_rank, b
     moe_world_size = world_size - num_shared
     moe_rank = rank - num_shared if rank >= num_shared else rank % moe_world_size
     num_slots = moe_world_size * slots_per_rank
-    num_experts, fingerprint = _check_table(table, num_slots=num_slots, moe_rank=moe_rank,
-                                            moe_world_size=moe_world_size,
-                                            balance_mode=balance_mode, device=device)
+    table, num_experts, fingerprint = _check_table(table, num_slots=num_slots,
+                                                   moe_rank=moe_rank,
+                                                   moe_world_size=moe_world_size,
+                                                   balance_mode=balance_mode, device=device)
     _check_load_counts(load_counts, num_slots, device)
     top_k = topk_ids.shape[1]
     capacity = None if max_tokens_per_rank is None else max_tokens_per_rank * top_k
-    return _Request(tensors, isinstance(hidden, torch.Tensor), topk_ids, RowLayout.of(tensors),
+    return _Request(tensors, isinstance(hidden, torch.Tensor), topk_ids, table,
+                    RowLayout.of(tensors),
                     num_tokens, top_k, num_shared, moe_world_size, moe_rank, num_slots,
                     num_experts, capacity, fingerprint)
 
 
 def _check_table(table, *, num_slots, moe_rank, moe_world_size, balance_mode, device):
-    """(E, the table's fingerprint) of an (E, F) table or a PreparedTable."""
+    """(the table to map through, E, its fingerprint) of an (E, F) table or
+    a PreparedTable."""
     if isinstance(table, PreparedTable):
         check_device("dispatch", "table", table.routes, device)
         if table.num_physical_experts != num_slots:
@@ -368,7 +372,7 @@ def _check_table(table, *, num_slots, moe_rank, moe_world_size, balance_mode, de
             fail("dispatch", "table", "table is a PreparedTable for local_rank_id %d of "
                  "world_size %d, expected %d of %d (this rank's MoE index and the MoE rank count)",
                  table.local_rank_id, table.world_size, moe_rank, moe_world_size)
-        return table.routes.shape[0], table.fingerprint
+        return table, table.routes.shape[0], table.fingerprint
     check_tensor("dispatch", "table", table, 2, "(E, F) int32 or a moe_eplb.PreparedTable")
     if table.dtype not in (torch.int32, torch.int64):
         fail("dispatch", "table", "table must be int32 (or int64 with int32 values), got %s",
@@ -378,7 +382,7 @@ def _check_table(table, *, num_slots, moe_rank, moe_world_size, balance_mode, de
     if not 1 <= num_experts <= num_slots or num_columns < 2:
         fail("dispatch", "table", "table must be (E, F) with 1 <= E <= %d (MoE ranks * "
              "slots_per_rank) and F >= 2, got shape %s", num_slots, tuple(table.shape))
-    return num_experts, table_fingerprint(table)
+    return int32_table_argument("dispatch", "table", table), num_experts, table_fingerprint(table)
 
 
 def _check_load_counts(load_counts, num_slots, device):
@@ -434,7 +438,7 @@ def _route(request, table, rank, balance_mode, slots_per_rank, device, load_coun
         if isinstance(table, PreparedTable):
             physical = table.map(topk_ids, load_counts=counts, error_counter=error_counter)
         else:
-            physical = update_expert(topk_ids, as_int32_table(table), request.moe_rank,
+            physical = update_expert(topk_ids, request.table, request.moe_rank,
                                      request.moe_world_size, balance_mode=balance_mode,
                                      num_physical_experts=request.num_slots, load_counts=counts,
                                      error_counter=error_counter)

@@ -53,7 +53,7 @@ import torch.distributed as dist
 
 import moe_eplb
 
-from ._checks import (Agreement, BadArgument, as_int32_table, communication_device,
+from ._checks import (Agreement, BadArgument, communication_device, int32_table_argument,
                       group_ranks, is_int, layout_fingerprint, normal_tensors, table_fingerprint,
                       writable_problem)
 from ._transport import RowLayout, row_bytes
@@ -73,7 +73,9 @@ _DEFAULT_MESSAGES_PER_ROUND = 8
 # The arguments in the order they are checked (Agreement's verdicts).
 _ARGUMENTS = ("slots_per_rank", "ranks_per_node", "staging_bytes", "slot_tensors", "old_table",
               "new_table")
-_KEEP, _COPY_LOCAL, _RECEIVE, _COPY_RECEIVED = 0, 1, 2, 3
+_COPY_LOCAL, _RECEIVE, _COPY_RECEIVED = (moe_eplb.MigrationAction.COPY_LOCAL,
+                                        moe_eplb.MigrationAction.RECEIVE,
+                                        moe_eplb.MigrationAction.COPY_RECEIVED)
 
 # Test seams: when set, called on every rank as _before_round(round_idx)
 # before each round's vote, _before_transfer(round_idx) after it, just before
@@ -243,7 +245,7 @@ def _check_table(argument, table, world_size, num_physical):
     if table.dim() != 2 or table.dtype not in (torch.int32, torch.int64):
         _fail(argument, "expected an (E, F) int32 (or int64) tensor, got %s of shape %s",
               table.dtype, tuple(table.shape))
-    table = as_int32_table(table.detach().cpu()).contiguous()
+    table = int32_table_argument("migrate_experts", argument, table.detach().cpu()).contiguous()
     try:
         torch.ops.moe_eplb.prepare_table(table, 0, world_size, num_physical_experts=num_physical)
     except (ValueError, RuntimeError) as error:

@@ -15,8 +15,7 @@ from torch import nn
 
 import moe_eplb
 
-from .._ops import PreparedTable
-from ._checks import as_int32_table
+from .._ops import PreparedTable, int32_table
 from ._checks import check_int as _check_int
 from ._dispatch import combine, dispatch
 
@@ -201,7 +200,7 @@ class ExpertParallelMoE(nn.Module):
             raise ValueError("ExpertParallelMoE.set_table(): table must be (E, F) with E = %d, "
                              "got %s" % (self.num_experts, getattr(table, "shape", type(table))))
         device = self.w_gate.device
-        table = as_int32_table(table.detach()).to(device)  # int64 tables whose values fit, too
+        table = int32_table("ExpertParallelMoE.set_table()", "table", table.detach()).to(device)
         if self._prepared is None:
             rank, world_size = self._moe_rank()
             self._prepared = PreparedTable(table, rank, world_size,

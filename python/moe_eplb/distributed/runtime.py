@@ -77,7 +77,7 @@ import torch.distributed as dist
 import moe_eplb
 
 from .._ops import PreparedTable
-from ._checks import (Agreement, as_int32_table, check_int, communication_device, fail,
+from ._checks import (Agreement, check_int, communication_device, fail, int32_table_argument,
                       group_ranks, is_int, layout_fingerprint, normal_tensors, table_fingerprint,
                       text_fingerprint, writable_problem)
 from ._dispatch import combine, dispatch
@@ -420,7 +420,8 @@ class EplbRuntime:
             fail("EplbRuntime", "initial_tables", "initial_tables must be int32 (or int64) "
                  "(L, E, F) with L = %d and E = %d, got %s of shape %s", layers, experts,
                  tables.dtype, tuple(tables.shape))
-        tables = _pad_columns(as_int32_table(tables), max(width, tables.shape[2]))
+        tables = _pad_columns(int32_table_argument("EplbRuntime", "initial_tables", tables),
+                              max(width, tables.shape[2]))
         for layer in range(layers):
             problem = _table_problem(tables[layer], self.world_size, slots_per_rank)
             if problem:
@@ -640,7 +641,8 @@ class EplbRuntime:
         tables = state.get("tables")
         if not isinstance(tables, torch.Tensor) or tuple(tables.shape) != shape:
             bad("tables must be a tensor of shape %s", shape)
-        tables = as_int32_table(tables.cpu()).contiguous()
+        tables = int32_table_argument("EplbRuntime.load_state_dict", "state",
+                                      tables.cpu()).contiguous()
         for layer in range(self.num_layers):
             problem = _table_problem(tables[layer], self.world_size, self.slots_per_rank)
             if problem:
@@ -664,7 +666,8 @@ class EplbRuntime:
                     not isinstance(table, torch.Tensor) or tuple(table.shape) != shape[1:]:
                 bad("a pending layer must be an int in 0..%d with an (E, F) table",
                     self.num_layers - 1)
-            table = as_int32_table(table.cpu()).contiguous()
+            table = int32_table_argument("EplbRuntime.load_state_dict", "state",
+                                         table.cpu()).contiguous()
             problem = _table_problem(table, self.world_size, self.slots_per_rank)
             if problem:
                 bad("the pending table of layer %d is not valid: %s", layer, problem)
