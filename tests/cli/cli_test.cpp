@@ -61,9 +61,10 @@ std::string tool() {
   return other != nullptr ? other : MOE_EPLB_TOOL;
 }
 
-Result run(const std::string& args) {
+// `limits` is a shell prefix (ulimit, timeout) for the tool's command.
+Result run(const std::string& args, const std::string& limits = "") {
   const std::string out = unique("cli_stdout.txt"), err = unique("cli_stderr.txt");
-  const std::string command = tool() + " " + args + " >" + out + " 2>" + err;
+  const std::string command = limits + tool() + " " + args + " >" + out + " 2>" + err;
   const int raw = std::system(command.c_str());
   Result result;
   result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
@@ -160,6 +161,27 @@ TEST(CliMap, BadFilesGiveOneLineAndNoOutput) {
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
     EXPECT_FALSE(exists(out)) << "no output file on failure";
   }
+}
+
+// A large wrong file is refused from its first bytes: --table /dev/zero used
+// to be read whole before it was checked (1.7 GB after 3 s, and no error).
+// Memory and time are capped, so a regression fails here instead of
+// exhausting the machine (the cap on memory only outside the sanitizers,
+// which reserve terabytes of address space).
+TEST(CliMap, EndlessWrongTableIsRefusedAtOnce) {
+#if defined(__SANITIZE_ADDRESS__)
+  const std::string limits = "timeout 20 ";
+#else
+  const std::string limits = "ulimit -v 1000000; timeout 20 ";
+#endif
+  const Result r = run(
+      "map --expert-ids " + kData + "/ids_c_int32.npy --table /dev/zero --rank 0 --world-size 4",
+      limits);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err,
+            "moe-eplb: error: --table /dev/zero: not a .npy file (missing the \\x93NUMPY "
+            "magic)\n");
+  EXPECT_EQ(r.out, "");
 }
 
 TEST(CliMap, BadValuesAndArguments) {
