@@ -89,7 +89,11 @@ case $case_name in
     run "$tool" convert --from phy2log --to ascend --in p2l.npy --out sorted.npy
     run "$tool" convert --from ascend --to phy2log --in sorted.npy --out p2l2.npy --num-physical 12
     cmp p2l.npy p2l2.npy || fail "phy2log -> ascend -> phy2log changed phy2log"
+    ;;
 
+  # Each case below is one issue-18 finding, so each fails on its own on a tool
+  # that has it back.
+  convert_order)
     # phy2log keeps no replica order, and in either mode the order is the
     # routing: a table whose replicas are not ascending is refused (nothing
     # written) unless --sort-replicas accepts the reorder, said in the name.
@@ -107,7 +111,9 @@ case $case_name in
     run "$tool" convert --from log2phy --to ascend --in order_l2p.npy --logcnt order_cnt.npy \
       --out order_back2.npy
     cmp order.npy order_back2.npy || fail "ascend -> log2phy -> ascend changed the order"
+    ;;
 
+  convert_duplicates)
     # A duplicate slot in SGLang's map is refused, not copied into a table.
     npy_int32 dup_sglang.npy "(2, 2)" 0 0 1 -1
     run_fails "moe-eplb: error: slots_from_sglang(): slot 0 is named twice, by [0, 0] and [0, 1]" \
@@ -117,9 +123,12 @@ case $case_name in
     run_fails "slot 1 is named twice, by [0, 1] and [1, 0]" \
       "$tool" convert --from sglang --to ascend --in shared_sglang.npy --out dup.npy
     [[ ! -e dup.npy ]] || fail "an invalid table was written"
+    ;;
 
+  convert_atomic)
     # Two outputs appear together or not at all: an unwritable --logcnt-out
     # leaves no --out behind.
+    npy_int32 order.npy "(2, 3)" 2 3 0 1 1 -1
     run_fails "moe-eplb: error: missing/cnt.npy: cannot open for writing" \
       "$tool" convert --from ascend --to log2phy --in order.npy --out both_l2p.npy \
       --logcnt-out missing/cnt.npy
