@@ -13,6 +13,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <regex>
+#include <set>
 #include <sstream>
 
 #include "moe_eplb/npy.hpp"
@@ -256,6 +259,63 @@ TEST(CliGeneral, HelpAndVersionExitZero) {
   r = run("--version");
   EXPECT_EQ(r.status, 0);
   EXPECT_EQ(r.out, "moe-eplb " MOE_EPLB_VERSION "\n");
+}
+
+// The flags at the start of the option lines of `moe-eplb COMMAND --help`
+// (--help itself aside).
+std::set<std::string> help_options(const std::string& command) {
+  const Result r = run(command + " --help");
+  EXPECT_EQ(r.status, 0) << command;
+  std::set<std::string> flags;
+  std::istringstream lines(r.out);
+  const std::regex option(R"(^\s+(?:-\w,)?(--[a-z][a-z-]*))");
+  std::smatch match;
+  for (std::string line; std::getline(lines, line);) {
+    if (std::regex_search(line, match, option) && match[1] != "--help") flags.insert(match[1]);
+  }
+  return flags;
+}
+
+// The README's synopsis ("## Command line") names every command and every
+// option of each, as `--help` prints them: nothing missing, nothing stale.
+TEST(CliGeneral, ReadmeSynopsisNamesEveryCommandAndOption) {
+  const std::string readme = slurp(kExamples + "/../README.md");
+  const std::string start = "## Command line\n\n```sh\n";
+  const std::size_t begin = readme.find(start);
+  ASSERT_NE(begin, std::string::npos) << "no synopsis in the README";
+  const std::size_t end = readme.find("\n```\n", begin + start.size());
+  std::istringstream synopsis(readme.substr(begin + start.size(), end - begin - start.size()));
+  std::map<std::string, std::set<std::string>> readme_options;
+  std::string command;
+  const std::regex flag(R"((?:^|[^\w-])(--[a-z][a-z-]*))");
+  for (std::string line; std::getline(synopsis, line);) {
+    line = line.substr(0, line.find('#'));  // the comments
+    if (line.rfind("moe-eplb ", 0) == 0) {
+      command = line.substr(9, line.find(' ', 9) - 9);
+      readme_options[command];
+    }
+    ASSERT_FALSE(command.empty()) << line;
+    for (auto it = std::sregex_iterator(line.begin(), line.end(), flag);
+         it != std::sregex_iterator(); ++it) {
+      readme_options[command].insert((*it)[1]);
+    }
+  }
+  // The commands are the ones `moe-eplb --help` lists.
+  const Result top = run("--help");
+  std::set<std::string> commands;
+  std::istringstream lines(top.out.substr(top.out.find("Subcommands:")));
+  const std::regex listed(R"(^  ([a-z]+) )");
+  std::smatch match;
+  for (std::string line; std::getline(lines, line);) {
+    if (std::regex_search(line, match, listed)) commands.insert(match[1]);
+  }
+  std::set<std::string> in_readme;
+  for (const auto& entry : readme_options) in_readme.insert(entry.first);
+  EXPECT_EQ(in_readme, commands);
+  for (const auto& [name, options] : readme_options) {
+    EXPECT_EQ(options, help_options(name)) << "moe-eplb " << name << ": the README's options "
+                                           << "(left) against --help's (right)";
+  }
 }
 
 // Every error, usage errors included, is one prefixed line and exit status 1.
