@@ -7,8 +7,11 @@
   tests run (examples/online_moe.py and examples/engines/*.py in
   test_examples.py, examples/consumer in the install test): every code line
   of each, comments aside, appears in that program, in order.
+- The operator table names each op's arguments, in order, with the
+  schema's keyword-only marker and defaults.
 - The `moe-eplb demo` table is checked against the tool's output by the CLI
-  tests (tests/cli_plan/cli_plan_test.sh, case demo).
+  tests (tests/cli_plan/cli_plan_test.sh, case demo), the command-line
+  synopsis against each command's --help (tests/cli/cli_test.cpp).
 """
 import contextlib
 import io
@@ -16,6 +19,9 @@ import os
 import re
 
 import pytest
+import torch
+
+import moe_eplb  # noqa: F401 (loads torch.ops.moe_eplb)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -82,6 +88,38 @@ def test_engine_snippets_are_the_runnable_examples(index, program):
 def test_cpp_snippet_is_the_consumer_program():
     (snippet,) = blocks("cpp")
     assert_excerpt(snippet, read("examples", "consumer", "main.cpp"), "//", "C++")
+
+
+def test_operator_table_is_the_schemas():
+    rows = re.findall(r"^\| `(\w+)\((.*?)\)(?: -> \((.*?)\))?` \|", read("README.md"), re.M)
+    assert [name for name, _, _ in rows] == [
+        "update_expert", "update_expert_pruned", "update_expert_counted", "prepare_table",
+        "update_expert_prepared"]
+    for name, arguments, returns in rows:
+        schema = getattr(torch.ops.moe_eplb, name).default._schema
+        declared = {argument.name: argument for argument in schema.arguments}
+        order = [argument.name for argument in schema.arguments]
+        keyword_only, position = False, -1
+        for argument in (text.strip() for text in arguments.split(",")):
+            if argument == "...":
+                if not keyword_only:
+                    keyword_only = None  # what it elides may hold the "*": unknown
+                continue
+            if argument == "*":
+                keyword_only = True
+                continue
+            argument_name, _, default = argument.partition("=")
+            argument_name = argument_name.rstrip("?")
+            assert argument_name in declared, (name, argument_name)
+            assert order.index(argument_name) > position, (name, argument_name, "order")
+            position = order.index(argument_name)
+            if keyword_only is not None:
+                assert declared[argument_name].kwarg_only == keyword_only, (name, argument_name)
+            if default:
+                assert repr(declared[argument_name].default_value).replace("'", '"') == default, (
+                    name, argument_name, declared[argument_name].default_value)
+        if returns:
+            assert len(schema.returns) == len(returns.split(",")), name
 
 
 @pytest.mark.parametrize("language", ["python", "cpp"])
