@@ -18,21 +18,13 @@ void check_options(const char* operation, const TableView& table, const AnalyzeO
   check_table_for(options.topology(), table, operation, "table", TableUse::kRouting);
 }
 
-RuleTopology topology_of(const AnalyzeOptions& options) {
-  RuleTopology topology;
-  topology.world_size = options.world_size;
-  topology.slots_per_rank = options.slots_per_rank;
-  topology.ranks_per_node = options.ranks_per_node;
-  return topology;
-}
-
 // Which replica each source rank's tokens of one expert go to under a rule
 // that picks per source rank; empty under an even-split rule.
 class SourceRouting {
  public:
   SourceRouting(const TableView& table, const AnalyzeOptions& options)
       : table_(table),
-        topology_(topology_of(options)),
+        topology_(options.topology()),
         per_source_(rule_info(options.rule).split != RuleSplit::kEven),
         rule_(options.rule),
         slots_(static_cast<std::size_t>(table.num_columns)),
@@ -50,7 +42,7 @@ class SourceRouting {
 
  private:
   const TableView& table_;
-  RuleTopology topology_;
+  Topology topology_;
   bool per_source_;
   ReplicaRule rule_;
   std::vector<std::int32_t> slots_;

@@ -29,20 +29,14 @@ struct LayerRequest {
   std::int64_t layer_idx = 0;   // for messages
   std::int64_t max_moves = -1;  // -1 = no cap
   double move_cost = 0.0;
+
+  Topology topology() const { return {world_size, slots_per_rank, ranks_per_node}; }
 };
 
 // Whether a replica's place in its row changes what it receives under the
 // request's rule (every rule but the even splits).
 inline bool order_matters(const LayerRequest& request) {
   return rule_info(request.rule).split != RuleSplit::kEven;
-}
-
-inline RuleTopology rule_topology(const LayerRequest& request) {
-  RuleTopology topology;
-  topology.world_size = request.world_size;
-  topology.slots_per_rank = request.slots_per_rank;
-  topology.ranks_per_node = request.ranks_per_node;
-  return topology;
 }
 
 ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* report);

@@ -672,19 +672,10 @@ std::vector<std::int32_t> to_table(const ReplicaSlots& slots, std::int64_t& num_
   return table;
 }
 
-Topology topology_of(const LayerRequest& request) {
-  Topology topology;
-  topology.world_size = request.world_size;
-  topology.slots_per_rank = request.slots_per_rank;
-  topology.ranks_per_node = request.ranks_per_node;
-  return topology;
-}
-
 // Candidate B: the plan from scratch on the old ranks of most overlap.
 Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
   const std::int64_t world_size = request.world_size, slots_per_rank = request.slots_per_rank;
-  const std::vector<std::int32_t> old_experts =
-      slot_experts(request.previous, topology_of(request));
+  const std::vector<std::int32_t> old_experts = slot_experts(request.previous, request.topology());
   // overlap(new rank i, old rank r) = experts on both; minimise its negative.
   std::vector<std::int32_t> on_old_rank(static_cast<std::size_t>(request.num_experts * world_size),
                                         0);
@@ -722,7 +713,7 @@ Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
 // receives the slots whose (expert, position) then differs from the previous
 // table.
 Placement align(const LayerRequest& request, Placement placement, std::int64_t& moves) {
-  const Topology topology = topology_of(request);
+  const Topology topology = request.topology();
   std::int64_t num_columns = 0;
   const std::vector<std::int32_t> table = to_table(placement.slots, num_columns);
   const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};

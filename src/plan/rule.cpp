@@ -20,7 +20,7 @@ std::string rule_names() {
 // the replica on the source rank, else the first on its node, else a fair
 // share of the ranks left over. O(W + count): each rank's first replica
 // first, then each node's, the first of its ranks' firsts.
-void nearest_replicas(const std::int32_t* slots, std::int64_t count, const RuleTopology& topology,
+void nearest_replicas(const std::int32_t* slots, std::int64_t count, const Topology& topology,
                       std::int32_t* replica_of_source) {
   const std::int64_t world_size = topology.world_size;
   const std::int64_t ranks_per_node =
@@ -90,7 +90,7 @@ ReplicaRule rule_of_balance_mode(BalanceMode balance_mode, const char* operation
 }
 
 void source_replicas(ReplicaRule rule, const std::int32_t* replica_slots, std::int64_t count,
-                     const RuleTopology& topology, std::int32_t* replica_of_source) {
+                     const Topology& topology, std::int32_t* replica_of_source) {
   const RuleInfo& info = rule_info(rule);
   switch (info.split) {
     case RuleSplit::kSourceGroups:
@@ -113,7 +113,7 @@ void source_replicas(ReplicaRule rule, const std::int32_t* replica_slots, std::i
 }
 
 double expected_sources_served(ReplicaRule rule, std::int64_t count, std::int64_t replica,
-                               const RuleTopology& topology) {
+                               const Topology& topology) {
   const std::int64_t world_size = topology.world_size;
   switch (rule_info(rule).split) {
     case RuleSplit::kSourceGroups: {

@@ -56,7 +56,7 @@ class ShareModel {
         per_rank_(forecast.num_source_ranks > 1),
         split_(rule_info(request.rule).split),
         rule_(request.rule),
-        topology_(rule_topology(request)),
+        topology_(request.topology()),
         coherent_(forecast.coherent_variance) {
     const std::int64_t stride = per_rank_ ? world_size_ + 1 : 1;
     const std::int64_t num_experts = forecast.num_experts;
@@ -159,7 +159,7 @@ class ShareModel {
   bool per_rank_;
   RuleSplit split_;
   ReplicaRule rule_;
-  RuleTopology topology_;
+  Topology topology_;
   std::vector<double> coherent_;         // (E,)
   std::vector<double> prefix_mean_;      // per expert: prefix sums over source ranks, or the total
   std::vector<double> prefix_variance_;  // the same for the independent variance

@@ -34,7 +34,7 @@ class NearestPolisher {
  public:
   NearestPolisher(const LayerRequest& request, const LayerForecast& forecast, ReplicaSlots rows)
       : request_(request),
-        topology_(rule_topology(request)),
+        topology_(request.topology()),
         num_experts_(request.num_experts),
         world_size_(request.world_size),
         rows_(std::move(rows)),
@@ -315,7 +315,7 @@ class NearestPolisher {
   static constexpr double kTightPolish = 1.0005;
 
   const LayerRequest& request_;
-  RuleTopology topology_;
+  Topology topology_;
   std::int64_t num_experts_;
   std::int64_t world_size_;
   ReplicaSlots rows_;

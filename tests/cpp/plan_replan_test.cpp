@@ -47,13 +47,6 @@ ExpertLoad skewed_window(std::int64_t world_size, std::int64_t num_experts, std:
 
 using test::options_for;
 
-Topology topology_of(const PlanOptions& options) {
-  Topology topology;
-  topology.world_size = options.world_size;
-  topology.slots_per_rank = options.slots_per_rank;
-  return topology;
-}
-
 // Valid, every slot once, no dead replica or two replicas on a rank.
 void expect_valid(const LayeredTable& table, const ExpertLoad& load, const PlanOptions& options) {
   for (std::int64_t layer = 0; layer < table.num_layers; ++layer) {
@@ -141,7 +134,7 @@ TEST(PlanReplan, CapIsRespectedAndReported) {
             changed_slots(old_table, table, 0, shape.world_size * shape.slots_per_rank);
         EXPECT_EQ(report.layers[0].slots_changed, changed);
         EXPECT_EQ(
-            diff_tables(old_table.layer(0), table.layer(0), topology_of(options)).slots_rerouted,
+            diff_tables(old_table.layer(0), table.layer(0), options.topology()).slots_rerouted,
             changed);
         if (cap >= 0) {
           EXPECT_LE(changed, cap);
@@ -204,7 +197,7 @@ TEST(PlanReplan, StayingExpertsKeepTheirSlots) {
       options.max_moves = cap;
       const LayeredTable table =
           plan(skewed_window(shape.world_size, shape.num_experts, 6, 2), options);
-      const Topology topology = topology_of(options);
+      const Topology topology = options.topology();
       const auto before = slot_experts(old_table.layer(0), topology);
       const auto after = slot_experts(table.layer(0), topology);
       const std::int64_t slots = shape.slots_per_rank;
@@ -250,7 +243,7 @@ TEST(PlanReplan, DriftIsRebalancedWithFewMoves) {
     options.previous = &current;
     options.max_moves = 14;  // 10% of 144
     const LayeredTable next = plan({window}, options);
-    EXPECT_LE(diff_tables(current.layer(0), next.layer(0), topology_of(options)).slots_changed, 14);
+    EXPECT_LE(diff_tables(current.layer(0), next.layer(0), options.topology()).slots_changed, 14);
     capped_sum += balance_of(next, window, fresh);
     fresh_sum += balance_of(plan({window}, fresh), window, fresh);
     kept_sum += balance_of(current, window, fresh);

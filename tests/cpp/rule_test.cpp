@@ -22,15 +22,6 @@
 namespace moe_eplb {
 namespace {
 
-RuleTopology topology(std::int64_t world_size, std::int64_t slots_per_rank,
-                      std::int64_t ranks_per_node) {
-  RuleTopology t;
-  t.world_size = world_size;
-  t.slots_per_rank = slots_per_rank;
-  t.ranks_per_node = ranks_per_node;
-  return t;
-}
-
 // An (E, F) int32 table owned by the test.
 struct Table {
   std::int64_t rows = 0, cols = 0;
@@ -82,7 +73,7 @@ ExpertLoad random_load(std::int64_t num_layers, std::int64_t world_size, std::in
 }
 
 std::vector<std::int32_t> replicas_of(ReplicaRule rule, const std::vector<std::int32_t>& slots,
-                                      const RuleTopology& t) {
+                                      const Topology& t) {
   std::vector<std::int32_t> out(static_cast<std::size_t>(t.world_size), -7);
   source_replicas(rule, slots.data(), static_cast<std::int64_t>(slots.size()), t, out.data());
   return out;
@@ -116,7 +107,7 @@ TEST(ReplicaRules, AscendRankIsTheOperatorsRankMode) {
   for (std::int64_t world_size : {1, 2, 5, 16, 33}) {
     for (std::int64_t count = 1; count <= world_size; ++count) {
       const std::vector<std::int32_t> slots(static_cast<std::size_t>(count), 0);
-      const auto got = replicas_of(ReplicaRule::kAscendRank, slots, topology(world_size, 1, 0));
+      const auto got = replicas_of(ReplicaRule::kAscendRank, slots, Topology{world_size, 1, 0});
       for (std::int64_t rank = 0; rank < world_size; ++rank) {
         ASSERT_EQ(got[rank] + 1, rank_mode_replica(count, rank, world_size))
             << "W " << world_size << " c " << count << " rank " << rank;
@@ -127,7 +118,7 @@ TEST(ReplicaRules, AscendRankIsTheOperatorsRankMode) {
 
 // SGLang's static dispatch, worked by hand at W = 8, 2 slots per rank, 4 ranks per node.
 TEST(ReplicaRules, SglangStaticPrefersTheRankThenTheNodeThenAFairShare) {
-  const RuleTopology t = topology(8, 2, 4);
+  const Topology t{8, 2, 4};
   // Replicas on rank 1 (node 0) and rank 5 (node 1): each node to its own.
   EXPECT_EQ(replicas_of(ReplicaRule::kSglangStatic, {2, 11}, t),
             (std::vector<std::int32_t>{0, 0, 0, 0, 1, 1, 1, 1}));
@@ -141,10 +132,10 @@ TEST(ReplicaRules, SglangStaticPrefersTheRankThenTheNodeThenAFairShare) {
   // One replica: everybody.
   EXPECT_EQ(replicas_of(ReplicaRule::kSglangStatic, {15}, t), std::vector<std::int32_t>(8, 0));
   // One node (ranks_per_node 0): every rank without a replica to the first.
-  EXPECT_EQ(replicas_of(ReplicaRule::kSglangStatic, {9, 2, 14}, topology(8, 2, 0)),
+  EXPECT_EQ(replicas_of(ReplicaRule::kSglangStatic, {9, 2, 14}, Topology{8, 2, 0}),
             (std::vector<std::int32_t>{0, 1, 0, 0, 0, 0, 0, 2}));
   // Three replicas on node 0: node 1 holds none, its ranks cycle over all three.
-  EXPECT_EQ(replicas_of(ReplicaRule::kSglangStatic, {0, 2, 4}, topology(8, 2, 4)),
+  EXPECT_EQ(replicas_of(ReplicaRule::kSglangStatic, {0, 2, 4}, Topology{8, 2, 4}),
             (std::vector<std::int32_t>{0, 1, 2, 0, 0, 1, 2, 0}));
   std::vector<std::int32_t> out(8);
   const std::int32_t slots[] = {0, 2};
@@ -155,7 +146,7 @@ TEST(ReplicaRules, SglangStaticPrefersTheRankThenTheNodeThenAFairShare) {
 // first replica on the rank, else the first on the node, else the next of a
 // fair share.
 std::vector<std::int32_t> nearest_reference(const std::vector<std::int32_t>& slots,
-                                            const RuleTopology& t) {
+                                            const Topology& t) {
   const std::int64_t count = static_cast<std::int64_t>(slots.size());
   const std::int64_t per_node = t.ranks_per_node > 0 ? t.ranks_per_node : t.world_size;
   std::vector<std::int32_t> out;
@@ -181,7 +172,7 @@ TEST(ReplicaRules, SglangStaticMatchesItsPlainStatementOnRandomRows) {
     // Nodes that divide W, do not (a short last node), one node (0).
     const std::int64_t ranks_per_node =
         std::uniform_int_distribution<std::int64_t>(0, world_size)(rng);
-    const RuleTopology t = topology(world_size, slots_per_rank, ranks_per_node);
+    const Topology t{world_size, slots_per_rank, ranks_per_node};
     std::vector<std::int32_t> all(static_cast<std::size_t>(world_size * slots_per_rank));
     std::iota(all.begin(), all.end(), 0);
     std::shuffle(all.begin(), all.end(), rng);
@@ -200,7 +191,7 @@ TEST(ReplicaRules, SglangStaticMatchesItsPlainStatementOnRandomRows) {
 TEST(ReplicaRules, ExpectedSharesMatchTheExactRuleOnTheAimedPlacement) {
   for (const RuleInfo& info : replica_rules()) {
     for (const std::int64_t ranks_per_node : {0, 2, 4, 8}) {
-      const RuleTopology t = topology(16, 3, ranks_per_node);
+      const Topology t{16, 3, ranks_per_node};
       for (std::int64_t count = 1; count <= 16; ++count) {
         double sum = 0.0;
         for (std::int64_t j = 0; j < count; ++j)
@@ -210,7 +201,7 @@ TEST(ReplicaRules, ExpectedSharesMatchTheExactRuleOnTheAimedPlacement) {
     }
   }
   for (const std::int64_t ranks_per_node : {0, 2, 4, 8}) {
-    const RuleTopology t = topology(16, 3, ranks_per_node);
+    const Topology t{16, 3, ranks_per_node};
     const std::int64_t num_nodes = ranks_per_node > 0 ? 16 / ranks_per_node : 1;
     const std::int64_t per_node = 16 / num_nodes;
     for (std::int64_t count = 1; count <= 16; ++count) {

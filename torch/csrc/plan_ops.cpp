@@ -213,15 +213,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analyze_op(
   });
 }
 
-Topology make_topology(std::int64_t world_size, std::int64_t slots_per_rank,
-                       std::int64_t ranks_per_node) {
-  Topology topology;
-  topology.world_size = world_size;
-  topology.slots_per_rank = slots_per_rank;
-  topology.ranks_per_node = ranks_per_node;
-  return topology;
-}
-
 at::Tensor int64_vector(const std::vector<std::int64_t>& values) {
   at::Tensor tensor =
       at::empty({static_cast<std::int64_t>(values.size())}, at::TensorOptions().dtype(at::kLong));
@@ -237,10 +228,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> migration_plan_op(
     std::int64_t slots_per_rank, std::int64_t ranks_per_node) {
   constexpr const char* kMigrationPlan = "migration_plan()";
   return translate_errors([&] {
-    const MigrationPlan plan =
-        migration_plan(host_table(kMigrationPlan, "old_table", old_table),
-                       host_table(kMigrationPlan, "new_table", new_table),
-                       make_topology(world_size, slots_per_rank, ranks_per_node));
+    const MigrationPlan plan = migration_plan(host_table(kMigrationPlan, "old_table", old_table),
+                                              host_table(kMigrationPlan, "new_table", new_table),
+                                              Topology{world_size, slots_per_rank, ranks_per_node});
     const auto num_slots = static_cast<std::int64_t>(plan.moves.size());
     at::Tensor moves = at::empty({num_slots, 3}, at::TensorOptions().dtype(at::kInt));
     std::int32_t* out = moves.data_ptr<std::int32_t>();
@@ -263,7 +253,7 @@ at::Tensor align_to_previous_op(const at::Tensor& old_table, const at::Tensor& n
     const TableView new_view = host_table(kAlign, "new_table", new_table);
     const std::vector<std::int32_t> aligned =
         align_to_previous(host_table(kAlign, "old_table", old_table), new_view,
-                          make_topology(world_size, slots_per_rank, 0));
+                          Topology{world_size, slots_per_rank, 0});
     at::Tensor result = at::empty({new_view.num_experts, new_view.num_columns},
                                   at::TensorOptions().dtype(at::kInt));
     std::memcpy(result.data_ptr<std::int32_t>(), aligned.data(),
@@ -277,8 +267,8 @@ at::Tensor slot_experts_op(const at::Tensor& table, std::int64_t world_size,
                            std::int64_t slots_per_rank) {
   constexpr const char* kSlotExperts = "slot_experts()";
   return translate_errors([&] {
-    const std::vector<std::int32_t> experts = slot_experts(
-        host_table(kSlotExperts, "table", table), make_topology(world_size, slots_per_rank, 0));
+    const std::vector<std::int32_t> experts = slot_experts(host_table(kSlotExperts, "table", table),
+                                                           Topology{world_size, slots_per_rank, 0});
     return at::tensor(std::vector<std::int64_t>(experts.begin(), experts.end()),
                       at::TensorOptions().dtype(at::kLong));
   });
@@ -293,7 +283,7 @@ std::tuple<std::int64_t, std::int64_t, at::Tensor> table_diff_op(const at::Tenso
   return translate_errors([&] {
     const TableDiff diff = diff_tables(host_table(kTableDiff, "old_table", old_table),
                                        host_table(kTableDiff, "new_table", new_table),
-                                       make_topology(world_size, slots_per_rank, 0));
+                                       Topology{world_size, slots_per_rank, 0});
     return std::make_tuple(diff.slots_changed, diff.rows_changed,
                            int64_vector(diff.received_per_rank));
   });

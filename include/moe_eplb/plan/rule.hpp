@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "moe_eplb/plan/topology.hpp"
 #include "moe_eplb/types.hpp"
 
 namespace moe_eplb {
@@ -69,14 +70,6 @@ ReplicaRule parse_replica_rule(const std::string& name, const char* operation);
 ReplicaRule rule_of_balance_mode(BalanceMode balance_mode,
                                  const char* operation = "rule_of_balance_mode()");
 
-// Where the ranks are: slot p on rank p / slots_per_rank, rank r on node
-// r / ranks_per_node (0 = one node).
-struct RuleTopology {
-  std::int64_t world_size = 0;
-  std::int64_t slots_per_rank = 0;
-  std::int64_t ranks_per_node = 0;
-};
-
 // For rules that are not kEven: writes, for each of world_size source ranks,
 // the 0-based replica of the row [slot of replica 0, ..., slot of replica
 // count-1] that receives that rank's tokens of the expert. Slots must lie in
@@ -86,7 +79,7 @@ struct RuleTopology {
 // gives every replica the same number of ranks as SGLang does (up to which
 // replicas take the remainder).
 void source_replicas(ReplicaRule rule, const std::int32_t* replica_slots, std::int64_t count,
-                     const RuleTopology& topology, std::int32_t* replica_of_source);
+                     const Topology& topology, std::int32_t* replica_of_source);
 
 // The number of source ranks (of world_size) replica `replica` (0-based) of
 // a `count`-replica expert receives when the ranks send alike, under the
@@ -96,6 +89,6 @@ void source_replicas(ReplicaRule rule, const std::int32_t* replica_slots, std::i
 // head): a node's head serves its node's ranks that hold no replica, every
 // replica its own rank, and ranks on nodes without a replica split evenly.
 double expected_sources_served(ReplicaRule rule, std::int64_t count, std::int64_t replica,
-                               const RuleTopology& topology);
+                               const Topology& topology);
 
 }  // namespace moe_eplb
