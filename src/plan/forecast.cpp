@@ -169,6 +169,37 @@ double transient_kappa(const Deviations& deviations) {
   return deviations.expected_sum > 0.0 ? std::max(0.0, transient / deviations.expected_sum) : 0.0;
 }
 
+// The variance of one expert's drift term, lag2 - lag1 (the mean squared
+// two-window step less the mean squared one-window step), over T windows of
+// independent noise of variance sigma^2 and no drift, in units of sigma^4:
+// the term is a quadratic form x'Ax of the windows' totals, whose variance
+// under normal noise is 2 sigma^4 tr(A^2) (32 / 9 for four windows).
+double drift_null_factor(std::int64_t num_windows) {
+  // A = sum_k a_k v_k v_k' over the steps v_k = e_to - e_from, a_k = 1 / (T - 2)
+  // for the two-window steps and -1 / (T - 1) for the one-window steps, so
+  // tr(A^2) = sum_{k,l} a_k a_l (v_k . v_l)^2.
+  struct Step {
+    std::int64_t from, to;
+    double weight;
+  };
+  std::vector<Step> steps;
+  for (std::int64_t t = 2; t < num_windows; ++t) {
+    steps.push_back({t - 2, t, 1.0 / static_cast<double>(num_windows - 2)});
+  }
+  for (std::int64_t t = 1; t < num_windows; ++t) {
+    steps.push_back({t - 1, t, -1.0 / static_cast<double>(num_windows - 1)});
+  }
+  double trace = 0.0;
+  for (const Step& k : steps) {
+    for (const Step& l : steps) {
+      const auto dot = static_cast<double>((k.to == l.to) + (k.from == l.from) - (k.to == l.from) -
+                                           (k.from == l.to));
+      trace += k.weight * l.weight * dot * dot;
+    }
+  }
+  return 2.0 * trace;
+}
+
 // Stage 3: each expert's level, a local-level Kalman filter over its totals
 // (scaled to the mean window size), and the variance of its next total
 // shared by its ranks (the level's error plus one drift step).
@@ -176,6 +207,7 @@ struct Levels {
   std::vector<double> level;              // (E,)
   std::vector<double> coherent_variance;  // (E,)
   double drift = 0.0;                     // a step's variance, relative to level^2
+  double drift_evidence = 0.0;            // the drift estimate in null standard errors
 };
 
 Levels estimate_levels(const Windows& windows, double kappa) {
@@ -200,10 +232,16 @@ Levels estimate_levels(const Windows& windows, double kappa) {
   // what exceeds kDriftStandardErrors of the estimate's standard error (from
   // its spread over the experts) counts: with few experts the estimate is
   // mostly noise, and a spurious drift trades the windows' mean for the
-  // noisier latest ones.
+  // noisier latest ones. The evidence for drift is the pooled estimate in
+  // standard errors of what the noise model alone gives it (each expert's
+  // term has variance drift_null_factor() * noise^2 without drift): unlike
+  // the spread over the experts, this standard error is not inflated by the
+  // drift it tests.
   double drift = 0.0;  // variance of a window-to-window step, relative to level^2
+  double evidence = 0.0;
   if (num_windows >= 3 && num_experts > 1 && mean_expert_sq > 0.0) {
-    double sum = 0.0, sum_sq = 0.0;
+    const double null_factor = drift_null_factor(num_windows);
+    double sum = 0.0, sum_sq = 0.0, null_variance = 0.0;
     for (std::int64_t e = 0; e < num_experts; ++e) {
       double lag1 = 0.0, lag2 = 0.0;
       for (std::int64_t t = 1; t < num_windows; ++t) {
@@ -217,13 +255,17 @@ Levels estimate_levels(const Windows& windows, double kappa) {
       const double share = (lag2 - lag1) / mean_expert_sq;
       sum += share;
       sum_sq += share * share;
+      null_variance += null_factor * noise[e] * noise[e];
     }
     const auto n = static_cast<double>(num_experts);
     const double standard_error = std::sqrt(std::max(0.0, sum_sq - sum * sum / n) * n / (n - 1.0));
     drift = std::max(0.0, sum - kDriftStandardErrors * standard_error);
+    const double null_error = std::sqrt(null_variance) / mean_expert_sq;
+    evidence = sum / null_error;  // (noise[e] >= mean_expert[e], not all 0)
   }
   Levels levels;
   levels.drift = drift;
+  levels.drift_evidence = evidence;
   levels.level.resize(static_cast<std::size_t>(num_experts));
   levels.coherent_variance.assign(static_cast<std::size_t>(num_experts), 0.0);
   for (std::int64_t e = 0; e < num_experts; ++e) {
@@ -259,10 +301,14 @@ LayerForecast forecast_layer(const LayerRequest& request) {
     kappa = transient_kappa(deviations);                                  // stage 4
   }
   Levels levels = estimate_levels(windows, kappa);  // stage 3
-  if (levels.drift == 0.0 && forecast.persistence < kMeanWindowPersistence && windows.size() > 1 &&
+  const bool drift_established =
+      levels.drift > 0.0 && levels.drift_evidence >= kMeanWindowDriftEvidence;
+  if (!drift_established && forecast.persistence < kMeanWindowPersistence && windows.size() > 1 &&
       !order_matters(request)) {
-    // Even splits, no drift, deviations that do not all persist: the
-    // windows' mean as one window. Their per-rank split forecasts nothing
+    // Even splits, no established drift, deviations that do not all
+    // persist: the windows' mean as one window. (Noise alone passes the
+    // drift estimate's threshold in about a third of stationary layers, but
+    // establishes a drift in about 2%.) Their per-rank split forecasts nothing
     // there (a replica gets 1 / c of the expert's total), a level without
     // drift is the mean, and the transient deviations measured per rank
     // overstate the noise of an expert's total (each rank routes a fixed

@@ -23,6 +23,10 @@ constexpr double kDriftStandardErrors = 0.5;
 // deviations persist less than this are planned on as their mean (one
 // window): see forecast_layer().
 constexpr double kMeanWindowPersistence = 0.9;
+// ... and so are windows whose drift is not established: the pooled drift
+// estimate below this many standard errors of what the noise model alone
+// gives it (a one-sided test at about 2%).
+constexpr double kMeanWindowDriftEvidence = 2.0;
 
 struct LayerForecast {
   std::int64_t num_source_ranks = 1;  // R: world_size, or 1 for global counts

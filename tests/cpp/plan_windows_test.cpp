@@ -12,6 +12,7 @@
 #include "moe_eplb/error.hpp"
 #include "moe_eplb/plan/analyze.hpp"
 #include "moe_eplb/plan/planner.hpp"
+#include "moe_eplb/plan/scenario.hpp"
 #include "moe_eplb/table.hpp"
 #include "plan/forecast.hpp"
 #include "plan/rule_model.hpp"
@@ -182,6 +183,12 @@ TEST(PlanWindows, ForecastFollowsDrift) {
       plan_detail::forecast_layer(request_for(windows, mean));
   EXPECT_GT(forecast.mean[0], 0.5 * (mean[0] + windows.back().counts[0]));
   EXPECT_LT(forecast.mean[1], 0.5 * (mean[1] + windows.back().counts[1]));
+  // The same under an even split (token mode): the drift is established.
+  plan_detail::LayerRequest token = request_for(windows, mean);
+  token.rule = ReplicaRule::kAscendToken;
+  const plan_detail::LayerForecast token_forecast = plan_detail::forecast_layer(token);
+  EXPECT_GT(token_forecast.mean[0], 0.5 * (mean[0] + windows.back().counts[0]));
+  EXPECT_LT(token_forecast.mean[1], 0.5 * (mean[1] + windows.back().counts[1]));
   // Unchanging windows: the plain mean.
   std::vector<ExpertLoad> still(4, ExpertLoad{1, 1, 3, {100, 200, 300}});
   const plan_detail::LayerForecast steady = plan_detail::forecast_layer(request_for(still, mean));
@@ -224,6 +231,49 @@ TEST(PlanWindows, JitterWithoutDriftKeepsThePlainMean) {
     if (!plain_mean) ++drifting;
   }
   EXPECT_LE(drifting, 105) << drifting << " of " << kDraws << " draws read noise as drift";
+}
+
+// Token mode (an even split: a replica gets 1 / c of its expert's total):
+// windows whose totals only carry noise are planned on as their mean. 200
+// draws of 4 windows of 8 source ranks x 32 experts with per-rank preferences
+// redrawn every window and Poisson counts, no drift: a drift counted beyond
+// half the spread of its estimate over the experts read noise as drift in 91
+// of them (and the forecast then followed the newest windows); established
+// only at 2 standard errors of what the noise model gives it, in 4.
+TEST(PlanWindows, TokenModeNoiseAloneKeepsTheMean) {
+  int followed = 0;
+  constexpr int kDraws = 200;
+  for (int draw = 0; draw < kDraws; ++draw) {
+    const auto windows = preference_windows(8, 32, 4, 0.0, 1000 + draw, 2000.0, true);
+    std::vector<double> mean;
+    plan_detail::LayerRequest request = request_for(windows, mean);
+    request.rule = ReplicaRule::kAscendToken;
+    const std::vector<double> forecast = plan_detail::forecast_layer(request).mean;
+    request.windows = {mean.data()};
+    if (forecast != plan_detail::forecast_layer(request).mean) ++followed;
+  }
+  EXPECT_LE(followed, 10) << followed << " of " << kDraws << " draws read noise as drift";
+}
+
+// The suite's mixed-qwen3-ep12 (12 source ranks, transient per-rank
+// preferences, no drift): on each of these draws the token-mode plan on the
+// 4 windows is the plan on their mean. Draws 4 and 6 read noise as drift
+// before, and their plans followed the newest windows.
+TEST(PlanWindows, TokenModeWindowsWithoutDriftPlanAsTheirMean) {
+  const ScenarioSpec scenario = find_scenario("mixed-qwen3-ep12");
+  for (std::int64_t draw = 0; draw < 8; ++draw) {
+    SCOPED_TRACE("draw " + std::to_string(draw));
+    const ScenarioSpec spec = scenario_draw(scenario, draw);
+    const std::vector<ExpertLoad> windows = generate_windows(spec, 0, 4);
+    ExpertLoad mean = windows.front();
+    for (std::size_t i = 0; i < mean.counts.size(); ++i) {
+      double sum = 0.0;
+      for (const ExpertLoad& window : windows) sum += window.counts[i];
+      mean.counts[i] = sum / 4.0;
+    }
+    const PlanOptions options = scenario_plan_options(spec, BalanceMode::kByToken);
+    EXPECT_EQ(plan(windows, options).values, plan({mean}, options).values);
+  }
 }
 
 // forecast_balance() against a Monte Carlo reference of the busiest of
