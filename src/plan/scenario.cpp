@@ -183,7 +183,8 @@ struct ShapeRow {
   double skew, rank_variation;
 };
 
-// A spec of the given shape; tokens_per_rank is 4096 for every built-in one.
+// A spec of the given shape; tokens_per_rank is 4096 for every built-in one
+// but the sparse family of the multi-window suite.
 ScenarioSpec spec_of_shape(const ShapeRow& shape, double hot_expert, std::uint64_t seed) {
   ScenarioSpec spec;
   spec.num_experts = shape.num_experts;
@@ -246,6 +247,7 @@ struct WindowScenarioRow {
   ShapeRow shape;
   double hot_expert, rank_persistence, drift;
   std::uint64_t seed;
+  std::int64_t tokens_per_rank = 4096;
 };
 
 // clang-format off
@@ -280,6 +282,11 @@ constexpr WindowScenarioRow kWindowScenarios[] = {
   {"noisy-mixed", "deepseek-v3-ep32", "256 experts top-1, EP 32, Zipf 0.9, rank sigma 1", {256, 1, 32, 9, 8, kZipf, 0.9, 1.0}, 0.0, 0.3, 0.0, 124},
   {"noisy-persistent", "qwen3-ep16", "128 experts top-1, EP 16, Zipf 1.0, rank sigma 1", {128, 1, 16, 9, 8, kZipf, 1.0, 1.0}, 0.0, 1.0, 0.0, 125},
   {"noisy-persistent", "deepseek-v3-ep32", "256 experts top-1, EP 32, Zipf 0.9, rank sigma 1", {256, 1, 32, 9, 8, kZipf, 0.9, 1.0}, 0.0, 1.0, 0.0, 126},
+  // Sparse windows: the transient large-noise shapes with 512 tokens per
+  // rank (4 routed tokens per (rank, expert) on average at EP 16), where
+  // sampling noise is as large as the per-rank deviations.
+  {"noisy-sparse", "qwen3-ep16", "128 experts top-1, EP 16, Zipf 1.0, rank sigma 1, 512 tokens per rank",  {128, 1, 16, 9, 8, kZipf, 1.0, 1.0}, 0.0, 0.0, 0.0, 127, 512},
+  {"noisy-sparse", "deepseek-v3-ep32", "256 experts top-1, EP 32, Zipf 0.9, rank sigma 1, 512 tokens per rank", {256, 1, 32, 9, 8, kZipf, 0.9, 1.0}, 0.0, 0.0, 0.0, 128, 512},
 };
 // clang-format on
 
@@ -290,6 +297,7 @@ ScenarioSpec make_window_spec(const WindowScenarioRow& row) {
   spec.description = std::string(row.description) + ", " + row.family;
   spec.rank_persistence = row.rank_persistence;
   spec.drift = row.drift;
+  spec.tokens_per_rank = row.tokens_per_rank;
   return spec;
 }
 

@@ -277,8 +277,8 @@ std::vector<double> common_log_weights(const ScenarioSpec& spec, std::int64_t wi
 // deviations have the stated spread and window-to-window correlation
 // (transient 0, persistent 1, mixed in between), popularity moves by the
 // stated drift per window (and not at all outside the drifting family), the
-// large-noise families have sigma 1 routed top-1, and every shape can be
-// planned (valid plans in both modes).
+// large-noise families have sigma 1 routed top-1, the sparse one 512 tokens
+// per rank, and every shape can be planned (valid plans in both modes).
 TEST(Scenario, WindowSuiteFamiliesGenerateWhatTheySay) {
   std::map<std::string, int> families;
   std::set<std::string> names;
@@ -298,7 +298,8 @@ TEST(Scenario, WindowSuiteFamiliesGenerateWhatTheySay) {
     EXPECT_NEAR(spread, expected_spread, 0.2 * expected_spread + 4.0 * tolerance);
     // Window-to-window correlation of the preferences, by family.
     const double persistence = correlation(first, second);
-    if (spec.family == "transient" || spec.family == "noisy-transient") {
+    if (spec.family == "transient" || spec.family == "noisy-transient" ||
+        spec.family == "noisy-sparse") {
       EXPECT_NEAR(persistence, 0.0, tolerance);
     } else if (spec.family == "persistent" || spec.family == "noisy-persistent") {
       EXPECT_NEAR(persistence, 1.0, 1e-9);
@@ -322,6 +323,7 @@ TEST(Scenario, WindowSuiteFamiliesGenerateWhatTheySay) {
       EXPECT_EQ(spec.rank_variation, 1.0);
       EXPECT_EQ(spec.top_k, 1);
     }
+    EXPECT_EQ(spec.tokens_per_rank, spec.family == "noisy-sparse" ? 512 : 4096);
     // Plannable: valid tables in both modes from two small windows.
     ScenarioSpec small = spec;
     small.tokens_per_rank = 64;
@@ -339,7 +341,8 @@ TEST(Scenario, WindowSuiteFamiliesGenerateWhatTheySay) {
                                                   {"transient", 5},
                                                   {"noisy-transient", 2},
                                                   {"noisy-mixed", 2},
-                                                  {"noisy-persistent", 2}}));
+                                                  {"noisy-persistent", 2},
+                                                  {"noisy-sparse", 2}}));
 }
 
 TEST(Scenario, BadSpecsAreClearErrors) {

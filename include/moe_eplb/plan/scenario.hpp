@@ -58,8 +58,8 @@ struct ScenarioSpec {
   double rank_persistence = 1.0;  // in [0, 1]: correlation of per-rank preferences across windows
   double drift = 0.0;             // >= 0: per-window std of each expert's log-popularity change
   // The multi-window suite's family: "transient", "persistent", "mixed",
-  // "drifting", "noisy-transient", "noisy-mixed" or "noisy-persistent";
-  // empty for the single-window suite.
+  // "drifting", "noisy-transient", "noisy-mixed", "noisy-persistent" or
+  // "noisy-sparse"; empty for the single-window suite.
   std::string family;
 };
 
@@ -110,8 +110,10 @@ std::vector<ScenarioSpec> scenario_suite();
 // and three families of large per-rank noise (sigma 1, routed top-1 so that
 // every count carries it in full; 128 experts Zipf 1.0 on EP 16 x 9, 256
 // experts Zipf 0.9 on EP 32 x 9): noisy-transient (persistence 0),
-// noisy-mixed (0.3) and noisy-persistent (1). Meant to be planned on windows
-// 0..3 and scored on window 4 (or replayed).
+// noisy-mixed (0.3) and noisy-persistent (1), and noisy-sparse (the
+// noisy-transient shapes with 512 tokens per rank instead of 4096, where
+// sampling noise is as large as the per-rank deviations). Meant to be
+// planned on windows 0..3 and scored on window 4 (or replayed).
 std::vector<ScenarioSpec> window_suite();
 
 // The demo scenario or a member of either suite by name; throws
