@@ -1,7 +1,10 @@
 #include "moe_eplb/plan/planner.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
+#include <thread>
 
 #include "moe_eplb/detail/route.hpp"
 #include "moe_eplb/error.hpp"
@@ -41,6 +44,9 @@ void check_plan_request(const ExpertLoad& load, const PlanOptions& options) {
   MOE_EPLB_CHECK(options.num_columns == 0 || options.num_columns >= 2, kPlan,
                  ": num_columns (F) must be 0 (fit) or at least 2, got ", options.num_columns);
   rule_info(options.rule);  // throws for a value outside the registry
+  MOE_EPLB_CHECK(options.threads >= 0, kPlan,
+                 ": threads must be 0 (one per hardware thread) or at least 1, got ",
+                 options.threads);
   MOE_EPLB_CHECK(options.num_groups >= 1 && num_experts % options.num_groups == 0, kPlan,
                  ": num_groups must be at least 1 and divide the ", num_experts, " experts, got ",
                  options.num_groups);
@@ -149,6 +155,44 @@ ExpertLoad mean_load(const std::vector<ExpertLoad>& windows) {
     std::copy(values, values + mean.num_source_ranks * mean.num_experts, mean.layer(layer_idx));
   }
   return mean;
+}
+
+// Runs plan_layer(layer, scratch) for every layer on `threads` threads (0 =
+// one per hardware thread), each taking the next layer not yet taken. An
+// error stops the others taking more; the lowest layer's error is rethrown,
+// the one a single thread would have met first.
+template <typename PlanLayer>
+void for_each_layer(std::int64_t num_layers, std::int64_t threads, PlanLayer& plan_layer) {
+  if (threads == 0) threads = std::max<std::int64_t>(1, std::thread::hardware_concurrency());
+  threads = std::min(threads, num_layers);
+  if (threads <= 1) {
+    std::vector<double> scratch;
+    for (std::int64_t layer_idx = 0; layer_idx < num_layers; ++layer_idx) {
+      plan_layer(layer_idx, scratch);
+    }
+    return;
+  }
+  std::atomic<std::int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(num_layers));
+  const auto work = [&] {
+    std::vector<double> scratch;
+    for (std::int64_t layer_idx = next++; layer_idx < num_layers && !failed; layer_idx = next++) {
+      try {
+        plan_layer(layer_idx, scratch);
+      } catch (...) {
+        errors[static_cast<std::size_t>(layer_idx)] = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (std::thread& thread : pool) thread.join();
+  for (const std::exception_ptr& error : errors) {
+    if (error) std::rethrow_exception(error);
+  }
 }
 
 }  // namespace
@@ -265,40 +309,41 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
   const ExpertLoad global =
       global_only && windows.front().per_rank() ? global_load(mean_load(windows)) : ExpertLoad{};
   const ExpertLoad& input = global_only && windows.front().per_rank() ? global : windows.front();
-  std::vector<double> layer_mean;
 
-  plan_detail::LayerRequest request;
-  request.num_source_ranks = input.num_source_ranks;
-  request.num_experts = input.num_experts;
-  request.world_size = options.world_size;
-  request.slots_per_rank = options.slots_per_rank;
-  request.ranks_per_node = options.ranks_per_node;
-  request.max_count = options.num_columns == 0
-                          ? options.world_size
-                          : std::min(options.world_size, options.num_columns - 1);
-  request.rule = options.rule;
-  request.num_groups = options.num_groups;
-  request.max_moves = options.max_moves;
-  request.move_cost = options.move_cost;
+  plan_detail::LayerRequest base;
+  base.num_source_ranks = input.num_source_ranks;
+  base.num_experts = input.num_experts;
+  base.world_size = options.world_size;
+  base.slots_per_rank = options.slots_per_rank;
+  base.ranks_per_node = options.ranks_per_node;
+  base.max_count = options.num_columns == 0 ? options.world_size
+                                            : std::min(options.world_size, options.num_columns - 1);
+  base.rule = options.rule;
+  base.num_groups = options.num_groups;
+  base.max_moves = options.max_moves;
+  base.move_cost = options.move_cost;
 
-  if (report != nullptr) report->layers.assign(static_cast<std::size_t>(input.num_layers), {});
-  std::vector<ReplicaSlots> layers;
-  layers.reserve(static_cast<std::size_t>(input.num_layers));
-  for (std::int64_t layer_idx = 0; layer_idx < input.num_layers; ++layer_idx) {
+  const std::int64_t num_layers = input.num_layers;
+  if (report != nullptr) report->layers.assign(static_cast<std::size_t>(num_layers), {});
+  std::vector<ReplicaSlots> layers(static_cast<std::size_t>(num_layers));
+  // One layer, from its windows alone: the layers share nothing, so the
+  // threads below take them in any order and the table stays the same.
+  const auto plan_layer = [&](std::int64_t layer_idx, std::vector<double>& layer_mean) {
+    plan_detail::LayerRequest request = base;
     request.counts = global_only && windows.front().per_rank()
                          ? input.layer(layer_idx)
                          : mean_layer(window_input, layer_idx, layer_mean);
     request.layer_idx = layer_idx;
-    request.windows.clear();
     for (const ExpertLoad& window : window_input)
       request.windows.push_back(window.layer(layer_idx));
     request.previous =
         options.previous != nullptr ? options.previous->layer(layer_idx) : TableView{};
     LayerPlanReport* layer_report =
         report != nullptr ? &report->layers[static_cast<std::size_t>(layer_idx)] : nullptr;
-    layers.push_back(entry_of(options.algorithm).plan_layer(request, layer_report));
+    ReplicaSlots& slots = layers[static_cast<std::size_t>(layer_idx)];
+    slots = entry_of(options.algorithm).plan_layer(request, layer_report);
     // Baselines may exceed the replica cap; the rule-aware planner respects it.
-    for (const auto& replicas : layers.back()) {
+    for (const auto& replicas : slots) {
       MOE_EPLB_CHECK(options.num_columns == 0 ||
                          static_cast<std::int64_t>(replicas.size()) <= options.num_columns - 1,
                      kPlan, ": num_columns ", options.num_columns, " holds at most ",
@@ -306,7 +351,8 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
                      " replicas, but the baseline algorithm gives an expert of layer ", layer_idx,
                      " ", replicas.size(), " replicas; use num_columns 0 (fit)");
     }
-  }
+  };
+  for_each_layer(num_layers, options.threads, plan_layer);
   LayeredTable table = make_layered_table(layers, options.num_columns);
   if (report != nullptr && options.previous != nullptr) {
     const Topology topology = options.topology();

@@ -288,6 +288,76 @@ TEST(PlanPlanner, Deterministic) {
   EXPECT_EQ(plan(load, options).values, plan(load, options).values);
 }
 
+// Layers planned side by side give the table and report of one thread, for
+// every algorithm, rule, statistics and thread count (more threads than layers
+// included), with several windows and with a previous table.
+TEST(PlanPlanner, ThreadsGiveTheTableOfOneThread) {
+  for (const PlanAlgorithm algorithm :
+       {PlanAlgorithm::kRuleAware, PlanAlgorithm::kDeepSeek, PlanAlgorithm::kFlashLB}) {
+    for (const BalanceMode mode : {BalanceMode::kByRank, BalanceMode::kByToken}) {
+      for (const bool global : {false, true}) {
+        SCOPED_TRACE(testing::Message() << plan_algorithm_name(algorithm) << " mode "
+                                        << static_cast<int>(mode) << " global " << global);
+        std::vector<ExpertLoad> windows;
+        for (std::uint64_t seed = 0; seed < 3; ++seed) {
+          const ExpertLoad load = skewed_load(7, 16, 48, 100 + seed);
+          windows.push_back(global ? global_load(load) : load);
+        }
+        PlanOptions options = options_for(16, 4, mode);
+        options.ranks_per_node = 4;
+        options.algorithm = algorithm;
+        options.threads = 1;
+        PlanReport serial_report;
+        const LayeredTable serial = plan(windows, options, &serial_report);
+        LayeredTable previous;
+        if (algorithm == PlanAlgorithm::kRuleAware) {
+          previous = plan(std::vector<ExpertLoad>{windows.front()}, options);
+        }
+        for (const std::int64_t threads : {0, 2, 3, 64}) {
+          SCOPED_TRACE(testing::Message() << "threads " << threads);
+          options.threads = threads;
+          options.previous = nullptr;
+          PlanReport report;
+          EXPECT_EQ(plan(windows, options, &report).values, serial.values);
+          ASSERT_EQ(report.layers.size(), serial_report.layers.size());
+          for (std::size_t layer = 0; layer < report.layers.size(); ++layer) {
+            EXPECT_EQ(report.layers[layer].persistence, serial_report.layers[layer].persistence);
+            EXPECT_EQ(report.layers[layer].predicted_max_over_mean,
+                      serial_report.layers[layer].predicted_max_over_mean);
+          }
+          if (algorithm == PlanAlgorithm::kRuleAware) {
+            options.previous = &previous;
+            options.max_moves = 6;
+            PlanOptions one = options;
+            one.threads = 1;
+            EXPECT_EQ(plan(windows, options).values, plan(windows, one).values);
+            options.max_moves = -1;
+          }
+        }
+      }
+    }
+  }
+}
+
+// An error in any layer is the one a single thread meets first: the lowest
+// layer's, here the first of seven that all fail.
+TEST(PlanPlanner, ThreadsReportTheFirstLayersError) {
+  const ExpertLoad load = skewed_load(7, 4, 8, 3);
+  PlanOptions options = options_for(4, 3);
+  options.algorithm = PlanAlgorithm::kDeepSeek;
+  options.num_columns = 2;
+  for (const std::int64_t threads : {1, 4}) {
+    options.threads = threads;
+    try {
+      plan(load, options);
+      ADD_FAILURE() << "no error with threads " << threads;
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find("gives an expert of layer 0 "), std::string::npos)
+          << error.what();
+    }
+  }
+}
+
 // Under rank mode, on the statistics it planned on, the rule-aware plan is
 // never worse than DeepSeek's (which assumes an even split), and never has
 // dead replicas or replicas sharing a rank.
@@ -408,6 +478,10 @@ TEST(PlanPlanner, ImpossibleRequestsAreClearErrors) {
   PlanOptions columns = base;
   columns.num_columns = 2;
   cases.push_back({"columns", columns, "plan(): num_columns 2 allows at most 1 replicas"});
+  PlanOptions threads = base;
+  threads.threads = -1;
+  cases.push_back({"threads", threads,
+                   "plan(): threads must be 0 (one per hardware thread) or at least 1, got -1"});
   PlanOptions world = options_for(8, 3);
   cases.push_back({"world size vs load", world,
                    "plan(): load has 4 source ranks per layer, expected world_size 8"});

@@ -171,6 +171,11 @@ struct PlanOptions {
   // first, moves only where they tie). Needs `previous`.
   double move_cost = 0.0;
 
+  // Threads that plan layers side by side (layers are planned independently,
+  // so every thread count gives the same table): 0 = one per hardware
+  // thread, at most one per layer; 1 = on the calling thread alone.
+  std::int64_t threads = 0;
+
   Topology topology() const { return {world_size, slots_per_rank, ranks_per_node}; }
 };
 
@@ -207,10 +212,11 @@ struct PlanReport {
 // moe_eplb::Error (kInvalidArgument) starting with "plan():" for impossible
 // requests: fewer slots than experts, slots_per_rank above E, num_columns
 // that cannot hold the slots, ranks_per_node not dividing world_size, a load
-// whose per-rank rows differ from world_size. Deterministic (no randomness,
-// no threads, same output on every platform); allocates per layer O(E * W)
-// scratch; thread-safe (no shared state). Takes a few ms per layer of 256
-// experts on EP 64 (61 such layers with 4 windows in well under a second).
+// whose per-rank rows differ from world_size, threads below 0.
+// Deterministic (no randomness, the same output for every `threads` and on
+// every platform); allocates per layer O(E * W) scratch; thread-safe (no
+// shared state). Takes about 1 ms of CPU per layer of 256 experts on EP 64
+// with 4 windows (bench/RESULTS.md section 9), spread over `threads`.
 LayeredTable plan(const ExpertLoad& load, const PlanOptions& options);
 
 // Plans on several windows of statistics, oldest first, all of one shape
