@@ -325,34 +325,41 @@ void RankPacker::pack_greedy() {
   // the item's mean, until that bound passes the lowest cost by kFar
   // epsilons; the scan then runs over those ranks alone.
   const double far = (2.0 * static_cast<double>(world_size_) + 8.0) * epsilon_;
-  std::vector<std::pair<std::int64_t, double>> near;  // (rank, cost with the item)
+  // The visited ranks as bits of rank index (scanned in index order), with
+  // each one's cost with the item.
+  std::vector<std::uint64_t> near((static_cast<std::size_t>(world_size_) + 63) / 64, 0);
+  std::vector<double> near_cost(static_cast<std::size_t>(world_size_));
   const Load none;
   for (std::int64_t item : order) {
     const Load& load = replicas_[item].load;
     const std::int64_t expert = replicas_[item].expert;
     double lowest = std::numeric_limits<double>::infinity();
-    near.clear();
     for (const std::int64_t rank : open) {
       // rank_cost(rank) + mean differs from that bound by rounding only.
       if (rank_cost(rank) + load.mean > lowest + far + 1e-12 * (lowest + 1.0)) break;
       if (holds(rank, expert)) continue;
       const double after = cost_after(rank, load, none);
       lowest = std::min(lowest, after);
-      near.emplace_back(rank, after);
+      near[static_cast<std::size_t>(rank / 64)] |= std::uint64_t{1} << (rank % 64);
+      near_cost[rank] = after;
     }
-    std::sort(near.begin(), near.end());
     std::int64_t best = -1;
     double best_cost = 0.0, best_locality = 0.0;
-    for (const auto& [rank, after] : near) {
-      if (after > lowest + far) continue;
-      if (best >= 0 && after > best_cost + epsilon_) continue;
-      const double local = locality(item, rank);
-      // Lower cost wins; on a tie (within epsilon) the rank keeping more local.
-      if (best < 0 || after < best_cost - epsilon_ || local > best_locality) {
-        best = rank;
-        best_cost = after;
-        best_locality = local;
+    for (std::size_t word = 0; word < near.size(); ++word) {
+      for (std::uint64_t bits = near[word]; bits != 0; bits &= bits - 1) {
+        const auto rank = static_cast<std::int64_t>(word * 64) + __builtin_ctzll(bits);
+        const double after = near_cost[rank];
+        if (after > lowest + far) continue;
+        if (best >= 0 && after > best_cost + epsilon_) continue;
+        const double local = locality(item, rank);
+        // Lower cost wins; on a tie (within epsilon) the rank keeping more local.
+        if (best < 0 || after < best_cost - epsilon_ || local > best_locality) {
+          best = rank;
+          best_cost = after;
+          best_locality = local;
+        }
       }
+      near[word] = 0;
     }
     if (best >= 0) {
       put(item, best);
@@ -522,10 +529,11 @@ bool RankPacker::narrow_pairs() {
 
 void RankPacker::improve_locality() {
   // A swap keeps both ranks' costs between their old ones, and a cost is at
-  // least its mean, so y's mean lies within the costs' spread of x's: the
-  // replicas sorted by mean give the few candidates of each x. Among them x
-  // takes the largest gain, ties to the lowest (rank, position in its list)
-  // as a scan over ranks and lists in order would.
+  // least its mean plus the noise its rank keeps without the replica that
+  // leaves, so y's mean lies in a window around x's: the replicas sorted by
+  // mean give the few candidates of each x. Among them x takes the largest
+  // gain, ties to the lowest (rank, position in its list) as a scan over
+  // ranks and lists in order would.
   std::vector<std::int64_t> by_mean(replicas_.size());
   for (std::size_t i = 0; i < by_mean.size(); ++i) by_mean[i] = static_cast<std::int64_t>(i);
   std::stable_sort(by_mean.begin(), by_mean.end(), [&](std::int64_t a, std::int64_t b) {
@@ -538,6 +546,26 @@ void RankPacker::improve_locality() {
     const std::vector<std::int64_t>& list = rank_replicas_[rank_of_[item]];
     return std::find(list.begin(), list.end(), item) - list.begin();
   };
+  // A rank's new cost is at least its new mean plus the noise term it keeps
+  // without the replica that leaves (residual_std()); `floor` is the least
+  // over the ranks of mean + that term for the rank's noisiest replica, a
+  // bound below every such sum. Both change only with a swap.
+  double top_cost = 0.0, floor = 0.0;
+  const auto bounds = [&] {
+    top_cost = rank_cost(0);
+    floor = std::numeric_limits<double>::infinity();
+    for (std::int64_t rank = 0; rank < world_size_; ++rank) {
+      top_cost = std::max(top_cost, rank_cost(rank));
+      double noisiest = 0.0;
+      for (std::int64_t y : rank_replicas_[rank]) {
+        noisiest = std::max(noisiest, replicas_[y].load.variance);
+      }
+      floor = std::min(
+          floor, rank_load_[rank].mean +
+                     kNoiseWeight * std::sqrt(std::max(0.0, rank_load_[rank].variance - noisiest)));
+    }
+  };
+  bounds();
   for (int pass = 0; pass < 2; ++pass) {
     bool improved = false;
     for (std::size_t xi = 0; xi < replicas_.size(); ++xi) {
@@ -547,16 +575,11 @@ void RankPacker::improve_locality() {
       if (locality(x, rank_x) >= locality_top_[x]) continue;
       const double cost_x = rank_cost(rank_x);
       const double mean_x = replicas_[x].load.mean;
-      double top_cost = cost_x, least_mean = rank_load_[0].mean;
-      for (std::int64_t rank = 0; rank < world_size_; ++rank) {
-        top_cost = std::max(top_cost, rank_cost(rank));
-        least_mean = std::min(least_mean, rank_load_[rank].mean);
-      }
+      const double rest_x = rank_load_[rank_x].mean + residual_std(x);
       // The window of every rank's test below, widened by far more than rounding.
       const double slack = 1e-9 * (top_cost + epsilon_ + 1.0);
-      const double window_low = mean_x + least_mean - top_cost - epsilon_ - 2.0 * slack;
-      const double window_high =
-          mean_x + top_cost + epsilon_ - rank_load_[rank_x].mean + 2.0 * slack;
+      const double window_low = mean_x + floor - top_cost - epsilon_ - 2.0 * slack;
+      const double window_high = mean_x + top_cost + epsilon_ - rest_x + 2.0 * slack;
       std::int64_t best_y = -1;
       double best_gain = epsilon_;
       for (auto it = std::lower_bound(sorted_means.begin(), sorted_means.end(), window_low);
@@ -573,8 +596,8 @@ void RankPacker::improve_locality() {
         const double low = std::min(cost_x, cost_y) - epsilon_;
         const double high = std::max(cost_x, cost_y) + epsilon_;
         const double mean_y = *it;
-        if (mean_y < mean_x + rank_load_[rank_y].mean - high - slack ||
-            mean_y > mean_x + high - rank_load_[rank_x].mean + slack) {
+        if (mean_y > mean_x + high - rest_x + slack ||
+            mean_y < mean_x + rank_load_[rank_y].mean + residual_std(y) - high - slack) {
           continue;
         }
         const double gain = gain_x + locality(y, rank_x) - locality(y, rank_y);
@@ -595,6 +618,7 @@ void RankPacker::improve_locality() {
       }
       if (best_y >= 0) {
         swap(x, best_y);
+        bounds();
         improved = true;
       }
     }

@@ -137,7 +137,14 @@ class ShareModel {
         std::fill(out + node_begin, out + node_begin + ranks_per_node_, on_node);
       }
     }
-    for (std::int64_t rank = begin; rank < end; ++rank) out[rank] += from_ranks(e, rank, rank + 1);
+    if (per_rank_) {
+      for (std::int64_t rank = begin; rank < end; ++rank)
+        out[rank] += from_ranks(e, rank, rank + 1);
+    } else if (begin < end) {
+      // Global statistics: every rank sends the same share.
+      const double each = from_ranks(e, begin, begin + 1);
+      for (std::int64_t rank = begin; rank < end; ++rank) out[rank] += each;
+    }
     for (std::int64_t rank = 0; rank < world_size_; ++rank) out[rank] *= fraction;
   }
 
