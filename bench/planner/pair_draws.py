@@ -5,8 +5,9 @@
 
 For each suite scenario and mode, the ratio NEW / OLD of PLANNER's max/mean
 (default moe-eplb) on the same draws: its geometric mean, one standard error
-of the mean log ratio, and the draws where NEW is worse. A ratio more than two
-standard errors above 1 is marked as a loss beyond noise. Prints Markdown.
+of the mean log ratio, and the draws where NEW is worse; then the same per
+family (every draw of the family's scenarios). A ratio more than two standard
+errors above 1 is marked as a loss beyond noise. Prints Markdown.
 """
 
 import csv
@@ -23,6 +24,21 @@ def read(path, planner):
     return values
 
 
+def family(scenario):
+    """The suite family of a scenario name: "noisy-mixed-qwen3-ep16" -> "noisy-mixed"."""
+    parts = scenario.split("-")
+    return "-".join(parts[:2]) if parts[0] == "noisy" else parts[0]
+
+
+def paired(logs):
+    """(ratio, standard error of the ratio, beyond noise) of paired log ratios."""
+    n = len(logs)
+    mean = sum(logs) / n
+    error = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1) / n) if n > 1 else 0.0
+    ratio = math.exp(mean)
+    return ratio, ratio * error, mean > 2 * error and ratio > 1 + 5e-4
+
+
 def main() -> None:
     new_path, old_path = sys.argv[1], sys.argv[2]
     planner = sys.argv[3] if len(sys.argv) > 3 else "moe-eplb"
@@ -36,19 +52,35 @@ def main() -> None:
         for mode in ("rank", "token"):
             logs = [math.log(new[key] / old[key]) for key in new
                     if key[0] == scenario and key[1] == mode and key in old]
-            n = len(logs)
-            mean = sum(logs) / n
-            error = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1) / n) if n > 1 else 0.0
+            ratio, error, loss = paired(logs)
             worse = sum(v > math.log1p(5e-4) for v in logs)
-            ratio = math.exp(mean)
-            mark = " (beyond noise)" if mean > 2 * error and ratio > 1 + 5e-4 else ""
-            if mark:
+            mark = " (beyond noise)" if loss else ""
+            if loss:
                 beyond[mode].append(scenario)
-            cells += [f"{ratio:.4f} +- {ratio * error:.4f}{mark}", f"{worse}/{n}"]
+            cells += [f"{ratio:.4f} +- {error:.4f}{mark}", f"{worse}/{len(logs)}"]
         print(f"| {scenario} | " + " | ".join(cells) + " |")
     for mode, names in beyond.items():
         print(f"\n{mode} mode, new worse than old by more than two standard errors: "
               f"{', '.join(names) if names else 'none'}", end="")
+    print("\n")
+    print("| family | draws | rank: new / old | worse draws | token: new / old | worse draws |")
+    print("|---|---:|---:|---:|---:|---:|")
+    families = {"rank": [], "token": []}
+    for name in dict.fromkeys(family(s) for s in scenarios):
+        cells = []
+        for mode in ("rank", "token"):
+            logs = [math.log(new[key] / old[key]) for key in new
+                    if family(key[0]) == name and key[1] == mode and key in old]
+            ratio, error, loss = paired(logs)
+            worse = sum(v > math.log1p(5e-4) for v in logs)
+            if loss:
+                families[mode].append(name)
+            mark = " (beyond noise)" if loss else ""
+            cells += [f"{ratio:.4f} +- {error:.4f}{mark}", f"{worse}/{len(logs)}"]
+        print(f"| {name} | {len(logs)} | " + " | ".join(cells) + " |")
+    for mode, names in families.items():
+        print(f"\n{mode} mode, families where new is worse than old by more than two standard "
+              f"errors: {', '.join(names) if names else 'none'}", end="")
     print("\n")
 
 
