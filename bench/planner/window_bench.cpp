@@ -17,7 +17,9 @@
 //         prefill_*.json, {"logical_count": [61][256]}, MoE layers 3..60):
 //         plan on run i, score on run i + 1, with per-rank noise (below).
 // timing  plan() on 61 layers x 256 experts x EP 64 with 4 windows, and on
-//         58 layers x 256 x EP 32 from global counts (needs DIR).
+//         58 layers x 256 x EP 32 from global counts (needs DIR): wall clock
+//         and CPU time, every planner on one thread, moe-eplb also on one
+//         thread per hardware thread.
 // replay  replay() (plan/replay.hpp, what `moe-eplb replay` prints) of 16
 //         windows (8 with --quick) of every suite scenario, over --draws draws
 //         (8; 2 with --quick), rebalancing after every window on the last 4:
@@ -40,11 +42,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -75,17 +79,30 @@ double median(std::vector<double> values) {
   return values[values.size() / 2];
 }
 
+// CPU time of the whole process, every thread's.
+double process_cpu_seconds() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
+}
+
+// Medians of the wall-clock time and of the CPU time (all threads) of a run.
+struct Timing {
+  double wall = 0.0, cpu = 0.0;
+};
+
 template <typename F>
-double median_seconds(int repetitions, F&& run) {
+Timing median_times(int repetitions, F&& run) {
   run();  // warm-up
-  std::vector<double> seconds;
+  std::vector<double> wall, cpu;
   for (int rep = 0; rep < repetitions; ++rep) {
     const auto start = std::chrono::steady_clock::now();
+    const double cpu_start = process_cpu_seconds();
     run();
-    seconds.push_back(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    cpu.push_back(process_cpu_seconds() - cpu_start);
+    wall.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  return median(seconds);
+  return {median(wall), median(cpu)};
 }
 
 // A plan must be valid: every slot used, no expert twice on a rank, and for
@@ -475,24 +492,38 @@ void run_real(const std::vector<RealRun>& runs) {
 void run_timing(const std::vector<RealRun>& runs, bool quick) {
   const int repetitions = quick ? 3 : 11;
   const RealRun& run = runs.front();
+  const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
   std::printf(
-      "## Planning time (median of %d, after a warm-up), %s\n\n| input | moe-eplb | DeepSeek "
-      "(C++) | FlashLB |\n|---|---:|---:|---:|\n",
-      repetitions, run.name.c_str());
-  // Median time of every planner on `windows`, one table row; the first
-  // planner's (moe-eplb's) plan is checked.
+      "## Planning time (median of %d, after a warm-up), %s\n\nWall clock (CPU time of all "
+      "threads); every planner on one thread (PlanOptions::threads = 1), and moe-eplb on %u "
+      "(threads = 0, one per hardware thread).\n\n| input | moe-eplb | moe-eplb, %u threads | "
+      "DeepSeek (C++) | FlashLB |\n|---|---:|---:|---:|---:|\n",
+      repetitions, run.name.c_str(), hardware, hardware);
+  // Median times of every planner on `windows`, one table row; the first
+  // planner's (moe-eplb's) plan is checked, and is the same on every thread count.
   const auto time_planners = [&](const std::vector<ExpertLoad>& windows, const PlanOptions& options,
                                  const char* label) {
-    double seconds[kNumPlanners];
+    std::vector<Timing> times;
+    LayeredTable first;
     for (std::size_t p = 0; p < kNumPlanners; ++p) {
-      PlanOptions o = options;
-      o.algorithm = kPlanners[p].algorithm;
-      LayeredTable table;
-      seconds[p] = median_seconds(repetitions, [&] { table = plan(windows, o); });
-      if (p == 0) check_plan(table, options.world_size, options.slots_per_rank, true, label);
+      for (const std::int64_t threads : {1, 0}) {
+        if (threads == 0 && p != 0) continue;
+        PlanOptions o = options;
+        o.algorithm = kPlanners[p].algorithm;
+        o.threads = threads;
+        LayeredTable table;
+        times.push_back(median_times(repetitions, [&] { table = plan(windows, o); }));
+        if (p != 0) continue;
+        check_plan(table, options.world_size, options.slots_per_rank, true, label);
+        if (threads == 1) first = table;
+        MOE_EPLB_CHECK(threads == 1 || table.values == first.values,
+                       "bench: threads changed the plan of ", label);
+      }
     }
-    std::printf("| %s | %.1f ms | %.1f ms | %.1f ms |\n", label, seconds[0] * 1e3, seconds[1] * 1e3,
-                seconds[2] * 1e3);
+    std::printf("| %s |", label);
+    for (const Timing& time : times)
+      std::printf(" %.1f ms (%.1f) |", time.wall * 1e3, time.cpu * 1e3);
+    std::printf("\n");
   };
   PlanOptions options;
   options.ranks_per_node = 8;
