@@ -71,8 +71,10 @@ std::vector<std::int64_t> choose_counts(const LayerRequest& request, const Share
   for (std::int64_t e = 0; e < num_experts; ++e) order[e] = e;
   std::vector<double> totals(static_cast<std::size_t>(num_experts));
   for (std::int64_t e = 0; e < num_experts; ++e) totals[e] = shares.total(e);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::int64_t a, std::int64_t b) { return totals[a] > totals[b]; });
+  // (Ties in index order, as a stable sort of 0..E-1 gives, without its buffer.)
+  std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+    return totals[a] > totals[b] || (totals[a] == totals[b] && a < b);
+  });
   for (std::int64_t e : order) {
     if (spare == 0) break;
     const std::int64_t next = ladder.above(counts[e]);
@@ -312,8 +314,9 @@ void RankPacker::pack_greedy() {
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int64_t>(i);
   std::vector<double> item_cost(replicas_.size());
   for (std::size_t i = 0; i < replicas_.size(); ++i) item_cost[i] = cost(replicas_[i].load);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::int64_t a, std::int64_t b) { return item_cost[a] > item_cost[b]; });
+  std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+    return item_cost[a] > item_cost[b] || (item_cost[a] == item_cost[b] && a < b);
+  });
   // Ranks with a free slot, cheapest first.
   std::vector<std::int64_t> open(static_cast<std::size_t>(world_size_));
   const auto sort_open = [&] {
@@ -551,8 +554,9 @@ void RankPacker::improve_locality() {
   // ranks and lists in order would.
   std::vector<std::int64_t> by_mean(replicas_.size());
   for (std::size_t i = 0; i < by_mean.size(); ++i) by_mean[i] = static_cast<std::int64_t>(i);
-  std::stable_sort(by_mean.begin(), by_mean.end(), [&](std::int64_t a, std::int64_t b) {
-    return replicas_[a].load.mean < replicas_[b].load.mean;
+  std::sort(by_mean.begin(), by_mean.end(), [&](std::int64_t a, std::int64_t b) {
+    const double mean_a = replicas_[a].load.mean, mean_b = replicas_[b].load.mean;
+    return mean_a < mean_b || (mean_a == mean_b && a < b);
   });
   std::vector<double> sorted_means(by_mean.size());
   for (std::size_t i = 0; i < by_mean.size(); ++i)
