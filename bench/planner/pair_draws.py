@@ -39,49 +39,36 @@ def paired(logs):
     return ratio, ratio * error, mean > 2 * error and ratio > 1 + 5e-4
 
 
+def table(new, old, groups, group_of, label, plural):
+    """One Markdown row per group of scenarios: NEW / OLD per mode over the group's draws."""
+    print(f"| {label} | draws | rank: new / old | worse draws | token: new / old | worse draws |")
+    print("|---|---:|---:|---:|---:|---:|")
+    beyond = {"rank": [], "token": []}
+    for group in groups:
+        cells = []
+        for mode in ("rank", "token"):
+            logs = [math.log(new[key] / old[key]) for key in new
+                    if group_of(key[0]) == group and key[1] == mode and key in old]
+            ratio, error, loss = paired(logs)
+            worse = sum(v > math.log1p(5e-4) for v in logs)
+            if loss:
+                beyond[mode].append(group)
+            mark = " (beyond noise)" if loss else ""
+            cells += [f"{ratio:.4f} +- {error:.4f}{mark}", f"{worse}/{len(logs)}"]
+        print(f"| {group} | {len(logs)} | " + " | ".join(cells) + " |")
+    for mode, names in beyond.items():
+        print(f"\n{mode} mode, {plural} where new is worse than old by more than two standard "
+              f"errors: {', '.join(names) if names else 'none'}", end="")
+    print("\n")
+
+
 def main() -> None:
     new_path, old_path = sys.argv[1], sys.argv[2]
     planner = sys.argv[3] if len(sys.argv) > 3 else "moe-eplb"
     new, old = read(new_path, planner), read(old_path, planner)
     scenarios = list(dict.fromkeys(key[0] for key in new))
-    print(f"| scenario | rank: new / old | worse draws | token: new / old | worse draws |")
-    print("|---|---:|---:|---:|---:|")
-    beyond = {"rank": [], "token": []}
-    for scenario in scenarios:
-        cells = []
-        for mode in ("rank", "token"):
-            logs = [math.log(new[key] / old[key]) for key in new
-                    if key[0] == scenario and key[1] == mode and key in old]
-            ratio, error, loss = paired(logs)
-            worse = sum(v > math.log1p(5e-4) for v in logs)
-            mark = " (beyond noise)" if loss else ""
-            if loss:
-                beyond[mode].append(scenario)
-            cells += [f"{ratio:.4f} +- {error:.4f}{mark}", f"{worse}/{len(logs)}"]
-        print(f"| {scenario} | " + " | ".join(cells) + " |")
-    for mode, names in beyond.items():
-        print(f"\n{mode} mode, new worse than old by more than two standard errors: "
-              f"{', '.join(names) if names else 'none'}", end="")
-    print("\n")
-    print("| family | draws | rank: new / old | worse draws | token: new / old | worse draws |")
-    print("|---|---:|---:|---:|---:|---:|")
-    families = {"rank": [], "token": []}
-    for name in dict.fromkeys(family(s) for s in scenarios):
-        cells = []
-        for mode in ("rank", "token"):
-            logs = [math.log(new[key] / old[key]) for key in new
-                    if family(key[0]) == name and key[1] == mode and key in old]
-            ratio, error, loss = paired(logs)
-            worse = sum(v > math.log1p(5e-4) for v in logs)
-            if loss:
-                families[mode].append(name)
-            mark = " (beyond noise)" if loss else ""
-            cells += [f"{ratio:.4f} +- {error:.4f}{mark}", f"{worse}/{len(logs)}"]
-        print(f"| {name} | {len(logs)} | " + " | ".join(cells) + " |")
-    for mode, names in families.items():
-        print(f"\n{mode} mode, families where new is worse than old by more than two standard "
-              f"errors: {', '.join(names) if names else 'none'}", end="")
-    print("\n")
+    table(new, old, scenarios, lambda scenario: scenario, "scenario", "scenarios")
+    table(new, old, list(dict.fromkeys(family(s) for s in scenarios)), family, "family", "families")
 
 
 if __name__ == "__main__":
