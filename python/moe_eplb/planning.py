@@ -278,7 +278,7 @@ def _rule(operation, rule, balance_mode):
 
 def plan(load, world_size, slots_per_rank, *, layout=None, rule=None, balance_mode=None,
          ranks_per_node=0, num_columns=0, algorithm="moe-eplb", num_groups=1, previous=None,
-         max_moves=None, move_cost=0.0):
+         max_moves=None, move_cost=0.0, threads=0):
     """Plans an EPLB table from expert load statistics (the `moe-eplb plan` planner).
 
     Args:
@@ -310,6 +310,9 @@ def plan(load, world_size, slots_per_rank, *, layout=None, rule=None, balance_mo
             replica position differs from `previous` (None: no cap; 0 keeps
             `previous`'s rows exactly). Needs `previous`.
         move_cost: >= 0, the predicted max/mean a move must buy. Needs `previous`.
+        threads: layers planned side by side on this many threads; 0 = one
+            per hardware thread, 1 = the calling thread alone. Every value
+            gives the same table.
 
     Returns:
         PlanResult: .table, int32 CPU tensor (E, F) for a one-layer load (E
@@ -350,7 +353,7 @@ def plan(load, world_size, slots_per_rank, *, layout=None, rule=None, balance_mo
         num_columns=_int(operation, "num_columns", num_columns), algorithm=algorithm,
         num_groups=_int(operation, "num_groups", num_groups), previous=previous,
         max_moves=-1 if max_moves is None else _int(operation, "max_moves", max_moves, 0),
-        move_cost=float(move_cost),
+        move_cost=float(move_cost), threads=_int(operation, "threads", threads, 0),
     )
     per_layer = layout in ("LE", "LWE") or (layout == "" and windows[0].dim() == 3)
     estimates = dict(zip(_PLAN_REPORT_FIELDS, report.t().tolist()))

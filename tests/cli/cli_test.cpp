@@ -401,6 +401,8 @@ TEST(CliGeneral, NumericOptionsOutOfRangeAreRefusedFirst) {
        "--max-moves: must be -1 (no cap) or 0 or more, got -2"},
       {"plan --load none.npy --world-size 4 --slots-per-rank 2 --move-cost nan --out t.npy",
        "--move-cost: must be a finite number >= 0, got nan"},
+      {"plan --load none.npy --world-size 4 --slots-per-rank 2 --threads -1 --out t.npy",
+       "--threads: must be 0 or more, got -1"},
       {"simulate --table none.npy --load none.npy --world-size 4 --slots-per-rank 2 --layer -2",
        "--layer: must be -1 (all) or 0 or more, got -2"},
       {"diff --from a.npy --to b.npy --world-size 4 --slots-per-rank 2 --expert-bytes -1",

@@ -117,6 +117,17 @@ def test_plan_asks_the_layout_of_a_2d_load(rng):
         OPS.plan([torch.from_numpy(per_layer)], 4, 3)
 
 
+def test_threads_give_the_table_of_one_thread(rng):
+    # Layers are planned side by side; the table and the estimates must not
+    # depend on how many threads there are.
+    windows = [torch.from_numpy(rng.gamma(0.5, 100.0, size=(5, 4, 24))) for _ in range(3)]
+    one = moe_eplb.plan(windows, 4, 8, layout="LWE", threads=1)
+    for threads in (0, 2, 7):
+        many = moe_eplb.plan(windows, 4, 8, layout="LWE", threads=threads)
+        assert torch.equal(many.table, one.table)
+        assert many.predicted_max_over_mean == one.predicted_max_over_mean
+
+
 def test_plan_windows_and_report(rng):
     world_size, slots_per_rank, num_experts = 4, 3, 10
     windows = [random_load(rng, world_size, num_experts) for _ in range(3)]
@@ -297,6 +308,7 @@ PLAN_VALUE_ERRORS = [
      r"experts"),
     (-np.ones((4, 6)), dict(layout="WE"),
      r"plan\(\): load has a negative value -1 at \(rank 0, expert 0\)"),
+    (np.ones((4, 6)), dict(layout="WE", threads=-1), r"plan\(\): threads must be at least 0, got -1"),
 ]
 
 

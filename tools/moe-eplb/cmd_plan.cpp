@@ -237,6 +237,12 @@ void add_plan_command(CLI::App& app) {
                    "with --previous: the predicted max/mean a changed slot must buy (>= 0)")
       ->check(non_negative_number())
       ->capture_default_str();
+  command
+      ->add_option("--threads", options->plan.threads,
+                   "plan layers side by side on this many threads (0 = one per hardware thread); "
+                   "every value gives the same table")
+      ->check(in_range(0))
+      ->capture_default_str();
   command->add_option("--out", options->out_path, "write the eplb_table here (.npy, int32)")
       ->required();
   command->callback([options] { run_plan(*options); });

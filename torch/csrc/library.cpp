@@ -50,7 +50,7 @@ constexpr const char* kTensorOps[] = {
     "plan(Tensor[] windows, int world_size, int slots_per_rank, *, str layout=\"\", "
     "int? balance_mode=None, str? rule=None, int ranks_per_node=0, int num_columns=0, "
     "str algorithm=\"moe-eplb\", int num_groups=1, Tensor? previous=None, int max_moves=-1, "
-    "float move_cost=0.0) -> (Tensor, Tensor)",
+    "float move_cost=0.0, int threads=0) -> (Tensor, Tensor)",
     "analyze(Tensor table, Tensor load, int world_size, int slots_per_rank, *, str layout=\"\", "
     "int? balance_mode=None, str? rule=None, int ranks_per_node=0) -> (Tensor, Tensor, Tensor)",
     "migration_plan(Tensor old_table, Tensor new_table, int world_size, int slots_per_rank, *, "

@@ -93,14 +93,12 @@ const std::vector<std::string> kPlanReportFields = {
     "persistence", "predicted_max_over_mean", "predicted_low", "predicted_high", "slots_changed"};
 
 // (table (L, E, F) int32, report (L, len(kPlanReportFields)) float64).
-std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t world_size,
-                                           std::int64_t slots_per_rank, c10::string_view layout,
-                                           c10::optional<std::int64_t> balance_mode,
-                                           c10::optional<c10::string_view> rule,
-                                           std::int64_t ranks_per_node, std::int64_t num_columns,
-                                           c10::string_view algorithm, std::int64_t num_groups,
-                                           const c10::optional<at::Tensor>& previous,
-                                           std::int64_t max_moves, double move_cost) {
+std::tuple<at::Tensor, at::Tensor> plan_op(
+    at::TensorList windows, std::int64_t world_size, std::int64_t slots_per_rank,
+    c10::string_view layout, c10::optional<std::int64_t> balance_mode,
+    c10::optional<c10::string_view> rule, std::int64_t ranks_per_node, std::int64_t num_columns,
+    c10::string_view algorithm, std::int64_t num_groups, const c10::optional<at::Tensor>& previous,
+    std::int64_t max_moves, double move_cost, std::int64_t threads) {
   constexpr const char* kPlan = "plan()";
   return translate_errors([&] {
     const LoadLayout load_layout =
@@ -122,6 +120,7 @@ std::tuple<at::Tensor, at::Tensor> plan_op(at::TensorList windows, std::int64_t 
     options.num_groups = num_groups;
     options.max_moves = max_moves;
     options.move_cost = move_cost;
+    options.threads = threads;
     LayeredTable previous_table;
     if (previous.has_value()) {
       previous_table = host_layered_table(kPlan, "previous", *previous);
