@@ -28,10 +28,10 @@ import torch.distributed as dist
 
 from .._ops import int32_table, table_fingerprint
 
-__all__ = ["Agreement", "BadArgument", "int32_table_argument", "check_device", "check_int", "check_tensor",
-           "communication_device", "dtype_code", "fail", "group_ranks", "is_int",
-           "layout_fingerprint", "normal_tensors", "table_fingerprint", "text_fingerprint",
-           "writable_problem"]
+__all__ = ["Agreement", "BadArgument", "check_device", "check_int", "check_tensor",
+           "communication_device", "dtype_code", "fail", "group_ranks", "int32_table_argument",
+           "is_int", "layout_fingerprint", "normal_tensors", "table_fingerprint",
+           "text_fingerprint", "writable_problem"]
 
 
 class BadArgument(ValueError):

@@ -222,7 +222,7 @@ def _dispatch(rank, world_size, hidden, topk_ids, table, slots_per_rank, balance
     checked = checked or not agreement.ok
     _agree_on_dispatch(agreement, request, sequence, slots_per_rank, balance_mode,
                        shared_expert_rank_num, max_tokens_per_rank, device)
-    routed = _route(request, table, rank, balance_mode, slots_per_rank, device,
+    routed = _route(request, rank, balance_mode, slots_per_rank, device,
                     load_counts) if agreement.ok else None
 
     header = _header(agreement, world_size, device)
@@ -382,7 +382,10 @@ def _check_table(table, *, num_slots, moe_rank, moe_world_size, balance_mode, de
     if not 1 <= num_experts <= num_slots or num_columns < 2:
         fail("dispatch", "table", "table must be (E, F) with 1 <= E <= %d (MoE ranks * "
              "slots_per_rank) and F >= 2, got shape %s", num_slots, tuple(table.shape))
-    return int32_table_argument("dispatch", "table", table), num_experts, table_fingerprint(table)
+    # The fingerprint names what is routed: an int64 value that becomes -1 on
+    # a device differs from a peer's value, as it routes differently.
+    table = int32_table_argument("dispatch", "table", table)
+    return table, num_experts, table_fingerprint(table)
 
 
 def _check_load_counts(load_counts, num_slots, device):
@@ -425,7 +428,7 @@ _Routed = collections.namedtuple(
                "map_error")
 
 
-def _route(request, table, rank, balance_mode, slots_per_rank, device, load_counts):
+def _route(request, rank, balance_mode, slots_per_rank, device, load_counts):
     """Maps the choices (counting bad elements rather than raising, so that
     every rank reaches the header) and orders the rows by destination."""
     counts = None
@@ -433,12 +436,12 @@ def _route(request, table, rank, balance_mode, slots_per_rank, device, load_coun
         counts = torch.zeros(request.num_slots, dtype=torch.int64, device=device)
     error_counter = torch.zeros(1, dtype=torch.int32, device=device)
     map_error = None
-    topk_ids = request.topk_ids
+    topk_ids, table = request.topk_ids, request.table
     try:
         if isinstance(table, PreparedTable):
             physical = table.map(topk_ids, load_counts=counts, error_counter=error_counter)
         else:
-            physical = update_expert(topk_ids, request.table, request.moe_rank,
+            physical = update_expert(topk_ids, table, request.moe_rank,
                                      request.moe_world_size, balance_mode=balance_mode,
                                      num_physical_experts=request.num_slots, load_counts=counts,
                                      error_counter=error_counter)
