@@ -23,14 +23,21 @@ def call(op, *args, **kwargs):
     return planning._call(op, *args, **kwargs)
 
 
+def _as_tensor(operation, name, value, what):
+    """`value` as a tensor (a tensor as it is, a NumPy array or a list
+    converted); ValueError "<name> must be <what>" when it cannot be."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError("%s: %s must be %s, got %s"
+                         % (operation, name, what, type(value).__name__)) from error
+
+
 def host_int64(operation, name, value):
     """A CPU int64 tensor from a tensor on any device, a NumPy array or a list."""
-    if not isinstance(value, torch.Tensor):
-        try:
-            value = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError("%s: %s must be an integer tensor, got %s"
-                             % (operation, name, type(value).__name__)) from error
+    value = _as_tensor(operation, name, value, "an integer tensor")
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise ValueError("%s: %s must hold integers, got %s" % (operation, name, value.dtype))
     return value.detach().to("cpu", torch.int64)
@@ -39,12 +46,7 @@ def host_int64(operation, name, value):
 def host_load(operation, name, value, dims):
     """A CPU float64 load (finite, not negative) from a tensor on any device,
     a NumPy array or a list, with one of the dimensions in `dims`."""
-    if not isinstance(value, torch.Tensor):
-        try:
-            value = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError("%s: %s must be a tensor of counts, got %s"
-                             % (operation, name, type(value).__name__)) from error
+    value = _as_tensor(operation, name, value, "a tensor of counts")
     value = value.detach().to("cpu", torch.float64)
     if value.dim() not in dims:
         raise ValueError("%s: %s must have %s dimensions, got shape %s"
