@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <queue>
 #include <tuple>
 
@@ -53,8 +54,10 @@ std::vector<std::int64_t> choose_counts(const LayerRequest& request, const Share
   std::int64_t spare = request.world_size * request.slots_per_rank - num_experts;
   // Costliest replica first; ties: fewer replicas, then the lower expert.
   using Entry = std::tuple<double, std::int64_t, std::int64_t>;  // (cost, -count, -expert)
-  std::priority_queue<Entry> heap;
-  for (std::int64_t e = 0; e < num_experts; ++e) heap.emplace(shares.max_cost(e, 1), -1, -e);
+  std::vector<Entry> entries(static_cast<std::size_t>(num_experts));
+  for (std::int64_t e = 0; e < num_experts; ++e) entries[e] = {shares.max_cost(e, 1), -1, -e};
+  // (Built in one go; every entry differs, so the pops below come in one order.)
+  std::priority_queue<Entry> heap(std::less<Entry>(), std::move(entries));
   while (spare > 0 && !heap.empty()) {
     const std::int64_t e = -std::get<2>(heap.top());
     heap.pop();
@@ -66,16 +69,13 @@ std::vector<std::int64_t> choose_counts(const LayerRequest& request, const Share
   }
 
   // Leftover slots: dead replicas where they leave the live groups as they
-  // are (count + k below the next live count), heaviest experts first.
-  std::vector<std::int64_t> order(static_cast<std::size_t>(num_experts));
-  for (std::int64_t e = 0; e < num_experts; ++e) order[e] = e;
-  std::vector<double> totals(static_cast<std::size_t>(num_experts));
-  for (std::int64_t e = 0; e < num_experts; ++e) totals[e] = shares.total(e);
-  // (Ties in index order, as a stable sort of 0..E-1 gives, without its buffer.)
-  std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
-    return totals[a] > totals[b] || (totals[a] == totals[b] && a < b);
-  });
-  for (std::int64_t e : order) {
+  // are (count + k below the next live count), heaviest experts first (ties
+  // to the lower expert: (-total, expert) ascending).
+  if (spare == 0) return counts;
+  std::vector<std::pair<double, std::int64_t>> order(static_cast<std::size_t>(num_experts));
+  for (std::int64_t e = 0; e < num_experts; ++e) order[e] = {-shares.total(e), e};
+  std::sort(order.begin(), order.end());
+  for (const auto& [minus_total, e] : order) {
     if (spare == 0) break;
     const std::int64_t next = ladder.above(counts[e]);
     const std::int64_t limit = next == 0 ? request.max_count : next - 1;
@@ -136,13 +136,13 @@ class RankPacker {
     rank_of_.assign(replicas_.size(), -1);
     residual_std_.assign(replicas_.size(), 0.0);
     residual_version_.assign(replicas_.size(), 0);
-    locality_.resize(replicas_.size() * static_cast<std::size_t>(world_size_));
+    // (Every value is written below: no zeroing first.)
+    locality_.reset(new double[replicas_.size() * static_cast<std::size_t>(world_size_)]);
     locality_top_.resize(replicas_.size());
     for (std::size_t item = 0; item < replicas_.size(); ++item) {
       const Replica& r = replicas_[item];
-      double* row = locality_.data() + item * world_size_;
-      shares.locality(r.expert, counts_[r.expert], r.index, row);
-      locality_top_[item] = *std::max_element(row, row + world_size_);
+      locality_top_[item] =
+          shares.locality(r.expert, counts_[r.expert], r.index, &locality_[item * world_size_]);
     }
     total_load_ = total;
     // Differences below this are ties (rounding of sums of counts).
@@ -270,16 +270,16 @@ class RankPacker {
   };
   mutable std::vector<NoSwap> no_swap_;
   std::vector<Load> rank_load_;
-  std::vector<double> rank_cost_;     // cost(rank_load_), kept in step
-  std::vector<double> rank_std_;      // its noise term, sqrt(variance)
-  std::vector<std::uint8_t> holds_;   // (expert, rank)
-  std::vector<double> locality_;      // (replica, rank): traffic kept local there
-  std::vector<double> locality_top_;  // (replica,): its most on any rank
-  bool global_counts_;                // one source row: planned from expert totals
+  std::vector<double> rank_cost_;       // cost(rank_load_), kept in step
+  std::vector<double> rank_std_;        // its noise term, sqrt(variance)
+  std::vector<std::uint8_t> holds_;     // (expert, rank)
+  std::unique_ptr<double[]> locality_;  // (replica, rank): traffic kept local there
+  std::vector<double> locality_top_;    // (replica,): its most on any rank
+  bool global_counts_;                  // one source row: planned from expert totals
   double total_load_ = 0.0;
   double epsilon_ = 0.0;
-  mutable std::vector<double> light_means_;              // best_swap() scratch
-  std::vector<std::pair<double, std::int64_t>> lights_;  // lower_heaviest_rank() scratch
+  mutable std::vector<double> light_means_;               // best_swap() scratch
+  std::vector<std::pair<double, std::int64_t>> by_cost_;  // lower_heaviest_rank() scratch
 };
 
 void RankPacker::put(std::int64_t item, std::int64_t rank) {
@@ -310,13 +310,12 @@ void RankPacker::take(std::int64_t item) {
 }
 
 void RankPacker::pack_greedy() {
-  std::vector<std::int64_t> order(replicas_.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int64_t>(i);
-  std::vector<double> item_cost(replicas_.size());
-  for (std::size_t i = 0; i < replicas_.size(); ++i) item_cost[i] = cost(replicas_[i].load);
-  std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
-    return item_cost[a] > item_cost[b] || (item_cost[a] == item_cost[b] && a < b);
-  });
+  // Costliest first, ties to the lower index: (-cost, item) ascending.
+  std::vector<std::pair<double, std::int64_t>> order(replicas_.size());
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    order[i] = {-cost(replicas_[i].load), static_cast<std::int64_t>(i)};
+  }
+  std::sort(order.begin(), order.end());
   // Ranks with a free slot, cheapest first.
   std::vector<std::int64_t> open(static_cast<std::size_t>(world_size_));
   const auto sort_open = [&] {
@@ -343,7 +342,7 @@ void RankPacker::pack_greedy() {
   std::vector<std::uint64_t> near((static_cast<std::size_t>(world_size_) + 63) / 64, 0);
   std::vector<double> near_cost(static_cast<std::size_t>(world_size_));
   const Load none;
-  for (std::int64_t item : order) {
+  for (const auto& [minus_cost, item] : order) {
     const Load& load = replicas_[item].load;
     const std::int64_t expert = replicas_[item].expert;
     double lowest = std::numeric_limits<double>::infinity();
@@ -494,6 +493,19 @@ bool RankPacker::lower_heaviest_rank() {
   bool improved = false;
   // Each swap lowers the maximum or the number of ranks at it; the cap only
   // guards against pathological plateaus.
+  // Every rank by (cost, rank), kept in that order across the swaps (each
+  // moves two ranks), instead of sorted again at every step.
+  by_cost_.clear();
+  for (std::int64_t rank = 0; rank < world_size_; ++rank)
+    by_cost_.emplace_back(rank_cost(rank), rank);
+  std::sort(by_cost_.begin(), by_cost_.end());
+  const auto reorder = [&](std::int64_t rank) {
+    auto at = std::find_if(by_cost_.begin(), by_cost_.end(),
+                           [&](const auto& entry) { return entry.second == rank; });
+    at->first = rank_cost(rank);
+    for (; at != by_cost_.begin() && *at < *(at - 1); --at) std::iter_swap(at, at - 1);
+    for (; at + 1 != by_cost_.end() && *(at + 1) < *at; ++at) std::iter_swap(at, at + 1);
+  };
   for (std::size_t step = 0; step < 4 * replicas_.size(); ++step) {
     const std::int64_t heavy = costliest_rank();
     double bound = rank_cost(heavy);
@@ -506,20 +518,19 @@ bool RankPacker::lower_heaviest_rank() {
     // The lightest ranks leave the most room: the best swap with the
     // kLightestRanks lightest, further ranks (lightest first) only until one
     // has a swap.
-    lights_.clear();
-    for (std::int64_t light = 0; light < world_size_; ++light) {
-      if (light != heavy) lights_.emplace_back(rank_cost(light), light);
-    }
-    std::sort(lights_.begin(), lights_.end());
     std::size_t tried = 0;
-    for (const auto& [light_cost, light] : lights_) {
+    for (const auto& [light_cost, light] : by_cost_) {
+      if (light == heavy) continue;
       if (best.first >= 0 && tried >= kLightestRanks) break;
       ++tried;
       const auto candidate = best_swap(heavy, light, bound);
       if (candidate.first >= 0) best = candidate;
     }
     if (best.first < 0) break;
+    const std::int64_t light = rank_of_[best.second];
     swap(best.first, best.second);
+    reorder(heavy);
+    reorder(light);
     improved = true;
   }
   return improved;
@@ -552,15 +563,14 @@ void RankPacker::improve_locality() {
   // mean give the few candidates of each x. Among them x takes the largest
   // gain, ties to the lowest (rank, position in its list) as a scan over
   // ranks and lists in order would.
-  std::vector<std::int64_t> by_mean(replicas_.size());
-  for (std::size_t i = 0; i < by_mean.size(); ++i) by_mean[i] = static_cast<std::int64_t>(i);
-  std::sort(by_mean.begin(), by_mean.end(), [&](std::int64_t a, std::int64_t b) {
-    const double mean_a = replicas_[a].load.mean, mean_b = replicas_[b].load.mean;
-    return mean_a < mean_b || (mean_a == mean_b && a < b);
-  });
-  std::vector<double> sorted_means(by_mean.size());
-  for (std::size_t i = 0; i < by_mean.size(); ++i)
-    sorted_means[i] = replicas_[by_mean[i]].load.mean;
+  std::vector<std::pair<double, std::int64_t>> sorted(replicas_.size());
+  for (std::size_t i = 0; i < sorted.size(); ++i) {
+    sorted[i] = {replicas_[i].load.mean, static_cast<std::int64_t>(i)};
+  }
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<std::int64_t> by_mean(sorted.size());
+  std::vector<double> sorted_means(sorted.size());
+  for (std::size_t i = 0; i < sorted.size(); ++i) std::tie(sorted_means[i], by_mean[i]) = sorted[i];
   const auto position = [&](std::int64_t item) {
     const std::vector<std::int64_t>& list = rank_replicas_[rank_of_[item]];
     return std::find(list.begin(), list.end(), item) - list.begin();

@@ -116,8 +116,9 @@ class ShareModel {
 
   // For every rank: the traffic of that replica that would start on the
   // rank itself plus the part that would start on the rank's node, i.e.
-  // what placing it there keeps local. Writes world_size values to `out`.
-  void locality(std::int64_t e, std::int64_t count, std::int64_t replica, double* out) const {
+  // what placing it there keeps local. Writes world_size values to `out`
+  // and returns the largest.
+  double locality(std::int64_t e, std::int64_t count, std::int64_t replica, double* out) const {
     std::int64_t begin = 0, end = world_size_;
     // The even splits: an even part of each rank; kNearest: its expected part.
     double fraction = 1.0 / static_cast<double>(count);
@@ -128,24 +129,34 @@ class ShareModel {
       fraction = expected_sources_served(rule_, count, replica, topology_) /
                  static_cast<double>(world_size_);
     }
-    std::fill(out, out + world_size_, 0.0);
-    if (ranks_per_node_ > 0) {
-      // One value per node: the part of the group on that node.
-      for (std::int64_t node_begin = 0; node_begin < world_size_; node_begin += ranks_per_node_) {
-        const double on_node =
-            from_ranks(e, std::max(begin, node_begin), std::min(end, node_begin + ranks_per_node_));
-        std::fill(out + node_begin, out + node_begin + ranks_per_node_, on_node);
+    // Global statistics: every rank of the group sends the same share.
+    const double each = !per_rank_ && begin < end ? from_ranks(e, begin, begin + 1) : 0.0;
+    // One value per node, the part of the group on it (none without nodes);
+    // the group's ranks add their own part.
+    const std::int64_t node_size = ranks_per_node_ > 0 ? ranks_per_node_ : world_size_;
+    double top = 0.0;
+    for (std::int64_t node_begin = 0; node_begin < world_size_; node_begin += node_size) {
+      const std::int64_t node_end = std::min(world_size_, node_begin + node_size);
+      const std::int64_t group_begin = std::max(begin, node_begin);
+      const std::int64_t group_end = std::min(end, node_end);
+      const double on_node = ranks_per_node_ > 0 ? from_ranks(e, group_begin, group_end) : 0.0;
+      const double outside = on_node * fraction;
+      std::fill(out + node_begin, out + node_end, outside);
+      if (group_end - group_begin < node_end - node_begin) top = std::max(top, outside);
+      if (!per_rank_) {
+        // Global statistics: every rank of the group sends the same share.
+        if (group_begin >= group_end) continue;
+        const double inside = (on_node + each) * fraction;
+        std::fill(out + group_begin, out + group_end, inside);
+        top = std::max(top, inside);
+        continue;
+      }
+      for (std::int64_t rank = group_begin; rank < group_end; ++rank) {
+        out[rank] = (on_node + from_ranks(e, rank, rank + 1)) * fraction;
+        top = std::max(top, out[rank]);
       }
     }
-    if (per_rank_) {
-      for (std::int64_t rank = begin; rank < end; ++rank)
-        out[rank] += from_ranks(e, rank, rank + 1);
-    } else if (begin < end) {
-      // Global statistics: every rank sends the same share.
-      const double each = from_ranks(e, begin, begin + 1);
-      for (std::int64_t rank = begin; rank < end; ++rank) out[rank] += each;
-    }
-    for (std::int64_t rank = 0; rank < world_size_; ++rank) out[rank] *= fraction;
+    return top;
   }
 
  private:
