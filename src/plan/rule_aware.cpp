@@ -41,6 +41,7 @@
 #include <queue>
 #include <tuple>
 
+#include "key_order.hpp"
 #include "rule_model.hpp"
 
 namespace moe_eplb::plan_detail {
@@ -70,12 +71,14 @@ std::vector<std::int64_t> choose_counts(const LayerRequest& request, const Share
 
   // Leftover slots: dead replicas where they leave the live groups as they
   // are (count + k below the next live count), heaviest experts first (ties
-  // to the lower expert: (-total, expert) ascending).
+  // to the lower expert).
   if (spare == 0) return counts;
-  std::vector<std::pair<double, std::int64_t>> order(static_cast<std::size_t>(num_experts));
-  for (std::int64_t e = 0; e < num_experts; ++e) order[e] = {-shares.total(e), e};
-  std::sort(order.begin(), order.end());
-  for (const auto& [minus_total, e] : order) {
+  std::vector<double> totals(static_cast<std::size_t>(num_experts));
+  for (std::int64_t e = 0; e < num_experts; ++e) totals[e] = shares.total(e);
+  std::vector<std::int64_t> order;
+  KeyOrderScratch scratch;
+  order_by_key(totals.data(), totals.size(), KeyOrder::kDescending, order, scratch);
+  for (const std::int64_t e : order) {
     if (spare == 0) break;
     const std::int64_t next = ladder.above(counts[e]);
     const std::int64_t limit = next == 0 ? request.max_count : next - 1;
@@ -103,6 +106,54 @@ struct Replica {
   Load load;           // tokens it receives
 };
 
+// Per rank, a list of at most `capacity` values (a rank's slots), all in one
+// buffer: the packer keeps two such lists per rank and makes one per pack.
+template <typename T>
+class RankLists {
+ public:
+  struct View {
+    const T* first;
+    const T* last;
+    const T* begin() const { return first; }
+    const T* end() const { return last; }
+    std::size_t size() const { return static_cast<std::size_t>(last - first); }
+    bool empty() const { return first == last; }
+    const T& operator[](std::size_t i) const { return first[i]; }
+    const T& front() const { return *first; }
+    const T& back() const { return *(last - 1); }
+  };
+
+  RankLists(std::int64_t num_ranks, std::int64_t capacity)
+      : capacity_(capacity),
+        values_(static_cast<std::size_t>(num_ranks * capacity)),
+        sizes_(static_cast<std::size_t>(num_ranks), 0) {}
+
+  View operator[](std::int64_t rank) const {
+    const T* first = values_.data() + rank * capacity_;
+    return {first, first + sizes_[rank]};
+  }
+  // Inserts `value` at `position` of the rank's list (it has room).
+  void insert(std::int64_t rank, const T* position, T value) {
+    T* first = values_.data() + rank * capacity_;
+    T* at = first + (position - first);
+    std::copy_backward(at, first + sizes_[rank], first + sizes_[rank] + 1);
+    *at = value;
+    ++sizes_[rank];
+  }
+  void push_back(std::int64_t rank, T value) { insert(rank, (*this)[rank].end(), value); }
+  void erase(std::int64_t rank, const T* position) {
+    T* first = values_.data() + rank * capacity_;
+    T* at = first + (position - first);
+    std::copy(at + 1, first + sizes_[rank], at);
+    --sizes_[rank];
+  }
+
+ private:
+  std::int64_t capacity_;
+  std::vector<T> values_;
+  std::vector<std::int64_t> sizes_;
+};
+
 // Steps 2 and 3: replicas onto ranks of slots_per_rank slots each, never two
 // replicas of one expert on a rank. A rank's load is the sum of its
 // replicas' (mean and variance); ranks compare by cost().
@@ -113,18 +164,14 @@ class RankPacker {
       : counts_(std::move(counts)),
         world_size_(request.world_size),
         slots_per_rank_(request.slots_per_rank),
-        rank_replicas_(static_cast<std::size_t>(request.world_size)),
-        rank_means_(static_cast<std::size_t>(request.world_size)),
+        rank_replicas_(request.world_size, request.slots_per_rank),
+        rank_means_(request.world_size, request.slots_per_rank),
         version_(static_cast<std::size_t>(request.world_size), 0),
         rank_load_(static_cast<std::size_t>(request.world_size)),
         rank_cost_(static_cast<std::size_t>(request.world_size), 0.0),
         rank_std_(static_cast<std::size_t>(request.world_size), 0.0),
         holds_(static_cast<std::size_t>(request.num_experts * request.world_size), 0),
         global_counts_(request.num_source_ranks == 1) {
-    for (std::int64_t rank = 0; rank < world_size_; ++rank) {
-      rank_replicas_[rank].reserve(static_cast<std::size_t>(slots_per_rank_));
-      rank_means_[rank].reserve(static_cast<std::size_t>(slots_per_rank_));
-    }
     replicas_.reserve(static_cast<std::size_t>(world_size_ * slots_per_rank_));
     double total = 0.0;
     for (std::int64_t e = 0; e < request.num_experts; ++e) {
@@ -252,8 +299,8 @@ class RankPacker {
   std::int64_t slots_per_rank_;
   std::vector<Replica> replicas_;
   std::vector<std::int64_t> rank_of_;
-  std::vector<std::vector<std::int64_t>> rank_replicas_;
-  std::vector<std::vector<double>> rank_means_;  // each rank's replica means, ascending
+  RankLists<std::int64_t> rank_replicas_;
+  RankLists<double> rank_means_;  // each rank's replica means, ascending
   // Per rank: a fresh number from next_version_ at every put() and take(),
   // so that no two states of any ranks share one.
   std::vector<std::uint64_t> version_;
@@ -280,15 +327,16 @@ class RankPacker {
   double epsilon_ = 0.0;
   mutable std::vector<double> light_means_;               // best_swap() scratch
   std::vector<std::pair<double, std::int64_t>> by_cost_;  // lower_heaviest_rank() scratch
+  KeyOrderScratch key_scratch_;
 };
 
 void RankPacker::put(std::int64_t item, std::int64_t rank) {
   version_[rank] = ++next_version_;
   rank_of_[item] = rank;
-  rank_replicas_[rank].push_back(item);
-  std::vector<double>& means = rank_means_[rank];
+  rank_replicas_.push_back(rank, item);
+  const auto means = rank_means_[rank];
   const double mean = replicas_[item].load.mean;
-  means.insert(std::upper_bound(means.begin(), means.end(), mean), mean);
+  rank_means_.insert(rank, std::upper_bound(means.begin(), means.end(), mean), mean);
   rank_load_[rank].mean += replicas_[item].load.mean;
   rank_load_[rank].variance += replicas_[item].load.variance;
   set_cost(rank);
@@ -298,10 +346,10 @@ void RankPacker::put(std::int64_t item, std::int64_t rank) {
 void RankPacker::take(std::int64_t item) {
   const std::int64_t rank = rank_of_[item];
   version_[rank] = ++next_version_;
-  auto& list = rank_replicas_[rank];
-  list.erase(std::find(list.begin(), list.end(), item));
-  std::vector<double>& means = rank_means_[rank];
-  means.erase(std::lower_bound(means.begin(), means.end(), replicas_[item].load.mean));
+  const auto list = rank_replicas_[rank];
+  rank_replicas_.erase(rank, std::find(list.begin(), list.end(), item));
+  const auto means = rank_means_[rank];
+  rank_means_.erase(rank, std::lower_bound(means.begin(), means.end(), replicas_[item].load.mean));
   rank_load_[rank].mean -= replicas_[item].load.mean;
   rank_load_[rank].variance -= replicas_[item].load.variance;
   set_cost(rank);
@@ -310,12 +358,11 @@ void RankPacker::take(std::int64_t item) {
 }
 
 void RankPacker::pack_greedy() {
-  // Costliest first, ties to the lower index: (-cost, item) ascending.
-  std::vector<std::pair<double, std::int64_t>> order(replicas_.size());
-  for (std::size_t i = 0; i < order.size(); ++i) {
-    order[i] = {-cost(replicas_[i].load), static_cast<std::int64_t>(i)};
-  }
-  std::sort(order.begin(), order.end());
+  // Costliest first, ties to the lower index.
+  std::vector<double> item_cost(replicas_.size());
+  for (std::size_t i = 0; i < replicas_.size(); ++i) item_cost[i] = cost(replicas_[i].load);
+  std::vector<std::int64_t> order;
+  order_by_key(item_cost.data(), item_cost.size(), KeyOrder::kDescending, order, key_scratch_);
   // Ranks with a free slot, cheapest first.
   std::vector<std::int64_t> open(static_cast<std::size_t>(world_size_));
   const auto sort_open = [&] {
@@ -342,7 +389,7 @@ void RankPacker::pack_greedy() {
   std::vector<std::uint64_t> near((static_cast<std::size_t>(world_size_) + 63) / 64, 0);
   std::vector<double> near_cost(static_cast<std::size_t>(world_size_));
   const Load none;
-  for (const auto& [minus_cost, item] : order) {
+  for (const std::int64_t item : order) {
     const Load& load = replicas_[item].load;
     const std::int64_t expert = replicas_[item].expert;
     double lowest = std::numeric_limits<double>::infinity();
@@ -440,14 +487,14 @@ std::pair<std::int64_t, std::int64_t> RankPacker::best_swap(std::int64_t heavy, 
   // new costs from below: a pair must move a mean in (low, high), and most
   // pairs are ruled out on their means alone.
   const double heavy_mean = rank_load_[heavy].mean, light_mean = rank_load_[light].mean;
-  const std::vector<std::int64_t>& light_items = rank_replicas_[light];
+  const auto light_items = rank_replicas_[light];
   // So y's mean must lie in (x's + light_mean - bound, x's - heavy_mean +
   // bound): an x with no light replica in that window (widened by far more
   // than rounding) is ruled out at once, from the light rank's sorted means.
   // Tighter still: a rank's new noise term is at least its present one
   // without the replica that leaves, so the heavy rank ends at least at
   // heavy_mean - x's + y's + residual_std(x), and the light one likewise.
-  const std::vector<double>& by_mean = rank_means_[light];
+  const auto by_mean = rank_means_[light];
   const double slack = 1e-9 * (bound + heavy_mean + light_mean + 1.0);
   light_means_.clear();
   for (std::int64_t x : rank_replicas_[heavy]) {
@@ -563,16 +610,15 @@ void RankPacker::improve_locality() {
   // mean give the few candidates of each x. Among them x takes the largest
   // gain, ties to the lowest (rank, position in its list) as a scan over
   // ranks and lists in order would.
-  std::vector<std::pair<double, std::int64_t>> sorted(replicas_.size());
-  for (std::size_t i = 0; i < sorted.size(); ++i) {
-    sorted[i] = {replicas_[i].load.mean, static_cast<std::int64_t>(i)};
-  }
-  std::sort(sorted.begin(), sorted.end());
-  std::vector<std::int64_t> by_mean(sorted.size());
-  std::vector<double> sorted_means(sorted.size());
-  for (std::size_t i = 0; i < sorted.size(); ++i) std::tie(sorted_means[i], by_mean[i]) = sorted[i];
+  std::vector<double> sorted_means(replicas_.size());
+  for (std::size_t i = 0; i < replicas_.size(); ++i) sorted_means[i] = replicas_[i].load.mean;
+  std::vector<std::int64_t> by_mean;
+  order_by_key(sorted_means.data(), sorted_means.size(), KeyOrder::kAscending, by_mean,
+               key_scratch_);
+  for (std::size_t i = 0; i < by_mean.size(); ++i)
+    sorted_means[i] = replicas_[by_mean[i]].load.mean;
   const auto position = [&](std::int64_t item) {
-    const std::vector<std::int64_t>& list = rank_replicas_[rank_of_[item]];
+    const auto list = rank_replicas_[rank_of_[item]];
     return std::find(list.begin(), list.end(), item) - list.begin();
   };
   // A rank's new cost is at least its new mean plus the noise term it keeps
@@ -666,8 +712,9 @@ std::vector<std::int64_t> RankPacker::experts_on_heaviest_rank() const {
 ReplicaSlots RankPacker::slots() const {
   ReplicaSlots slots(counts_.size());
   for (std::size_t e = 0; e < counts_.size(); ++e) slots[e].resize(counts_[e]);
+  std::vector<std::int64_t> items;
   for (std::int64_t rank = 0; rank < world_size_; ++rank) {
-    std::vector<std::int64_t> items = rank_replicas_[rank];
+    items.assign(rank_replicas_[rank].begin(), rank_replicas_[rank].end());
     std::sort(items.begin(), items.end());  // replica order = expert order
     for (std::size_t i = 0; i < items.size(); ++i) {
       const Replica& r = replicas_[items[i]];
