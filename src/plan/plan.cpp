@@ -240,19 +240,42 @@ std::vector<std::int64_t> live_replica_counts(std::int64_t world_size) {
   return counts;
 }
 
-LayeredTable make_layered_table(const std::vector<ReplicaSlots>& layers, std::int64_t num_columns) {
+namespace {
+
+// One layer's placement as rows of (count, slots...), one after another: the
+// form plan() keeps of each layer (one buffer instead of a vector per expert).
+struct PackedLayer {
+  std::int64_t num_experts = 0;
+  std::int64_t max_count = 1;
+  std::vector<std::int32_t> rows;
+};
+
+PackedLayer pack_layer(const ReplicaSlots& slots) {
+  PackedLayer packed;
+  packed.num_experts = static_cast<std::int64_t>(slots.size());
+  std::size_t size = 0;
+  for (const auto& replicas : slots) size += 1 + replicas.size();
+  packed.rows.reserve(size);
+  for (const auto& replicas : slots) {
+    MOE_EPLB_CHECK(!replicas.empty(), "make_layered_table(): an expert has no replica");
+    packed.max_count =
+        std::max<std::int64_t>(packed.max_count, static_cast<std::int64_t>(replicas.size()));
+    packed.rows.push_back(static_cast<std::int32_t>(replicas.size()));
+    packed.rows.insert(packed.rows.end(), replicas.begin(), replicas.end());
+  }
+  return packed;
+}
+
+LayeredTable table_of_layers(const std::vector<PackedLayer>& layers, std::int64_t num_columns) {
   LayeredTable table;
   table.num_layers = static_cast<std::int64_t>(layers.size());
-  table.num_experts = layers.empty() ? 0 : static_cast<std::int64_t>(layers[0].size());
+  table.num_experts = layers.empty() ? 0 : layers[0].num_experts;
   std::int64_t max_count = 1;
-  for (const ReplicaSlots& layer : layers) {
-    MOE_EPLB_CHECK(static_cast<std::int64_t>(layer.size()) == table.num_experts,
-                   "make_layered_table(): layers have different expert counts ", layer.size(),
+  for (const PackedLayer& layer : layers) {
+    MOE_EPLB_CHECK(layer.num_experts == table.num_experts,
+                   "make_layered_table(): layers have different expert counts ", layer.num_experts,
                    " and ", table.num_experts);
-    for (const auto& replicas : layer) {
-      MOE_EPLB_CHECK(!replicas.empty(), "make_layered_table(): an expert has no replica");
-      max_count = std::max<std::int64_t>(max_count, static_cast<std::int64_t>(replicas.size()));
-    }
+    max_count = std::max(max_count, layer.max_count);
   }
   table.num_columns = num_columns == 0 ? max_count + 1 : num_columns;
   MOE_EPLB_CHECK(max_count <= table.num_columns - 1, "make_layered_table(): num_columns ",
@@ -261,14 +284,22 @@ LayeredTable make_layered_table(const std::vector<ReplicaSlots>& layers, std::in
   table.values.assign(
       static_cast<std::size_t>(table.num_layers * table.num_experts * table.num_columns), -1);
   std::size_t row_start = 0;
-  for (const ReplicaSlots& layer : layers) {
-    for (const auto& replicas : layer) {
-      table.values[row_start] = static_cast<std::int32_t>(replicas.size());
-      std::copy(replicas.begin(), replicas.end(), table.values.begin() + row_start + 1);
+  for (const PackedLayer& layer : layers) {
+    for (auto row = layer.rows.begin(); row != layer.rows.end(); row += 1 + *row) {
+      std::copy(row, row + 1 + *row, table.values.begin() + static_cast<std::ptrdiff_t>(row_start));
       row_start += static_cast<std::size_t>(table.num_columns);
     }
   }
   return table;
+}
+
+}  // namespace
+
+LayeredTable make_layered_table(const std::vector<ReplicaSlots>& layers, std::int64_t num_columns) {
+  std::vector<PackedLayer> packed;
+  packed.reserve(layers.size());
+  for (const ReplicaSlots& layer : layers) packed.push_back(pack_layer(layer));
+  return table_of_layers(packed, num_columns);
 }
 
 LayeredTable no_redundancy_table(std::int64_t num_experts, std::int64_t world_size) {
@@ -325,7 +356,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
 
   const std::int64_t num_layers = input.num_layers;
   if (report != nullptr) report->layers.assign(static_cast<std::size_t>(num_layers), {});
-  std::vector<ReplicaSlots> layers(static_cast<std::size_t>(num_layers));
+  std::vector<PackedLayer> layers(static_cast<std::size_t>(num_layers));
   // One layer, from its windows alone: the layers share nothing, so the
   // threads below take them in any order and the table stays the same.
   const auto plan_layer = [&](std::int64_t layer_idx, std::vector<double>& layer_mean) {
@@ -340,8 +371,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
         options.previous != nullptr ? options.previous->layer(layer_idx) : TableView{};
     LayerPlanReport* layer_report =
         report != nullptr ? &report->layers[static_cast<std::size_t>(layer_idx)] : nullptr;
-    ReplicaSlots& slots = layers[static_cast<std::size_t>(layer_idx)];
-    slots = entry_of(options.algorithm).plan_layer(request, layer_report);
+    const ReplicaSlots slots = entry_of(options.algorithm).plan_layer(request, layer_report);
     // Baselines may exceed the replica cap; the rule-aware planner respects it.
     for (const auto& replicas : slots) {
       MOE_EPLB_CHECK(options.num_columns == 0 ||
@@ -351,9 +381,12 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
                      " replicas, but the baseline algorithm gives an expert of layer ", layer_idx,
                      " ", replicas.size(), " replicas; use num_columns 0 (fit)");
     }
+    // Packed here, by the thread that planned the layer, which also frees
+    // the per-expert vectors.
+    layers[static_cast<std::size_t>(layer_idx)] = pack_layer(slots);
   };
   for_each_layer(num_layers, options.threads, plan_layer);
-  LayeredTable table = make_layered_table(layers, options.num_columns);
+  LayeredTable table = table_of_layers(layers, options.num_columns);
   if (report != nullptr && options.previous != nullptr) {
     const Topology topology = options.topology();
     for (std::int64_t layer_idx = 0; layer_idx < table.num_layers; ++layer_idx) {

@@ -502,12 +502,14 @@ std::pair<std::int64_t, std::int64_t> RankPacker::best_swap(std::int64_t heavy, 
     const double heavy_rest = heavy_mean - load_x.mean + residual_std(x);
     const double lowest = load_x.mean + light_mean - bound - slack;
     const double highest = bound - heavy_rest + slack;
-    if (by_mean.empty() || lowest > by_mean.back() || highest < by_mean.front()) continue;
-    // (With a handful of replicas the loop below is as quick as a search.)
-    if (by_mean.size() > 6) {
-      const auto first = std::lower_bound(by_mean.begin(), by_mean.end(), lowest);
-      if (first == by_mean.end() || *first > highest) continue;
+    // None in [lowest, highest] when as many lie below `lowest` as up to
+    // `highest` (counted without branches: these tests mostly fail, at random).
+    std::size_t below = 0, up_to = 0;
+    for (const double mean : by_mean) {
+      below += static_cast<std::size_t>(mean < lowest);
+      up_to += static_cast<std::size_t>(mean <= highest);
     }
+    if (below == up_to) continue;
     if (light_means_.empty()) {
       for (std::int64_t y : light_items) light_means_.push_back(replicas_[y].load.mean);
     }
