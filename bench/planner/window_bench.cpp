@@ -45,6 +45,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -91,18 +92,26 @@ struct Timing {
   double wall = 0.0, cpu = 0.0;
 };
 
-template <typename F>
-Timing median_times(int repetitions, F&& run) {
-  run();  // warm-up
-  std::vector<double> wall, cpu;
+// Medians of the wall-clock and CPU times (all threads) of each run, after a
+// warm-up of each. The runs take turns, one repetition of each in every
+// round, so that a slow spell of a shared machine falls on all of them.
+std::vector<Timing> interleaved_medians(int repetitions,
+                                        const std::vector<std::function<void()>>& runs) {
+  for (const auto& run : runs) run();  // warm-up
+  std::vector<std::vector<double>> wall(runs.size()), cpu(runs.size());
   for (int rep = 0; rep < repetitions; ++rep) {
-    const auto start = std::chrono::steady_clock::now();
-    const double cpu_start = process_cpu_seconds();
-    run();
-    cpu.push_back(process_cpu_seconds() - cpu_start);
-    wall.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    for (std::size_t r = 0; r < runs.size(); ++r) {
+      const auto start = std::chrono::steady_clock::now();
+      const double cpu_start = process_cpu_seconds();
+      runs[r]();
+      cpu[r].push_back(process_cpu_seconds() - cpu_start);
+      wall[r].push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
   }
-  return {median(wall), median(cpu)};
+  std::vector<Timing> times;
+  for (std::size_t r = 0; r < runs.size(); ++r) times.push_back({median(wall[r]), median(cpu[r])});
+  return times;
 }
 
 // A plan must be valid: every slot used, no expert twice on a rank, and for
@@ -490,36 +499,39 @@ void run_real(const std::vector<RealRun>& runs) {
 // ---------------------------------------------------------------- timing
 
 void run_timing(const std::vector<RealRun>& runs, bool quick) {
-  const int repetitions = quick ? 3 : 11;
+  const int repetitions = quick ? 3 : 31;
   const RealRun& run = runs.front();
   const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
   std::printf(
       "## Planning time (median of %d, after a warm-up), %s\n\nWall clock (CPU time of all "
       "threads); every planner on one thread (PlanOptions::threads = 1), and moe-eplb on %u "
-      "(threads = 0, one per hardware thread).\n\n| input | moe-eplb | moe-eplb, %u threads | "
+      "(threads = 0, one per hardware thread). The planners take turns, one run each per "
+      "round.\n\n| input | moe-eplb | moe-eplb, %u threads | "
       "DeepSeek (C++) | FlashLB |\n|---|---:|---:|---:|---:|\n",
       repetitions, run.name.c_str(), hardware, hardware);
   // Median times of every planner on `windows`, one table row; the first
   // planner's (moe-eplb's) plan is checked, and is the same on every thread count.
   const auto time_planners = [&](const std::vector<ExpertLoad>& windows, const PlanOptions& options,
                                  const char* label) {
-    std::vector<Timing> times;
-    LayeredTable first;
+    std::vector<PlanOptions> configs;
     for (std::size_t p = 0; p < kNumPlanners; ++p) {
       for (const std::int64_t threads : {1, 0}) {
         if (threads == 0 && p != 0) continue;
         PlanOptions o = options;
         o.algorithm = kPlanners[p].algorithm;
         o.threads = threads;
-        LayeredTable table;
-        times.push_back(median_times(repetitions, [&] { table = plan(windows, o); }));
-        if (p != 0) continue;
-        check_plan(table, options.world_size, options.slots_per_rank, true, label);
-        if (threads == 1) first = table;
-        MOE_EPLB_CHECK(threads == 1 || table.values == first.values,
-                       "bench: threads changed the plan of ", label);
+        configs.push_back(o);
       }
     }
+    const LayeredTable first = plan(windows, configs[0]);
+    check_plan(first, options.world_size, options.slots_per_rank, true, label);
+    MOE_EPLB_CHECK(plan(windows, configs[1]).values == first.values,
+                   "bench: threads changed the plan of ", label);
+    std::vector<std::function<void()>> planners;
+    for (const PlanOptions& o : configs) {
+      planners.emplace_back([&windows, o] { plan(windows, o); });
+    }
+    const std::vector<Timing> times = interleaved_medians(repetitions, planners);
     std::printf("| %s |", label);
     for (const Timing& time : times)
       std::printf(" %.1f ms (%.1f) |", time.wall * 1e3, time.cpu * 1e3);
