@@ -102,18 +102,20 @@ void check_migration_options(const ExpertLoad& load, const PlanOptions& options)
   }
 }
 
-ReplicaSlots plan_deepseek_layer(const plan_detail::LayerRequest& request, LayerPlanReport*) {
-  return plan_detail::plan_deepseek(request);
+plan_detail::LayerRows plan_deepseek_layer(const plan_detail::LayerRequest& request,
+                                           LayerPlanReport*) {
+  return plan_detail::pack_rows(plan_detail::plan_deepseek(request));
 }
-ReplicaSlots plan_flashlb_layer(const plan_detail::LayerRequest& request, LayerPlanReport*) {
-  return plan_detail::plan_flashlb(request);
+plan_detail::LayerRows plan_flashlb_layer(const plan_detail::LayerRequest& request,
+                                          LayerPlanReport*) {
+  return plan_detail::pack_rows(plan_detail::plan_flashlb(request));
 }
 
 // The registry of planner algorithms (the CLI and Python read the names from it).
 struct AlgorithmEntry {
   PlanAlgorithm algorithm;
   const char* name;
-  ReplicaSlots (*plan_layer)(const plan_detail::LayerRequest&, LayerPlanReport*);
+  plan_detail::LayerRows (*plan_layer)(const plan_detail::LayerRequest&, LayerPlanReport*);
 };
 constexpr AlgorithmEntry kAlgorithms[] = {
     {PlanAlgorithm::kRuleAware, "moe-eplb", plan_detail::plan_rule_aware},
@@ -240,18 +242,10 @@ std::vector<std::int64_t> live_replica_counts(std::int64_t world_size) {
   return counts;
 }
 
-namespace {
+namespace plan_detail {
 
-// One layer's placement as rows of (count, slots...), one after another: the
-// form plan() keeps of each layer (one buffer instead of a vector per expert).
-struct PackedLayer {
-  std::int64_t num_experts = 0;
-  std::int64_t max_count = 1;
-  std::vector<std::int32_t> rows;
-};
-
-PackedLayer pack_layer(const ReplicaSlots& slots) {
-  PackedLayer packed;
+LayerRows pack_rows(const ReplicaSlots& slots) {
+  LayerRows packed;
   packed.num_experts = static_cast<std::int64_t>(slots.size());
   std::size_t size = 0;
   for (const auto& replicas : slots) size += 1 + replicas.size();
@@ -266,12 +260,27 @@ PackedLayer pack_layer(const ReplicaSlots& slots) {
   return packed;
 }
 
-LayeredTable table_of_layers(const std::vector<PackedLayer>& layers, std::int64_t num_columns) {
+ReplicaSlots unpack_rows(const LayerRows& rows) {
+  ReplicaSlots slots(static_cast<std::size_t>(rows.num_experts));
+  auto row = rows.rows.begin();
+  for (auto& replicas : slots) {
+    replicas.assign(row + 1, row + 1 + *row);
+    row += 1 + *row;
+  }
+  return slots;
+}
+
+}  // namespace plan_detail
+
+namespace {
+
+LayeredTable table_of_layers(const std::vector<plan_detail::LayerRows>& layers,
+                             std::int64_t num_columns) {
   LayeredTable table;
   table.num_layers = static_cast<std::int64_t>(layers.size());
   table.num_experts = layers.empty() ? 0 : layers[0].num_experts;
   std::int64_t max_count = 1;
-  for (const PackedLayer& layer : layers) {
+  for (const plan_detail::LayerRows& layer : layers) {
     MOE_EPLB_CHECK(layer.num_experts == table.num_experts,
                    "make_layered_table(): layers have different expert counts ", layer.num_experts,
                    " and ", table.num_experts);
@@ -284,7 +293,7 @@ LayeredTable table_of_layers(const std::vector<PackedLayer>& layers, std::int64_
   table.values.assign(
       static_cast<std::size_t>(table.num_layers * table.num_experts * table.num_columns), -1);
   std::size_t row_start = 0;
-  for (const PackedLayer& layer : layers) {
+  for (const plan_detail::LayerRows& layer : layers) {
     for (auto row = layer.rows.begin(); row != layer.rows.end(); row += 1 + *row) {
       std::copy(row, row + 1 + *row, table.values.begin() + static_cast<std::ptrdiff_t>(row_start));
       row_start += static_cast<std::size_t>(table.num_columns);
@@ -296,9 +305,9 @@ LayeredTable table_of_layers(const std::vector<PackedLayer>& layers, std::int64_
 }  // namespace
 
 LayeredTable make_layered_table(const std::vector<ReplicaSlots>& layers, std::int64_t num_columns) {
-  std::vector<PackedLayer> packed;
+  std::vector<plan_detail::LayerRows> packed;
   packed.reserve(layers.size());
-  for (const ReplicaSlots& layer : layers) packed.push_back(pack_layer(layer));
+  for (const ReplicaSlots& layer : layers) packed.push_back(plan_detail::pack_rows(layer));
   return table_of_layers(packed, num_columns);
 }
 
@@ -356,7 +365,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
 
   const std::int64_t num_layers = input.num_layers;
   if (report != nullptr) report->layers.assign(static_cast<std::size_t>(num_layers), {});
-  std::vector<PackedLayer> layers(static_cast<std::size_t>(num_layers));
+  std::vector<plan_detail::LayerRows> layers(static_cast<std::size_t>(num_layers));
   // One layer, from its windows alone: the layers share nothing, so the
   // threads below take them in any order and the table stays the same.
   const auto plan_layer = [&](std::int64_t layer_idx, std::vector<double>& layer_mean) {
@@ -371,19 +380,14 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
         options.previous != nullptr ? options.previous->layer(layer_idx) : TableView{};
     LayerPlanReport* layer_report =
         report != nullptr ? &report->layers[static_cast<std::size_t>(layer_idx)] : nullptr;
-    const ReplicaSlots slots = entry_of(options.algorithm).plan_layer(request, layer_report);
+    plan_detail::LayerRows& rows = layers[static_cast<std::size_t>(layer_idx)];
+    rows = entry_of(options.algorithm).plan_layer(request, layer_report);
     // Baselines may exceed the replica cap; the rule-aware planner respects it.
-    for (const auto& replicas : slots) {
-      MOE_EPLB_CHECK(options.num_columns == 0 ||
-                         static_cast<std::int64_t>(replicas.size()) <= options.num_columns - 1,
-                     kPlan, ": num_columns ", options.num_columns, " holds at most ",
-                     options.num_columns - 1,
-                     " replicas, but the baseline algorithm gives an expert of layer ", layer_idx,
-                     " ", replicas.size(), " replicas; use num_columns 0 (fit)");
-    }
-    // Packed here, by the thread that planned the layer, which also frees
-    // the per-expert vectors.
-    layers[static_cast<std::size_t>(layer_idx)] = pack_layer(slots);
+    MOE_EPLB_CHECK(options.num_columns == 0 || rows.max_count <= options.num_columns - 1, kPlan,
+                   ": num_columns ", options.num_columns, " holds at most ",
+                   options.num_columns - 1,
+                   " replicas, but the baseline algorithm gives an expert of layer ", layer_idx,
+                   " ", rows.max_count, " replicas; use num_columns 0 (fit)");
   };
   for_each_layer(num_layers, options.threads, plan_layer);
   LayeredTable table = table_of_layers(layers, options.num_columns);

@@ -39,7 +39,19 @@ inline bool order_matters(const LayerRequest& request) {
   return rule_info(request.rule).split != RuleSplit::kEven;
 }
 
-ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* report);
+// A layer's placement as rows of (count, slots of replicas 1..count), one
+// after another: what plan() keeps of each layer (one buffer, where
+// ReplicaSlots holds a vector per expert).
+struct LayerRows {
+  std::int64_t num_experts = 0;
+  std::int64_t max_count = 1;  // the most replicas of any expert (at least 1)
+  std::vector<std::int32_t> rows;
+};
+// Throws when an expert has no replica.
+LayerRows pack_rows(const ReplicaSlots& slots);
+ReplicaSlots unpack_rows(const LayerRows& rows);
+
+LayerRows plan_rule_aware(const LayerRequest& request, LayerPlanReport* report);
 ReplicaSlots plan_deepseek(const LayerRequest& request);
 ReplicaSlots plan_flashlb(const LayerRequest& request);
 

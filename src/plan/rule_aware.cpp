@@ -201,7 +201,7 @@ class RankPacker {
   bool lower_heaviest_rank();
   bool narrow_pairs();
   void improve_locality();
-  ReplicaSlots slots() const;
+  LayerRows rows() const;
 
   const std::vector<std::int64_t>& counts() const { return counts_; }
   const std::vector<Load>& rank_loads() const { return rank_load_; }
@@ -711,20 +711,31 @@ std::vector<std::int64_t> RankPacker::experts_on_heaviest_rank() const {
   return experts;
 }
 
-ReplicaSlots RankPacker::slots() const {
-  ReplicaSlots slots(counts_.size());
-  for (std::size_t e = 0; e < counts_.size(); ++e) slots[e].resize(counts_[e]);
+LayerRows RankPacker::rows() const {
+  // Each rank's replicas take its slots in expert order.
+  std::vector<std::int32_t> slot_of(replicas_.size());
   std::vector<std::int64_t> items;
   for (std::int64_t rank = 0; rank < world_size_; ++rank) {
     items.assign(rank_replicas_[rank].begin(), rank_replicas_[rank].end());
     std::sort(items.begin(), items.end());  // replica order = expert order
     for (std::size_t i = 0; i < items.size(); ++i) {
-      const Replica& r = replicas_[items[i]];
-      slots[r.expert][r.index] =
+      slot_of[items[i]] =
           static_cast<std::int32_t>(rank * slots_per_rank_ + static_cast<std::int64_t>(i));
     }
   }
-  return slots;
+  // replicas_ holds every expert's replicas in order, expert after expert.
+  LayerRows packed;
+  packed.num_experts = static_cast<std::int64_t>(counts_.size());
+  packed.rows.reserve(counts_.size() + replicas_.size());
+  for (std::size_t item = 0; item < replicas_.size(); ++item) {
+    const Replica& r = replicas_[item];
+    if (r.index == 0) {
+      packed.rows.push_back(static_cast<std::int32_t>(counts_[r.expert]));
+      packed.max_count = std::max(packed.max_count, counts_[r.expert]);
+    }
+    packed.rows.push_back(slot_of[item]);
+  }
+  return packed;
 }
 
 RankPacker pack(const LayerRequest& request, const ShareModel& shares,
@@ -901,26 +912,32 @@ BalanceForecast forecast_balance(const std::vector<Load>& ranks) {
   return result;
 }
 
-ReplicaSlots plan_rule_aware(const LayerRequest& request, LayerPlanReport* report) {
+LayerRows plan_rule_aware(const LayerRequest& request, LayerPlanReport* report) {
   const LayerForecast forecast = forecast_layer(request);
   const ShareModel shares(request, forecast);
   const CountLadder ladder(request);
   RankPacker packer = refine_counts(request, shares, ladder,
                                     pack(request, shares, choose_counts(request, shares, ladder)));
   packer.improve_locality();
-  Placement placement{packer.slots(), packer.rank_loads()};
-  if (request.previous.data != nullptr) {
-    placement = replan(request, shares, ladder, std::move(placement));
+  LayerRows rows = packer.rows();
+  std::vector<Load> rank_loads = packer.rank_loads();
+  if (request.previous.data != nullptr || rule_needs_polish(request)) {
+    Placement placement{unpack_rows(rows), std::move(rank_loads)};
+    if (request.previous.data != nullptr) {
+      placement = replan(request, shares, ladder, std::move(placement));
+    }
+    placement = polish_for_rule(request, forecast, std::move(placement));
+    rows = pack_rows(placement.slots);
+    rank_loads = std::move(placement.rank_loads);
   }
-  placement = polish_for_rule(request, forecast, std::move(placement));
   if (report != nullptr) {
     report->persistence = forecast.persistence;
-    const BalanceForecast balance = forecast_balance(placement.rank_loads);
+    const BalanceForecast balance = forecast_balance(rank_loads);
     report->predicted_max_over_mean = balance.expected;
     report->predicted_low = balance.low;
     report->predicted_high = balance.high;
   }
-  return std::move(placement.slots);
+  return rows;
 }
 
 }  // namespace moe_eplb::plan_detail

@@ -231,9 +231,13 @@ struct Placement {
   std::vector<Load> rank_loads;  // (W,)
 };
 
-// Rules whose shares depend on the placement (kNearest): judges the
-// placement by the exact rule and improves it step by step
-// (rule_polish.cpp). Other rules: returns it unchanged.
+// Whether the request's rule makes shares depend on the placement
+// (kNearest), which polish_for_rule() then judges by the exact rule.
+inline bool rule_needs_polish(const LayerRequest& request) {
+  return rule_info(request.rule).split == RuleSplit::kNearest;
+}
+// Rules that need it: judges the placement by the exact rule and improves it
+// step by step (rule_polish.cpp). Other rules: returns it unchanged.
 Placement polish_for_rule(const LayerRequest& request, const LayerForecast& forecast,
                           Placement placement);
 

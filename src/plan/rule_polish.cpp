@@ -341,7 +341,7 @@ class NearestPolisher {
 
 Placement polish_for_rule(const LayerRequest& request, const LayerForecast& forecast,
                           Placement placement) {
-  if (rule_info(request.rule).split != RuleSplit::kNearest) return placement;
+  if (!rule_needs_polish(request)) return placement;
   NearestPolisher polisher(request, forecast, std::move(placement.slots));
   polisher.polish();
   return polisher.placement();
