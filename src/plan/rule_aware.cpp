@@ -136,7 +136,8 @@ class RankLists {
   void insert(std::int64_t rank, const T* position, T value) {
     T* first = values_.data() + rank * capacity_;
     T* at = first + (position - first);
-    std::copy_backward(at, first + sizes_[rank], first + sizes_[rank] + 1);
+    // (By hand: a rank's few values move faster than a memmove() call.)
+    for (T* to = first + sizes_[rank]; to != at; --to) *to = *(to - 1);
     *at = value;
     ++sizes_[rank];
   }
@@ -144,7 +145,7 @@ class RankLists {
   void erase(std::int64_t rank, const T* position) {
     T* first = values_.data() + rank * capacity_;
     T* at = first + (position - first);
-    std::copy(at + 1, first + sizes_[rank], at);
+    for (T* last = first + sizes_[rank] - 1; at != last; ++at) *at = *(at + 1);
     --sizes_[rank];
   }
 
@@ -712,18 +713,9 @@ std::vector<std::int64_t> RankPacker::experts_on_heaviest_rank() const {
 }
 
 LayerRows RankPacker::rows() const {
-  // Each rank's replicas take its slots in expert order.
-  std::vector<std::int32_t> slot_of(replicas_.size());
-  std::vector<std::int64_t> items;
-  for (std::int64_t rank = 0; rank < world_size_; ++rank) {
-    items.assign(rank_replicas_[rank].begin(), rank_replicas_[rank].end());
-    std::sort(items.begin(), items.end());  // replica order = expert order
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      slot_of[items[i]] =
-          static_cast<std::int32_t>(rank * slots_per_rank_ + static_cast<std::int64_t>(i));
-    }
-  }
-  // replicas_ holds every expert's replicas in order, expert after expert.
+  // replicas_ holds every expert's replicas in order, expert after expert,
+  // and each rank's slots go to its replicas in that (expert) order.
+  std::vector<std::int64_t> slots_used(static_cast<std::size_t>(world_size_), 0);
   LayerRows packed;
   packed.num_experts = static_cast<std::int64_t>(counts_.size());
   packed.rows.reserve(counts_.size() + replicas_.size());
@@ -733,7 +725,8 @@ LayerRows RankPacker::rows() const {
       packed.rows.push_back(static_cast<std::int32_t>(counts_[r.expert]));
       packed.max_count = std::max(packed.max_count, counts_[r.expert]);
     }
-    packed.rows.push_back(slot_of[item]);
+    const std::int64_t rank = rank_of_[item];
+    packed.rows.push_back(static_cast<std::int32_t>(rank * slots_per_rank_ + slots_used[rank]++));
   }
   return packed;
 }

@@ -1,6 +1,7 @@
 // order_by_key() (src/plan/key_order.hpp), the planner's radix sort: the
 // order std::sort gives on (key, index) pairs, on keys with ties, signs,
-// -0.0, infinities, denormals and magnitudes from 1e-300 to 1e300.
+// -0.0, infinities, denormals, magnitudes from 1e-300 to 1e300, and keys that
+// differ in their low bits only (long runs for the final pass).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -48,7 +49,7 @@ TEST(KeyOrder, MatchesComparisonSortOnRandomKeys) {
   for (int trial = 0; trial < 400; ++trial) {
     const std::size_t n = std::uniform_int_distribution<std::size_t>(0, 600)(rng);
     std::vector<double> keys(n);
-    const int kind = trial % 4;
+    const int kind = trial % 5;
     for (double& key : keys) {
       if (kind == 0) {  // few distinct values: many ties
         key = static_cast<double>(std::uniform_int_distribution<int>(0, 5)(rng));
@@ -57,8 +58,13 @@ TEST(KeyOrder, MatchesComparisonSortOnRandomKeys) {
       } else if (kind == 2) {  // any sign and magnitude
         key = std::ldexp(std::uniform_real_distribution<double>(-1.0, 1.0)(rng),
                          std::uniform_int_distribution<int>(-1000, 1000)(rng));
-      } else {
+      } else if (kind == 3) {
         key = specials[std::uniform_int_distribution<std::size_t>(0, 9)(rng)];
+      } else {  // equal in all but the low 20 bits: long runs of equal top bytes
+        key = std::ldexp(1.0 + std::ldexp(static_cast<double>(
+                                              std::uniform_int_distribution<int>(0, 1 << 20)(rng)),
+                                          -40),
+                         std::uniform_int_distribution<int>(0, 1)(rng));
       }
     }
     for (const KeyOrder direction : {KeyOrder::kAscending, KeyOrder::kDescending}) {
