@@ -270,17 +270,12 @@ ReplicaSlots unpack_rows(const LayerRows& rows) {
   return slots;
 }
 
-}  // namespace plan_detail
-
-namespace {
-
-LayeredTable table_of_layers(const std::vector<plan_detail::LayerRows>& layers,
-                             std::int64_t num_columns) {
+LayeredTable table_of_layers(const std::vector<LayerRows>& layers, std::int64_t num_columns) {
   LayeredTable table;
   table.num_layers = static_cast<std::int64_t>(layers.size());
   table.num_experts = layers.empty() ? 0 : layers[0].num_experts;
   std::int64_t max_count = 1;
-  for (const plan_detail::LayerRows& layer : layers) {
+  for (const LayerRows& layer : layers) {
     MOE_EPLB_CHECK(layer.num_experts == table.num_experts,
                    "make_layered_table(): layers have different expert counts ", layer.num_experts,
                    " and ", table.num_experts);
@@ -293,7 +288,7 @@ LayeredTable table_of_layers(const std::vector<plan_detail::LayerRows>& layers,
   table.values.assign(
       static_cast<std::size_t>(table.num_layers * table.num_experts * table.num_columns), -1);
   std::size_t row_start = 0;
-  for (const plan_detail::LayerRows& layer : layers) {
+  for (const LayerRows& layer : layers) {
     for (auto row = layer.rows.begin(); row != layer.rows.end(); row += 1 + *row) {
       std::copy(row, row + 1 + *row, table.values.begin() + static_cast<std::ptrdiff_t>(row_start));
       row_start += static_cast<std::size_t>(table.num_columns);
@@ -302,13 +297,13 @@ LayeredTable table_of_layers(const std::vector<plan_detail::LayerRows>& layers,
   return table;
 }
 
-}  // namespace
+}  // namespace plan_detail
 
 LayeredTable make_layered_table(const std::vector<ReplicaSlots>& layers, std::int64_t num_columns) {
   std::vector<plan_detail::LayerRows> packed;
   packed.reserve(layers.size());
   for (const ReplicaSlots& layer : layers) packed.push_back(plan_detail::pack_rows(layer));
-  return table_of_layers(packed, num_columns);
+  return plan_detail::table_of_layers(packed, num_columns);
 }
 
 LayeredTable no_redundancy_table(std::int64_t num_experts, std::int64_t world_size) {
@@ -390,7 +385,7 @@ LayeredTable plan(const std::vector<ExpertLoad>& windows, const PlanOptions& opt
                    " ", rows.max_count, " replicas; use num_columns 0 (fit)");
   };
   for_each_layer(num_layers, options.threads, plan_layer);
-  LayeredTable table = table_of_layers(layers, options.num_columns);
+  LayeredTable table = plan_detail::table_of_layers(layers, options.num_columns);
   if (report != nullptr && options.previous != nullptr) {
     const Topology topology = options.topology();
     for (std::int64_t layer_idx = 0; layer_idx < table.num_layers; ++layer_idx) {

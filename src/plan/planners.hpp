@@ -50,6 +50,9 @@ struct LayerRows {
 // Throws when an expert has no replica.
 LayerRows pack_rows(const ReplicaSlots& slots);
 ReplicaSlots unpack_rows(const LayerRows& rows);
+// The (L, E, F) table of the layers; num_columns 0 means the largest count +
+// 1 (at least 2). Throws when a count exceeds F - 1 (make_layered_table()).
+LayeredTable table_of_layers(const std::vector<LayerRows>& layers, std::int64_t num_columns);
 
 LayerRows plan_rule_aware(const LayerRequest& request, LayerPlanReport* report);
 ReplicaSlots plan_deepseek(const LayerRequest& request);

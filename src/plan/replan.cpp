@@ -657,21 +657,6 @@ void Editor::refine_expected_max(std::int64_t budget, double move_cost) {
   }
 }
 
-// (E, F) row-major table of a placement, F = largest count + 1.
-std::vector<std::int32_t> to_table(const ReplicaSlots& slots, std::int64_t& num_columns) {
-  num_columns = 2;
-  for (const auto& row : slots) {
-    num_columns = std::max<std::int64_t>(num_columns, static_cast<std::int64_t>(row.size()) + 1);
-  }
-  std::vector<std::int32_t> table(slots.size() * static_cast<std::size_t>(num_columns), -1);
-  for (std::size_t e = 0; e < slots.size(); ++e) {
-    std::int32_t* row = table.data() + e * static_cast<std::size_t>(num_columns);
-    row[0] = static_cast<std::int32_t>(slots[e].size());
-    std::copy(slots[e].begin(), slots[e].end(), row + 1);
-  }
-  return table;
-}
-
 // Candidate B: the plan from scratch on the old ranks of most overlap.
 Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
   const std::int64_t world_size = request.world_size, slots_per_rank = request.slots_per_rank;
@@ -714,10 +699,10 @@ Placement relabel_to_previous(const LayerRequest& request, Placement scratch) {
 // table.
 Placement align(const LayerRequest& request, Placement placement, std::int64_t& moves) {
   const Topology topology = request.topology();
-  std::int64_t num_columns = 0;
-  const std::vector<std::int32_t> table = to_table(placement.slots, num_columns);
-  const TableView view{table.data(), request.num_experts, num_columns, num_columns, 1};
-  const std::vector<std::int32_t> aligned = align_to_previous(request.previous, view, topology);
+  const LayeredTable table = table_of_layers({pack_rows(placement.slots)}, 0);
+  const std::int64_t num_columns = table.num_columns;
+  const std::vector<std::int32_t> aligned =
+      align_to_previous(request.previous, table.layer(0), topology);
   for (std::size_t e = 0; e < placement.slots.size(); ++e) {
     const std::int32_t* row = aligned.data() + e * static_cast<std::size_t>(num_columns);
     placement.slots[e].assign(row + 1, row + 1 + row[0]);

@@ -144,7 +144,6 @@ class ShareModel {
       std::fill(out + node_begin, out + node_end, outside);
       if (group_end - group_begin < node_end - node_begin) top = std::max(top, outside);
       if (!per_rank_) {
-        // Global statistics: every rank of the group sends the same share.
         if (group_begin >= group_end) continue;
         const double inside = (on_node + each) * fraction;
         std::fill(out + group_begin, out + group_end, inside);
