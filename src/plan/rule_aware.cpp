@@ -613,6 +613,7 @@ void RankPacker::improve_locality() {
   // mean give the few candidates of each x. Among them x takes the largest
   // gain, ties to the lowest (rank, position in its list) as a scan over
   // ranks and lists in order would.
+  // (sorted_means holds the means in replica order until by_mean orders them.)
   std::vector<double> sorted_means(replicas_.size());
   for (std::size_t i = 0; i < replicas_.size(); ++i) sorted_means[i] = replicas_[i].load.mean;
   std::vector<std::int64_t> by_mean;
